@@ -1,0 +1,147 @@
+"""One dropout step of the particle engine against what a user would write instead.
+
+    python benchmarks/bench_step.py [--width 5000 --samples 1000 --dim 10 --keep 0.5]
+
+Baselines, timed in the same run (medians over ``--repeats``):
+
+* ``torch.nn``: a plain module (``nn.Linear`` + tanh + readout, mean-field 1/n scale, one
+  mask per step shared by all samples) with autograd and ``torch.optim.SGD`` at
+  learning rate n·τ — the same update as THEORY.md §1 eq. (3);
+* ``floor``: one ATen tanh over the (width × m) pre-activations plus the two GEMMs
+  (``W Zᵀ`` and ``S Z``) that any implementation must do at this width.
+
+Also: R replicas in one ``simulate`` call against R sequential calls.
+Prints a Markdown table; ratios > 1 mean dropdyn is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from dropdyn import simulate
+from dropdyn.engine import rule_for, step
+from dropdyn.masks import MaskStream
+from dropdyn.model import Design
+
+
+def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+class MeanField(torch.nn.Module):
+    """The torch.nn baseline: f(z) = (1/n) Σ_i (mask_i/q) a_i tanh(w_i·z)."""
+
+    def __init__(self, W: torch.Tensor, a: torch.Tensor):
+        super().__init__()
+        self.hidden = torch.nn.Linear(W.shape[1], W.shape[0], bias=False)
+        self.readout = torch.nn.Parameter(a.clone())
+        with torch.no_grad():
+            self.hidden.weight.copy_(W)
+
+    def forward(self, z, mult):
+        h = torch.tanh(self.hidden(z))
+        return (h * mult) @ self.readout / self.readout.shape[0]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=int, default=5000)
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=10)
+    ap.add_argument("--keep", type=float, default=0.5)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--replicas", type=int, default=16)
+    ap.add_argument("--replica-width", type=int, default=1000)
+    ap.add_argument("--replica-samples", type=int, default=100)
+    ap.add_argument("--replica-steps", type=int, default=50)
+    args = ap.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    g = torch.Generator().manual_seed(0)
+    n, m, d, q, lr = args.width, args.samples, args.dim, args.keep, args.lr
+    Z = torch.randn(m, d, generator=g, dtype=dtype)
+    y = torch.randn(m, generator=g, dtype=dtype)
+    X = torch.cat([torch.randn(n, 1, generator=g), torch.randn(n, d, generator=g) / d**0.5], 1).to(dtype)
+    rows = []
+
+    # dropdyn: the engine's step on the packed state, one fresh mask per step
+    design = Design.build(Z, y, "tanh", bias=False)
+    a, W = design.pack(X[None])
+    results = {}
+    for variant in ("dropout", "gd"):
+        rule = rule_for(variant, n, q)
+        stream = MaskStream(q, (1, n), seed=0)
+        results[variant] = median_ms(
+            lambda rule=rule, stream=stream: step(
+                design, a, W, lr, rule, stream.next() if rule.uses_masks else None, q
+            ),
+            args.repeats,
+        )
+
+    # (a) torch.nn + autograd + SGD with the same semantics
+    net = MeanField(X[:, 1:], X[:, 0]).to(dtype)
+    opt = torch.optim.SGD(net.parameters(), lr=n * lr)
+    stream = MaskStream(q, (n,), seed=0)
+
+    def nn_step():
+        mult = stream.next().to(dtype) / q
+        opt.zero_grad(set_to_none=True)
+        loss = 0.5 * ((net(Z, mult) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+
+    t_nn = median_ms(nn_step, args.repeats)
+
+    # (b) the floor: tanh over (n, m) pre-activations + the two GEMMs
+    Wd = X[:, 1:].contiguous()
+
+    def floor():
+        S = torch.tanh(Wd @ Z.T)
+        return S @ Z
+
+    t_floor = median_ms(floor, args.repeats)
+
+    t = results["dropout"]
+    rows.append((f"dropdyn dropout step (keep={q:g})", t, t_nn / t, t / t_floor))
+    rows.append(("dropdyn GD step (all neurons)", results["gd"], t_nn / results["gd"], results["gd"] / t_floor))
+    rows.append(("torch.nn + autograd + SGD (a)", t_nn, 1.0, t_nn / t_floor))
+    rows.append(("floor: tanh + 2 GEMMs (b)", t_floor, t_nn / t_floor, 1.0))
+
+    print(f"\n### One step: width={n}, m={m}, d={d}, {args.dtype}, {torch.get_num_threads()} threads\n")
+    print("| what | median ms | speed-up vs (a) | × floor |")
+    print("|---|---:|---:|---:|")
+    for name, ms, sp, fl in rows:
+        print(f"| {name} | {ms:.2f} | {sp:.2f}× | {fl:.2f} |")
+
+    # replicas: one batched call vs sequential calls
+    R, nr, mr, steps = args.replicas, args.replica_width, args.replica_samples, args.replica_steps
+    Zr = torch.randn(mr, d, generator=g, dtype=dtype)
+    yr = torch.randn(mr, generator=g, dtype=dtype)
+    Xr = torch.cat([torch.randn(R, nr, 1, generator=g), torch.randn(R, nr, d, generator=g) / d**0.5], -1)
+    Xr = Xr.to(dtype)
+    kw = dict(lr=lr, keep=q, steps=steps, record_every=steps)
+    t_batch = median_ms(lambda: simulate("dropout", Xr, Zr, yr, **kw), max(3, args.repeats // 5), 1)
+    t_seq = median_ms(
+        lambda: [simulate("dropout", Xr[r], Zr, yr, **kw) for r in range(R)], max(3, args.repeats // 5), 1
+    )
+    print(f"\n### {R} replicas × width {nr}, m={mr}, {steps} dropout steps per call\n")
+    print("| what | median ms | throughput ratio |")
+    print("|---|---:|---:|")
+    print(f"| one call, (R, width, p) particles | {t_batch:.1f} | {t_seq / t_batch:.2f}× |")
+    print(f"| {R} sequential calls | {t_seq:.1f} | 1.00× |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""``dropdyn`` command line. Bad input: one line on stderr, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .experiments import EXPERIMENTS
+
+
+class UsageError(Exception):
+    """A command-line mistake (reported in one line, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise UsageError(message)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings (flags override it)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<experiment>/<time>-<hash>)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _teacher_student_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--width", type=int, help="student width n (default 5000)")
+    p.add_argument("--lr", type=float, help="learning rate τ (default 1.0)")
+    p.add_argument("--keep", type=float, help="keep probability q (default 0.5)")
+    p.add_argument("--steps", type=int, help="number of steps (default 1000)")
+    p.add_argument("--seed", type=int, help="seed of data, initialisation and masks (default 0)")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", help="float64 (default) or float32")
+
+
+FLAGS = {"teacher-student": _teacher_student_flags}
+DESCRIPTIONS = {
+    "teacher-student": "Figure 2 of the phase paper: dropout, RaM, penalty GD and GD on a teacher–student "
+    "task; coupled dropout–RaM gap.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(
+        prog="dropdyn",
+        description="Simulate and measure the dynamics of dropout training.",
+        epilog="experiments:\n" + "\n".join(f"  {k:18s} {DESCRIPTIONS[k]}" for k in EXPERIMENTS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", help="run an experiment and write its run folder")
+    exps = run.add_subparsers(dest="experiment", parser_class=_Parser, metavar="EXPERIMENT")
+    for name in EXPERIMENTS:
+        p = exps.add_parser(name, help=DESCRIPTIONS[name], description=DESCRIPTIONS[name])
+        FLAGS[name](p)
+        _add_common(p)
+    return ap
+
+
+def _run_experiment(args) -> int:
+    from .config import build_config
+
+    if args.experiment is None:
+        raise UsageError(f"run needs an experiment: {', '.join(EXPERIMENTS)}")
+    module = importlib.import_module(EXPERIMENTS[args.experiment])
+    reserved = {"command", "experiment", "config", "out", "force", "no_progress"}
+    overrides = {k: v for k, v in vars(args).items() if k not in reserved}
+    cfg = build_config(module.Config, args.config, overrides)
+    path = module.run(cfg, Path(args.out) if args.out else None, force=args.force,
+                      progress=not args.no_progress and sys.stderr.isatty())
+    print(path)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        if args.command == "run":
+            return _run_experiment(args)
+        raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
+    except (UsageError, ValueError) as e:
+        print(f"dropdyn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dropdyn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

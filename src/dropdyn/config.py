@@ -1,0 +1,83 @@
+"""Experiment configurations: dataclasses filled from defaults, then a YAML/TOML file,
+then command-line overrides (each later source wins). Unknown keys and values of the
+wrong type are refused with a message naming them."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def read_config_file(path) -> dict:
+    """A mapping from a ``.yaml``/``.yml`` or ``.toml`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    elif path.suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {path}: invalid TOML ({e})") from None
+    else:
+        raise ValueError(f"config file {path}: use a .yaml, .yml or .toml file")
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _coerce(name: str, value, typ):
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [t for t in typing.get_args(typ) if t is not type(None)]
+        if value is None:
+            return None
+        return _coerce(name, value, args[0])
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"setting {name!r} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ValueError(f"setting {name!r} must be an integer, got {value!r}")
+        return int(value)
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"setting {name!r} must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ValueError(f"setting {name!r} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def build_config(cls, file=None, overrides: dict | None = None):
+    """An instance of dataclass ``cls``: defaults ← file ← overrides (``None`` = unset)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict = {}
+    sources = [read_config_file(file) if file else {}, {k: v for k, v in (overrides or {}).items() if v is not None}]
+    for src in sources:
+        unknown = sorted(set(src) - fields)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
+                             f"known: {', '.join(sorted(fields))}")
+        for k, v in src.items():
+            values[k] = _coerce(k, v, hints[k])
+    return cls(**values)

@@ -1,0 +1,6 @@
+"""Reproducible experiments: each module has a ``Config`` dataclass and
+``run(config, out=None, force=False, progress=False) -> Path`` writing a run folder."""
+
+EXPERIMENTS = {
+    "teacher-student": "dropdyn.experiments.teacher_student",
+}

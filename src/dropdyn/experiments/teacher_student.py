@@ -1,0 +1,185 @@
+"""Teacher–student task, Figure 2 of the phase paper (THEORY.md §1–2).
+
+A wide mean-field student (default width 5000) learns a 5-neuron teacher with
+dropout, RaM, penalty GD and GD from the same initial particles; dropout and RaM are
+*coupled* (one mask stream). The prediction of the theory at a practical learning
+rate (α = τ/q fixed, β = 1/(nq) → 0): dropout ≈ RaM (their coupled gap is small and
+shrinks with the width), while penalty GD ≈ GD (the penalty (1−q)/(nq) vanishes).
+
+Writes ``config.json`` (resolved config, versions, seed), ``metrics.csv``,
+``arrays.npz``, ``summary.json`` and figures ``risk.{png,svg}``, ``gap.{png,svg}``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._checks import check_choice, check_int, check_keep, check_positive
+from ..data import mean_field_init, teacher_student
+from ..engine import simulate
+from ..metrics import output_gap, particle_distance
+from ..store import RunFolder, default_run_dir, versions
+
+VARIANTS = ("dropout", "ram", "penalty", "gd")
+COLORS = {"dropout": "C3", "ram": "C0", "penalty": "C2", "gd": "k"}
+LABELS = {"dropout": "dropout", "ram": "RaM (same masks)", "penalty": "penalty GD", "gd": "GD"}
+
+
+@dataclass
+class Config:
+    width: int = 5000
+    lr: float = 1.0
+    keep: float = 0.5
+    steps: int = 1000
+    seed: int = 0
+    dim: int = 10
+    teacher_width: int = 5
+    n_train: int = 100
+    n_test: int = 1000
+    label_noise: float = 0.2
+    activation: str = "tanh"
+    records: int = 100
+    device: str = "cpu"
+    dtype: str = "float64"
+
+    def validate(self) -> Config:
+        check_int("width", self.width, 1)
+        check_positive("lr", self.lr)
+        check_keep(self.keep)
+        check_int("steps", self.steps, 1)
+        check_int("dim", self.dim, 1)
+        check_int("teacher_width", self.teacher_width, 1)
+        check_int("n_train", self.n_train, 1)
+        check_int("n_test", self.n_test, 1)
+        check_int("records", self.records, 1)
+        if not (self.label_noise >= 0 and np.isfinite(self.label_noise)):
+            raise ValueError(f"label_noise must be a finite number >= 0, got {self.label_noise!r}")
+        check_choice("dtype", self.dtype, ("float32", "float64"))
+        check_choice("device", self.device, ("cpu", "cuda"))
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+        return self
+
+
+def compute(cfg: Config, progress: bool = False) -> dict:
+    """Run the four variants; return the curves and gaps (NumPy arrays)."""
+    dtype = getattr(torch, cfg.dtype)
+    g = torch.Generator().manual_seed(cfg.seed)
+    task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train,
+                           n_test=cfg.n_test, label_noise=cfg.label_noise, activation=cfg.activation,
+                           generator=g)
+    X0 = mean_field_init(cfg.width, cfg.dim, generator=g)
+    every = max(1, cfg.steps // cfg.records)
+    runs = {}
+    for v in VARIANTS:
+        runs[v] = simulate(
+            v, X0, task.inputs, task.targets, lr=cfg.lr, keep=cfg.keep, steps=cfg.steps,
+            activation=cfg.activation, seed=cfg.seed + 1, record_every=every,
+            test_inputs=task.test_inputs, test_targets=task.test_targets, probe_inputs=task.test_inputs,
+            snapshot_every=every if v in ("dropout", "ram") else None,
+            device=cfg.device, dtype=dtype, progress=progress,
+        )
+    d, r, gd = runs["dropout"], runs["ram"], runs["gd"]
+    k = min(len(d.steps), len(r.steps))
+    out = {
+        "steps": d.steps[:k].numpy(), "time": d.times[:k].numpy(),
+        "gap_particle": particle_distance(d.snapshots[:k], r.snapshots[:k]).numpy(),
+        "gap_output": output_gap(d.outputs[:k], r.outputs[:k]).numpy(),
+        "teacher": task.teacher.numpy(), "initial_particles": X0.numpy(),
+    }
+    kg = min(len(d.steps), len(gd.steps))
+    out["gap_output_dropout_gd"] = output_gap(d.outputs[:kg], gd.outputs[:kg]).numpy()
+    for v, res in runs.items():
+        out[f"{v}_steps"] = res.steps.numpy()
+        out[f"{v}_train_risk"] = res.risk.numpy()
+        out[f"{v}_test_risk"] = res.test_risk.numpy()
+        out[f"{v}_final_particles"] = res.particles.numpy()
+        out[f"{v}_diverged_at_step"] = res.diverged_at_step
+    return out
+
+
+def _padded(x: np.ndarray, n: int) -> np.ndarray:
+    y = np.full(n, np.nan)
+    y[: len(x)] = x
+    return y
+
+
+def figures(out: dict, cfg: Config):
+    """The two figures: risks of the four variants; coupled dropout–RaM gap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig1, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, which in zip(axes, ("train", "test"), strict=True):
+        for v in VARIANTS:
+            t = out[f"{v}_steps"] * cfg.lr
+            ax.plot(t, out[f"{v}_{which}_risk"], color=COLORS[v], label=LABELS[v],
+                    ls="--" if v == "penalty" else "-", lw=1.6)
+        ax.set_yscale("log")
+        ax.set_xlabel("time t = k·τ")
+        ax.set_title(f"{which} risk")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("½‖f − y‖²")
+    axes[0].legend()
+    fig1.suptitle(f"teacher–student, width n={cfg.width}, τ={cfg.lr}, q={cfg.keep} "
+                  f"(α={cfg.lr / cfg.keep:.3g}, β={1 / (cfg.width * cfg.keep):.2g})", fontsize=10)
+
+    fig2, ax = plt.subplots(figsize=(6, 3.8))
+    t = out["time"]
+    ax.plot(t, out["gap_particle"], color="C3", label="(1/n) Σ|X_i^drop − X_i^RaM|²")
+    ax.plot(t, out["gap_output"], color="C0", label="‖f(drop) − f(RaM)‖ (test inputs)")
+    ax.plot(t[: len(out["gap_output_dropout_gd"])], out["gap_output_dropout_gd"], color="k", ls=":",
+            label="‖f(drop) − f(GD)‖ for scale")
+    ax.set_yscale("log")
+    ax.set_xlabel("time t = k·τ")
+    ax.set_title("coupled dropout vs RaM (same masks)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig1, fig2
+
+
+def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
+        progress: bool = False) -> Path:
+    """Run the experiment and write its run folder; return the folder's path."""
+    cfg.validate()
+    resolved = asdict(cfg)
+    path = Path(out) if out is not None else default_run_dir(root, "teacher-student", resolved)
+    with RunFolder(path, force=force) as folder:
+        t0 = time.perf_counter()
+        res = compute(cfg, progress=progress)
+        seconds = time.perf_counter() - t0
+        n = len(res["steps"])
+        cols = {"step": res["steps"], "time": res["time"]}
+        for v in VARIANTS:
+            # every variant is recorded on the same grid; a diverged one ends early (NaN after)
+            cols[f"{v}_train_risk"] = _padded(res[f"{v}_train_risk"], n)
+            cols[f"{v}_test_risk"] = _padded(res[f"{v}_test_risk"], n)
+        cols["gap_particle_dropout_ram"] = res["gap_particle"]
+        cols["gap_output_dropout_ram"] = res["gap_output"]
+        cols["gap_output_dropout_gd"] = _padded(res["gap_output_dropout_gd"], n)
+        folder.write_csv("metrics.csv", cols)
+        folder.write_npz("arrays.npz", {k: v for k, v in res.items() if isinstance(v, np.ndarray)})
+        summary = {
+            "seconds": round(seconds, 2),
+            "alpha": cfg.lr / cfg.keep, "beta": 1 / (cfg.width * cfg.keep),
+            "diverged_at_step": {v: res[f"{v}_diverged_at_step"] for v in VARIANTS},
+            "final_train_risk": {v: float(res[f"{v}_train_risk"][-1]) for v in VARIANTS},
+            "final_test_risk": {v: float(res[f"{v}_test_risk"][-1]) for v in VARIANTS},
+            "final_gap_particle_dropout_ram": float(res["gap_particle"][-1]),
+            "final_gap_output_dropout_ram": float(res["gap_output"][-1]),
+            "final_gap_output_dropout_gd": float(res["gap_output_dropout_gd"][-1]),
+        }
+        folder.write_json("config.json", {"experiment": "teacher-student", "config": resolved,
+                                          "versions": versions(), "seed": cfg.seed})
+        folder.write_json("summary.json", summary)
+        fig1, fig2 = figures(res, cfg)
+        folder.savefig(fig1, "risk")
+        folder.savefig(fig2, "gap")
+    return path

@@ -1,0 +1,50 @@
+"""Dropout masks (THEORY.md §1): seeded, replayable, shareable streams.
+
+At each step every neuron keeps (``True``) with probability ``q`` and its multiplier is
+``1 + η = 1/q`` if kept and ``0`` otherwise, so ``E[1 + η] = 1`` and
+``Var(η) = (1 − q)/q``. A stream owns one ``torch.Generator``: the same seed, shape and
+device give the same masks, so two variants run with one seed are *coupled*.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_int, check_keep
+
+
+class MaskStream:
+    """Bernoulli(q) keep-masks of shape ``shape`` (e.g. ``(replicas, width)``), one per
+    call of :meth:`next`, drawn from a generator seeded with ``seed``."""
+
+    def __init__(self, keep: float, shape: tuple[int, ...], seed: int = 0, device="cpu"):
+        self.keep = check_keep(keep)
+        self.shape = tuple(shape)
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+
+    def next(self) -> torch.Tensor:
+        """The next mask: a bool tensor of ``shape`` (``True`` = kept)."""
+        if self.keep == 1.0:
+            return torch.ones(self.shape, dtype=torch.bool, device=self.device)
+        u = torch.rand(self.shape, generator=self.generator, dtype=torch.float64, device=self.device)
+        return u < self.keep
+
+    def take(self, steps: int) -> torch.Tensor:
+        """The next ``steps`` masks stacked: ``(steps, *shape)``."""
+        steps = check_int("steps", steps, 0)
+        if steps == 0:
+            return torch.empty((0, *self.shape), dtype=torch.bool, device=self.device)
+        return torch.stack([self.next() for _ in range(steps)])
+
+
+def draw_masks(keep: float, steps: int, shape: tuple[int, ...], seed: int = 0, device="cpu"):
+    """``(steps, *shape)`` keep-masks: the same ones :func:`dropdyn.simulate` draws with
+    this ``seed`` (pass them as ``masks=`` to couple runs explicitly)."""
+    return MaskStream(keep, shape, seed, device).take(steps)
+
+
+def multipliers(mask: torch.Tensor, keep: float, dtype=torch.float64) -> torch.Tensor:
+    """``1 + η = mask / q``: ``1/q`` where kept, ``0`` where dropped."""
+    return mask.to(dtype) * (1.0 / check_keep(keep))

@@ -1,0 +1,259 @@
+"""Mean-field two-layer network (THEORY.md §1), closed forms only.
+
+A neuron is a row ``x = (a, w[, b])`` of ``particles`` (shape ``(replicas, width, p)``,
+``p = 1 + d`` or ``2 + d`` with a bias). With inputs ``z_j ∈ R^d`` (``inputs``: ``(m, d)``)
+
+    φ(x, z) = a σ(w·z [+ b]),     f(μ) = (1/n) Σ_i F_i φ(x_i)          (predictor)
+    r = f − y,                    R = ½‖r‖²,  ⟨u, v⟩ = (1/m) Σ_j u_j v_j
+    ∇V(x) = Dφ(x)ᵀ r / m,         ∇P(x) = Dφ(x)ᵀ φ(x) / m              (P = ½‖φ‖²)
+
+The first half of this module is the readable reference (one line per formula,
+used by tests and notebooks). The second half, :class:`Design` and :func:`descent`,
+is the fused hot path that the engine calls once per step; it is checked against
+the reference and against autograd in ``tests/test_model.py``.
+
+Hot-path levers (measured in ``benchmarks/bench_step.py``):
+
+* every activation is evaluated through a cheap "value" ``T`` with ``S = A·T + B`` and
+  ``σ'(u) = C·Q(T)``; tanh uses ``tanh(u) = 2·sigmoid(2u) − 1`` because ATen's
+  sigmoid is several times faster than its tanh on CPU;
+* the affine constants and the residual are applied on the small side
+  (``(m, d)`` matrices), never on the ``(width, m)`` feature matrix;
+* the feature dimension is zero-padded to a multiple of 16, which makes the skinny
+  GEMMs several times faster on CPU BLAS.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_choice
+
+Tensor = torch.Tensor
+
+
+# --------------------------------------------------------------------------- activations
+@dataclass(frozen=True)
+class Activation:
+    """An activation σ with its derivative, and its hot-path factorisation.
+
+    ``fn``/``deriv`` are the reference σ and σ'. The hot path evaluates
+    ``T = value(prescale · u)`` (possibly in place), then uses ``σ(u) = A·T + B`` and
+    ``σ'(u) = C·slope(T, prescale·u)`` (``slope`` may overwrite its arguments and returns
+    ``None`` when σ' ≡ 1).
+    """
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    deriv: Callable[[Tensor], Tensor]
+    prescale: float
+    value: Callable[[Tensor], Tensor]
+    slope: Callable[[Tensor, Tensor], Tensor | None]
+    A: float = 1.0
+    B: float = 0.0
+    C: float = 1.0
+
+
+def _logistic_slope(T: Tensor, U: Tensor) -> Tensor:
+    # T − T², in place on T.
+    return T.addcmul_(T, T, value=-1.0)
+
+
+def _erf_slope(T: Tensor, U: Tensor) -> Tensor:
+    # exp(−u²), in place on U (T = erf(u) was computed out of place).
+    return U.square_().neg_().exp_()
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in (
+        Activation(
+            "tanh", torch.tanh, lambda u: 1 - torch.tanh(u) ** 2,
+            prescale=2.0, value=torch.sigmoid_, slope=_logistic_slope, A=2.0, B=-1.0, C=4.0,
+        ),
+        Activation(
+            "sigmoid", torch.sigmoid, lambda u: torch.sigmoid(u) * (1 - torch.sigmoid(u)),
+            prescale=1.0, value=torch.sigmoid_, slope=_logistic_slope,
+        ),
+        Activation(
+            "relu", torch.relu, lambda u: (u > 0).to(u.dtype),
+            prescale=1.0, value=torch.relu_, slope=lambda T, U: (T > 0).to(T.dtype),
+        ),
+        Activation(
+            "softplus", torch.nn.functional.softplus, torch.sigmoid,
+            prescale=1.0, value=torch.nn.functional.softplus, slope=lambda T, U: U.sigmoid_(),
+        ),
+        Activation(
+            "erf", torch.erf, lambda u: 2 / math.sqrt(math.pi) * torch.exp(-u * u),
+            prescale=1.0, value=torch.erf, slope=_erf_slope, C=2 / math.sqrt(math.pi),
+        ),
+        Activation(
+            "identity", lambda u: u, torch.ones_like,
+            prescale=1.0, value=lambda u: u, slope=lambda T, U: None,
+        ),
+    )
+}
+
+
+def get_activation(name: str) -> Activation:
+    """Look up an activation by name (``ValueError`` naming the choices otherwise)."""
+    return ACTIVATIONS[check_choice("activation", name, ACTIVATIONS)]
+
+
+# --------------------------------------------------------------------------- reference
+def split(particles: Tensor, d: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(…, width, p) → a (…, width), w (…, width, d), b (…, width) or None``."""
+    a, w = particles[..., 0], particles[..., 1 : 1 + d]
+    b = particles[..., 1 + d] if particles.shape[-1] == d + 2 else None
+    return a, w, b
+
+
+def preactivations(particles: Tensor, inputs: Tensor) -> Tensor:
+    """``u_ij = w_i·z_j [+ b_i]``: ``(…, width, p), (m, d) → (…, width, m)``."""
+    _, w, b = split(particles, inputs.shape[-1])
+    u = w @ inputs.T
+    return u if b is None else u + b[..., None]
+
+
+def features(particles: Tensor, inputs: Tensor, activation: str = "tanh") -> Tensor:
+    """``φ(x_i, z_j) = a_i σ(u_ij)``: ``(…, width, m)``."""
+    act = get_activation(activation)
+    return particles[..., 0, None] * act.fn(preactivations(particles, inputs))
+
+
+def predict(
+    particles: Tensor, inputs: Tensor, activation: str = "tanh", forward: Tensor | None = None
+) -> Tensor:
+    """``f = (1/n) Σ_i F_i φ(x_i)``: ``(…, width, p) → (…, m)``; ``forward`` F: ``(…, width)``."""
+    phi = features(particles, inputs, activation)
+    if forward is not None:
+        phi = phi * forward[..., None]
+    return phi.mean(dim=-2)
+
+
+def risk(particles: Tensor, inputs: Tensor, targets: Tensor, activation: str = "tanh") -> Tensor:
+    """``R(μ) = ½‖f(μ) − y‖² = (1/2m) Σ_j (f_j − y_j)²``: ``(…,)``."""
+    r = predict(particles, inputs, activation) - targets
+    return 0.5 * (r * r).mean(dim=-1)
+
+
+def grad_potential(
+    particles: Tensor, inputs: Tensor, residual: Tensor, activation: str = "tanh"
+) -> Tensor:
+    """``∇V(x_i) = Dφ(x_i)ᵀ r / m`` for a residual ``r`` of shape ``(…, m)`` or, per neuron,
+    ``(…, width, m)``. Returns ``(…, width, p)``."""
+    act = get_activation(activation)
+    d, m = inputs.shape[-1], inputs.shape[0]
+    a = particles[..., 0]
+    u = preactivations(particles, inputs)
+    res = residual if residual.dim() == u.dim() else residual[..., None, :]
+    ga = (act.fn(u) * res).sum(-1) / m
+    e = act.deriv(u) * res * a[..., None] / m  # (…, width, m)
+    parts = [ga[..., None], e @ inputs]
+    if particles.shape[-1] == d + 2:
+        parts.append(e.sum(-1, keepdim=True))
+    return torch.cat(parts, dim=-1)
+
+
+def grad_penalty(particles: Tensor, inputs: Tensor, activation: str = "tanh") -> Tensor:
+    """``∇P(x_i) = Dφ(x_i)ᵀ φ(x_i) / m`` with ``P = ½‖φ‖²``: ``(…, width, p)``."""
+    return grad_potential(particles, inputs, features(particles, inputs, activation), activation)
+
+
+# --------------------------------------------------------------------------- hot path
+def _pad16(k: int) -> int:
+    return -(-k // 16) * 16
+
+
+@dataclass(frozen=True)
+class Design:
+    """Inputs prepared once per run for :func:`descent`.
+
+    ``Z``: ``(m, P)`` = ``[z_j, 1 (if bias), 0 …]`` zero-padded to ``P`` (a multiple of 16);
+    ``ZsT = (prescale · Z)ᵀ`` stored contiguous ``(P, m)``; ``y``: ``(m,)``.
+    """
+
+    Z: Tensor
+    ZsT: Tensor
+    y: Tensor
+    act: Activation
+    d: int
+    bias: bool
+
+    @staticmethod
+    def build(inputs: Tensor, targets: Tensor, activation: str, bias: bool) -> Design:
+        act = get_activation(activation)
+        m, d = inputs.shape
+        Z = inputs.new_zeros(m, _pad16(d + bias))
+        Z[:, :d] = inputs
+        if bias:
+            Z[:, d] = 1.0
+        return Design(Z, (Z * act.prescale).T.contiguous(), targets, act, d, bias)
+
+    def pack(self, particles: Tensor) -> tuple[Tensor, Tensor]:
+        """``(R, n, p) → a (R, n), W (R, n, P)`` (contiguous, zero-padded)."""
+        a = particles[..., 0].contiguous()
+        W = particles.new_zeros(*particles.shape[:-1], self.Z.shape[1])
+        W[..., : particles.shape[-1] - 1] = particles[..., 1:]
+        return a, W
+
+    def unpack(self, a: Tensor, W: Tensor) -> Tensor:
+        """Inverse of :meth:`pack`."""
+        return torch.cat([a[..., None], W[..., : self.d + self.bias]], dim=-1)
+
+
+def _rowdot(T: Tensor, r: Tensor) -> Tensor:
+    """``Σ_j T_rij r_rj``: ``(R, K, m), (R, m) → (R, K)``. One ``mv`` per replica: on CPU
+    several times faster than a batched matrix-vector ``bmm`` or a multiply-and-sum."""
+    return torch.stack([Ti @ ri for Ti, ri in zip(T, r, strict=True)])
+
+
+def forward(design: Design, a: Tensor, W: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Predictor with forward weights ``weights = F_i / n`` (``(R, K)``): returns
+    ``f (R, m)``, the activation values ``T (R, K, m)`` and the prescaled
+    pre-activations ``U`` (which may share storage with ``T``; see :class:`Activation`)."""
+    act = design.act
+    U = W @ design.ZsT
+    T = act.value(U)
+    v = a * weights
+    f = act.A * (v[:, None, :] @ T).squeeze(1)
+    if act.B:
+        f = f + act.B * v.sum(-1, keepdim=True)
+    return f, T, U
+
+
+def descent(
+    design: Design, a: Tensor, W: Tensor, weights: Tensor, penalty: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One fused forward/backward pass.
+
+    For neurons ``(a, W)`` of shape ``(R, K)``, ``(R, K, P)`` and forward weights
+    ``weights = F_i / n`` (``(R, K)``), returns the descent directions
+
+        g_i = Dφ(x_i)ᵀ (r + c φ(x_i)) / m,   r = Σ_i (F_i/n) φ(x_i) − y,  c = ``penalty``
+
+    as ``ga (R, K)``, ``gW (R, K, P)``, and the residual ``r (R, m)``.
+    """
+    act, Z, m = design.act, design.Z, design.Z.shape[0]
+    f, T, U = forward(design, a, W, weights)
+    r = f - design.y
+    ga = act.A * _rowdot(T, r)
+    if act.B:
+        ga = ga + act.B * r.sum(-1, keepdim=True)
+    S = act.A * T + act.B if penalty else None  # σ(u), kept only for the penalty
+    rZ = r[..., None] * Z  # (R, m, P)
+    Q = act.slope(T, U)
+    if Q is None:  # σ' ≡ 1
+        gW = rZ.sum(1, keepdim=True).expand(W.shape)
+    else:
+        gW = act.C * (Q @ rZ)
+    gW = a[..., None] * gW
+    if penalty:
+        dS = torch.ones_like(S) if Q is None else act.C * Q
+        ga = ga + penalty * a * (S * S).sum(-1)
+        gW = gW + penalty * (a * a)[..., None] * ((S * dS) @ Z)
+    return ga / m, gW / m, r

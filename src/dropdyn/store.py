@@ -1,0 +1,122 @@
+"""Run folders: resolved config with versions, metrics as CSV, arrays as ``.npz``,
+figures — all written atomically.
+
+A run is assembled in a hidden temporary folder beside its destination and renamed
+into place only when complete, so a killed process never leaves a half-written run
+that looks finished. An existing destination is never overwritten unless ``force``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def config_key(config: dict) -> str:
+    """Short stable hash of a resolved configuration."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def versions() -> dict:
+    """Versions of dropdyn, Python and the main dependencies."""
+    import torch
+
+    from . import __version__
+
+    return {"dropdyn": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+class RunFolder:
+    """A run being written. Use as a context manager; on success the folder appears at
+    ``path`` atomically, on an exception nothing appears there.
+
+        with RunFolder(path, force=False) as run:
+            run.write_json("config.json", cfg); run.write_csv(...); run.savefig(...)
+    """
+
+    def __init__(self, path: Path, *, force: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and any(self.path.iterdir()) and not force:
+            raise ValueError(f"run folder {self.path} already exists; use --force to overwrite it")
+        self.force = force
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> RunFolder:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
+        self.tmp.chmod(0o755)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, old)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
+
+    def file(self, name: str) -> Path:
+        return self.tmp / name
+
+    def write_json(self, name: str, obj) -> None:
+        atomic_write_bytes(self.file(name), json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def write_csv(self, name: str, columns: dict[str, np.ndarray]) -> None:
+        """Columns of equal length as a CSV with a header row."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        names = list(columns)
+        w.writerow(names)
+        for row in zip(*(np.asarray(columns[k]).tolist() for k in names), strict=True):
+            w.writerow(row)
+        atomic_write_bytes(self.file(name), buf.getvalue().encode())
+
+    def write_npz(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(self.file(name), buf.getvalue())
+
+    def savefig(self, fig, stem: str) -> None:
+        """Save a matplotlib figure as ``stem.png`` and ``stem.svg``."""
+        for ext in ("png", "svg"):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight")
+            atomic_write_bytes(self.file(f"{stem}.{ext}"), buf.getvalue())
+
+
+def default_run_dir(root: Path, experiment: str, config: dict) -> Path:
+    """``root/experiment/<UTC time>-<config hash>``: unique, sortable."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path(root) / experiment / f"{stamp}-{config_key(config)}"

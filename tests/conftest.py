@@ -1,0 +1,12 @@
+import pytest
+import torch
+
+
+@pytest.fixture
+def small_problem():
+    """A small float64 problem: particles (7, 4), inputs (5, 3), targets (5,)."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    Z = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(5, generator=g, dtype=torch.float64)
+    return X, Z, y

@@ -1,0 +1,94 @@
+"""The command line: help, one-line errors with exit code 2, config files, run folders."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dropdyn.cli import main
+
+SMALL = ["--width", "40", "--steps", "6", "--no-progress"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "dropdyn.cli", *args], capture_output=True, text=True)
+
+
+def test_help_lists_experiments():
+    p = run_cli("--help")
+    assert p.returncode == 0 and "teacher-student" in p.stdout
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--keep", "0"], "keep must be in (0, 1], got 0.0"),
+        (["--keep", "1.5"], "keep must be in (0, 1], got 1.5"),
+        (["--lr", "-1"], "lr must be a finite positive number, got -1.0"),
+        (["--lr", "nan"], "lr must be a finite positive number, got nan"),
+        (["--width", "0"], "width must be an integer >= 1, got 0"),
+        (["--steps", "-3"], "steps must be an integer >= 1, got -3"),
+        (["--dtype", "float16"], "unknown dtype 'float16'"),
+        (["--width", "abc"], "invalid int value: 'abc'"),
+        (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, match, tmp_path):
+    p = run_cli("run", "teacher-student", *SMALL, "--out", str(tmp_path / "r"), *args)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert match in p.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_experiment_exit_2():
+    p = run_cli("run", "nope")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "nope" in p.stderr
+
+
+def test_config_file_and_flag_override(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("width: 30\nsteps: 4\nkeep: 0.7\nn_test: 50\n")
+    out = tmp_path / "run"
+    assert main(["run", "teacher-student", "--config", str(cfg), "--keep", "0.9", "--out", str(out),
+                 "--no-progress"]) == 0
+    resolved = json.loads((out / "config.json").read_text())["config"]
+    assert resolved["width"] == 30 and resolved["steps"] == 4 and resolved["n_test"] == 50
+    assert resolved["keep"] == 0.9  # the flag wins over the file
+
+
+def test_toml_config_and_bad_keys(tmp_path, capsys):
+    good = tmp_path / "c.toml"
+    good.write_text("width = 20\nsteps = 3\n")
+    assert main(["run", "teacher-student", "--config", str(good), "--out", str(tmp_path / "a"),
+                 "--no-progress"]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("widht: 20\n")
+    assert main(["run", "teacher-student", "--config", str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert "unknown setting(s) widht" in capsys.readouterr().err
+    typed = tmp_path / "typed.yaml"
+    typed.write_text("width: many\n")
+    assert main(["run", "teacher-student", "--config", str(typed), "--out", str(tmp_path / "c")]) == 2
+    assert "setting 'width' must be an integer, got 'many'" in capsys.readouterr().err
+    assert main(["run", "teacher-student", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_existing_run_folder_needs_force(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "teacher-student", *SMALL, "--out", str(out)]) == 0
+    before = (out / "metrics.csv").read_text()
+    assert main(["run", "teacher-student", *SMALL, "--seed", "5", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "metrics.csv").read_text() == before
+    assert main(["run", "teacher-student", *SMALL, "--seed", "5", "--out", str(out), "--force"]) == 0
+    assert (out / "metrics.csv").read_text() != before
+
+
+def test_cuda_refused_cleanly_without_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    p = run_cli("run", "teacher-student", *SMALL, "--device", "cuda", "--out", str(tmp_path / "r"))
+    assert p.returncode == 2 and "CUDA is not available" in p.stderr

@@ -1,0 +1,166 @@
+"""The particle engine: variants against their definitions (THEORY.md §1)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from dropdyn import VARIANTS, draw_masks, simulate
+from dropdyn.model import features, grad_potential, predict
+
+
+def problem(seed=0, n=6, m=5, d=3, R=None, bias=False):
+    g = torch.Generator().manual_seed(seed)
+    shape = (n,) if R is None else (R, n)
+    X = torch.randn(*shape, d + 1 + bias, generator=g, dtype=torch.float64)
+    Z = torch.randn(m, d, generator=g, dtype=torch.float64)
+    y = torch.randn(m, generator=g, dtype=torch.float64)
+    return X, Z, y
+
+
+def reference_step(variant, X, Z, y, lr, q, mask, act="tanh"):
+    """THEORY.md §1: X_i ← X_i − τ B_i Dφ(X_i)ᵀ(r + c φ(X_i))/m, r = (1/n)Σ F_j φ(X_j) − y."""
+    n = X.shape[-2]
+    mult = mask.to(X.dtype) / q
+    ones = torch.ones_like(mult)
+    F = mult if variant in ("dropout", "forward-only") else ones
+    B = mult if variant in ("dropout", "ram") else ones
+    c = (1 - q) / (n * q) if variant == "penalty" else 0.0
+    r = predict(X, Z, act, forward=F) - y
+    res = r[..., None, :] + c * features(X, Z, act)
+    return X - lr * B[..., None] * grad_potential(X, Z, res, act)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_step_matches_definition(variant, bias):
+    X, Z, y = problem(1, bias=bias)
+    q, lr = 0.4, 0.3
+    masks = draw_masks(q, 1, (6,), seed=4)
+    assert 0 < int(masks.sum()) < 6  # both kept and dropped neurons (compacted path)
+    out = simulate(variant, X, Z, y, lr=lr, keep=q, steps=1, masks=masks)
+    torch.testing.assert_close(out.particles, reference_step(variant, X, Z, y, lr, q, masks[0]),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("activation", ["tanh", "relu", "identity"])
+def test_keep_one_is_gd_exactly(variant, activation):
+    X, Z, y = problem(2, n=40, R=3)
+    gd = simulate("gd", X, Z, y, lr=0.2, keep=1.0, steps=25, activation=activation)
+    v = simulate(variant, X, Z, y, lr=0.2, keep=1.0, steps=25, activation=activation)
+    assert torch.equal(v.particles, gd.particles)
+    assert torch.equal(v.risk, gd.risk)
+
+
+def test_penalty_gd_is_the_exact_mask_average_of_dropout():
+    """E over all 2^n masks of one dropout step = one penalty-GD step (n = 5, exact)."""
+    X, Z, y = problem(3, n=5)
+    q, lr = 0.35, 0.5
+    expected = torch.zeros_like(X)
+    for bits in itertools.product([False, True], repeat=5):
+        mask = torch.tensor(bits)
+        k = int(mask.sum())
+        prob = q**k * (1 - q) ** (5 - k)
+        expected += prob * simulate("dropout", X, Z, y, lr=lr, keep=q, steps=1, masks=mask[None]).particles
+    penalty = simulate("penalty", X, Z, y, lr=lr, keep=q, steps=1).particles
+    torch.testing.assert_close(expected, penalty, rtol=1e-12, atol=1e-13)
+
+
+def test_penalty_gd_is_the_monte_carlo_mask_average_of_dropout():
+    """The same with sampled masks over 40,000 replicas (batched path), within 5 s.e."""
+    X, Z, y = problem(4, n=8)
+    R, q, lr = 40_000, 0.5, 0.5
+    out = simulate("dropout", X.expand(R, 8, 4).clone(), Z, y, lr=lr, keep=q, steps=1, seed=11)
+    mean = out.particles.mean(0)
+    se = out.particles.std(0) / math.sqrt(R)
+    penalty = simulate("penalty", X, Z, y, lr=lr, keep=q, steps=1).particles
+    assert torch.all((mean - penalty).abs() <= 5 * se + 1e-12)
+
+
+def test_same_seed_couples_variants_and_equals_explicit_masks():
+    X, Z, y = problem(5, n=30)
+    masks = draw_masks(0.5, 10, (30,), seed=9)
+    for v in ("dropout", "ram", "forward-only"):
+        a = simulate(v, X, Z, y, lr=0.1, keep=0.5, steps=10, seed=9)
+        b = simulate(v, X, Z, y, lr=0.1, keep=0.5, steps=10, masks=masks)
+        assert torch.equal(a.particles, b.particles), v
+
+
+def test_replicas_equal_sequential_runs():
+    X, Z, y = problem(6, n=20, R=4)
+    masks = draw_masks(0.3, 15, (4, 20), seed=1)
+    batched = simulate("dropout", X, Z, y, lr=0.2, keep=0.3, steps=15, masks=masks)
+    for r in range(4):
+        single = simulate("dropout", X[r], Z, y, lr=0.2, keep=0.3, steps=15, masks=masks[:, r])
+        torch.testing.assert_close(batched.particles[r], single.particles, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(batched.risk[:, r], single.risk, rtol=1e-12, atol=1e-12)
+    # (steps, width) masks are shared by every replica
+    shared = simulate("dropout", X, Z, y, lr=0.2, keep=0.3, steps=15, masks=masks[:, 0])
+    single = simulate("dropout", X[2], Z, y, lr=0.2, keep=0.3, steps=15, masks=masks[:, 0])
+    torch.testing.assert_close(shared.particles[2], single.particles, rtol=1e-12, atol=1e-12)
+
+
+def test_deterministic_bit_for_bit():
+    X, Z, y = problem(7, n=50)
+    a = simulate("dropout", X, Z, y, lr=0.1, keep=0.6, steps=30, seed=3)
+    b = simulate("dropout", X, Z, y, lr=0.1, keep=0.6, steps=30, seed=3)
+    assert torch.equal(a.particles, b.particles) and torch.equal(a.risk, b.risk)
+
+
+def test_records_and_snapshots():
+    X, Z, y = problem(8, n=10)
+    out = simulate("gd", X, Z, y, lr=0.1, keep=0.5, steps=10, record_every=4, snapshot_every=5,
+                   test_inputs=Z[:3], test_targets=y[:3], probe_inputs=Z)
+    assert out.steps.tolist() == [0, 4, 8, 10]
+    torch.testing.assert_close(out.times, out.steps.double() * 0.1)
+    assert out.risk.shape == (4,) and out.test_risk.shape == (4,) and out.outputs.shape == (4, 5)
+    assert out.snapshot_steps.tolist() == [0, 5, 10] and out.snapshots.shape == (3, 10, 4)
+    torch.testing.assert_close(out.snapshots[-1], out.particles)
+    torch.testing.assert_close(out.outputs[-1], predict(out.particles, Z))
+    r = predict(X, Z) - y
+    torch.testing.assert_close(out.risk[0], 0.5 * (r * r).mean())
+    assert out.diverged_at_step is None
+
+
+def test_gd_decreases_the_risk():
+    X, Z, y = problem(9, n=100)
+    out = simulate("gd", X, Z, y, lr=0.05, keep=1.0, steps=200, record_every=50)
+    assert torch.all(out.risk[1:] < out.risk[:-1])
+
+
+def test_divergence_stops_and_keeps_what_was_computed():
+    X, Z, y = problem(10, n=20)
+    out = simulate("gd", X, Z, 100 * y, lr=1e4, keep=1.0, steps=500, activation="identity")
+    k = out.diverged_at_step
+    assert k is not None and 1 <= k < 500
+    assert torch.isfinite(out.particles).all()
+    assert out.steps[-1] == k - 1
+    assert torch.isfinite(out.risk).all()
+    # the returned particles are the state after k − 1 steps
+    again = simulate("gd", X, Z, 100 * y, lr=1e4, keep=1.0, steps=k - 1, activation="identity")
+    assert torch.equal(again.particles, out.particles)
+
+
+def test_float32_runs_and_stays_float32():
+    X, Z, y = problem(11, n=30)
+    out = simulate("dropout", X.float(), Z, y, lr=0.1, keep=0.5, steps=5)
+    assert out.particles.dtype == torch.float32
+    ref = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=5)
+    torch.testing.assert_close(out.particles.double(), ref.particles, rtol=1e-4, atol=1e-5)
+
+
+def test_all_neurons_dropped_moves_nothing():
+    X, Z, y = problem(12, n=4)
+    out = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=1, masks=torch.zeros(1, 4, dtype=torch.bool))
+    assert torch.equal(out.particles, X)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    X, Z, y = problem(13, n=64)
+    masks = draw_masks(0.5, 10, (64,), seed=0)
+    cpu = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=10, masks=masks)
+    gpu = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=10, masks=masks, device="cuda")
+    torch.testing.assert_close(gpu.particles, cpu.particles, rtol=1e-9, atol=1e-10)

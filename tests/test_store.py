@@ -1,0 +1,52 @@
+"""Run folders appear whole or not at all."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dropdyn.store import RunFolder, atomic_write_bytes, config_key
+
+
+def test_run_folder_appears_only_when_complete(tmp_path):
+    path = tmp_path / "run"
+    with RunFolder(path) as run:
+        run.write_json("config.json", {"a": 1})
+        run.write_csv("metrics.csv", {"x": np.arange(3), "y": np.ones(3)})
+        run.write_npz("arrays.npz", {"z": np.eye(2)})
+        assert not path.exists()
+    assert json.loads((path / "config.json").read_text()) == {"a": 1}
+    assert (path / "metrics.csv").read_text().splitlines() == ["x,y", "0,1.0", "1,1.0", "2,1.0"]
+    assert np.array_equal(np.load(path / "arrays.npz")["z"], np.eye(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary leftovers
+
+
+def test_failure_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with RunFolder(tmp_path / "run") as run:
+            run.write_json("config.json", {})
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_is_kept_unless_forced(tmp_path):
+    path = tmp_path / "run"
+    with RunFolder(path) as run:
+        run.write_json("v.json", 1)
+    with pytest.raises(ValueError, match="already exists"):
+        RunFolder(path)
+    with RunFolder(path, force=True) as run:
+        run.write_json("v.json", 2)
+    assert json.loads((path / "v.json").read_text()) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_atomic_write_replaces(tmp_path):
+    f = tmp_path / "x.txt"
+    atomic_write_bytes(f, b"one")
+    atomic_write_bytes(f, b"two")
+    assert f.read_bytes() == b"two" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_config_key_is_stable_and_order_free():
+    assert config_key({"a": 1, "b": 2}) == config_key({"b": 2, "a": 1}) != config_key({"a": 2, "b": 2})
