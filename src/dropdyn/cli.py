@@ -51,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
+    ph = sub.add_parser("phase", help="place (width, lr, keep) on the phase diagram and explain its limit")
+    ph.add_argument("--width", type=int, required=True, help="width n (>= 2)")
+    ph.add_argument("--lr", type=float, required=True, help="learning rate τ")
+    ph.add_argument("--keep", type=float, required=True, help="keep probability q")
+    ph.add_argument("--factor", type=float, default=3.0,
+                    help="constants within this factor of 1 count as order one (default 3)")
+    ph.add_argument("--json", action="store_true", help="print JSON")
+    pd = sub.add_parser("phase-diagram", help="draw the theoretical (a, b) phase diagram")
+    pd.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
+    pd.add_argument("--mark", action="append", default=[], metavar="N,T,Q",
+                    help="mark a point (width, lr, keep); repeatable")
     run = sub.add_parser("run", help="run an experiment and write its run folder")
     exps = run.add_subparsers(dest="experiment", parser_class=_Parser, metavar="EXPERIMENT")
     for name in EXPERIMENTS:
@@ -75,6 +86,55 @@ def _run_experiment(args) -> int:
     return 0
 
 
+def _phase(args) -> int:
+    import json
+
+    from .phase import classify
+
+    ph = classify(args.width, args.lr, args.keep, factor=args.factor)
+    print(json.dumps(ph.to_dict(), indent=2, ensure_ascii=False) if args.json else ph.explain())
+    return 0
+
+
+def _parse_mark(text: str) -> tuple[int, float, float]:
+    parts = text.split(",")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        return int(parts[0]), float(parts[1]), float(parts[2])
+    except ValueError:
+        raise UsageError(f"--mark must be WIDTH,LR,KEEP (e.g. 1000,0.01,0.5), got {text!r}") from None
+
+
+def _phase_diagram(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .phase import classify, draw_diagram
+    from .store import atomic_write_bytes
+
+    marks = [_parse_mark(m) for m in args.mark]
+    for m in marks:
+        classify(*m)  # validates
+    out = Path(args.out)
+    fmt = out.suffix.lstrip(".").lower()
+    if fmt not in ("png", "svg", "pdf"):
+        raise UsageError(f"--out must end in .png, .svg or .pdf, got {str(out)!r}")
+    if not out.parent.is_dir():
+        raise UsageError(f"folder {str(out.parent)!r} does not exist")
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    draw_diagram(ax, marks)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight")
+    atomic_write_bytes(out, buf.getvalue())
+    print(out)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -84,6 +144,10 @@ def main(argv=None) -> int:
             return 0
         if args.command == "run":
             return _run_experiment(args)
+        if args.command == "phase":
+            return _phase(args)
+        if args.command == "phase-diagram":
+            return _phase_diagram(args)
         raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
     except (UsageError, ValueError) as e:
         print(f"dropdyn: error: {e}", file=sys.stderr)

@@ -16,6 +16,10 @@ penalty coefficient c (THEORY.md §1, table of variants):
 
 Dropout's forward and backward both vanish on dropped neurons, so its step is
 computed on the kept neurons only (cost ∝ q·width).
+
+The limits of THEORY.md §2 are rules of the same step (``dropdyn.limits``); the
+critical phase IV replaces the shared forward pass by one random forward pass per
+moving neuron (``Rule.critical``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 
 from ._checks import check_choice, check_finite, check_int, check_keep, check_positive
 from .masks import MaskStream
-from .model import Design, descent, forward
+from .model import Design, descent, features, forward
 
 Tensor = torch.Tensor
 
@@ -36,11 +40,14 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class Rule:
     """One step's multipliers: F = mask/q if ``forward_masked`` else 1, likewise B;
-    ``penalty`` is c."""
+    ``penalty`` is c. With ``critical``, each moving neuron i instead sees its own random
+    forward pass β(φ(X_i) + Σ_{l≤N_i} φ(Y_l)), N_i ~ Poisson(1/β), Y_l drawn uniformly
+    from the current particles, with β = ``penalty`` (THEORY.md §2, phase IV)."""
 
     forward_masked: bool
     backward_masked: bool
     penalty: float = 0.0
+    critical: bool = False
 
     @property
     def uses_masks(self) -> bool:
@@ -64,13 +71,70 @@ def rule_for(variant: str, width: int, keep: float) -> Rule:
     return Rule(False, False)
 
 
+def _gather(a: Tensor, W: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows ``idx (R, K)`` of ``a (R, n)`` and ``W (R, n, P)``, and their flat row indices."""
+    R, n = a.shape
+    rows = (idx + n * torch.arange(R, device=a.device)[:, None]).reshape(-1)
+    P = W.shape[-1]
+    a_s = a.reshape(-1).index_select(0, rows).view(idx.shape)
+    W_s = W.reshape(-1, P).index_select(0, rows).view(*idx.shape, P)
+    return a_s, W_s, rows
+
+
+def _scatter(a: Tensor, W: Tensor, rows: Tensor, a_s: Tensor, W_s: Tensor) -> tuple[Tensor, Tensor]:
+    """New ``a``, ``W`` with the rows ``rows`` replaced (inverse of :func:`_gather`)."""
+    P = W.shape[-1]
+    a = a.reshape(-1).index_copy(0, rows, a_s.reshape(-1)).view(a.shape)
+    W = W.reshape(-1, P).index_copy(0, rows, W_s.reshape(-1, P)).view(W.shape)
+    return a, W
+
+
+def _critical_step(design: Design, a: Tensor, W: Tensor, lr: float, beta: float, mask: Tensor,
+                   keep: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Phase IV kernel: each neuron with ``mask`` moves by
+    −(lr/q) Dφ(X_i)ᵀ(β(φ(X_i) + Σ_{l≤N_i} φ(Y_l)) − y)/m. Per-neuron forward passes do not
+    fit the fused shared-residual pass, so this uses the reference closed forms."""
+    from .model import grad_potential
+
+    R, n = a.shape
+    idx, valid = _kept_first(mask)
+    K = idx.shape[1]
+    if K == 0:  # no clock rang
+        return a, W, torch.zeros_like(design.y).expand(R, -1)
+    X = design.unpack(a, W)
+    inputs = design.Z[:, : design.d]
+    phi = features(X, inputs, design.act.name)  # (R, n, m)
+    counts = torch.poisson(torch.full((R, K), 1.0 / beta, dtype=a.dtype, device=a.device), generator)
+    counts = (counts * valid).long()
+    owner = torch.repeat_interleave(torch.arange(R * K, device=a.device), counts.reshape(-1))
+    picks = torch.randint(n, (owner.numel(),), generator=generator, device=a.device)
+    picks = picks + n * (owner // K)  # Y_l from the owner's own replica
+    others = torch.zeros(R * K, phi.shape[-1], dtype=a.dtype, device=a.device)
+    others.index_add_(0, owner, phi.reshape(R * n, -1).index_select(0, picks))
+    a_s, W_s, rows = _gather(a, W, idx)
+    X_s = design.unpack(a_s, W_s)
+    m = phi.shape[-1]
+    self_phi = phi.reshape(R * n, m).index_select(0, rows).view(R, K, m)
+    residual = beta * (self_phi + others.view(R, K, m)) - design.y
+    ga, gW = design.pack(grad_potential(X_s, inputs, residual, design.act.name))
+    mult = valid.to(a.dtype) * (lr / keep)
+    a, W = _scatter(a, W, rows, a_s - mult * ga, W_s - mult[..., None] * gW)
+    r = (residual * valid[..., None]).sum(1) / valid.sum(1).clamp(min=1)[:, None]
+    return a, W, r
+
+
 def step(
-    design: Design, a: Tensor, W: Tensor, lr: float, rule: Rule, mask: Tensor | None, keep: float
+    design: Design, a: Tensor, W: Tensor, lr: float, rule: Rule, mask: Tensor | None, keep: float,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Apply one step to neurons ``a (R, n)``, ``W (R, n, P)`` with keep-mask ``mask``
     (``(R, n)`` bool, or None for mask-free rules). Returns new ``a``, ``W`` and the
-    residual ``r (R, m)`` of the step's (possibly thinned) forward pass."""
+    residual ``r (R, m)`` of the step's (possibly thinned) forward pass (for a critical
+    rule: the mean residual of the moving neurons). ``generator`` feeds the critical
+    rule's random forward passes."""
     R, n = a.shape
+    if rule.critical:
+        return _critical_step(design, a, W, lr, rule.penalty, mask, keep, generator)
     mult = None if mask is None else mask.to(a.dtype) * (1.0 / keep)
     if rule.forward_masked and rule.backward_masked and not bool(mask.all()):
         # Only kept neurons enter the forward pass or move: compact them, per replica
@@ -78,15 +142,9 @@ def step(
         # neurons, so every row index is unique).
         idx, valid = _kept_first(mask)
         mult = valid.to(a.dtype) * (1.0 / keep)
-        rows = (idx + n * torch.arange(R, device=a.device)[:, None]).reshape(-1)
-        P = W.shape[-1]
-        a_s = a.reshape(-1).index_select(0, rows).view(idx.shape)
-        W_s = W.reshape(-1, P).index_select(0, rows).view(*idx.shape, P)
+        a_s, W_s, rows = _gather(a, W, idx)
         ga, gW, r = descent(design, a_s, W_s, mult * (1.0 / n), rule.penalty)
-        a_s = a_s - lr * (mult * ga)
-        W_s = W_s - lr * (mult[..., None] * gW)
-        a = a.reshape(-1).index_copy(0, rows, a_s.reshape(-1)).view(R, n)
-        W = W.reshape(-1, P).index_copy(0, rows, W_s.reshape(-1, P)).view(R, n, P)
+        a, W = _scatter(a, W, rows, a_s - lr * (mult * ga), W_s - lr * (mult[..., None] * gW))
         return a, W, r
     fw = mult if rule.forward_masked else torch.ones_like(a)
     ga, gW, r = descent(design, a, W, fw * (1.0 / n), rule.penalty)
@@ -164,7 +222,7 @@ def _check_masks(masks, steps: int, R: int, n: int, batched: bool, device) -> Te
 
 
 def simulate(
-    variant: str,
+    variant: str | Rule,
     particles,
     inputs,
     targets,
@@ -185,7 +243,8 @@ def simulate(
     dtype=None,
     progress: bool = False,
 ) -> SimulationResult:
-    """Run ``steps`` steps of ``variant`` (one of :data:`VARIANTS`) from ``particles``.
+    """Run ``steps`` steps of ``variant`` (one of :data:`VARIANTS`, or a :class:`Rule`) from
+    ``particles``.
 
     ``particles``: ``(width, p)`` or ``(replicas, width, p)`` with ``p = d + 1`` (neuron
     ``(a, w)``) or ``d + 2`` (``(a, w, b)``); ``inputs``: ``(m, d)``; ``targets``: ``(m,)``.
@@ -196,7 +255,8 @@ def simulate(
     Computation uses ``dtype``/``device`` (default: the particles'), float64 if the
     particles are not floating point.
     """
-    check_choice("variant", variant, VARIANTS)
+    if not isinstance(variant, Rule):
+        check_choice("variant", variant, VARIANTS)
     lr = check_positive("lr", lr)
     keep = check_keep(keep)
     steps = check_int("steps", steps, 0)
@@ -227,7 +287,7 @@ def simulate(
     R, n = X3.shape[:2]
     if n < 1 or R < 1:
         raise ValueError(f"width and replicas must be >= 1, got particles of shape {tuple(X.shape)}")
-    rule = rule_for(variant, n, keep)
+    rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
     if masks is not None:
         masks = _check_masks(masks, steps, R, n, batched, device)
     bias = X.shape[-1] == d + 2
@@ -254,6 +314,10 @@ def simulate(
     a, W = design.pack(X3)
     full = torch.full((R, n), 1.0 / n, dtype=dtype, device=device)
     stream = MaskStream(keep, (R, n), seed, device) if rule.uses_masks and masks is None else None
+    kernel_gen = None
+    if rule.critical:  # its own stream, so that given masks and drawn masks see the same kernel draws
+        kernel_gen = torch.Generator(device=device)
+        kernel_gen.manual_seed(int(seed) + 7919)
 
     rec = {"steps": [], "risk": [], "test_risk": [], "outputs": []}
     snaps, snap_steps = [], []
@@ -276,12 +340,12 @@ def simulate(
         snap_steps.append(0)
     limit = divergence_threshold * (1.0 + float(rec["risk"][0].max()))
     diverged = None
-    bar = _progress(steps, progress, variant)
+    bar = _progress(steps, progress, variant if isinstance(variant, str) else "limit")
     for k in range(1, steps + 1):
         mask = None
         if rule.uses_masks:
             mask = masks[k - 1] if masks is not None else stream.next()
-        a_new, W_new, r = step(design, a, W, lr, rule, mask, keep)
+        a_new, W_new, r = step(design, a, W, lr, rule, mask, keep, kernel_gen)
         thinned = 0.5 * (r * r).mean(-1)
         ok = (thinned <= limit).all() & torch.isfinite(a_new).all() & torch.isfinite(W_new).all()
         if not bool(ok):
@@ -317,7 +381,7 @@ def simulate(
         snapshots=stack(snaps),
         snapshot_steps=torch.tensor(snap_steps) if snap_steps else None,
         diverged_at_step=diverged,
-        info={"variant": variant, "lr": lr, "keep": keep, "width": n, "replicas": R,
+        info={"variant": variant if isinstance(variant, str) else repr(variant), "lr": lr, "keep": keep, "width": n, "replicas": R,
               "activation": activation, "seed": seed, "alpha": lr / keep,
               "beta": 1.0 / (n * keep), "steps": steps, "penalty": rule.penalty,
               "dtype": str(dtype).replace("torch.", ""), "device": str(device),

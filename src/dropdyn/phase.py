@@ -1,0 +1,212 @@
+"""The phase diagram of dropout (THEORY.md §2): place any (width, lr, keep) on it.
+
+With τ_n = n^(−a) and q_n = n^(−b), the limit as n → ∞ depends on (a, b):
+
+    I    0 ≤ b < min(a, 1), a > 0   gradient flow of R             (no dropout effect)
+    II   b = 1 < a                  gradient flow of R + β∫P dμ     (penalty)
+    III  0 < a = b < 1              Poisson-clock jumps of size α   (random geometry)
+    IV   a = b = 1                  Poisson clocks + random forward (critical)
+    V    a = b = 0                  Bernoulli clocks, discrete time (τ̄ > 0)
+    degenerate: b > a (α = τ/q → ∞) or b > 1 (β = 1/(nq) → ∞)
+
+A single finite (n, τ, q) has exponents a = −log τ / log n, b = −log q / log n. A
+constant factor c in τ = c·n^(−a) moves a by log c / log n, so constants within a
+factor ``factor`` (default 3) of one are treated as order one: the lower-dimensional
+sets (points IV and V, segment III, half-line II) are matched within
+tol = log(factor)/log(n) in (a, b). A point within 2·tol of another set gets a
+warning, because at that width the phase is not decided.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from ._checks import check_int, check_keep, check_positive
+
+PHASES = ("I", "II", "III", "IV", "V", "degenerate")
+
+LIMITS = {
+    "I": ("Wasserstein gradient flow of the risk: dropout has no effect in the limit",
+          r"\partial_t\mu_t = \nabla\cdot\big(\mu_t\,\nabla V[\mu_t]\big)"),
+    "II": ("Wasserstein gradient flow of the penalised risk R + β∫P dμ: the penalty survives",
+           r"\partial_t\mu_t = \nabla\cdot\big(\mu_t\,\nabla (V[\mu_t] + \beta P)\big)"),
+    "III": ("each neuron jumps X ← X − α∇V[μ_t](X) at the rings of its own Poisson clock of rate 1/α: "
+            "random geometry (RaM)",
+            r"X \leftarrow X - \alpha\,\nabla V[\mu_{t}](X)\ \text{at rings of}\ \mathrm{Poisson}(1/\alpha)"),
+    "IV": ("critical: Poisson clocks of rate 1/α; a jump uses a random forward pass over the neuron "
+           "itself and N ~ Poisson(1/β) neurons drawn from μ_t",
+           r"X \leftarrow X - \alpha\,D\phi(X)^\top\Big(\beta\big(\phi(X)+\textstyle\sum_{l=1}^{N}\phi(Y_l)\big)"
+           r"-y\Big)/m,\ N\sim\mathrm{Poisson}(1/\beta),\ Y_l\sim\mu_t"),
+    "V": ("discrete time with Bernoulli clocks: each step, with probability q̄, X ← X − (τ̄/q̄)∇V[μ_k](X)",
+          r"X_{k+1} = X_k - \tfrac{\bar\tau}{\bar q}\,B_k\,\nabla V[\mu_k](X_k),\ B_k\sim\mathrm{Bernoulli}(\bar q)"),
+    "degenerate": ("no finite limit", r"\text{no finite limit}"),
+}
+
+# Which of dropout's three effects survive the limit (THEORY.md §1: dropout = RaM
+# thinning + penalty drift + zero-mean forward noise).
+EFFECTS = {
+    "I": dict(thinning=False, penalty=False, forward_noise=False),
+    "II": dict(thinning=False, penalty=True, forward_noise=False),
+    "III": dict(thinning=True, penalty=False, forward_noise=False),
+    "IV": dict(thinning=True, penalty=True, forward_noise=True),
+    "V": dict(thinning=True, penalty=False, forward_noise=False),
+    "degenerate": dict(thinning=False, penalty=False, forward_noise=False),
+}
+
+
+@dataclass
+class Phase:
+    """Where (width, lr, keep) sits. ``a``/``b``: exponents; ``distances``: distance in the
+    (a, b) plane to each phase's set; ``warnings``: human-readable caveats."""
+
+    width: int
+    lr: float
+    keep: float
+    alpha: float
+    beta: float
+    a: float
+    b: float
+    phase: str
+    reason: str
+    limit: str
+    latex: str
+    effects: dict
+    distances: dict
+    warnings: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def explain(self) -> str:
+        """A few lines for a person."""
+        on = [k.replace("_", " ") for k, v in self.effects.items() if v] or ["none"]
+        lines = [
+            f"width n={self.width}, lr τ={self.lr:g}, keep q={self.keep:g}",
+            f"α = τ/q = {self.alpha:.4g}, β = 1/(nq) = {self.beta:.4g}, exponents a = {self.a:.3f}, b = {self.b:.3f}",
+            f"phase {self.phase}: {self.reason}",
+            f"limit: {self.limit}",
+            f"dropout effects that survive: {', '.join(on)}",
+        ]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _seg_dist(p, u, v) -> float:
+    """Distance from point p to the segment [u, v] in R²."""
+    (px, py), (ux, uy), (vx, vy) = p, u, v
+    dx, dy = vx - ux, vy - uy
+    L = dx * dx + dy * dy
+    t = 0.0 if L == 0 else max(0.0, min(1.0, ((px - ux) * dx + (py - uy) * dy) / L))
+    return math.hypot(px - ux - t * dx, py - uy - t * dy)
+
+
+_FAR = 1e6  # stands in for +∞ along rays
+
+
+def set_distances(a: float, b: float) -> dict[str, float]:
+    """Distance from (a, b) to the closure of each phase's set."""
+    p = (a, b)
+    d = {
+        "V": math.hypot(a, b),
+        "IV": math.hypot(a - 1, b - 1),
+        "III": _seg_dist(p, (0, 0), (1, 1)),
+        "II": _seg_dist(p, (1, 1), (_FAR, 1)),
+    }
+    inside_I = 0 <= b <= min(a, 1)
+    d["I"] = 0.0 if inside_I else min(_seg_dist(p, (0, 0), (_FAR, 0)), _seg_dist(p, (0, 0), (1, 1)),
+                                      _seg_dist(p, (1, 1), (_FAR, 1)))
+    inside_deg = b >= a or b >= 1
+    d["degenerate"] = 0.0 if inside_deg else min((a - b) / math.sqrt(2), 1 - b)
+    return d
+
+
+def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
+    """Phase of a finite (width, lr, keep); see the module docstring. ``width ≥ 2``."""
+    width = check_int("width", width, 2)
+    lr = check_positive("lr", lr)
+    keep = check_keep(keep)
+    factor = check_positive("factor", factor)
+    if factor <= 1:
+        raise ValueError(f"factor must be > 1, got {factor!r}")
+    logn = math.log(width)
+    tol = math.log(factor) / logn
+    a, b = -math.log(lr) / logn + 0.0, -math.log(keep) / logn + 0.0
+    alpha, beta = lr / keep, 1.0 / (width * keep)
+    dist = set_distances(a, b)
+    warnings: list[str] = []
+    # Lower-dimensional sets first (points, then segment and half-line), then the open regions.
+    if dist["V"] <= tol:
+        phase, reason = "V", "τ and q do not vanish (a ≈ b ≈ 0): τ̄ > 0, q̄ = q"
+    elif dist["IV"] <= tol:
+        phase, reason = "IV", "τ ≈ q ≈ 1/n (a ≈ b ≈ 1): α and β both stay of order one"
+    elif dist["III"] <= tol and 0 < min(a, b) and max(a, b) < 1:
+        phase, reason = "III", "τ ∝ q → 0 with nq → ∞ (0 < a ≈ b < 1): α > 0, β → 0"
+    elif dist["II"] <= tol and a > 1:
+        phase, reason = "II", "q ∝ 1/n and τ ≪ q (b ≈ 1 < a): α → 0, β > 0"
+    elif b > a:
+        phase, reason = "degenerate", "α = τ/q → ∞ (b > a): a neuron's rare jumps become unboundedly large"
+    elif b > 1:
+        phase, reason = "degenerate", "β = 1/(nq) → ∞ (b > 1): almost no neuron is kept"
+    else:
+        phase, reason = "I", "τ ≪ q and nq → ∞ (b < min(a, 1)): α → 0, β → 0"
+    lower = ("II", "III", "IV", "V")
+    near = [k for k in lower if k != phase and dist[k] <= 2 * tol]
+    if phase in ("I", "degenerate"):
+        other = "degenerate" if phase == "I" else "I"
+        near += [other] if dist[other] <= 2 * tol else []
+    if near:
+        warnings.append(f"(a, b) = ({a:.3f}, {b:.3f}) is within {2 * tol:.3f} of {', '.join(near)}: at width "
+                        f"{width} the phase is not decided; compare several widths (dropdyn run convergence)")
+    if phase in lower and dist[phase] > 1e-9:
+        warnings.append(f"(a, b) is {dist[phase]:.3f} from phase {phase}'s set, matched within "
+                        f"tol = log({factor:g})/log({width}) = {tol:.3f}")
+    if width < 100:
+        warnings.append(f"width {width} is small: exponents −log τ/log n, −log q/log n are poorly determined")
+    text, latex = LIMITS[phase]
+    dist = {k: round(v, 6) for k, v in dist.items()}
+    return Phase(width, lr, keep, alpha, beta, a, b, phase, reason, text, latex, dict(EFFECTS[phase]),
+                 dist, warnings)
+
+
+def scaling(width: int, a: float, b: float, c_lr: float = 1.0, c_keep: float = 1.0) -> tuple[float, float]:
+    """``(τ_n, q_n) = (c_lr n^(−a), c_keep n^(−b))`` of a scaling family at one width."""
+    width = check_int("width", width, 1)
+    lr = check_positive("c_lr", c_lr) * width ** (-a)
+    keep = check_positive("c_keep", c_keep) * width ** (-b)
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep = c_keep·n^(−b) = {keep:g} at width {width} is outside (0, 1]")
+    return lr, keep
+
+
+def draw_diagram(ax=None, marks=()):
+    """The theoretical (a, b) diagram; ``marks``: iterable of (width, lr, keep) to place."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Polygon
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 5))
+    amax, bmax = 2.0, 1.5
+    ax.add_patch(Polygon([(0, 0), (amax, 0), (amax, 1), (1, 1)], color="C0", alpha=0.25,
+                         label="I: gradient flow of R"))
+    ax.add_patch(Polygon([(0, 0), (1, 1), (amax, 1), (amax, bmax), (0, bmax)], facecolor="0.85",
+                         edgecolor="0.6", hatch="//", label="degenerate (α→∞ or β→∞)"))
+    ax.plot([1, amax], [1, 1], color="C2", lw=3, label="II: penalised gradient flow")
+    ax.plot([0, 1], [0, 0 + 1], color="C1", lw=3, label="III: Poisson-clock jumps (RaM)")
+    ax.plot([1], [1], "o", color="C3", ms=10, label="IV: critical kernel")
+    ax.plot([0], [0], "s", color="C4", ms=10, label="V: Bernoulli clocks")
+    for width, lr, keep in marks:
+        ph = classify(width, lr, keep)
+        ax.plot([ph.a], [ph.b], "*", color="k", ms=12)
+        ax.annotate(f"n={width:g}, τ={lr:g}, q={keep:g}\n→ {ph.phase}", (ph.a, ph.b), fontsize=7,
+                    textcoords="offset points", xytext=(6, 4))
+    ax.set_xlim(-0.05, amax)
+    ax.set_ylim(-0.05, bmax)
+    ax.set_xlabel("a  (τ = n^−a)")
+    ax.set_ylabel("b  (q = n^−b)")
+    ax.set_title("phase diagram of dropout (mean-field, n → ∞)")
+    ax.legend(fontsize=7, loc="upper right")
+    return ax

@@ -1,0 +1,107 @@
+"""Phase classification: each region, its boundaries, degenerate cases (THEORY.md §2)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from dropdyn.phase import EFFECTS, classify, scaling, set_distances
+
+
+def at(n, a, b):
+    return classify(n, n ** (-a), n ** (-b))
+
+
+@pytest.mark.parametrize(
+    "a, b, phase",
+    [
+        (0.6, 0.1, "I"), (2.0, 0.5, "I"), (1.5, 0.0, "I"), (0.8, 0.5, "I"),
+        (2.0, 1.0, "II"), (1.6, 1.0, "II"),
+        (0.5, 0.5, "III"), (0.3, 0.3, "III"), (0.75, 0.75, "III"),
+        (1.0, 1.0, "IV"),
+        (0.0, 0.0, "V"),
+        (0.3, 0.6, "degenerate"), (2.0, 1.5, "degenerate"), (0.0, 0.4, "degenerate"),
+    ],
+)
+def test_regions_at_large_width(a, b, phase):
+    p = at(10**8, a, b)
+    assert p.phase == phase, p.explain()
+    assert math.isclose(p.a, a, abs_tol=1e-12) and math.isclose(p.b, b, abs_tol=1e-12)
+    assert p.effects == EFFECTS[phase]
+
+
+def test_alpha_beta_and_reasons():
+    p = classify(1000, 0.01, 0.5)
+    assert math.isclose(p.alpha, 0.02) and math.isclose(p.beta, 0.002)
+    assert classify(10**6, 1e-3, 1e-4).reason.startswith("α = τ/q → ∞")
+    assert classify(10**6, 1e-9, 1e-8).reason.startswith("β = 1/(nq) → ∞")
+
+
+def test_effects_follow_the_theory():
+    assert at(10**8, 1.0, 1.0).effects == dict(thinning=True, penalty=True, forward_noise=True)
+    assert at(10**8, 2.0, 1.0).effects == dict(thinning=False, penalty=True, forward_noise=False)
+    assert at(10**8, 0.5, 0.5).effects == dict(thinning=True, penalty=False, forward_noise=False)
+    assert not any(at(10**8, 0.8, 0.2).effects.values())
+
+
+def test_boundaries_warn_and_tolerance_shrinks_with_width():
+    # 0.07 off the III segment: matched at width 1000 (tol 0.16) with a warning, I at width
+    # 10^12 (tol 0.04)
+    near = at(1000, 0.6, 0.5)
+    assert near.phase == "III" and any("matched within" in w for w in near.warnings)
+    assert at(10**12, 0.6, 0.5).phase == "I"
+    # a point of I close to the III segment: a warning that the width cannot decide
+    p = at(1000, 0.8, 0.5)
+    assert p.phase == "I" and any("not decided" in w and "III" in w for w in p.warnings)
+    # deep inside I: no warning
+    assert at(10**8, 1.5, 0.3).warnings == []
+    # practical constants (τ = q = 0.5) at width 1000 are "order one": phase V
+    assert classify(1000, 0.5, 0.5).phase == "V"
+
+
+def test_distances_are_zero_on_their_sets():
+    d = set_distances(0.5, 0.5)
+    assert d["III"] < 1e-12 and d["I"] == 0 and d["degenerate"] == 0 and d["V"] > 0.7
+    assert set_distances(3.0, 1.0)["II"] < 1e-12
+    assert set_distances(1.0, 0.2)["I"] == 0 and set_distances(1.0, 0.2)["degenerate"] > 0
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(width=1), "width must be an integer >= 2"),
+    (dict(lr=0), "lr must be a finite positive"),
+    (dict(lr=float("inf")), "lr must be a finite positive"),
+    (dict(keep=1.5), r"keep must be in \(0, 1\]"),
+    (dict(keep=0), r"keep must be in \(0, 1\]"),
+    (dict(factor=1.0), "factor must be > 1"),
+])
+def test_bad_input(bad, match):
+    args = dict(width=100, lr=0.1, keep=0.5) | bad
+    with pytest.raises(ValueError, match=match):
+        classify(**args)
+
+
+def test_scaling_family():
+    lr, q = scaling(10_000, 0.5, 0.25, c_lr=2.0)
+    assert math.isclose(lr, 0.02) and math.isclose(q, 0.1)
+    with pytest.raises(ValueError, match="outside"):
+        scaling(100, 0.5, 0.1, c_keep=3.0)
+
+
+def test_cli_json_and_diagram(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "phase", "--width", "10000", "--lr", "0.01",
+                        "--keep", "0.01", "--json"], capture_output=True, text=True)
+    assert p.returncode == 0
+    out = json.loads(p.stdout)
+    assert out["phase"] == "III" and {"alpha", "beta", "a", "b", "phase"} <= set(out)
+    p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "phase", "--width", "10", "--lr", "0",
+                        "--keep", "0.5"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "lr" in p.stderr
+    png = tmp_path / "d.png"
+    p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "phase-diagram", "--out", str(png),
+                        "--mark", "1000,0.01,0.5", "--mark", "10000,0.01,0.01"], capture_output=True, text=True)
+    assert p.returncode == 0 and png.stat().st_size > 10_000
+    p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "phase-diagram", "--out", str(png),
+                        "--mark", "1000,0.01"], capture_output=True, text=True)
+    assert p.returncode == 2 and "--mark must be WIDTH,LR,KEEP" in p.stderr
