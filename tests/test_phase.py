@@ -82,6 +82,16 @@ def test_bad_input(bad, match):
         classify(**args)
 
 
+@pytest.mark.parametrize("a, b, phase", [(0.8, 0.3, "I"), (1.5, 1.0, "II"), (0.4, 0.4, "III"), (1.0, 1.0, "IV"),
+                                          (0.0, 0.0, "V"), (0.2, 0.3, "degenerate"), (2.0, 1.2, "degenerate")])
+def test_family_phase(a, b, phase):
+    from dropdyn.phase import family_phase
+
+    assert family_phase(a, b) == phase
+    if phase != "degenerate":
+        assert at(10**9, a, b).phase == phase  # agrees with the finite-width classification
+
+
 def test_scaling_family():
     lr, q = scaling(10_000, 0.5, 0.25, c_lr=2.0)
     assert math.isclose(lr, 0.02) and math.isclose(q, 0.1)

@@ -36,10 +36,24 @@ def _teacher_student_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="float64 (default) or float32")
 
 
-FLAGS = {"teacher-student": _teacher_student_flags}
+def _convergence_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--phase", help="I, II, III, IV or V (default III)")
+    p.add_argument("--widths", help="comma-separated widths (default 250,...,4000; 125,...,2000 for II)")
+    p.add_argument("--time", type=float, help="time horizon T (default 1)")
+    p.add_argument("--a", type=float, help="τ_n = c_lr·n^−a (default: the phase's family)")
+    p.add_argument("--b", type=float, help="q_n = c_keep·n^−b (default: the phase's family)")
+    p.add_argument("--c-lr", dest="c_lr", type=float, help="constant of τ_n")
+    p.add_argument("--c-keep", dest="c_keep", type=float, help="constant of q_n")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", help="float64 (default) or float32")
+
+
+FLAGS = {"teacher-student": _teacher_student_flags, "convergence": _convergence_flags}
 DESCRIPTIONS = {
     "teacher-student": "Figure 2 of the phase paper: dropout, RaM, penalty GD and GD on a teacher–student "
     "task; coupled dropout–RaM gap.",
+    "convergence": "finite-width dropout against its coupled limit (phase I–V) over widths; fitted rates.",
 }
 
 

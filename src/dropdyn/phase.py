@@ -169,6 +169,24 @@ def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
                  dist, warnings)
 
 
+def family_phase(a: float, b: float) -> str:
+    """Phase of the scaling family τ_n ∝ n^(−a), q_n ∝ n^(−b) (exact, in the (a, b) plane)."""
+    eps = 1e-9
+    if b < -eps:
+        raise ValueError(f"b must be >= 0 (q ≤ 1), got {b!r}")
+    if b > a + eps or b > 1 + eps:
+        return "degenerate"
+    if abs(a) <= eps and abs(b) <= eps:
+        return "V"
+    if abs(a - 1) <= eps and abs(b - 1) <= eps:
+        return "IV"
+    if abs(a - b) <= eps:
+        return "III"
+    if abs(b - 1) <= eps:
+        return "II"
+    return "I"
+
+
 def scaling(width: int, a: float, b: float, c_lr: float = 1.0, c_keep: float = 1.0) -> tuple[float, float]:
     """``(τ_n, q_n) = (c_lr n^(−a), c_keep n^(−b))`` of a scaling family at one width."""
     width = check_int("width", width, 1)

@@ -3,4 +3,5 @@
 
 EXPERIMENTS = {
     "teacher-student": "dropdyn.experiments.teacher_student",
+    "convergence": "dropdyn.experiments.convergence",
 }

@@ -1,0 +1,232 @@
+"""How fast finite-width dropout converges to its limit (THEORY.md §2).
+
+For a scaling family τ_n = c_lr n^(−a), q_n = c_keep n^(−b) and several widths n, run
+dropout at width n and the limit that ``dropdyn.phase`` predicts, *coupled*: the same
+initial particles and, where the limit has clocks, the same clock draws (the dropout
+masks). Report at times t ∈ [0, T] the particle-wise distance (1/n)Σ|X_i − X̄_i|², the
+output gap ‖f(μ^n_t) − f(μ_t)‖ on held-out inputs, and at t = T the W2 distance
+between the two empirical measures (exact up to ``w2_exact_max`` particles, sliced
+above). A log–log fit against n gives each metric's rate with a 95% interval.
+
+Limits simulated at width n (the same N = n particles):
+
+    I    gradient flow of R, Euler step h = τ_n
+    II   gradient flow of R + βP, β = 1/(n q_n), step h = τ_n
+    III  Poisson clocks (thinning at h = τ_n, so they ring with prob. q_n: the masks)
+    IV   critical kernel, clocks = the masks, its own Poisson forward draws
+    V    Bernoulli clocks q̄ = q_n, step τ̄ = τ_n, clocks = the masks
+"""
+
+from __future__ import annotations
+
+import time as _time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._checks import check_choice, check_int, check_positive
+from ..data import mean_field_init, teacher_student
+from ..engine import simulate
+from ..limits import simulate_limit
+from ..masks import draw_masks
+from ..metrics import output_gap, particle_distance, wasserstein2
+from ..phase import classify, family_phase, scaling
+from ..store import RunFolder, default_run_dir, versions
+
+# (a, b, c_lr, c_keep) per phase: a family whose predicted limit is that phase.
+DEFAULT_SCALING = {
+    "I": (0.75, 0.25, 1.0, 1.0),
+    "II": (1.25, 1.0, 1.0, 4.0),
+    "III": (0.5, 0.5, 1.0, 1.0),
+    "IV": (1.0, 1.0, 2.0, 4.0),
+    "V": (0.0, 0.0, 0.5, 0.5),
+}
+
+
+# Phase II needs τ ≪ 1/n, hence many steps: smaller widths by default.
+DEFAULT_WIDTHS = {"II": "125,250,500,1000,2000"}
+
+
+def parse_widths(text: str) -> list[int]:
+    """``"250,500,1000"`` → ``[250, 500, 1000]`` (at least two distinct widths ≥ 2)."""
+    try:
+        widths = [int(w) for w in str(text).split(",") if w.strip()]
+    except ValueError:
+        raise ValueError(f"widths must be a comma-separated list of integers, got {text!r}") from None
+    if len(set(widths)) < 2:
+        raise ValueError(f"a rate fit needs at least two distinct widths, got {text!r}")
+    for w in widths:
+        check_int("width", w, 2)
+    return sorted(set(widths))
+
+
+@dataclass
+class Config:
+    phase: str = "III"
+    widths: str | None = None  # default: DEFAULT_WIDTHS.get(phase, "250,500,1000,2000,4000")
+    time: float = 1.0
+    a: float | None = None
+    b: float | None = None
+    c_lr: float | None = None
+    c_keep: float | None = None
+    dim: int = 5
+    teacher_width: int = 5
+    n_train: int = 50
+    n_test: int = 200
+    label_noise: float = 0.0
+    activation: str = "tanh"
+    records: int = 10
+    seed: int = 0
+    w2_exact_max: int = 5000
+    device: str = "cpu"
+    dtype: str = "float64"
+
+    def resolved(self) -> Config:
+        """Validate, and fill the scaling from the phase's default family."""
+        check_choice("phase", self.phase, DEFAULT_SCALING)
+        a, b, c_lr, c_keep = DEFAULT_SCALING[self.phase]
+        widths = self.widths or DEFAULT_WIDTHS.get(self.phase, "250,500,1000,2000,4000")
+        cfg = Config(**{**asdict(self), "widths": widths, "a": a if self.a is None else self.a, "b": b if self.b is None else self.b,
+                        "c_lr": c_lr if self.c_lr is None else self.c_lr,
+                        "c_keep": c_keep if self.c_keep is None else self.c_keep})
+        check_positive("time", cfg.time)
+        check_int("records", cfg.records, 1)
+        check_choice("dtype", cfg.dtype, ("float32", "float64"))
+        check_choice("device", cfg.device, ("cpu", "cuda"))
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+        large = family_phase(cfg.a, cfg.b)
+        if large != cfg.phase:
+            raise ValueError(f"the scaling a={cfg.a:g}, b={cfg.b:g} (c_lr={cfg.c_lr:g}, c_keep={cfg.c_keep:g}) "
+                             f"reaches phase {large}, not the requested phase {cfg.phase}")
+        for n in parse_widths(cfg.widths):
+            lr, q = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
+            if round(cfg.time / lr) < 1:
+                raise ValueError(f"time {cfg.time:g} is shorter than one step τ={lr:g} at width {n}")
+        return cfg
+
+
+def run_width(cfg: Config, n: int) -> dict:
+    """Dropout at width n and its coupled limit; metrics at the record times."""
+    dtype = getattr(torch, cfg.dtype)
+    g = torch.Generator().manual_seed(cfg.seed)
+    task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train, n_test=cfg.n_test,
+                           label_noise=cfg.label_noise, activation=cfg.activation, generator=g)
+    X0 = mean_field_init(n, cfg.dim, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + n))
+    lr, q = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
+    steps = max(1, round(cfg.time / lr))
+    every = max(1, steps // cfg.records)
+    masks = draw_masks(q, steps, (n,), seed=cfg.seed + 1)
+    common = dict(activation=cfg.activation, record_every=every, snapshot_every=every, probe_inputs=task.test_inputs,
+                  device=cfg.device, dtype=dtype)
+    drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **common)
+    T = steps * lr
+    ph = cfg.phase
+    if ph == "V":
+        lim = simulate_limit("V", X0, task.inputs, task.targets, time=T, lr=lr, keep=q, clocks=masks, **common)
+    elif ph in ("I", "II"):
+        lim = simulate_limit(ph, X0, task.inputs, task.targets, time=T, h=lr, beta=1 / (n * q) if ph == "II" else None,
+                             **common)
+    else:
+        lim = simulate_limit(ph, X0, task.inputs, task.targets, time=T, h=lr, alpha=lr / q,
+                             beta=1 / (n * q) if ph == "IV" else None, clocks=masks, seed=cfg.seed + 2, **common)
+    k = min(len(drop.snapshot_steps), len(lim.snapshot_steps))
+    return {
+        "width": n, "lr": lr, "keep": q, "steps": steps, "alpha": lr / q, "beta": 1 / (n * q),
+        "time": drop.times[:k].numpy(),
+        "particle": particle_distance(drop.snapshots[:k], lim.snapshots[:k]).numpy(),
+        "output": output_gap(drop.outputs[:k], lim.outputs[:k]).numpy(),
+        "w2": wasserstein2(drop.particles, lim.particles, exact_max=cfg.w2_exact_max, seed=cfg.seed),
+        "diverged": drop.diverged_at_step or lim.diverged_at_step,
+    }
+
+
+def fit_rate(widths, values) -> dict:
+    """Least-squares slope of log(value) on log(width) with a 95% interval (t-distribution;
+    none with two widths). Values ≤ 0 are left out."""
+    from scipy import stats
+
+    x = np.log(np.asarray(widths, float))
+    y = np.asarray(values, float)
+    ok = np.isfinite(y) & (y > 0)
+    if ok.sum() < 2:
+        return {"slope": float("nan"), "ci95": [float("nan")] * 2, "points": int(ok.sum())}
+    res = stats.linregress(x[ok], np.log(y[ok]))
+    k = int(ok.sum())
+    half = float(stats.t.ppf(0.975, k - 2) * res.stderr) if k > 2 else float("nan")
+    return {"slope": float(res.slope), "intercept": float(res.intercept), "ci95": [res.slope - half, res.slope + half],
+            "points": k}
+
+
+def figure(rows: list[dict], rates: dict, cfg: Config):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    widths = np.array([r["width"] for r in rows])
+    names = {"particle": "(1/n)Σ|X_i − X̄_i|²", "output": "‖f(μⁿ) − f(μ̄)‖", "w2": "W2(μⁿ, μ̄)"}
+    for i, key in enumerate(("particle", "output", "w2")):
+        vals = np.array([r[key][-1] if key != "w2" else r[key] for r in rows])
+        fit = rates[key]
+        lo, hi = fit["ci95"]
+        ax1.loglog(widths, vals, "o", color=f"C{i}")
+        if np.isfinite(fit["slope"]):
+            ax1.loglog(widths, np.exp(fit["intercept"]) * widths ** fit["slope"], "-", color=f"C{i}",
+                       label=f"{names[key]}: rate n^{fit['slope']:.2f}  [{lo:.2f}, {hi:.2f}]")
+    ax1.set_xlabel("width n")
+    ax1.set_title(f"phase {cfg.phase}: dropout vs its limit at t = {cfg.time:g}")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3, which="both")
+    for i, r in enumerate(rows):
+        ax2.semilogy(r["time"][1:], r["particle"][1:], color=plt.cm.viridis(i / max(1, len(rows) - 1)),
+                     label=f"n={r['width']}")
+    ax2.set_xlabel("time t")
+    ax2.set_title("coupled particle distance over time")
+    ax2.legend(fontsize=7)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"τ_n = {cfg.c_lr:g}·n^−{cfg.a:g}, q_n = {cfg.c_keep:g}·n^−{cfg.b:g}", fontsize=9)
+    return fig
+
+
+def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
+        progress: bool = False) -> Path:
+    """Run every width, fit the rates, write the run folder; return its path."""
+    cfg = cfg.resolved()
+    widths = parse_widths(cfg.widths)
+    resolved = asdict(cfg)
+    path = Path(out) if out is not None else default_run_dir(root, f"convergence-{cfg.phase}", resolved)
+    with RunFolder(path, force=force) as folder:
+        t0 = _time.perf_counter()
+        rows = []
+        for n in widths:
+            rows.append(run_width(cfg, n))
+            if progress:
+                print(f"  width {n}: particle {rows[-1]['particle'][-1]:.3g}, W2 {rows[-1]['w2']:.3g}", flush=True)
+        rates = {key: fit_rate(widths, [r[key][-1] if key != "w2" else r[key] for r in rows])
+                 for key in ("particle", "output", "w2")}
+        cols = {k: [] for k in ("width", "lr", "keep", "alpha", "beta", "time", "particle_distance", "output_gap")}
+        for r in rows:
+            for t, pd_, og in zip(r["time"], r["particle"], r["output"], strict=True):
+                for k, v in (("width", r["width"]), ("lr", r["lr"]), ("keep", r["keep"]), ("alpha", r["alpha"]),
+                             ("beta", r["beta"]), ("time", t), ("particle_distance", pd_), ("output_gap", og)):
+                    cols[k].append(v)
+        folder.write_csv("metrics.csv", {k: np.asarray(v) for k, v in cols.items()})
+        n_max = max(widths)
+        lr, q = scaling(n_max, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
+        summary = {
+            "phase": cfg.phase, "predicted_phase_at_largest_width": classify(n_max, lr, q).phase,
+            "rates": rates, "seconds": round(_time.perf_counter() - t0, 2),
+            "final": [{"width": r["width"], "lr": r["lr"], "keep": r["keep"], "steps": r["steps"],
+                       "particle_distance": float(r["particle"][-1]), "output_gap": float(r["output"][-1]),
+                       "w2": r["w2"], "w2_method": "exact" if r["width"] <= cfg.w2_exact_max else "sliced",
+                       "diverged": r["diverged"]} for r in rows],
+        }
+        folder.write_json("summary.json", summary)
+        folder.write_json("config.json", {"experiment": "convergence", "config": resolved, "versions": versions(),
+                                          "seed": cfg.seed})
+        folder.savefig(figure(rows, rates, cfg), "convergence")
+    return path
