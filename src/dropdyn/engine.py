@@ -340,7 +340,8 @@ def simulate(
         snap_steps.append(0)
     limit = divergence_threshold * (1.0 + float(rec["risk"][0].max()))
     diverged = None
-    bar = _progress(steps, progress, variant if isinstance(variant, str) else "limit")
+    name = variant if isinstance(variant, str) else repr(variant)
+    bar = _progress(steps, progress, name if isinstance(variant, str) else "limit")
     for k in range(1, steps + 1):
         mask = None
         if rule.uses_masks:
@@ -381,7 +382,7 @@ def simulate(
         snapshots=stack(snaps),
         snapshot_steps=torch.tensor(snap_steps) if snap_steps else None,
         diverged_at_step=diverged,
-        info={"variant": variant if isinstance(variant, str) else repr(variant), "lr": lr, "keep": keep, "width": n, "replicas": R,
+        info={"variant": name, "lr": lr, "keep": keep, "width": n, "replicas": R,
               "activation": activation, "seed": seed, "alpha": lr / keep,
               "beta": 1.0 / (n * keep), "steps": steps, "penalty": rule.penalty,
               "dtype": str(dtype).replace("torch.", ""), "device": str(device),

@@ -51,7 +51,8 @@ def limit_rule(phase: str, *, h: float | None = None, alpha: float | None = None
     if h / alpha > MAX_THINNING:
         raise ValueError(
             f"time step h={h:g} is too coarse for Poisson clocks of rate 1/α = {1 / alpha:g}: thinning needs "
-            f"h ≤ α·{MAX_THINNING:g} = {alpha * MAX_THINNING:g} (its per-ring error is ≈ h/(2α) = {h / (2 * alpha):.3g})")
+            f"h ≤ α·{MAX_THINNING:g} = {alpha * MAX_THINNING:g} "
+            f"(its per-ring error is ≈ h/(2α) = {h / (2 * alpha):.3g})")
     if phase == "III":
         return Rule(False, True), h, h / alpha
     return Rule(False, True, need("beta", beta), critical=True), h, h / alpha

@@ -78,6 +78,7 @@ class Config:
     label_noise: float = 0.0
     activation: str = "tanh"
     records: int = 10
+    replicas: int = 4
     seed: int = 0
     w2_exact_max: int = 5000
     device: str = "cpu"
@@ -88,11 +89,11 @@ class Config:
         check_choice("phase", self.phase, DEFAULT_SCALING)
         a, b, c_lr, c_keep = DEFAULT_SCALING[self.phase]
         widths = self.widths or DEFAULT_WIDTHS.get(self.phase, "250,500,1000,2000,4000")
-        cfg = Config(**{**asdict(self), "widths": widths, "a": a if self.a is None else self.a, "b": b if self.b is None else self.b,
-                        "c_lr": c_lr if self.c_lr is None else self.c_lr,
-                        "c_keep": c_keep if self.c_keep is None else self.c_keep})
+        given = {k: v for k, v in asdict(self).items() if v is not None}
+        cfg = Config(**{"a": a, "b": b, "c_lr": c_lr, "c_keep": c_keep, **given, "widths": widths})
         check_positive("time", cfg.time)
         check_int("records", cfg.records, 1)
+        check_int("replicas", cfg.replicas, 1)
         check_choice("dtype", cfg.dtype, ("float32", "float64"))
         check_choice("device", cfg.device, ("cpu", "cuda"))
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -109,16 +110,19 @@ class Config:
 
 
 def run_width(cfg: Config, n: int) -> dict:
-    """Dropout at width n and its coupled limit; metrics at the record times."""
+    """Dropout at width n and its coupled limit, ``cfg.replicas`` independent replicas (initial
+    particles and masks) in one batched run; metrics at the record times, averaged over
+    replicas."""
     dtype = getattr(torch, cfg.dtype)
     g = torch.Generator().manual_seed(cfg.seed)
     task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train, n_test=cfg.n_test,
                            label_noise=cfg.label_noise, activation=cfg.activation, generator=g)
-    X0 = mean_field_init(n, cfg.dim, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + n))
+    R = cfg.replicas
+    X0 = mean_field_init(n, cfg.dim, replicas=R, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + n))
     lr, q = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
     steps = max(1, round(cfg.time / lr))
     every = max(1, steps // cfg.records)
-    masks = draw_masks(q, steps, (n,), seed=cfg.seed + 1)
+    masks = draw_masks(q, steps, (R, n), seed=cfg.seed + 1)
     common = dict(activation=cfg.activation, record_every=every, snapshot_every=every, probe_inputs=task.test_inputs,
                   device=cfg.device, dtype=dtype)
     drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **common)
@@ -136,9 +140,10 @@ def run_width(cfg: Config, n: int) -> dict:
     return {
         "width": n, "lr": lr, "keep": q, "steps": steps, "alpha": lr / q, "beta": 1 / (n * q),
         "time": drop.times[:k].numpy(),
-        "particle": particle_distance(drop.snapshots[:k], lim.snapshots[:k]).numpy(),
-        "output": output_gap(drop.outputs[:k], lim.outputs[:k]).numpy(),
-        "w2": wasserstein2(drop.particles, lim.particles, exact_max=cfg.w2_exact_max, seed=cfg.seed),
+        "particle": particle_distance(drop.snapshots[:k], lim.snapshots[:k]).mean(-1).numpy(),
+        "output": output_gap(drop.outputs[:k], lim.outputs[:k]).mean(-1).numpy(),
+        "w2": float(np.mean([wasserstein2(drop.particles[r], lim.particles[r], exact_max=cfg.w2_exact_max,
+                                          seed=cfg.seed) for r in range(R)])),
         "diverged": drop.diverged_at_step or lim.diverged_at_step,
     }
 
@@ -177,8 +182,11 @@ def figure(rows: list[dict], rates: dict, cfg: Config):
         if np.isfinite(fit["slope"]):
             ax1.loglog(widths, np.exp(fit["intercept"]) * widths ** fit["slope"], "-", color=f"C{i}",
                        label=f"{names[key]}: rate n^{fit['slope']:.2f}  [{lo:.2f}, {hi:.2f}]")
+    ax1.set_xticks(widths, [str(w) for w in widths])
+    ax1.minorticks_off()
     ax1.set_xlabel("width n")
-    ax1.set_title(f"phase {cfg.phase}: dropout vs its limit at t = {cfg.time:g}")
+    ax1.set_title(f"phase {cfg.phase}: dropout vs its limit at t = {cfg.time:g} (mean of {cfg.replicas} replicas)",
+                  fontsize=9)
     ax1.legend(fontsize=7)
     ax1.grid(alpha=0.3, which="both")
     for i, r in enumerate(rows):
