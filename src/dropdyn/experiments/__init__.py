@@ -4,4 +4,5 @@
 EXPERIMENTS = {
     "teacher-student": "dropdyn.experiments.teacher_student",
     "convergence": "dropdyn.experiments.convergence",
+    "phase-sweep": "dropdyn.experiments.phase_sweep",
 }

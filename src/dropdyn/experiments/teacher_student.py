@@ -21,13 +21,9 @@ import torch
 
 from .._checks import check_choice, check_int, check_keep, check_positive
 from ..data import mean_field_init, teacher_student
-from ..engine import simulate
 from ..metrics import output_gap, particle_distance
 from ..store import RunFolder, default_run_dir, versions
-
-VARIANTS = ("dropout", "ram", "penalty", "gd")
-COLORS = {"dropout": "C3", "ram": "C0", "penalty": "C2", "gd": "k"}
-LABELS = {"dropout": "dropout", "ram": "RaM (same masks)", "penalty": "penalty GD", "gd": "GD"}
+from ._variants import COLORS, LABELS, STYLES, VARIANTS, run_variants
 
 
 @dataclass
@@ -74,16 +70,9 @@ def compute(cfg: Config, progress: bool = False) -> dict:
                            n_test=cfg.n_test, label_noise=cfg.label_noise, activation=cfg.activation,
                            generator=g)
     X0 = mean_field_init(cfg.width, cfg.dim, generator=g)
-    every = max(1, cfg.steps // cfg.records)
-    runs = {}
-    for v in VARIANTS:
-        runs[v] = simulate(
-            v, X0, task.inputs, task.targets, lr=cfg.lr, keep=cfg.keep, steps=cfg.steps,
-            activation=cfg.activation, seed=cfg.seed + 1, record_every=every,
-            test_inputs=task.test_inputs, test_targets=task.test_targets, probe_inputs=task.test_inputs,
-            snapshot_every=every if v in ("dropout", "ram") else None,
-            device=cfg.device, dtype=dtype, progress=progress,
-        )
+    runs = run_variants(X0, task, lr=cfg.lr, keep=cfg.keep, steps=cfg.steps, records=cfg.records,
+                        activation=cfg.activation, seed=cfg.seed + 1, device=cfg.device, dtype=dtype,
+                        snapshots=True, progress=progress)
     d, r, gd = runs["dropout"], runs["ram"], runs["gd"]
     k = min(len(d.steps), len(r.steps))
     out = {
@@ -120,8 +109,7 @@ def figures(out: dict, cfg: Config):
     for ax, which in zip(axes, ("train", "test"), strict=True):
         for v in VARIANTS:
             t = out[f"{v}_steps"] * cfg.lr
-            ax.plot(t, out[f"{v}_{which}_risk"], color=COLORS[v], label=LABELS[v],
-                    ls="--" if v == "penalty" else "-", lw=1.6)
+            ax.plot(t, out[f"{v}_{which}_risk"], color=COLORS[v], label=LABELS[v], ls=STYLES[v], lw=1.6)
         ax.set_yscale("log")
         ax.set_xlabel("time t = k·τ")
         ax.set_title(f"{which} risk")
