@@ -36,6 +36,8 @@ def test_run_folder_and_rates(tmp_path, phase):
     assert set(s["rates"]) == {"particle", "output", "w2"}
     assert [f["width"] for f in s["final"]] == [100, 200, 400]
     assert (path / "convergence.png").stat().st_size > 10_000
+    arrays = np.load(path / "arrays.npz", allow_pickle=False)
+    assert arrays["n400_particle"].shape == arrays["n400_time"].shape
     assert s["predicted_phase_at_largest_width"] in ("I", "II", "III", "IV", "V", "degenerate")
 
 

@@ -34,6 +34,9 @@ def test_mnist_binary_run(tmp_path):
     s = json.loads((path / "summary.json").read_text())
     assert s["final"]["practical/gd"]["test_accuracy"] > 0.8
     assert (path / "mnist_binary.png").exists() and (path / "metrics_small-lr.csv").exists()
+    import numpy as np
+
+    assert "practical__dropout__test_accuracy" in np.load(path / "arrays.npz", allow_pickle=False)
     with pytest.raises(ValueError, match="digits must be two digits"):
         mnist_binary.Config(digits="4").validate()
 
@@ -45,5 +48,8 @@ def test_sharpness_run(tmp_path):
     gd, ram = s["largest_stable"]["gd"], s["largest_stable"]["ram q=0.5"]
     assert 0.5 <= gd["mean_step"] < 30 and ram["neuron_step"] == 2 * ram["mean_step"]
     assert s["lambda_init"] > 0
+    import numpy as np
+
+    assert np.load(path / "arrays.npz", allow_pickle=False)["lr"].shape == (6,)
     with pytest.raises(ValueError, match="lr_max must exceed lr_min"):
         sharpness.Config(lr_min=2, lr_max=1).validate()

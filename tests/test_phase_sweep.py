@@ -37,6 +37,10 @@ def test_small_sweep_agrees_with_theory(tmp_path):
     assert by[(0.5, 0.5)]["theory"] == "III" and by[(0.0, 0.5)]["theory"] == "degenerate"
     assert s["agreement_all"] >= 5 / 6
     assert (path / "phase_diagram.png").stat().st_size > 20_000
+    import numpy as np
+
+    arrays = np.load(path / "arrays.npz", allow_pickle=False)
+    assert len(arrays["empirical"]) == s["cells"] == 6
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -223,6 +223,8 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
                              ("beta", r["beta"]), ("time", t), ("particle_distance", pd_), ("output_gap", og)):
                     cols[k].append(v)
         folder.write_csv("metrics.csv", {k: np.asarray(v) for k, v in cols.items()})
+        folder.write_npz("arrays.npz", {f"n{r['width']}_{k}": np.asarray(r[k]) for r in rows
+                                        for k in ("time", "particle", "output", "w2")})
         n_max = max(widths)
         lr, q = scaling(n_max, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
         summary = {

@@ -149,6 +149,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
                     x = res[f"{name}/{v}/{k}"]
                     cols[f"{v}_{k}"] = np.pad(x, (0, len(cols["time"]) - len(x)), constant_values=np.nan)
             folder.write_csv(f"metrics_{name}.csv", cols)
+        folder.write_npz("arrays.npz", {k.replace("/", "__"): v for k, v in res.items() if isinstance(v, np.ndarray)})
         summary = {
             "seconds": round(_time.perf_counter() - t0, 1),
             "regimes": {n: {**r, "alpha": r["lr"] / r["keep"], "beta": 1 / (r["width"] * r["keep"])}

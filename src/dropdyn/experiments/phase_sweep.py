@@ -235,6 +235,11 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         folder.write_csv("distances.csv", {"a": np.array(cols[0]), "b": np.array(cols[1]), "theory": np.array(cols[2]),
                                            "width": np.array(cols[3]), "candidate": np.array(cols[4]),
                                            "output_gap": np.array(cols[5])})
+        folder.write_npz("arrays.npz", {
+            "a": np.array([c["a"] for c in cells]), "b": np.array([c["b"] for c in cells]),
+            "ratio": np.array([c["ratio"] for c in cells]),
+            "theory": np.array([c["theory"] for c in cells]), "empirical": np.array([c["empirical"] for c in cells]),
+        })
         folder.write_json("summary.json", summary)
         folder.write_json("config.json", {"experiment": "phase-sweep", "config": resolved, "versions": versions(),
                                           "seed": cfg.seed})

@@ -131,6 +131,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
             cols[f"{name}_final_risk"] = res[name]["final_risk"]
             cols[f"{name}_stable"] = res[name]["stable"].astype(int)
         folder.write_csv("metrics.csv", cols)
+        folder.write_npz("arrays.npz", {k.replace(" ", "_").replace("=", ""): np.asarray(v) for k, v in cols.items()})
         summary = {
             "seconds": round(_time.perf_counter() - t0, 1),
             "lambda_init": res["lambda_init"], "lambda_solution": res["lambda_solution"],
