@@ -38,7 +38,7 @@ def _teacher_student_flags(p: argparse.ArgumentParser) -> None:
 
 def _convergence_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phase", help="I, II, III, IV or V (default III)")
-    p.add_argument("--widths", help="comma-separated widths (default 250,...,4000; 125,...,2000 for II)")
+    p.add_argument("--widths", help="comma-separated widths (default 250,...,4000; 125,...,1000 for II)")
     p.add_argument("--time", type=float, help="time horizon T (default 1)")
     p.add_argument("--a", type=float, help="τ_n = c_lr·n^−a (default: the phase's family)")
     p.add_argument("--b", type=float, help="q_n = c_keep·n^−b (default: the phase's family)")

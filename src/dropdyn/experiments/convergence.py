@@ -46,7 +46,7 @@ DEFAULT_SCALING = {
 
 
 # Phase II needs τ ≪ 1/n, hence many steps: smaller widths by default.
-DEFAULT_WIDTHS = {"II": "125,250,500,1000,2000"}
+DEFAULT_WIDTHS = {"II": "125,250,500,1000"}
 
 
 def parse_widths(text: str) -> list[int]:
