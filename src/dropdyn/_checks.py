@@ -56,3 +56,22 @@ def check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(sorted(choices))}")
     return value
+
+
+def check_device_dtype(device: str, dtype: str) -> None:
+    """``device`` ∈ {cpu, cuda} (cuda only where available), ``dtype`` ∈ {float32, float64}."""
+    check_choice("dtype", dtype, ("float32", "float64"))
+    check_choice("device", device, ("cpu", "cuda"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+
+
+def parse_floats(name: str, text) -> list[float]:
+    """``"0.5,0.2"`` → ``[0.5, 0.2]``; a non-empty comma-separated list of numbers."""
+    try:
+        vals = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name} must be a comma-separated list of numbers, got {text!r}") from None
+    if not vals:
+        raise ValueError(f"{name} must not be empty")
+    return vals

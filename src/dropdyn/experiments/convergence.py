@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_int, check_positive
+from .._checks import check_choice, check_device_dtype, check_int, check_positive
 from ..data import mean_field_init, teacher_student
 from ..engine import simulate
 from ..limits import simulate_limit
@@ -94,10 +94,7 @@ class Config:
         check_positive("time", cfg.time)
         check_int("records", cfg.records, 1)
         check_int("replicas", cfg.replicas, 1)
-        check_choice("dtype", cfg.dtype, ("float32", "float64"))
-        check_choice("device", cfg.device, ("cpu", "cuda"))
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+        check_device_dtype(cfg.device, cfg.dtype)
         large = family_phase(cfg.a, cfg.b)
         if large != cfg.phase:
             raise ValueError(f"the scaling a={cfg.a:g}, b={cfg.b:g} (c_lr={cfg.c_lr:g}, c_keep={cfg.c_keep:g}) "

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_int, check_keep, check_positive
+from .._checks import check_device_dtype, check_int, check_keep, check_positive
 from ..data import binary_mnist, mean_field_init
 from ..store import RunFolder, default_run_dir, versions
 from ._variants import COLORS, LABELS, STYLES, VARIANTS, run_variants
@@ -59,10 +59,7 @@ class Config:
         check_positive("time", self.time)
         check_positive("small_time", self.small_time)
         check_int("records", self.records, 1)
-        check_choice("dtype", self.dtype, ("float32", "float64"))
-        check_choice("device", self.device, ("cpu", "cuda"))
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+        check_device_dtype(self.device, self.dtype)
         self.digit_pair()
         return self
 

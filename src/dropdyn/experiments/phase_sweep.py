@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_int, check_positive
+from .._checks import check_int, check_positive, parse_floats
 from ..data import mean_field_init, teacher_student
 from ..engine import simulate
 from ..limits import MAX_THINNING, simulate_limit
@@ -45,16 +45,6 @@ from ..store import RunFolder, default_run_dir, versions
 from .convergence import parse_widths
 
 CANDIDATES = ("I", "II", "III", "IV", "V")
-
-
-def _floats(name: str, text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{name} must be a comma-separated list of numbers, got {text!r}") from None
-    if not vals:
-        raise ValueError(f"{name} must not be empty")
-    return vals
 
 
 @dataclass
@@ -81,7 +71,7 @@ class Config:
             cfg = Config(**{**asdict(self), "a_values": "0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1,1.125,1.25,1.5",
                             "b_values": "0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1",
                             "widths": "1000,2000,4000,8000", "replicas": 8, "time": 1.0, "full": False})
-        a, b = _floats("a_values", cfg.a_values), _floats("b_values", cfg.b_values)
+        a, b = parse_floats("a_values", cfg.a_values), parse_floats("b_values", cfg.b_values)
         if min(b) < 0 or min(a) < 0:
             raise ValueError("a and b must be >= 0 (τ, q must not grow with n)")
         parse_widths(cfg.widths)
@@ -207,8 +197,8 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train,
                                n_test=cfg.n_test, activation=cfg.activation, generator=g)
         cells, rows = [], []
-        for a in _floats("a_values", cfg.a_values):
-            for b in _floats("b_values", cfg.b_values):
+        for a in parse_floats("a_values", cfg.a_values):
+            for b in parse_floats("b_values", cfg.b_values):
                 theory = family_phase(a, b)
                 dists = {n: measure_cell(cfg, a, b, n, task) for n in widths}
                 emp, ratio = empirical_phase(dists, cfg.shrink)

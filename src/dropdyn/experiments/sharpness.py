@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_int, check_keep, check_positive
+from .._checks import check_int, check_keep, check_positive, parse_floats
 from ..data import mean_field_init, teacher_student
 from ..diagnostics import mean_field_sharpness
 from ..engine import simulate
@@ -41,13 +41,7 @@ class Config:
     seed: int = 0
 
     def keep_values(self) -> list[float]:
-        try:
-            ks = [float(k) for k in str(self.keeps).split(",") if k.strip()]
-        except ValueError:
-            raise ValueError(f"keeps must be a comma-separated list of numbers, got {self.keeps!r}") from None
-        if not ks:
-            raise ValueError("keeps must not be empty")
-        return [check_keep(k) for k in ks]
+        return [check_keep(k) for k in parse_floats("keeps", self.keeps)]
 
     def validate(self) -> Config:
         check_int("width", self.width, 1)

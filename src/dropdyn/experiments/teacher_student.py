@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_int, check_keep, check_positive
+from .._checks import check_device_dtype, check_int, check_keep, check_positive
 from ..data import mean_field_init, teacher_student
 from ..metrics import output_gap, particle_distance
 from ..store import RunFolder, default_run_dir, versions
@@ -55,10 +55,7 @@ class Config:
         check_int("records", self.records, 1)
         if not (self.label_noise >= 0 and np.isfinite(self.label_noise)):
             raise ValueError(f"label_noise must be a finite number >= 0, got {self.label_noise!r}")
-        check_choice("dtype", self.dtype, ("float32", "float64"))
-        check_choice("device", self.device, ("cpu", "cuda"))
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+        check_device_dtype(self.device, self.dtype)
         return self
 
 
