@@ -32,7 +32,7 @@ import torch
 
 from ._checks import check_choice, check_finite, check_int, check_keep, check_positive
 from .masks import MaskStream
-from .model import Design, descent, features, forward
+from .model import Design, descent, features, forward, grad_potential
 
 Tensor = torch.Tensor
 
@@ -94,8 +94,6 @@ def _critical_step(design: Design, a: Tensor, W: Tensor, lr: float, beta: float,
     """Phase IV kernel: each neuron with ``mask`` moves by
     −(lr/q) Dφ(X_i)ᵀ(β(φ(X_i) + Σ_{l≤N_i} φ(Y_l)) − y)/m. Per-neuron forward passes do not
     fit the fused shared-residual pass, so this uses the reference closed forms."""
-    from .model import grad_potential
-
     R, n = a.shape
     idx, valid = _kept_first(mask)
     K = idx.shape[1]
