@@ -54,3 +54,11 @@ def test_cli(tmp_path, capsys):
                  "--out", str(tmp_path / "c"), "--no-progress"]) == 0
     assert main(["run", "convergence", "--phase", "III", "--widths", "100", "--out", str(tmp_path / "d")]) == 2
     assert "at least two distinct widths" in capsys.readouterr().err
+
+
+def test_one_w2_method_per_run(tmp_path):
+    """Widths straddling the exact-W2 limit use the sliced W2 for all of them."""
+    path = run(Config(phase="V", widths="100,200", time=0.5, n_train=20, n_test=20, records=2, w2_exact_max=150),
+               tmp_path / "w")
+    methods = {f["w2_method"] for f in json.loads((path / "summary.json").read_text())["final"]}
+    assert methods == {"sliced"}
