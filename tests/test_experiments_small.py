@@ -53,3 +53,17 @@ def test_sharpness_run(tmp_path):
     assert np.load(path / "arrays.npz", allow_pickle=False)["lr"].shape == (6,)
     with pytest.raises(ValueError, match="lr_max must exceed lr_min"):
         sharpness.Config(lr_min=2, lr_max=1).validate()
+
+
+def test_srivastava_run(tmp_path):
+    from dropdyn.experiments import srivastava
+
+    cfg = srivastava.Config(hidden=32, epochs=2, datasets="digits", mc_repeats=1)
+    path = srivastava.run(cfg, tmp_path / "s")
+    s = json.loads((path / "summary.json").read_text())
+    assert set(s["final_test_error"]) == {"digits/no dropout", "digits/dropout", "digits/dropout + max-norm"}
+    assert len(s["mc_error"]["digits/dropout"]) == len(s["mc_k"])
+    assert 0 <= s["fraction_of_hidden_units_at_max_norm"]["digits"] <= 1
+    assert (path / "srivastava.png").exists()
+    with pytest.raises(ValueError, match="unknown data set 'cifar'"):
+        srivastava.Config(datasets="cifar").validate()

@@ -83,8 +83,18 @@ def _sharpness_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed (default 0)")
 
 
+def _srivastava_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hidden", type=int, help="hidden units per layer (default 256)")
+    p.add_argument("--epochs", type=int, help="epochs (default 30)")
+    p.add_argument("--lr", type=float, help="initial learning rate (default 0.05)")
+    p.add_argument("--max-norm", dest="max_norm", type=float, help="max-norm radius c (default 1)")
+    p.add_argument("--datasets", help="mnist,digits (default both)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+
+
 FLAGS = {"teacher-student": _teacher_student_flags, "convergence": _convergence_flags,
-         "phase-sweep": _phase_sweep_flags, "mnist-binary": _mnist_binary_flags, "sharpness": _sharpness_flags}
+         "phase-sweep": _phase_sweep_flags, "mnist-binary": _mnist_binary_flags, "sharpness": _sharpness_flags,
+         "srivastava": _srivastava_flags}
 DESCRIPTIONS = {
     "teacher-student": "Figure 2 of the phase paper: dropout, RaM, penalty GD and GD on a teacher–student "
     "task; coupled dropout–RaM gap.",
@@ -92,6 +102,7 @@ DESCRIPTIONS = {
     "phase-sweep": "the empirical phase diagram: nearest limit per (a, b) cell, beside the theory.",
     "mnist-binary": "Figure 3 of the phase paper: two MNIST digits, four variants, practical and O(1/n) lr.",
     "sharpness": "sharpness bypass: largest stable step of GD vs RaM, with the top Hessian eigenvalue.",
+    "srivastava": "dropout in practice: no dropout / dropout / + max-norm; MC averaging vs weight scaling.",
 }
 
 

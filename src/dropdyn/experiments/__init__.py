@@ -7,4 +7,5 @@ EXPERIMENTS = {
     "phase-sweep": "dropdyn.experiments.phase_sweep",
     "mnist-binary": "dropdyn.experiments.mnist_binary",
     "sharpness": "dropdyn.experiments.sharpness",
+    "srivastava": "dropdyn.experiments.srivastava",
 }

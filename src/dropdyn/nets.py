@@ -1,0 +1,156 @@
+"""Dropout networks as practised (THEORY.md §4, Srivastava et al. 2014).
+
+A multilayer perceptron built from ``torch.nn`` with Bernoulli(keep) masks on its inputs
+and on each hidden layer, each at its own keep rate, in either convention:
+
+* ``inverted=True``: train with multipliers mask/p, do nothing at test time;
+* ``inverted=False`` (the paper's): train with {0, 1} masks, and at test time scale the
+  outgoing weights of every dropped layer by p — done here by multiplying that layer's
+  activations by p, which is the same function (W (p h) = (p W) h).
+
+Inference by weight scaling (``model.eval()``) or by Monte-Carlo averaging over k thinned
+networks (:meth:`DropoutMLP.mc_predict`); max-norm projection of each unit's incoming
+weight vector (:func:`apply_max_norm`); SGD with momentum and a decaying learning rate
+(:func:`train`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ._checks import check_int, check_keep, check_positive
+
+ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+class Dropout(nn.Module):
+    """Bernoulli(keep) masks in either convention (see the module docstring). A given
+    ``generator`` makes the masks replayable."""
+
+    def __init__(self, keep: float, inverted: bool = True):
+        super().__init__()
+        self.keep = check_keep(keep)
+        self.inverted = inverted
+        self.generator: torch.Generator | None = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.keep == 1.0:
+            return h
+        if not self.training:
+            return h if self.inverted else h * self.keep
+        u = torch.rand(h.shape, generator=self.generator, device=h.device, dtype=h.dtype)
+        mask = (u < self.keep).to(h.dtype)
+        return h * mask / self.keep if self.inverted else h * mask
+
+
+class DropoutMLP(nn.Module):
+    """``sizes = [d_in, h_1, …, d_out]``; dropout before every linear layer: on the input
+    with ``keep_input``, on hidden layer l with ``keep_hidden[l]`` (one number = all)."""
+
+    def __init__(self, sizes: Sequence[int], *, keep_input: float = 1.0, keep_hidden: float | Sequence[float] = 1.0,
+                 activation: str = "relu", inverted: bool = True):
+        super().__init__()
+        sizes = [check_int("layer size", s, 1) for s in sizes]
+        if len(sizes) < 2:
+            raise ValueError(f"sizes needs an input and an output size, got {list(sizes)}")
+        n_hidden = len(sizes) - 2
+        keeps = [keep_hidden] * n_hidden if isinstance(keep_hidden, (int, float)) else list(keep_hidden)
+        if len(keeps) != n_hidden:
+            raise ValueError(f"keep_hidden needs {n_hidden} values (one per hidden layer), got {len(keeps)}")
+        if activation not in ACTS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(sorted(ACTS))}")
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(Dropout(keep_input if i == 0 else keeps[i - 1], inverted))
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(ACTS[activation]())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def dropouts(self) -> list[Dropout]:
+        return [m for m in self.net if isinstance(m, Dropout)]
+
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    @torch.no_grad()
+    def mc_predict(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                   probabilities: bool = False) -> torch.Tensor:
+        """Average over ``k`` sampled thinned networks (training-mode masks) of the outputs,
+        or of their softmax with ``probabilities``; the model's mode is restored afterwards."""
+        k = check_int("k (Monte-Carlo samples)", k, 1)
+        was = self.training
+        self.train()
+        for d in self.dropouts():
+            d.generator = generator
+        try:
+            outs = [self(x) for _ in range(k)]
+            if probabilities:
+                outs = [o.softmax(-1) for o in outs]
+            return torch.stack(outs).mean(0)
+        finally:
+            for d in self.dropouts():
+                d.generator = None
+            self.train(was)
+
+
+@torch.no_grad()
+def apply_max_norm(model: DropoutMLP, c: float) -> None:
+    """Project each unit's incoming weight vector (a row of every hidden ``Linear``'s
+    weight) onto the ball ‖w‖ ≤ c. The output layer is left free."""
+    c = check_positive("max-norm c", c)
+    for lin in model.linears()[:-1]:
+        norms = lin.weight.norm(dim=1, keepdim=True)
+        lin.weight.mul_(torch.clamp(c / norms.clamp_min(1e-30), max=1.0))
+
+
+def train(model: DropoutMLP, inputs: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float = 0.1,
+          momentum: float = 0.9, decay: float = 0.98, batch_size: int = 100, max_norm: float | None = None,
+          generator: torch.Generator | None = None, on_epoch=None, on_step=None) -> None:
+    """Minibatch SGD with momentum on cross-entropy; the learning rate is multiplied by
+    ``decay`` after every epoch; max-norm projection after every step if ``max_norm``.
+    ``on_epoch(epoch)`` is called after each epoch (for curves), ``on_step(step)`` after
+    each step (after the projection)."""
+    check_int("epochs", epochs, 0)
+    check_positive("lr", lr)
+    if max_norm is not None:
+        check_positive("max-norm c", max_norm)
+    if not bool(torch.isfinite(inputs).all()):
+        raise ValueError("inputs contain non-finite values (NaN or inf)")
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=decay)
+    for d in model.dropouts():
+        d.generator = generator
+    n, k = len(inputs), 0
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=generator)
+        for s in range(0, n, batch_size):
+            idx = perm[s : s + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(inputs[idx]), labels[idx])
+            loss.backward()
+            opt.step()
+            if max_norm is not None:
+                apply_max_norm(model, max_norm)
+            k += 1
+            if on_step is not None:
+                on_step(k)
+        sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch)
+    for d in model.dropouts():
+        d.generator = None
+    model.eval()
+
+
+@torch.no_grad()
+def error_rate(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of misclassified examples."""
+    return float((logits.argmax(-1) != labels).double().mean())
