@@ -194,6 +194,7 @@ def _phase_diagram(args) -> int:
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight")
     atomic_write_bytes(out, buf.getvalue())
+    plt.close(fig)
     print(out)
     return 0
 

@@ -109,11 +109,14 @@ class RunFolder:
         atomic_write_bytes(self.file(name), buf.getvalue())
 
     def savefig(self, fig, stem: str) -> None:
-        """Save a matplotlib figure as ``stem.png`` and ``stem.svg``."""
+        """Save a matplotlib figure as ``stem.png`` and ``stem.svg``, then close it."""
+        import matplotlib.pyplot as plt
+
         for ext in ("png", "svg"):
             buf = io.BytesIO()
             fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight")
             atomic_write_bytes(self.file(f"{stem}.{ext}"), buf.getvalue())
+        plt.close(fig)
 
 
 def default_run_dir(root: Path, experiment: str, config: dict) -> Path:
