@@ -26,6 +26,7 @@ def test_estimate_agrees_with_exact_enumeration():
     assert est.ci[0] <= ex.alpha <= est.ci[1], (est, ex.alpha)
     for got, want in ((est.trace_HS, ex.trace_HS), (est.fro_H_sq, ex.fro_H_sq), (est.fro_S_sq, ex.fro_S_sq)):
         assert abs(got[0] - want[0]) <= 4 * got[1] + 1e-12
+    assert abs(est.baseline - ex.baseline) < 0.25 * ex.baseline
 
 
 def test_dropdyn_dropout_layers_work_too():
@@ -48,6 +49,8 @@ def test_alpha_is_one_when_sigma_is_proportional_to_H_and_random_baseline_is_nea
     assert abs(matrix_alignment(H, 3.0 * H) - 1) < 1e-12
     base = random_baseline(H, H, samples=10)
     assert 0 < base < 0.05
+    # the closed-form mean that alignment() reports: Tr H Tr Σ / (D ‖H‖ ‖Σ‖)
+    assert abs(base - float(H.trace() ** 2 / (D * H.norm() ** 2))) < 0.2 * base
 
 
 def test_bad_input():

@@ -67,3 +67,17 @@ def test_srivastava_run(tmp_path):
     assert (path / "srivastava.png").exists()
     with pytest.raises(ValueError, match="unknown data set 'cifar'"):
         srivastava.Config(datasets="cifar").validate()
+
+
+def test_alignment_run(tmp_path):
+    from dropdyn.experiments import alignment
+
+    cfg = alignment.Config(pairs="0.05:0.5", hidden=8, epochs=2, every=1, batch=50, samples=5)
+    path = alignment.run(cfg, tmp_path / "a")
+    s = json.loads((path / "summary.json").read_text())
+    assert list(s["min_alpha"]) == ["lr=0.05, keep=0.5"]
+    import numpy as np
+
+    assert np.load(path / "arrays.npz", allow_pickle=False)["lr0.05_keep0.5"].shape == (3, 5)  # epochs 0, 1, 2
+    with pytest.raises(ValueError, match="pairs must look like"):
+        alignment.Config(pairs="0.1").validate()

@@ -92,9 +92,17 @@ def _srivastava_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed (default 0)")
 
 
+def _alignment_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pairs", help="LR:KEEP pairs, comma-separated (default 0.05:0.9,0.05:0.5,0.2:0.5)")
+    p.add_argument("--epochs", type=int, help="epochs (default 20)")
+    p.add_argument("--every", type=int, help="measure α every this many epochs (default 5)")
+    p.add_argument("--samples", type=int, help="estimator samples per measurement (default 150)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+
+
 FLAGS = {"teacher-student": _teacher_student_flags, "convergence": _convergence_flags,
          "phase-sweep": _phase_sweep_flags, "mnist-binary": _mnist_binary_flags, "sharpness": _sharpness_flags,
-         "srivastava": _srivastava_flags}
+         "srivastava": _srivastava_flags, "alignment": _alignment_flags}
 DESCRIPTIONS = {
     "teacher-student": "Figure 2 of the phase paper: dropout, RaM, penalty GD and GD on a teacher–student "
     "task; coupled dropout–RaM gap.",
@@ -103,6 +111,7 @@ DESCRIPTIONS = {
     "mnist-binary": "Figure 3 of the phase paper: two MNIST digits, four variants, practical and O(1/n) lr.",
     "sharpness": "sharpness bypass: largest stable step of GD vs RaM, with the top Hessian eigenvalue.",
     "srivastava": "dropout in practice: no dropout / dropout / + max-norm; MC averaging vs weight scaling.",
+    "alignment": "Figure 3(a) of the SME paper: Hessian–variance alignment over training, all parameters.",
 }
 
 

@@ -8,4 +8,5 @@ EXPERIMENTS = {
     "mnist-binary": "dropdyn.experiments.mnist_binary",
     "sharpness": "dropdyn.experiments.sharpness",
     "srivastava": "dropdyn.experiments.srivastava",
+    "alignment": "dropdyn.experiments.alignment",
 }
