@@ -64,3 +64,20 @@ def test_bad_input():
     with pytest.raises(ValueError, match="2\\^20 masks"):
         alignment(model, nn.functional.cross_entropy, torch.randn(5, 3, dtype=torch.float64),
                   torch.zeros(5, dtype=torch.long), exact=True)
+
+
+def test_noise_along_curvature_matches_dense():
+    """The variance along each returned direction equals vᵀΣv for the exact Σ (within
+    5 s.e.), and the top curvature approaches the exact H's (64 mask draws average the
+    Hessian, so within 25%)."""
+    from dropdyn.diagnostics import exact_matrices, noise_along_curvature
+
+    model, x, y = tiny()
+    out = noise_along_curvature(model, nn.functional.cross_entropy, x, y, k=3, hessian_masks=64, samples=4000)
+    H, S, _ = exact_matrices(model, nn.functional.cross_entropy, x, y)
+    assert out["curvature"][0] >= out["curvature"][1] >= out["curvature"][2]
+    top = torch.linalg.eigvalsh(H).flip(0)[:3].numpy()
+    assert abs(out["curvature"][0] - top[0]) < 0.25 * top[0]
+    V = torch.as_tensor(out["directions"])
+    exact_var = torch.einsum("dk,de,ek->k", V, S, V).numpy()
+    assert (abs(out["variance"] - exact_var) <= 5 * out["variance_se"]).all(), (out["variance"], exact_var)

@@ -223,7 +223,18 @@ MAX_EXACT_MASKS = 2**16
 
 
 def _exact(model, loss_fn, inputs, targets) -> Alignment:
-    """Enumerate every mask of every dropout layer on this batch; dense H and Σ."""
+    """α from the dense H and Σ of :func:`exact_matrices`."""
+    H, S, n_masks = exact_matrices(model, loss_fn, inputs, targets)
+    D = len(H)
+    t, a, b = float((H * S).sum()), float((H * H).sum()), float((S * S).sum())
+    alpha = matrix_alignment(H, S)
+    baseline = float(H.trace() * S.trace() / (D * math.sqrt(a * b)))
+    return Alignment(alpha, (alpha, alpha), (t, 0.0), (a, 0.0), (b, 0.0), n_masks, D, exact=True, baseline=baseline)
+
+
+def exact_matrices(model, loss_fn, inputs, targets) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Dense ``H = E_δ ∇²ℓ(θ; δ)`` and ``Σ = Cov_δ ∇ℓ(θ; δ)`` (float64, D × D) by enumerating
+    every mask of every dropout layer on this batch (at most 2¹⁶), and the mask count."""
     layers = _dropout_layers(model)
     shapes: list[tuple[int, tuple]] = []  # (layer index, activation shape) in call order
 
@@ -260,11 +271,7 @@ def _exact(model, loss_fn, inputs, targets) -> Alignment:
     mean = (W[:, None] * G).sum(0)
     C = G - mean
     S = (W[:, None, None] * C[:, :, None] * C[:, None, :]).sum(0)
-    H = 0.5 * (hess + hess.T)
-    t, a, b = float((H * S).sum()), float((H * H).sum()), float((S * S).sum())
-    alpha = matrix_alignment(H, S)
-    baseline = float(H.trace() * S.trace() / (D * math.sqrt(a * b)))
-    return Alignment(alpha, (alpha, alpha), (t, 0.0), (a, 0.0), (b, 0.0), len(W), D, exact=True, baseline=baseline)
+    return 0.5 * (hess + hess.T), S, len(W)
 
 
 def matrix_alignment(H: torch.Tensor, S: torch.Tensor) -> float:
@@ -284,3 +291,40 @@ def random_baseline(H: torch.Tensor, S: torch.Tensor, samples: int = 100, seed: 
         Q2, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
         vals.append(matrix_alignment(Q1 @ torch.diag(eh) @ Q1.T, Q2 @ torch.diag(es) @ Q2.T))
     return float(torch.tensor(vals).mean())
+
+
+def noise_along_curvature(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, k: int = 10,
+                          hessian_masks: int = 8, samples: int = 100, seed: int = 0) -> dict:
+    """Variance of the dropout noise along the Hessian's top eigenvectors (SME paper,
+    appendix B). Lanczos (``eigsh``) finds the top ``k`` eigenpairs (λ_j, v_j) of
+    H_M = mean of ∇²ℓ(θ; δ_m) over ``hessian_masks`` fixed mask draws (fixed, so that the
+    operator is deterministic); the variance along v_j is v_jᵀΣv_j = E[(d·v_j)²]/2 over
+    ``samples`` fresh differences d of two dropout gradients. Returns NumPy arrays
+    ``curvature``, ``variance``, ``variance_se`` (descending curvature) and the unit
+    ``directions`` (D × k)."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    k = check_int("k", k, 1)
+    hessian_masks = check_int("hessian_masks", hessian_masks, 1)
+    samples = check_int("samples", samples, 2)
+    g = torch.Generator(device=inputs.device)
+    prob = _Problem(model, loss_fn, inputs, targets, g)
+    N = sum(p.numel() for p in prob.params)
+    dtype = prob.params[0].dtype
+
+    def matvec(v):
+        g.manual_seed(seed)  # the same masks at every call
+        t = torch.as_tensor(np.asarray(v, dtype=np.float64).ravel(), dtype=dtype, device=inputs.device)
+        return (sum(prob.hvp(t) for _ in range(hessian_masks)) / hessian_masks).double().cpu().numpy()
+
+    vals, vecs = eigsh(LinearOperator((N, N), matvec=matvec, dtype=np.float64), k=k, which="LA", tol=1e-6,
+                       v0=np.random.default_rng(seed).standard_normal(N))
+    order = np.argsort(vals)[::-1]
+    vals, V = vals[order], torch.as_tensor(vecs[:, order], dtype=dtype, device=inputs.device)
+    g.manual_seed(seed + 1)
+    proj = torch.stack([(prob.grad() - prob.grad()) @ V for _ in range(samples)]).double()  # (samples, k)
+    var = (proj**2 / 2).mean(0)
+    se = (proj**2 / 2).std(0) / math.sqrt(samples)
+    return {"curvature": vals, "variance": var.cpu().numpy(), "variance_se": se.cpu().numpy(),
+            "directions": V.double().cpu().numpy()}

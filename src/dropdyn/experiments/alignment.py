@@ -6,7 +6,9 @@ pairs; every few epochs α(θ_t) = Tr(HΣ)/(‖H‖_F‖Σ‖_F) is estimated ov
 parameters with ``dropdyn.diagnostics.alignment`` (on a fixed batch of training
 images), with its 95% interval and the paper's random-eigenvector baseline (its mean,
 in closed form). The paper reports α > 0.85 throughout (on a subset of parameters) and
-7.8·10⁻⁴ for the baseline.
+7.8·10⁻⁴ for the baseline. At the end of training, the variance of the dropout noise
+along the Hessian's top eigenvectors is plotted against their curvature (the SME
+paper's appendix B, inverse variance–flatness), with a log–log slope.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from .._checks import check_int, check_keep, check_positive
 from ..data import mnist
-from ..diagnostics import alignment
+from ..diagnostics import alignment, noise_along_curvature
 from ..nets import DropoutMLP, train
 from ..store import RunFolder, default_run_dir, versions
 
@@ -36,6 +38,7 @@ class Config:
     every: int = 5
     batch: int = 1000
     samples: int = 150
+    eigenvectors: int = 10
     seed: int = 0
 
     def lr_keep(self) -> list[tuple[float, float]]:
@@ -80,8 +83,37 @@ def compute(cfg: Config, progress: bool = False) -> dict:
         train(net, X, y, epochs=cfg.epochs, lr=lr, momentum=0.0, decay=1.0, batch_size=100,
               generator=torch.Generator().manual_seed(cfg.seed + 1),
               on_epoch=lambda e, measure=measure: measure(e + 1) if (e + 1) % cfg.every == 0 else None)
-        out[f"lr={lr:g}, keep={keep:g}"] = np.array(rows)
+        name = f"lr={lr:g}, keep={keep:g}"
+        out[name] = np.array(rows)
+        if keep < 1.0:
+            vf = noise_along_curvature(net, nn.functional.cross_entropy, xb, yb, k=cfg.eigenvectors,
+                                       hessian_masks=4, samples=100, seed=cfg.seed)
+            out[f"vf/{name}"] = np.stack([vf["curvature"], vf["variance"], vf["variance_se"]], 1)
     return out
+
+
+def variance_flatness_figure(res: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    slopes = {}
+    for i, (name, r) in enumerate((k[3:], v) for k, v in res.items() if k.startswith("vf/")):
+        ok = (r[:, 0] > 0) & (r[:, 1] > 0)
+        slope = float(np.polyfit(np.log(r[ok, 0]), np.log(r[ok, 1]), 1)[0]) if ok.sum() >= 2 else float("nan")
+        slopes[name] = slope
+        ax.errorbar(r[:, 0], r[:, 1], yerr=r[:, 2], fmt="o", color=f"C{i}", ms=4,
+                    label=f"{name}: slope {slope:.2f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("curvature λ_j (top Hessian eigenvalues)")
+    ax.set_ylabel("dropout-noise variance v_jᵀΣv_j")
+    ax.set_title("noise variance along the top Hessian directions (end of training)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return fig, slopes
 
 
 def figure(res: dict):
@@ -91,7 +123,7 @@ def figure(res: dict):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, (name, r) in enumerate(res.items()):
+    for i, (name, r) in enumerate((k, v) for k, v in res.items() if not k.startswith("vf/")):
         if len(r) == 0:
             continue
         ax.plot(r[:, 0], r[:, 1], "o-", color=f"C{i}", label=name)
@@ -117,17 +149,22 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
     with RunFolder(path, force=force) as folder:
         t0 = _time.perf_counter()
         res = compute(cfg, progress)
-        rows = [(name, *r) for name, rr in res.items() for r in rr]
+        curves = {k: v for k, v in res.items() if not k.startswith("vf/")}
+        rows = [(name, *r) for name, rr in curves.items() for r in rr]
         cols = list(zip(*rows, strict=True)) if rows else [[]] * 6
         folder.write_csv("alignment.csv", {"setting": np.array(cols[0]), "epoch": np.array(cols[1]),
                                            "alpha": np.array(cols[2]), "ci_low": np.array(cols[3]),
                                            "ci_high": np.array(cols[4]), "baseline": np.array(cols[5])})
-        folder.write_npz("arrays.npz", {name.replace(", ", "_").replace("=", ""): r for name, r in res.items()})
+        folder.write_npz("arrays.npz", {name.replace(", ", "_").replace("=", "").replace("/", "__"): r
+                                        for name, r in res.items()})
+        vf_fig, slopes = variance_flatness_figure(res)
         summary = {"seconds": round(_time.perf_counter() - t0, 1), "paper_alpha": PAPER_ALPHA,
-                   "min_alpha": {n: float(r[:, 1].min()) for n, r in res.items() if len(r)},
-                   "max_baseline": {n: float(r[:, 4].max()) for n, r in res.items() if len(r)}}
+                   "min_alpha": {n: float(r[:, 1].min()) for n, r in curves.items() if len(r)},
+                   "max_baseline": {n: float(r[:, 4].max()) for n, r in curves.items() if len(r)},
+                   "variance_vs_curvature_slope": slopes}
         folder.write_json("summary.json", summary)
         folder.write_json("config.json", {"experiment": "alignment", "config": resolved, "versions": versions(),
                                           "seed": cfg.seed})
-        folder.savefig(figure(res), "alignment")
+        folder.savefig(figure(curves), "alignment")
+        folder.savefig(vf_fig, "variance_flatness")
     return path
