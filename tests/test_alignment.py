@@ -81,3 +81,28 @@ def test_noise_along_curvature_matches_dense():
     V = torch.as_tensor(out["directions"])
     exact_var = torch.einsum("dk,de,ek->k", V, S, V).numpy()
     assert (abs(out["variance"] - exact_var) <= 5 * out["variance_se"]).all(), (out["variance"], exact_var)
+
+
+def test_flatness_matches_dense_hessian():
+    from dropdyn.diagnostics import flatness
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(0.5), nn.Linear(4, 2)).double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1])
+    model.eval()
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    # dense Hessian over the flat parameters (offsets of weight 4×3, bias 4, weight 2×4, bias 2)
+    offsets = [0, 12, 16, 24]
+
+    def loss(t):
+        params = {n: t[o:o + p.numel()].reshape(p.shape)
+                  for (n, p), o in zip(model.named_parameters(), offsets, strict=True)}
+        return nn.functional.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
+
+    H = torch.autograd.functional.hessian(loss, flat)
+    model.train()
+    out = flatness(model, nn.functional.cross_entropy, x, y, probes=400)
+    ev = torch.linalg.eigvalsh(H)
+    assert abs(out["top_eigenvalue"] - float(ev.max())) < 1e-6 * float(ev.abs().max())
+    assert abs(out["trace"] - float(H.trace())) < 5 * out["trace_se"]
+    assert model.training  # mode restored

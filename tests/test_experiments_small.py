@@ -72,12 +72,14 @@ def test_srivastava_run(tmp_path):
 def test_alignment_run(tmp_path):
     from dropdyn.experiments import alignment
 
-    cfg = alignment.Config(pairs="0.05:0.5", hidden=8, epochs=2, every=1, batch=50, samples=5, eigenvectors=3)
+    cfg = alignment.Config(pairs="0.05:0.5", hidden=8, epochs=2, every=1, batch=50, samples=5, eigenvectors=3,
+                           noise_steps=3)
     path = alignment.run(cfg, tmp_path / "a")
     s = json.loads((path / "summary.json").read_text())
     assert list(s["min_alpha"]) == ["lr=0.05, keep=0.5"]
     assert list(s["variance_vs_curvature_slope"]) == ["lr=0.05, keep=0.5"]
-    assert (path / "variance_flatness.png").exists()
+    assert (path / "variance_flatness.png").exists() and (path / "noise_comparison.png").exists()
+    assert set(s["noise_comparison"]) == {"GD", "GD + dropout", "SGD", "GD + parameter noise"}
     import numpy as np
 
     assert np.load(path / "arrays.npz", allow_pickle=False)["lr0.05_keep0.5"].shape == (3, 5)  # epochs 0, 1, 2

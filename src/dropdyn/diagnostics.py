@@ -328,3 +328,34 @@ def noise_along_curvature(model: nn.Module, loss_fn, inputs: torch.Tensor, targe
     se = (proj**2 / 2).std(0) / math.sqrt(samples)
     return {"curvature": vals, "variance": var.cpu().numpy(), "variance_se": se.cpu().numpy(),
             "directions": V.double().cpu().numpy()}
+
+
+def flatness(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, probes: int = 50,
+             seed: int = 0) -> dict:
+    """Sharpness of a solution: the top eigenvalue (Lanczos) and the trace (Hutchinson,
+    with its standard error) of the Hessian of the loss of the model in evaluation mode
+    (no dropout), over all parameters."""
+    from torch.func import functional_call
+
+    probes = check_int("probes", probes, 2)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
+    flat = torch.cat([p.detach().reshape(-1) for n, p in model.named_parameters() if p.requires_grad])
+    was = model.training
+    model.eval()
+    try:
+        def fn(theta):
+            parts = torch.split(theta, [math.prod(s) for s in shapes])
+            params = {n: t.reshape(s) for n, t, s in zip(names, parts, shapes, strict=True)}
+            return loss_fn(functional_call(model, params, (inputs,)), targets)
+
+        top = top_eigenvalue(fn, flat, seed=seed)
+        g = torch.Generator(device=flat.device).manual_seed(seed)
+        tr = []
+        for _ in range(probes):
+            z = (torch.randint(0, 2, flat.shape, generator=g, device=flat.device) * 2 - 1).to(flat.dtype)
+            tr.append(float(z @ hvp(fn, flat, z)))
+    finally:
+        model.train(was)
+    mean, se = _mean_se(tr)
+    return {"top_eigenvalue": top, "trace": mean, "trace_se": se}

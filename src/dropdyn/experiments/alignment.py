@@ -8,7 +8,10 @@ images), with its 95% interval and the paper's random-eigenvector baseline (its 
 in closed form). The paper reports α > 0.85 throughout (on a subset of parameters) and
 7.8·10⁻⁴ for the baseline. At the end of training, the variance of the dropout noise
 along the Hessian's top eigenvectors is plotted against their curvature (the SME
-paper's appendix B, inverse variance–flatness), with a log–log slope.
+paper's appendix B, inverse variance–flatness), with a log–log slope. Last, the
+noise comparison of its appendix D: the same network trained from one initialisation
+by GD, GD + dropout, SGD and GD + parameter-noise injection, with the flatness (top
+Hessian eigenvalue and trace, evaluation-mode loss) of each solution.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import nn
 
 from .._checks import check_int, check_keep, check_positive
 from ..data import mnist
-from ..diagnostics import alignment, noise_along_curvature
+from ..diagnostics import alignment, flatness, noise_along_curvature
 from ..nets import DropoutMLP, train
 from ..store import RunFolder, default_run_dir, versions
 
@@ -39,6 +42,11 @@ class Config:
     batch: int = 1000
     samples: int = 150
     eigenvectors: int = 10
+    noise_steps: int = 400
+    noise_lr: float = 0.1
+    noise_keep: float = 0.5
+    noise_batch: int = 32
+    noise_sigma: float = 0.05
     seed: int = 0
 
     def lr_keep(self) -> list[tuple[float, float]]:
@@ -58,6 +66,11 @@ class Config:
         check_int("every", self.every, 1)
         check_int("batch", self.batch, 2)
         check_int("samples", self.samples, 2)
+        check_int("noise_steps", self.noise_steps, 1)
+        check_int("noise_batch", self.noise_batch, 1)
+        check_positive("noise_lr", self.noise_lr)
+        check_positive("noise_sigma", self.noise_sigma)
+        check_keep(self.noise_keep)
         return self
 
 
@@ -89,7 +102,68 @@ def compute(cfg: Config, progress: bool = False) -> dict:
             vf = noise_along_curvature(net, nn.functional.cross_entropy, xb, yb, k=cfg.eigenvectors,
                                        hessian_masks=4, samples=100, seed=cfg.seed)
             out[f"vf/{name}"] = np.stack([vf["curvature"], vf["variance"], vf["variance_se"]], 1)
+    out["noise_comparison"] = compare_noise(cfg, X, y, xb, yb)
     return out
+
+
+NOISES = ("GD", "GD + dropout", "SGD", "GD + parameter noise")
+
+
+def compare_noise(cfg: Config, X, y, xb, yb) -> dict:
+    """Appendix D: one initialisation, four noise types, flatness of each solution."""
+    out = {}
+    for noise in NOISES:
+        torch.manual_seed(cfg.seed)
+        keep = cfg.noise_keep if noise == "GD + dropout" else 1.0
+        net = DropoutMLP([784, cfg.hidden, cfg.hidden, 10], keep_hidden=[keep, 1.0])
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.noise_lr)
+        g = torch.Generator().manual_seed(cfg.seed + 7)
+        for d in net.dropouts():
+            d.generator = g
+        net.train()
+        for _ in range(cfg.noise_steps):
+            idx = torch.randint(0, len(X), (cfg.noise_batch,), generator=g) if noise == "SGD" else slice(None)
+            saved = None
+            if noise == "GD + parameter noise":  # gradient at θ + σε (Orvieto et al. 2023)
+                saved = [p.detach().clone() for p in net.parameters()]
+                with torch.no_grad():
+                    for p in net.parameters():
+                        p.add_(cfg.noise_sigma * torch.randn(p.shape, generator=g))
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(net(X[idx]), y[idx]).backward()
+            if saved is not None:
+                with torch.no_grad():
+                    for p, s0 in zip(net.parameters(), saved, strict=True):
+                        p.copy_(s0)
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            loss = float(nn.functional.cross_entropy(net(X), y))
+        out[noise] = {**flatness(net, nn.functional.cross_entropy, xb, yb, probes=30, seed=cfg.seed),
+                      "train_loss": loss}
+    return out
+
+
+def noise_figure(cmp: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    names = list(cmp)
+    x = np.arange(len(names))
+    axes[0].bar(x, [cmp[n]["top_eigenvalue"] for n in names], color=[f"C{i}" for i in x])
+    axes[0].set_ylabel("top Hessian eigenvalue")
+    axes[1].bar(x, [cmp[n]["trace"] for n in names], yerr=[2 * cmp[n]["trace_se"] for n in names],
+                color=[f"C{i}" for i in x])
+    axes[1].set_ylabel("Hessian trace (± 2 s.e.)")
+    for ax in axes:
+        ax.set_xticks(x, names, rotation=20, fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("flatness of the solution found with each kind of noise (same start, same steps)", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def variance_flatness_figure(res: dict):
@@ -149,6 +223,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
     with RunFolder(path, force=force) as folder:
         t0 = _time.perf_counter()
         res = compute(cfg, progress)
+        cmp = res.pop("noise_comparison")
         curves = {k: v for k, v in res.items() if not k.startswith("vf/")}
         rows = [(name, *r) for name, rr in curves.items() for r in rr]
         cols = list(zip(*rows, strict=True)) if rows else [[]] * 6
@@ -161,10 +236,11 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         summary = {"seconds": round(_time.perf_counter() - t0, 1), "paper_alpha": PAPER_ALPHA,
                    "min_alpha": {n: float(r[:, 1].min()) for n, r in curves.items() if len(r)},
                    "max_baseline": {n: float(r[:, 4].max()) for n, r in curves.items() if len(r)},
-                   "variance_vs_curvature_slope": slopes}
+                   "variance_vs_curvature_slope": slopes, "noise_comparison": cmp}
         folder.write_json("summary.json", summary)
         folder.write_json("config.json", {"experiment": "alignment", "config": resolved, "versions": versions(),
                                           "seed": cfg.seed})
         folder.savefig(figure(curves), "alignment")
         folder.savefig(vf_fig, "variance_flatness")
+        folder.savefig(noise_figure(cmp), "noise_comparison")
     return path
