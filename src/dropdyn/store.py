@@ -62,17 +62,20 @@ class RunFolder:
             run.write_json("config.json", cfg); run.write_csv(...); run.savefig(...)
     """
 
-    def __init__(self, path: Path, *, force: bool = False):
+    def __init__(self, path: Path, *, force: bool = False, on_enter=None):
         self.path = Path(path)
         if self.path.exists() and any(self.path.iterdir()) and not force:
             raise ValueError(f"run folder {self.path} already exists; use --force to overwrite it")
         self.force = force
+        self.on_enter = on_enter
         self.tmp: Path | None = None
 
     def __enter__(self) -> RunFolder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
         self.tmp.chmod(0o755)
+        if self.on_enter is not None:
+            self.on_enter(self)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -117,6 +120,16 @@ class RunFolder:
             fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight")
             atomic_write_bytes(self.file(f"{stem}.{ext}"), buf.getvalue())
         plt.close(fig)
+
+
+def open_run(experiment: str, config: dict, out: Path | None = None, *, root: Path = Path("runs"),
+             force: bool = False, folder_name: str | None = None) -> RunFolder:
+    """The run folder of one experiment run: ``out``, or a fresh
+    ``root/<folder_name or experiment>/<time>-<hash>``; on entering it writes
+    ``config.json`` (experiment, resolved config, versions, seed)."""
+    path = Path(out) if out is not None else default_run_dir(root, folder_name or experiment, config)
+    meta = {"experiment": experiment, "config": config, "versions": versions(), "seed": config.get("seed")}
+    return RunFolder(path, force=force, on_enter=lambda f: f.write_json("config.json", meta))
 
 
 def default_run_dir(root: Path, experiment: str, config: dict) -> Path:

@@ -28,7 +28,7 @@ from .._checks import check_int, check_keep, check_positive
 from ..data import mnist
 from ..diagnostics import alignment, flatness, noise_along_curvature
 from ..nets import DropoutMLP, train
-from ..store import RunFolder, default_run_dir, versions
+from ..store import open_run
 
 PAPER_ALPHA = 0.85
 
@@ -219,8 +219,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         progress: bool = False) -> Path:
     cfg.validate()
     resolved = asdict(cfg)
-    path = Path(out) if out is not None else default_run_dir(root, "alignment", resolved)
-    with RunFolder(path, force=force) as folder:
+    with open_run("alignment", resolved, out, root=root, force=force) as folder:
         t0 = _time.perf_counter()
         res = compute(cfg, progress)
         cmp = res.pop("noise_comparison")
@@ -238,9 +237,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
                    "max_baseline": {n: float(r[:, 4].max()) for n, r in curves.items() if len(r)},
                    "variance_vs_curvature_slope": slopes, "noise_comparison": cmp}
         folder.write_json("summary.json", summary)
-        folder.write_json("config.json", {"experiment": "alignment", "config": resolved, "versions": versions(),
-                                          "seed": cfg.seed})
         folder.savefig(figure(curves), "alignment")
         folder.savefig(vf_fig, "variance_flatness")
         folder.savefig(noise_figure(cmp), "noise_comparison")
-    return path
+    return folder.path

@@ -34,7 +34,7 @@ from ..limits import simulate_limit
 from ..masks import draw_masks
 from ..metrics import output_gap, particle_distance, wasserstein2
 from ..phase import classify, family_phase, scaling
-from ..store import RunFolder, default_run_dir, versions
+from ..store import open_run
 
 # (a, b, c_lr, c_keep) per phase: a family whose predicted limit is that phase.
 DEFAULT_SCALING = {
@@ -204,8 +204,8 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
     cfg = cfg.resolved()
     widths = parse_widths(cfg.widths)
     resolved = asdict(cfg)
-    path = Path(out) if out is not None else default_run_dir(root, f"convergence-{cfg.phase}", resolved)
-    with RunFolder(path, force=force) as folder:
+    with open_run("convergence", resolved, out, root=root, force=force,
+                  folder_name=f"convergence-{cfg.phase}") as folder:
         t0 = _time.perf_counter()
         rows = []
         # one W2 method for every width, so that the fitted rate compares like with like
@@ -236,7 +236,5 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
                        "diverged": r["diverged"]} for r in rows],
         }
         folder.write_json("summary.json", summary)
-        folder.write_json("config.json", {"experiment": "convergence", "config": resolved, "versions": versions(),
-                                          "seed": cfg.seed})
         folder.savefig(figure(rows, rates, cfg), "convergence")
-    return path
+    return folder.path

@@ -24,7 +24,7 @@ import torch
 
 from .._checks import check_device_dtype, check_int, check_keep, check_positive
 from ..data import binary_mnist, mean_field_init
-from ..store import RunFolder, default_run_dir, versions
+from ..store import open_run
 from ._variants import COLORS, LABELS, STYLES, VARIANTS, run_variants
 
 
@@ -135,8 +135,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         progress: bool = False) -> Path:
     cfg.validate()
     resolved = asdict(cfg)
-    path = Path(out) if out is not None else default_run_dir(root, "mnist-binary", resolved)
-    with RunFolder(path, force=force) as folder:
+    with open_run("mnist-binary", resolved, out, root=root, force=force) as folder:
         t0 = _time.perf_counter()
         res = compute(cfg, progress=progress)
         for name in regimes(cfg):
@@ -157,7 +156,5 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
                       for n in regimes(cfg) for v in VARIANTS},
         }
         folder.write_json("summary.json", summary)
-        folder.write_json("config.json", {"experiment": "mnist-binary", "config": resolved, "versions": versions(),
-                                          "seed": cfg.seed})
         folder.savefig(figure(res, cfg), "mnist_binary")
-    return path
+    return folder.path

@@ -41,7 +41,7 @@ from ..limits import MAX_THINNING, simulate_limit
 from ..masks import draw_masks
 from ..metrics import output_gap
 from ..phase import classify, family_phase, scaling
-from ..store import RunFolder, default_run_dir, versions
+from ..store import open_run
 from .convergence import parse_widths
 
 CANDIDATES = ("I", "II", "III", "IV", "V")
@@ -190,8 +190,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
     cfg = cfg.resolved()
     widths = parse_widths(cfg.widths)
     resolved = asdict(cfg)
-    path = Path(out) if out is not None else default_run_dir(root, "phase-sweep", resolved)
-    with RunFolder(path, force=force) as folder:
+    with open_run("phase-sweep", resolved, out, root=root, force=force) as folder:
         t0 = _time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed)
         task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train,
@@ -231,7 +230,5 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
             "theory": np.array([c["theory"] for c in cells]), "empirical": np.array([c["empirical"] for c in cells]),
         })
         folder.write_json("summary.json", summary)
-        folder.write_json("config.json", {"experiment": "phase-sweep", "config": resolved, "versions": versions(),
-                                          "seed": cfg.seed})
         folder.savefig(figure(cells, cfg), "phase_diagram")
-    return path
+    return folder.path

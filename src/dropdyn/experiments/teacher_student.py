@@ -22,7 +22,7 @@ import torch
 from .._checks import check_device_dtype, check_int, check_keep, check_positive
 from ..data import mean_field_init, teacher_student
 from ..metrics import output_gap, particle_distance
-from ..store import RunFolder, default_run_dir, versions
+from ..store import open_run
 from ._variants import COLORS, LABELS, STYLES, VARIANTS, run_variants
 
 
@@ -135,8 +135,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
     """Run the experiment and write its run folder; return the folder's path."""
     cfg.validate()
     resolved = asdict(cfg)
-    path = Path(out) if out is not None else default_run_dir(root, "teacher-student", resolved)
-    with RunFolder(path, force=force) as folder:
+    with open_run("teacher-student", resolved, out, root=root, force=force) as folder:
         t0 = time.perf_counter()
         res = compute(cfg, progress=progress)
         seconds = time.perf_counter() - t0
@@ -161,10 +160,8 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
             "final_gap_output_dropout_ram": float(res["gap_output"][-1]),
             "final_gap_output_dropout_gd": float(res["gap_output_dropout_gd"][-1]),
         }
-        folder.write_json("config.json", {"experiment": "teacher-student", "config": resolved,
-                                          "versions": versions(), "seed": cfg.seed})
         folder.write_json("summary.json", summary)
         fig1, fig2 = figures(res, cfg)
         folder.savefig(fig1, "risk")
         folder.savefig(fig2, "gap")
-    return path
+    return folder.path
