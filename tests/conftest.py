@@ -10,3 +10,9 @@ def small_problem():
     Z = torch.randn(5, 3, generator=g, dtype=torch.float64)
     y = torch.randn(5, generator=g, dtype=torch.float64)
     return X, Z, y
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """Every test runs in its own folder, so the default store ``runs/`` is private to it."""
+    monkeypatch.chdir(tmp_path)

@@ -38,7 +38,7 @@ def test_mnist_binary_run(tmp_path):
 
     assert "practical__dropout__test_accuracy" in np.load(path / "arrays.npz", allow_pickle=False)
     with pytest.raises(ValueError, match="digits must be two digits"):
-        mnist_binary.Config(digits="4").validate()
+        mnist_binary.Config(digits="4").resolved()
 
 
 def test_sharpness_run(tmp_path):
@@ -52,7 +52,7 @@ def test_sharpness_run(tmp_path):
 
     assert np.load(path / "arrays.npz", allow_pickle=False)["lr"].shape == (6,)
     with pytest.raises(ValueError, match="lr_max must exceed lr_min"):
-        sharpness.Config(lr_min=2, lr_max=1).validate()
+        sharpness.Config(lr_min=2, lr_max=1).resolved()
 
 
 def test_srivastava_run(tmp_path):
@@ -66,7 +66,7 @@ def test_srivastava_run(tmp_path):
     assert 0 <= s["fraction_of_hidden_units_at_max_norm"]["digits"] <= 1
     assert (path / "srivastava.png").exists()
     with pytest.raises(ValueError, match="unknown data set 'cifar'"):
-        srivastava.Config(datasets="cifar").validate()
+        srivastava.Config(datasets="cifar").resolved()
 
 
 def test_alignment_run(tmp_path):
@@ -84,4 +84,4 @@ def test_alignment_run(tmp_path):
 
     assert np.load(path / "arrays.npz", allow_pickle=False)["lr0.05_keep0.5"].shape == (3, 5)  # epochs 0, 1, 2
     with pytest.raises(ValueError, match="pairs must look like"):
-        alignment.Config(pairs="0.1").validate()
+        alignment.Config(pairs="0.1").resolved()

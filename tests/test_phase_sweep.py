@@ -6,6 +6,7 @@ import math
 import pytest
 
 from dropdyn.experiments.phase_sweep import Config, candidates, empirical_phase, limit_parameters, run
+from dropdyn.runs import RunIndex
 
 
 def test_candidates_follow_the_limiting_parameters():
@@ -30,9 +31,14 @@ def test_empirical_rule():
 def test_small_sweep_agrees_with_theory(tmp_path):
     """Six cells covering I, III, V and the degenerate region, widths 250/1000: the
     paper's claim tested at small scale (all six agreed when written; we ask for 5/6)."""
-    path = run(Config(a_values="0,0.5,1", b_values="0,0.5", widths="250,1000", time=1.0, replicas=2),
-               tmp_path / "s")
+    cfg = Config(a_values="0,0.5,1", b_values="0,0.5", widths="250,1000", time=1.0, replicas=2)
+    path = run(cfg, tmp_path / "s", root=tmp_path / "store")
     s = json.loads((path / "summary.json").read_text())
+    assert s["cells_computed"] == 6
+    # the cells are runs of the store: a second sweep reuses them all and gives the same diagram
+    again = json.loads((run(cfg, tmp_path / "s2", root=tmp_path / "store") / "summary.json").read_text())
+    assert again["cells_computed"] == 0 and again["cells_detail"] == s["cells_detail"]
+    assert len(RunIndex(tmp_path / "store").rows(experiment="phase-cell", status="complete")) == 6
     by = {(c["a"], c["b"]): c for c in s["cells_detail"]}
     assert by[(0.5, 0.5)]["theory"] == "III" and by[(0.0, 0.5)]["theory"] == "degenerate"
     assert s["agreement_all"] >= 5 / 6

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
+import time
 from pathlib import Path
 
 from .experiments import EXPERIMENTS
@@ -21,7 +23,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings (flags override it)")
-    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<experiment>/<time>-<hash>)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: STORE/<experiment>/<time>-<hash>)")
+    p.add_argument("--store", metavar="DIR", default="runs", help="run store: folders and index (default runs)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -49,6 +52,15 @@ def _convergence_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="float64 (default) or float32")
 
 
+def _convergence_width_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--phase", help="I, II, III, IV or V (default III)")
+    p.add_argument("--width", type=int, help="width n (default 1000)")
+    p.add_argument("--time", type=float, help="time horizon T (default 1)")
+    p.add_argument("--replicas", type=int, help="replicas (default 4)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    _device_flags(p)
+
+
 def _phase_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a-values", dest="a_values", help="comma-separated exponents a (τ = c_lr·n^−a)")
     p.add_argument("--b-values", dest="b_values", help="comma-separated exponents b (q = c_keep·n^−b)")
@@ -58,6 +70,22 @@ def _phase_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--full", action="store_const", const=True, default=None,
                    help="finer grid, widths up to 8000, 8 replicas: for bigger machines")
+    _device_flags(p)
+
+
+def _phase_cell_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--a", type=float, help="exponent a of τ = c_lr·n^−a (default 0.5)")
+    p.add_argument("--b", type=float, help="exponent b of q = c_keep·n^−b (default 0.5)")
+    p.add_argument("--widths", help="comma-separated widths, at least two (default 500,1000)")
+    p.add_argument("--time", type=float, help="time horizon T (default 1)")
+    p.add_argument("--replicas", type=int, help="replicas per width (default 4)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    _device_flags(p)
+
+
+def _device_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", help="float64 (default) or float32")
 
 
 def _mnist_binary_flags(p: argparse.ArgumentParser) -> None:
@@ -81,6 +109,7 @@ def _sharpness_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--points", type=int, help="steps sizes in the sweep (default 30)")
     p.add_argument("--keeps", help="RaM keep rates, comma-separated (default 0.5,0.2)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
 
 
 def _srivastava_flags(p: argparse.ArgumentParser) -> None:
@@ -90,6 +119,7 @@ def _srivastava_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-norm", dest="max_norm", type=float, help="max-norm radius c (default 1)")
     p.add_argument("--datasets", help="mnist,digits (default both)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
 
 
 def _alignment_flags(p: argparse.ArgumentParser) -> None:
@@ -98,21 +128,38 @@ def _alignment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--every", type=int, help="measure α every this many epochs (default 5)")
     p.add_argument("--samples", type=int, help="estimator samples per measurement (default 150)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
 
 
+# experiments built on sweeps of their own points: they take --executor/--workers/--scheduler
+SWEEPING = ("convergence", "phase-sweep")
 FLAGS = {"teacher-student": _teacher_student_flags, "convergence": _convergence_flags,
-         "phase-sweep": _phase_sweep_flags, "mnist-binary": _mnist_binary_flags, "sharpness": _sharpness_flags,
+         "convergence-width": _convergence_width_flags,
+         "phase-sweep": _phase_sweep_flags,
+         "phase-cell": _phase_cell_flags, "mnist-binary": _mnist_binary_flags, "sharpness": _sharpness_flags,
          "srivastava": _srivastava_flags, "alignment": _alignment_flags}
 DESCRIPTIONS = {
     "teacher-student": "Figure 2 of the phase paper: dropout, RaM, penalty GD and GD on a teacher–student "
     "task; coupled dropout–RaM gap.",
     "convergence": "finite-width dropout against its coupled limit (phase I–V) over widths; fitted rates.",
+    "convergence-width": "one width of a convergence experiment: dropout vs its coupled limit.",
     "phase-sweep": "the empirical phase diagram: nearest limit per (a, b) cell, beside the theory.",
+    "phase-cell": "one cell of the empirical phase diagram: dropout vs every candidate limit over widths.",
     "mnist-binary": "Figure 3 of the phase paper: two MNIST digits, four variants, practical and O(1/n) lr.",
     "sharpness": "sharpness bypass: largest stable step of GD vs RaM, with the top Hessian eigenvalue.",
     "srivastava": "dropout in practice: no dropout / dropout / + max-norm; MC averaging vs weight scaling.",
     "alignment": "Figure 3(a) of the SME paper: Hessian–variance alignment over training, all parameters.",
 }
+
+
+EXECUTION = ("executor", "workers", "scheduler")
+
+
+def _execution_flags(p: argparse.ArgumentParser, default_executor: str | None = "serial") -> None:
+    p.add_argument("--executor", default=default_executor, help="serial (default), processes or dask")
+    p.add_argument("--workers", type=int, default=None if default_executor is None else 2,
+                   help="workers of the processes pool or Dask LocalCluster (default 2)")
+    p.add_argument("--scheduler", metavar="ADDR", help="an existing Dask scheduler, e.g. tcp://host:8786")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,12 +181,33 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
     pd.add_argument("--mark", action="append", default=[], metavar="N,T,Q",
                     help="mark a point (width, lr, keep); repeatable")
+    sw = sub.add_parser("sweep", help="run a sweep of an experiment (resumable); see dropdyn.sweep")
+    sw.add_argument("file", help="sweep file (.yaml/.yml/.toml): experiment, base, grid|zip|list")
+    sw.add_argument("--store", default="runs", help="run store (default runs)")
+    _execution_flags(sw)
+    sw.add_argument("--threads", type=int, default=1, help="torch threads per point (default 1)")
+    sw.add_argument("--collect", action="store_true",
+                    help="write the points' summary metrics to STORE/sweeps/NAME/results.{csv,parquet}")
+    sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    rs = sub.add_parser("runs", help="list, show or remove runs of a store")
+    rs.add_argument("action", choices=("list", "show", "rm"))
+    rs.add_argument("refs", nargs="*", metavar="RUN", help="run id, or a unique prefix of its id or key")
+    rs.add_argument("--store", default="runs", help="run store (default runs)")
+    rs.add_argument("--experiment", help="list: only this experiment")
+    rs.add_argument("--status", choices=("running", "complete", "failed"), help="list: only this status")
+    rs.add_argument("--sweep", help="list: only this sweep")
+    rs.add_argument("--json", action="store_true", help="list: print JSON")
+    rp = sub.add_parser("report", help="a self-contained HTML report of a run folder, sweep or store")
+    rp.add_argument("path", help="a run folder, STORE/sweeps/NAME, or a store")
+    rp.add_argument("--out", help="HTML file (default PATH/report.html)")
     run = sub.add_parser("run", help="run an experiment and write its run folder")
     exps = run.add_subparsers(dest="experiment", parser_class=_Parser, metavar="EXPERIMENT")
     for name in EXPERIMENTS:
         p = exps.add_parser(name, help=DESCRIPTIONS[name], description=DESCRIPTIONS[name])
         FLAGS[name](p)
         _add_common(p)
+        if name in SWEEPING:
+            _execution_flags(p, default_executor=None)
     return ap
 
 
@@ -149,12 +217,69 @@ def _run_experiment(args) -> int:
     if args.experiment is None:
         raise UsageError(f"run needs an experiment: {', '.join(EXPERIMENTS)}")
     module = importlib.import_module(EXPERIMENTS[args.experiment])
-    reserved = {"command", "experiment", "config", "out", "force", "no_progress"}
+    from .runs import RunIndex
+    from .sweep import run_key
+
+    reserved = {"command", "experiment", "config", "out", "force", "no_progress", "store", *EXECUTION}
     overrides = {k: v for k, v in vars(args).items() if k not in reserved}
+    execution = {k: getattr(args, k) for k in EXECUTION if getattr(args, k, None) is not None}
     cfg = build_config(module.Config, args.config, overrides)
-    path = module.run(cfg, Path(args.out) if args.out else None, force=args.force,
-                      progress=not args.no_progress and sys.stderr.isatty())
+    t0 = time.perf_counter()
+    path = module.run(cfg, Path(args.out) if args.out else None, root=Path(args.store), force=args.force,
+                      progress=not args.no_progress and sys.stderr.isatty(), **execution)
+    index = RunIndex(args.store)
+    meta = json.loads((path / "config.json").read_text())
+    index.finish(index.run_id(path), run_key(args.experiment, meta["config"]), args.experiment, meta["config"],
+                 json.loads((path / "summary.json").read_text()), seconds=time.perf_counter() - t0)
     print(path)
+    return 0
+
+
+def _sweep(args) -> int:
+    from .sweep import collect, load_sweep, run_sweep, write_table
+
+    sweep = load_sweep(args.file)
+    result = run_sweep(sweep, args.store, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
+                       threads=args.threads, progress=not args.no_progress and sys.stderr.isatty())
+    done, failed = result.count("complete", skipped=False), result.count("failed")
+    print(f"sweep {sweep.name}: {len(sweep.keys)} points, {done} run, {result.count('complete', skipped=True)} "
+          f"already complete, {failed} failed")
+    for o in result.outcomes.values():
+        if o["status"] == "failed":
+            print(f"  failed {sweep.experiment}/{o['key']}: {o['error']}", file=sys.stderr)
+    if args.collect:
+        csv_path, pq_path = write_table(collect(sweep, args.store), Path(args.store) / "sweeps" / sweep.name)
+        print(f"table: {csv_path} {pq_path}")
+    return 1 if failed else 0
+
+
+def _runs(args) -> int:
+    from .runs import RunIndex
+
+    index = RunIndex(args.store)
+    if args.action == "list":
+        rows = index.rows(experiment=args.experiment, status=args.status, sweep=args.sweep)
+        if args.json:
+            print(json.dumps(rows, indent=2, default=str))
+            return 0
+        print(f"{'id':45s} {'status':9s} {'sweep':14s} {'finished':24s} seconds")
+        for r in rows:
+            secs = f"{r['seconds']:.1f}" if r["seconds"] is not None else ""
+            print(f"{r['id']:45s} {r['status']:9s} {r['sweep'] or '':14s} {r['finished'] or '':24s} {secs}")
+        print(f"{len(rows)} run(s) in {index.path}")
+    elif args.action == "show":
+        for ref in args.refs:
+            print(json.dumps(index.get(ref), indent=2, default=str))
+    else:
+        for ref in args.refs:
+            print(f"removed {index.remove(ref)['id']}")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    print(write_report(Path(args.path), Path(args.out) if args.out else None))
     return 0
 
 
@@ -217,6 +342,14 @@ def main(argv=None) -> int:
             return 0
         if args.command == "run":
             return _run_experiment(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "runs":
+            if args.action in ("show", "rm") and not args.refs:
+                raise UsageError(f"runs {args.action} needs at least one RUN")
+            return _runs(args)
+        if args.command == "report":
+            return _report(args)
         if args.command == "phase":
             return _phase(args)
         if args.command == "phase-diagram":

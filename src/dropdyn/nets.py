@@ -41,8 +41,9 @@ class Dropout(nn.Module):
             return h
         if not self.training:
             return h if self.inverted else h * self.keep
-        u = torch.rand(h.shape, generator=self.generator, device=h.device, dtype=h.dtype)
-        mask = (u < self.keep).to(h.dtype)
+        g = self.generator  # masks come from the generator's device (a CPU generator: same masks on any device)
+        u = torch.rand(h.shape, generator=g, device=g.device if g is not None else h.device, dtype=h.dtype)
+        mask = (u < self.keep).to(device=h.device, dtype=h.dtype)
         return h * mask / self.keep if self.inverted else h * mask
 
 
@@ -130,7 +131,8 @@ def train(model: DropoutMLP, inputs: torch.Tensor, labels: torch.Tensor, *, epoc
     n, k = len(inputs), 0
     for epoch in range(epochs):
         model.train()
-        perm = torch.randperm(n, generator=generator)
+        perm = torch.randperm(n, generator=generator, device=generator.device if generator else "cpu")
+        perm = perm.to(inputs.device)
         for s in range(0, n, batch_size):
             idx = perm[s : s + batch_size]
             opt.zero_grad(set_to_none=True)

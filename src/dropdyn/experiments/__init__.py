@@ -4,7 +4,9 @@
 EXPERIMENTS = {
     "teacher-student": "dropdyn.experiments.teacher_student",
     "convergence": "dropdyn.experiments.convergence",
+    "convergence-width": "dropdyn.experiments.convergence_width",
     "phase-sweep": "dropdyn.experiments.phase_sweep",
+    "phase-cell": "dropdyn.experiments.phase_cell",
     "mnist-binary": "dropdyn.experiments.mnist_binary",
     "sharpness": "dropdyn.experiments.sharpness",
     "srivastava": "dropdyn.experiments.srivastava",

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_int, check_keep, check_positive
+from .._checks import check_device_dtype, check_int, check_keep, check_positive
 from ..data import mnist
 from ..diagnostics import alignment, flatness, noise_along_curvature
 from ..nets import DropoutMLP, train
@@ -48,6 +48,7 @@ class Config:
     noise_batch: int = 32
     noise_sigma: float = 0.05
     seed: int = 0
+    device: str = "cpu"
 
     def lr_keep(self) -> list[tuple[float, float]]:
         out = []
@@ -59,7 +60,7 @@ class Config:
             out.append((check_positive("lr", lr), check_keep(keep)))
         return out
 
-    def validate(self) -> Config:
+    def resolved(self) -> Config:
         self.lr_keep()
         check_int("hidden", self.hidden, 1)
         check_int("epochs", self.epochs, 1)
@@ -71,17 +72,18 @@ class Config:
         check_positive("noise_lr", self.noise_lr)
         check_positive("noise_sigma", self.noise_sigma)
         check_keep(self.noise_keep)
+        check_device_dtype(self.device, "float32")
         return self
 
 
 def compute(cfg: Config, progress: bool = False) -> dict:
     X, y = mnist()
-    X = X.float()
+    X, y = X.float().to(cfg.device), y.to(cfg.device)
     xb, yb = X[: cfg.batch], y[: cfg.batch]
     out = {}
     for lr, keep in cfg.lr_keep():
         torch.manual_seed(cfg.seed)
-        net = DropoutMLP([784, cfg.hidden, cfg.hidden, 10], keep_hidden=[keep, 1.0])
+        net = DropoutMLP([784, cfg.hidden, cfg.hidden, 10], keep_hidden=[keep, 1.0]).to(cfg.device)
         rows = []
 
         def measure(epoch, net=net, rows=rows, keep=keep, lr=lr):
@@ -115,20 +117,22 @@ def compare_noise(cfg: Config, X, y, xb, yb) -> dict:
     for noise in NOISES:
         torch.manual_seed(cfg.seed)
         keep = cfg.noise_keep if noise == "GD + dropout" else 1.0
-        net = DropoutMLP([784, cfg.hidden, cfg.hidden, 10], keep_hidden=[keep, 1.0])
+        net = DropoutMLP([784, cfg.hidden, cfg.hidden, 10], keep_hidden=[keep, 1.0]).to(X.device)
         opt = torch.optim.SGD(net.parameters(), lr=cfg.noise_lr)
         g = torch.Generator().manual_seed(cfg.seed + 7)
         for d in net.dropouts():
             d.generator = g
         net.train()
         for _ in range(cfg.noise_steps):
-            idx = torch.randint(0, len(X), (cfg.noise_batch,), generator=g) if noise == "SGD" else slice(None)
+            idx = slice(None)
+            if noise == "SGD":
+                idx = torch.randint(0, len(X), (cfg.noise_batch,), generator=g).to(X.device)
             saved = None
             if noise == "GD + parameter noise":  # gradient at θ + σε (Orvieto et al. 2023)
                 saved = [p.detach().clone() for p in net.parameters()]
                 with torch.no_grad():
                     for p in net.parameters():
-                        p.add_(cfg.noise_sigma * torch.randn(p.shape, generator=g))
+                        p.add_(cfg.noise_sigma * torch.randn(p.shape, generator=g).to(p.device))
             opt.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(net(X[idx]), y[idx]).backward()
             if saved is not None:
@@ -217,7 +221,7 @@ def figure(res: dict):
 
 def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
         progress: bool = False) -> Path:
-    cfg.validate()
+    cfg = cfg.resolved()
     resolved = asdict(cfg)
     with open_run("alignment", resolved, out, root=root, force=force) as folder:
         t0 = _time.perf_counter()

@@ -20,8 +20,9 @@ Limits simulated at width n (the same N = n particles):
 
 from __future__ import annotations
 
+import json
 import time as _time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ from ..limits import simulate_limit
 from ..masks import draw_masks
 from ..metrics import output_gap, particle_distance, wasserstein2
 from ..phase import classify, family_phase, scaling
-from ..store import open_run
+from ..store import config_key, open_run
+from ..sweep import make_sweep, run_sweep
 
 # (a, b, c_lr, c_keep) per phase: a family whose predicted limit is that phase.
 DEFAULT_SCALING = {
@@ -92,19 +94,29 @@ class Config:
         widths = self.widths or DEFAULT_WIDTHS.get(self.phase, "250,500,1000,2000,4000")
         given = {k: v for k, v in asdict(self).items() if v is not None}
         cfg = Config(**{"a": a, "b": b, "c_lr": c_lr, "c_keep": c_keep, **given, "widths": widths})
-        check_positive("time", cfg.time)
-        check_int("records", cfg.records, 1)
-        check_int("replicas", cfg.replicas, 1)
-        check_device_dtype(cfg.device, cfg.dtype)
-        large = family_phase(cfg.a, cfg.b)
-        if large != cfg.phase:
-            raise ValueError(f"the scaling a={cfg.a:g}, b={cfg.b:g} (c_lr={cfg.c_lr:g}, c_keep={cfg.c_keep:g}) "
-                             f"reaches phase {large}, not the requested phase {cfg.phase}")
-        for n in parse_widths(cfg.widths):
-            lr, q = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
-            if round(cfg.time / lr) < 1:
-                raise ValueError(f"time {cfg.time:g} is shorter than one step τ={lr:g} at width {n}")
+        check_family(cfg, parse_widths(cfg.widths))
         return cfg
+
+    def width_settings(self) -> dict:
+        """The settings of each width's ``convergence-width`` run (all but ``widths``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "widths"}
+
+
+def check_family(cfg, widths: list[int]) -> None:
+    """Shared checks of a convergence config: the family reaches ``cfg.phase``, at least one
+    step fits in the horizon at every width."""
+    check_positive("time", cfg.time)
+    check_int("records", cfg.records, 1)
+    check_int("replicas", cfg.replicas, 1)
+    check_device_dtype(cfg.device, cfg.dtype)
+    large = family_phase(cfg.a, cfg.b)
+    if large != cfg.phase:
+        raise ValueError(f"the scaling a={cfg.a:g}, b={cfg.b:g} (c_lr={cfg.c_lr:g}, c_keep={cfg.c_keep:g}) "
+                         f"reaches phase {large}, not the requested phase {cfg.phase}")
+    for n in widths:
+        lr, q = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
+        if round(cfg.time / lr) < 1:
+            raise ValueError(f"time {cfg.time:g} is shorter than one step τ={lr:g} at width {n}")
 
 
 def run_width(cfg: Config, n: int, exact_max: int) -> dict:
@@ -199,21 +211,31 @@ def figure(rows: list[dict], rates: dict, cfg: Config):
 
 
 def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
-    """Run every width, fit the rates, write the run folder; return its path."""
+        progress: bool = False, executor: str = "serial", workers: int = 2, scheduler: str | None = None) -> Path:
+    """Run (or resume) the sweep of widths in the store ``root``, fit the rates, write the
+    run folder; return its path."""
     cfg = cfg.resolved()
     widths = parse_widths(cfg.widths)
     resolved = asdict(cfg)
     with open_run("convergence", resolved, out, root=root, force=force,
                   folder_name=f"convergence-{cfg.phase}") as folder:
         t0 = _time.perf_counter()
-        rows = []
         # one W2 method for every width, so that the fitted rate compares like with like
-        exact_max = cfg.w2_exact_max if max(widths) <= cfg.w2_exact_max else 0
-        for n in widths:
-            rows.append(run_width(cfg, n, exact_max))
-            if progress:
-                print(f"  width {n}: particle {rows[-1]['particle'][-1]:.3g}, W2 {rows[-1]['w2']:.3g}", flush=True)
+        base = {**cfg.width_settings(), "w2_exact_max": cfg.w2_exact_max if max(widths) <= cfg.w2_exact_max else 0}
+        sweep = make_sweep({"experiment": "convergence-width", "name": f"convergence-{config_key(resolved)}",
+                            "base": base, "list": [{"width": n} for n in widths]})
+        result = run_sweep(sweep, root, executor=executor, workers=workers, scheduler=scheduler, progress=progress)
+        failed = [o for o in result.outcomes.values() if o["status"] == "failed"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(widths)} widths failed (first: {failed[0]['error']}); "
+                               "the others are kept in the store and a re-run resumes")
+        rows = []
+        for i in range(len(widths)):
+            point = Path(root) / sweep.run_id(i)
+            row = json.loads((point / "summary.json").read_text())
+            with np.load(point / "arrays.npz") as arrays:
+                row.update({k: arrays[k] for k in ("time", "particle", "output")})
+            rows.append(row)
         rates = {key: fit_rate(widths, [r[key][-1] if key != "w2" else r[key] for r in rows])
                  for key in ("particle", "output", "w2")}
         cols = {k: [] for k in ("width", "lr", "keep", "alpha", "beta", "time", "particle_distance", "output_gap")}
@@ -229,11 +251,11 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         lr, q = scaling(n_max, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
         summary = {
             "phase": cfg.phase, "predicted_phase_at_largest_width": classify(n_max, lr, q).phase,
-            "rates": rates, "seconds": round(_time.perf_counter() - t0, 2),
+            "rates": rates, "seconds": round(_time.perf_counter() - t0, 2), "sweep": sweep.name,
+            "widths_computed": result.count("complete", skipped=False),
             "final": [{"width": r["width"], "lr": r["lr"], "keep": r["keep"], "steps": r["steps"],
-                       "particle_distance": float(r["particle"][-1]), "output_gap": float(r["output"][-1]),
-                       "w2": r["w2"], "w2_method": "exact" if exact_max else "sliced",
-                       "diverged": r["diverged"]} for r in rows],
+                       "particle_distance": r["particle_distance"], "output_gap": r["output_gap"],
+                       "w2": r["w2"], "w2_method": r["w2_method"], "diverged": r["diverged"]} for r in rows],
         }
         folder.write_json("summary.json", summary)
         folder.savefig(figure(rows, rates, cfg), "convergence")

@@ -48,7 +48,7 @@ class Config:
     device: str = "cpu"
     dtype: str = "float64"
 
-    def validate(self) -> Config:
+    def resolved(self) -> Config:
         check_int("input_size", self.input_size, 1)
         check_int("width", self.width, 1)
         check_int("small_width", self.small_width, 1)
@@ -133,7 +133,7 @@ def figure(res: dict, cfg: Config):
 
 def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
         progress: bool = False) -> Path:
-    cfg.validate()
+    cfg = cfg.resolved()
     resolved = asdict(cfg)
     with open_run("mnist-binary", resolved, out, root=root, force=force) as folder:
         t0 = _time.perf_counter()

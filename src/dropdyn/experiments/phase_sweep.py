@@ -23,28 +23,27 @@ distance shrinks by at least ``shrink`` when the width doubles; otherwise "none"
 limit seen, as in the degenerate region). It is compared with the theory
 (``family_phase``) over all cells, and over the cells the finite width can decide
 (``classify`` at the largest width agrees with the family's phase).
+
+Each cell is a ``phase-cell`` run and the grid is a sweep of them (``dropdyn.sweep``):
+cells already in the store are reused, an interrupted sweep resumes, and
+``--executor processes|dask`` spreads the cells over workers.
 """
 
 from __future__ import annotations
 
+import json
 import time as _time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .._checks import check_int, check_positive, parse_floats
-from ..data import mean_field_init, teacher_student
-from ..engine import simulate
-from ..limits import MAX_THINNING, simulate_limit
-from ..masks import draw_masks
-from ..metrics import output_gap
-from ..phase import classify, family_phase, scaling
-from ..store import open_run
+from .._checks import parse_floats
+from ..store import config_key, open_run
+from ..sweep import make_sweep, run_sweep
+from . import phase_cell
 from .convergence import parse_widths
-
-CANDIDATES = ("I", "II", "III", "IV", "V")
+from .phase_cell import candidates, empirical_phase, limit_parameters  # noqa: F401 - the cell's rules, re-exported
 
 
 @dataclass
@@ -63,6 +62,8 @@ class Config:
     replicas: int = 4
     shrink: float = 0.9
     seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float64"
     full: bool = False
 
     def resolved(self) -> Config:
@@ -74,82 +75,16 @@ class Config:
         a, b = parse_floats("a_values", cfg.a_values), parse_floats("b_values", cfg.b_values)
         if min(b) < 0 or min(a) < 0:
             raise ValueError("a and b must be >= 0 (τ, q must not grow with n)")
-        parse_widths(cfg.widths)
-        check_positive("time", cfg.time)
-        check_positive("c_lr", cfg.c_lr)
-        check_positive("c_keep", cfg.c_keep)
-        if cfg.c_keep > 1:
-            raise ValueError(f"c_keep must be <= 1 so that q_n <= 1, got {cfg.c_keep!r}")
-        check_int("replicas", cfg.replicas, 1)
-        if not 0 < cfg.shrink <= 1:
-            raise ValueError(f"shrink must be in (0, 1], got {cfg.shrink!r}")
+        phase_cell.Config(**cfg.cell_settings()).resolved()
         return cfg
 
+    def cell_settings(self) -> dict:
+        """The settings shared by every cell (all but the grid)."""
+        return {f.name: getattr(self, f.name) for f in fields(phase_cell.Config) if f.name not in ("a", "b")}
 
-def limit_parameters(a: float, b: float, c_lr: float, c_keep: float) -> dict:
-    """ᾱ, β̄, τ̄, q̄ of the family (0 or inf where they vanish or blow up)."""
-    eps = 1e-9
-    alpha = c_lr / c_keep if abs(a - b) < eps else (0.0 if a > b else float("inf"))
-    beta = 1 / c_keep if abs(b - 1) < eps else (0.0 if b < 1 else float("inf"))
-    return {"alpha": alpha, "beta": beta, "tau": c_lr if abs(a) < eps else 0.0, "q": c_keep if abs(b) < eps else 0.0}
-
-
-def candidates(a: float, b: float, c_lr: float, c_keep: float) -> list[str]:
-    """The candidate limits of a cell (see the module table)."""
-    p = limit_parameters(a, b, c_lr, c_keep)
-    finite = lambda v: 0 < v < float("inf")  # noqa: E731
-    out = ["I"]
-    out += ["II"] if finite(p["beta"]) else []
-    out += ["III"] if finite(p["alpha"]) else []
-    out += ["IV"] if finite(p["alpha"]) and finite(p["beta"]) else []
-    out += ["V"] if p["tau"] > 0 and p["q"] > 0 else []
-    return out
-
-
-def measure_cell(cfg: Config, a: float, b: float, n: int, task) -> dict[str, float]:
-    """Output gap at time T between dropout at width n and each candidate limit."""
-    R = cfg.replicas
-    lr, q = scaling(n, a, b, cfg.c_lr, cfg.c_keep)
-    steps = max(1, round(cfg.time / lr))
-    T = steps * lr
-    X0 = mean_field_init(n, cfg.dim, replicas=R, generator=torch.Generator().manual_seed(cfg.seed * 7_919 + n))
-    masks = draw_masks(q, steps, (R, n), seed=cfg.seed + 1)
-    kw = dict(activation=cfg.activation, record_every=steps, probe_inputs=task.test_inputs)
-    drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **kw)
-    p = limit_parameters(a, b, cfg.c_lr, cfg.c_keep)
-    out = {}
-    for cand in candidates(a, b, cfg.c_lr, cfg.c_keep):
-        args = dict(time=T, seed=cfg.seed + 2, **kw)
-        if cand in ("I", "II"):
-            args.update(h=lr, beta=p["beta"] if cand == "II" else None)
-        elif cand in ("III", "IV"):
-            coupled = lr / p["alpha"] <= MAX_THINNING
-            h = lr if coupled else T / np.ceil(T / (p["alpha"] * MAX_THINNING))
-            args.update(time=T, h=h, alpha=p["alpha"], beta=p["beta"] if cand == "IV" else None,
-                        clocks=masks if coupled else None, record_every=max(1, round(T / h)))
-        else:
-            args.update(lr=p["tau"], keep=p["q"], clocks=masks)
-        lim = simulate_limit(cand, X0, task.inputs, task.targets, **args)
-        if drop.diverged_at_step or lim.diverged_at_step:
-            out[cand] = float("nan")
-        else:
-            out[cand] = float(output_gap(drop.outputs[-1], lim.outputs[-1]).mean())
-    return out
-
-
-def empirical_phase(dist_by_width: dict[int, dict[str, float]], shrink: float) -> tuple[str, float]:
-    """Nearest candidate at the largest width if its distance shrank by ``shrink`` per
-    doubling of the width (geometric mean over the widths), else "none"."""
-    widths = sorted(dist_by_width)
-    last = dist_by_width[widths[-1]]
-    finite = {k: v for k, v in last.items() if np.isfinite(v)}
-    if not finite:
-        return "none", float("nan")
-    best = min(finite, key=finite.get)
-    d0, d1 = dist_by_width[widths[0]][best], finite[best]
-    doublings = np.log2(widths[-1] / widths[0])
-    ratio = float((d1 / d0) ** (1 / doublings)) if d0 > 0 else float("nan")
-    return (best if ratio <= shrink else "none"), ratio
+    def cells(self) -> list[dict]:
+        return [{"a": a, "b": b} for a in parse_floats("a_values", self.a_values)
+                for b in parse_floats("b_values", self.b_values)]
 
 
 def figure(cells: list[dict], cfg: Config):
@@ -186,30 +121,24 @@ def figure(cells: list[dict], cfg: Config):
 
 
 def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
+        progress: bool = False, executor: str = "serial", workers: int = 2, scheduler: str | None = None) -> Path:
+    """Run (or resume) the sweep of cells in the store ``root``, then draw the diagram."""
     cfg = cfg.resolved()
     widths = parse_widths(cfg.widths)
     resolved = asdict(cfg)
     with open_run("phase-sweep", resolved, out, root=root, force=force) as folder:
         t0 = _time.perf_counter()
-        g = torch.Generator().manual_seed(cfg.seed)
-        task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train,
-                               n_test=cfg.n_test, activation=cfg.activation, generator=g)
-        cells, rows = [], []
-        for a in parse_floats("a_values", cfg.a_values):
-            for b in parse_floats("b_values", cfg.b_values):
-                theory = family_phase(a, b)
-                dists = {n: measure_cell(cfg, a, b, n, task) for n in widths}
-                emp, ratio = empirical_phase(dists, cfg.shrink)
-                lr, q = scaling(widths[-1], a, b, cfg.c_lr, cfg.c_keep)
-                decided = classify(widths[-1], lr, q).phase == theory
-                cells.append({"a": a, "b": b, "theory": theory, "empirical": emp, "ratio": ratio,
-                              "decided_at_width": decided, "distances": {str(n): d for n, d in dists.items()}})
-                for n, d in dists.items():
-                    for cand, v in d.items():
-                        rows.append((a, b, theory, n, cand, v))
-                if progress:
-                    print(f"  a={a:g} b={b:g}: theory {theory}, empirical {emp} (ratio {ratio:.2f})", flush=True)
+        sweep = make_sweep({"experiment": "phase-cell", "name": f"phase-sweep-{config_key(resolved)}",
+                            "base": cfg.cell_settings(), "list": cfg.cells()})
+        result = run_sweep(sweep, root, executor=executor, workers=workers, scheduler=scheduler, progress=progress)
+        failed = [o for o in result.outcomes.values() if o["status"] == "failed"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(sweep.keys)} cells failed (first: {failed[0]['error']}); "
+                               "the others are kept in the store and a re-run resumes")
+        cells = [json.loads((Path(root) / sweep.run_id(i) / "summary.json").read_text())
+                 for i in range(len(sweep.keys))]
+        rows = [(c["a"], c["b"], c["theory"], int(n), cand, v)
+                for c in cells for n, d in c["distances"].items() for cand, v in d.items()]
 
         def agree(c):
             return c["empirical"] == ("none" if c["theory"] == "degenerate" else c["theory"])
@@ -218,7 +147,9 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         summary = {
             "agreement_all": sum(map(agree, cells)) / len(cells), "cells": len(cells),
             "agreement_decided": (sum(map(agree, decided)) / len(decided)) if decided else None,
-            "decided_cells": len(decided), "seconds": round(_time.perf_counter() - t0, 1), "cells_detail": cells,
+            "decided_cells": len(decided), "seconds": round(_time.perf_counter() - t0, 1), "sweep": sweep.name,
+            "cells_computed": result.count("complete", skipped=False), "cells_detail": cells,
+            "largest_width": widths[-1],
         }
         cols = list(zip(*rows, strict=True))
         folder.write_csv("distances.csv", {"a": np.array(cols[0]), "b": np.array(cols[1]), "theory": np.array(cols[2]),

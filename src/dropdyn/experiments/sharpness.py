@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_int, check_keep, check_positive, parse_floats
+from .._checks import check_device_dtype, check_int, check_keep, check_positive, parse_floats
 from ..data import mean_field_init, teacher_student
 from ..diagnostics import mean_field_sharpness
 from ..engine import simulate
@@ -39,11 +39,12 @@ class Config:
     keeps: str = "0.5,0.2"
     activation: str = "tanh"
     seed: int = 0
+    device: str = "cpu"
 
     def keep_values(self) -> list[float]:
         return [check_keep(k) for k in parse_floats("keeps", self.keeps)]
 
-    def validate(self) -> Config:
+    def resolved(self) -> Config:
         check_int("width", self.width, 1)
         check_int("steps", self.steps, 1)
         check_int("points", self.points, 2)
@@ -52,6 +53,7 @@ class Config:
         if self.lr_max <= self.lr_min:
             raise ValueError(f"lr_max must exceed lr_min, got {self.lr_max!r} <= {self.lr_min!r}")
         self.keep_values()
+        check_device_dtype(self.device, "float64")
         return self
 
 
@@ -59,8 +61,8 @@ def compute(cfg: Config) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train, n_test=10,
                            activation=cfg.activation, generator=g)
-    X0 = mean_field_init(cfg.width, cfg.dim, generator=g)
-    Z, y = task.inputs, task.targets
+    X0 = mean_field_init(cfg.width, cfg.dim, generator=g).to(cfg.device)
+    Z, y = task.inputs.to(cfg.device), task.targets.to(cfg.device)
     lam0 = mean_field_sharpness(X0, Z, y, cfg.activation)
     sol = simulate("gd", X0, Z, y, lr=min(1.0, 1.0 / lam0), keep=1.0, steps=20 * cfg.steps,
                    activation=cfg.activation, record_every=20 * cfg.steps).particles
@@ -114,7 +116,7 @@ def figure(res: dict):
 
 def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
         progress: bool = False) -> Path:
-    cfg.validate()
+    cfg = cfg.resolved()
     resolved = asdict(cfg)
     with open_run("sharpness", resolved, out, root=root, force=force) as folder:
         t0 = _time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_int, check_keep, check_positive
+from .._checks import check_device_dtype, check_int, check_keep, check_positive
 from ..data import mnist
 from ..nets import DropoutMLP, error_rate, train
 from ..store import open_run
@@ -40,8 +40,9 @@ class Config:
     mc_repeats: int = 3
     datasets: str = "mnist,digits"
     seed: int = 0
+    device: str = "cpu"
 
-    def validate(self) -> Config:
+    def resolved(self) -> Config:
         check_int("hidden", self.hidden, 1)
         check_int("epochs", self.epochs, 1)
         check_int("batch_size", self.batch_size, 1)
@@ -50,6 +51,7 @@ class Config:
         check_positive("max_norm", self.max_norm)
         check_keep(self.keep_input)
         check_keep(self.keep_hidden)
+        check_device_dtype(self.device, "float32")
         for name in self.dataset_names():
             if name not in ("mnist", "digits"):
                 raise ValueError(f"unknown data set {name!r}; choose mnist and/or digits")
@@ -83,12 +85,12 @@ def compute(cfg: Config) -> dict:
     out = {}
     for name in cfg.dataset_names():
         g = torch.Generator().manual_seed(cfg.seed)
-        xtr, ytr, xte, yte = load(name, g)
+        xtr, ytr, xte, yte = (t.to(cfg.device) for t in load(name, g))
         for setting, s in SETTINGS.items():
             torch.manual_seed(cfg.seed)
             net = DropoutMLP([xtr.shape[1], cfg.hidden, cfg.hidden, 10],
                              keep_input=cfg.keep_input if s["dropout"] else 1.0,
-                             keep_hidden=cfg.keep_hidden if s["dropout"] else 1.0)
+                             keep_hidden=cfg.keep_hidden if s["dropout"] else 1.0).to(cfg.device)
             curve = []
 
             def record(_, net=net, curve=curve, xte=xte, yte=yte):
@@ -148,7 +150,7 @@ def figure(res: dict, cfg: Config):
 
 def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
         progress: bool = False) -> Path:
-    cfg.validate()
+    cfg = cfg.resolved()
     resolved = asdict(cfg)
     with open_run("srivastava", resolved, out, root=root, force=force) as folder:
         t0 = _time.perf_counter()

@@ -43,7 +43,7 @@ class Config:
     device: str = "cpu"
     dtype: str = "float64"
 
-    def validate(self) -> Config:
+    def resolved(self) -> Config:
         check_int("width", self.width, 1)
         check_positive("lr", self.lr)
         check_keep(self.keep)
@@ -133,7 +133,7 @@ def figures(out: dict, cfg: Config):
 def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
         progress: bool = False) -> Path:
     """Run the experiment and write its run folder; return the folder's path."""
-    cfg.validate()
+    cfg = cfg.resolved()
     resolved = asdict(cfg)
     with open_run("teacher-student", resolved, out, root=root, force=force) as folder:
         t0 = time.perf_counter()

@@ -1,0 +1,159 @@
+"""One cell of the empirical phase diagram (see ``phase_sweep``): the scaling family
+τ_n = c_lr n^(−a), q_n = c_keep n^(−b) at several widths, dropout against every
+candidate limit, and the cell's empirical phase. ``phase-sweep`` runs a sweep of these."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._checks import check_device_dtype, check_int, check_positive
+from ..data import mean_field_init, teacher_student
+from ..engine import simulate
+from ..limits import MAX_THINNING, simulate_limit
+from ..masks import draw_masks
+from ..metrics import output_gap
+from ..phase import classify, family_phase, scaling
+from ..store import open_run
+from .convergence import parse_widths
+
+CANDIDATES = ("I", "II", "III", "IV", "V")
+
+
+@dataclass
+class Config:
+    a: float = 0.5
+    b: float = 0.5
+    widths: str = "500,1000"
+    c_lr: float = 0.5
+    c_keep: float = 0.5
+    time: float = 1.0
+    dim: int = 5
+    teacher_width: int = 5
+    n_train: int = 30
+    n_test: int = 100
+    activation: str = "tanh"
+    replicas: int = 4
+    shrink: float = 0.9
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float64"
+
+    def resolved(self) -> Config:
+        if self.a < 0 or self.b < 0:
+            raise ValueError(f"a and b must be >= 0 (τ, q must not grow with n), got a={self.a!r}, b={self.b!r}")
+        parse_widths(self.widths)
+        check_positive("time", self.time)
+        check_positive("c_lr", self.c_lr)
+        check_positive("c_keep", self.c_keep)
+        if self.c_keep > 1:
+            raise ValueError(f"c_keep must be <= 1 so that q_n <= 1, got {self.c_keep!r}")
+        check_int("replicas", self.replicas, 1)
+        if not 0 < self.shrink <= 1:
+            raise ValueError(f"shrink must be in (0, 1], got {self.shrink!r}")
+        check_device_dtype(self.device, self.dtype)
+        return self
+
+
+def limit_parameters(a: float, b: float, c_lr: float, c_keep: float) -> dict:
+    """ᾱ, β̄, τ̄, q̄ of the family (0 or inf where they vanish or blow up)."""
+    eps = 1e-9
+    alpha = c_lr / c_keep if abs(a - b) < eps else (0.0 if a > b else float("inf"))
+    beta = 1 / c_keep if abs(b - 1) < eps else (0.0 if b < 1 else float("inf"))
+    return {"alpha": alpha, "beta": beta, "tau": c_lr if abs(a) < eps else 0.0, "q": c_keep if abs(b) < eps else 0.0}
+
+
+def candidates(a: float, b: float, c_lr: float, c_keep: float) -> list[str]:
+    """The candidate limits of a cell (see the module table)."""
+    p = limit_parameters(a, b, c_lr, c_keep)
+    finite = lambda v: 0 < v < float("inf")  # noqa: E731
+    out = ["I"]
+    out += ["II"] if finite(p["beta"]) else []
+    out += ["III"] if finite(p["alpha"]) else []
+    out += ["IV"] if finite(p["alpha"]) and finite(p["beta"]) else []
+    out += ["V"] if p["tau"] > 0 and p["q"] > 0 else []
+    return out
+
+
+def cost(config: dict) -> float:
+    """Relative cost of a cell for sweep scheduling: Σ over widths of n × steps × candidates."""
+    cfg = Config(**config)
+    total = 0.0
+    for n in parse_widths(cfg.widths):
+        lr, _ = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
+        total += n * max(1.0, cfg.time / lr) * (1 + len(candidates(cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)))
+    return total
+
+
+def measure_width(cfg: Config, n: int, task) -> dict[str, float]:
+    """Output gap at time T between dropout at width n and each candidate limit."""
+    a, b = cfg.a, cfg.b
+    R = cfg.replicas
+    lr, q = scaling(n, a, b, cfg.c_lr, cfg.c_keep)
+    steps = max(1, round(cfg.time / lr))
+    T = steps * lr
+    X0 = mean_field_init(n, cfg.dim, replicas=R, generator=torch.Generator().manual_seed(cfg.seed * 7_919 + n))
+    masks = draw_masks(q, steps, (R, n), seed=cfg.seed + 1)
+    kw = dict(activation=cfg.activation, record_every=steps, probe_inputs=task.test_inputs, device=cfg.device,
+              dtype=getattr(torch, cfg.dtype))
+    drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **kw)
+    p = limit_parameters(a, b, cfg.c_lr, cfg.c_keep)
+    out = {}
+    for cand in candidates(a, b, cfg.c_lr, cfg.c_keep):
+        args = dict(time=T, seed=cfg.seed + 2, **kw)
+        if cand in ("I", "II"):
+            args.update(h=lr, beta=p["beta"] if cand == "II" else None)
+        elif cand in ("III", "IV"):
+            coupled = lr / p["alpha"] <= MAX_THINNING
+            h = lr if coupled else T / np.ceil(T / (p["alpha"] * MAX_THINNING))
+            args.update(time=T, h=h, alpha=p["alpha"], beta=p["beta"] if cand == "IV" else None,
+                        clocks=masks if coupled else None, record_every=max(1, round(T / h)))
+        else:
+            args.update(lr=p["tau"], keep=p["q"], clocks=masks)
+        lim = simulate_limit(cand, X0, task.inputs, task.targets, **args)
+        if drop.diverged_at_step or lim.diverged_at_step:
+            out[cand] = float("nan")
+        else:
+            out[cand] = float(output_gap(drop.outputs[-1], lim.outputs[-1]).mean())
+    return out
+
+
+def empirical_phase(dist_by_width: dict[int, dict[str, float]], shrink: float) -> tuple[str, float]:
+    """Nearest candidate at the largest width if its distance shrank by ``shrink`` per
+    doubling of the width (geometric mean over the widths), else "none"."""
+    widths = sorted(dist_by_width)
+    last = dist_by_width[widths[-1]]
+    finite = {k: v for k, v in last.items() if np.isfinite(v)}
+    if not finite:
+        return "none", float("nan")
+    best = min(finite, key=finite.get)
+    d0, d1 = dist_by_width[widths[0]][best], finite[best]
+    doublings = np.log2(widths[-1] / widths[0])
+    ratio = float((d1 / d0) ** (1 / doublings)) if d0 > 0 else float("nan")
+    return (best if ratio <= shrink else "none"), ratio
+
+
+def measure(cfg: Config) -> dict:
+    """The cell's distances at every width, its empirical and theoretical phase."""
+    widths = parse_widths(cfg.widths)
+    g = torch.Generator().manual_seed(cfg.seed)
+    task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train, n_test=cfg.n_test,
+                           activation=cfg.activation, generator=g)
+    dists = {n: measure_width(cfg, n, task) for n in widths}
+    emp, ratio = empirical_phase(dists, cfg.shrink)
+    lr, q = scaling(widths[-1], cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
+    theory = family_phase(cfg.a, cfg.b)
+    return {"a": cfg.a, "b": cfg.b, "theory": theory, "empirical": emp, "ratio": ratio,
+            "decided_at_width": classify(widths[-1], lr, q).phase == theory,
+            "distances": {str(n): d for n, d in dists.items()}}
+
+
+def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
+        progress: bool = False) -> Path:
+    cfg = cfg.resolved()
+    with open_run("phase-cell", asdict(cfg), out, root=root, force=force) as folder:
+        folder.write_json("summary.json", measure(cfg))
+    return folder.path

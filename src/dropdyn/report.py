@@ -1,0 +1,174 @@
+"""``dropdyn report``: one self-contained HTML page (figures embedded as data URIs) for a
+run folder, a sweep (``STORE/sweeps/NAME``) or a whole store.
+
+For each run it shows the theory's prediction beside the measurement (``theory_rows``:
+e.g. ``dropdyn phase``'s answer for the run's (n, τ, q), the fitted convergence rates,
+the phase diagram's agreement), the figures, the summary, the config and the versions.
+A small script marks the page with ``data-figures``/``data-loaded`` once it has loaded,
+so a browser (and the tests, in headless Chromium) can tell that every figure decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from .runs import RunIndex, scalar_summary
+from .store import atomic_write_bytes
+
+MAX_RUNS = 200  # runs drawn in full in one page; the rest are listed
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:2px 8px;
+text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.3em 0}
+section{border-top:2px solid #ddd;margin-top:2em}.ok{color:#070}.bad{color:#b00}code{font-size:12px}
+details{margin:.4em 0}"""
+SCRIPT = """<script>window.addEventListener('load',function(){var im=Array.from(document.images);
+document.body.dataset.figures=im.length;
+document.body.dataset.loaded=im.filter(function(i){return i.complete&&i.naturalWidth>0}).length;
+im.forEach(function(i){if(!(i.complete&&i.naturalWidth>0)){i.insertAdjacentHTML('afterend',
+'<p class=bad>figure failed to load: '+i.alt+'</p>')}});});</script>"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return _e(v)
+
+
+def _table(rows: list[tuple], header: tuple | None = None) -> str:
+    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _phase_of(width, lr, keep) -> str:
+    from .phase import classify
+
+    try:
+        ph = classify(int(width), float(lr), float(keep))
+    except (TypeError, ValueError) as e:
+        return f"(cannot classify: {e})"
+    return f"{ph.phase}: {ph.limit}"
+
+
+def theory_rows(experiment: str, config: dict, summary: dict) -> list[tuple[str, str, str]]:
+    """(quantity, the theory's prediction, the measurement) for one run."""
+    s, c = summary, config
+    if experiment == "teacher-student":
+        return [("phase of (n, τ, q)", _phase_of(c["width"], c["lr"], c["keep"]), "—"),
+                ("dropout–RaM output gap", f"O(√β) = {s['beta'] ** 0.5:.3g}",
+                 f"{s['final_gap_output_dropout_ram']:.3g}")]
+    if experiment == "convergence":
+        rows = [("limit", f"phase {c['phase']}",
+                 f"classify at the largest width: {s['predicted_phase_at_largest_width']}")]
+        for k, v in s["rates"].items():
+            lo, hi = v["ci95"]
+            rows.append((f"rate of the {k} distance", "negative (converges)",
+                         f"n^{v['slope']:.2f}  95% CI [{lo:.2f}, {hi:.2f}]"))
+        return rows
+    if experiment == "convergence-width":
+        return [("phase of (n, τ, q)", _phase_of(s["width"], s["lr"], s["keep"]), f"coupled to limit {c['phase']}"),
+                ("particle distance at T", "→ 0 as n → ∞", f"{s['particle_distance']:.3g}")]
+    if experiment == "phase-cell":
+        return [("phase of the family", s["theory"], f"nearest limit: {s['empirical']} "
+                 f"(distance ×{s['ratio']:.2f} per width doubling)")]
+    if experiment == "phase-sweep":
+        rows = [("cells agreeing with the theory", "all", f"{s['agreement_all']:.0%} of {s['cells']}")]
+        if s.get("agreement_decided") is not None:
+            rows.append(("… among cells the width decides", "all",
+                         f"{s['agreement_decided']:.0%} of {s['decided_cells']}"))
+        rows += [(f"cell a={d['a']:g}, b={d['b']:g}", d["theory"], d["empirical"]) for d in s["cells_detail"]]
+        return rows
+    if experiment == "alignment":
+        return [(f"α over training ({name})", f"> {s['paper_alpha']} (SME paper, Fig. 3a)", f"min {v:.3f}")
+                for name, v in s["min_alpha"].items()]
+    if experiment == "sharpness":
+        return [("GD stable step", f"≤ 2/λ = {s['bound_2_over_lambda_solution']:.3g}",
+                 f"{s['largest_stable']['gd']['mean_step']:.3g}")]
+    return [(k, "—", _fmt(v)) for k, v in scalar_summary(s).items() if k.startswith(("slope", "order"))]
+
+
+def _figures(folder: Path) -> str:
+    out = []
+    for png in sorted(folder.glob("*.png")):
+        data = base64.b64encode(png.read_bytes()).decode()
+        out.append(f'<figure><img alt="{_e(png.name)}" src="data:image/png;base64,{data}"><figcaption>'
+                   f"{_e(png.name)}</figcaption></figure>")
+    return "".join(out)
+
+
+def _run_section(folder: Path, title: str | None = None) -> str:
+    meta = json.loads((folder / "config.json").read_text())
+    summary_path = folder / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    exp = meta["experiment"]
+    parts = [f"<section><h2>{_e(title or exp)}</h2><p><code>{_e(folder)}</code></p>"]
+    try:
+        rows = theory_rows(exp, meta["config"], summary)
+    except (KeyError, TypeError) as e:  # an older or partial summary: say so, keep the rest
+        rows = [("theory vs measurement", "—", f"unavailable ({type(e).__name__}: {e})")]
+    if rows:
+        parts.append("<h3>Theory and measurement</h3>" + _table(rows, ("quantity", "theory", "measured")))
+    parts.append(_figures(folder))
+    flat = scalar_summary(summary)
+    parts.append("<details><summary>summary</summary>" + _table(list(flat.items())) + "</details>")
+    parts.append("<details><summary>config</summary>" + _table(list(meta["config"].items())) + "</details>")
+    parts.append("<details><summary>versions</summary>" + _table(list(meta.get("versions", {}).items()))
+                 + "</details></section>")
+    return "".join(parts)
+
+
+def _sweep_section(folder: Path) -> str:
+    from .sweep import Sweep, collect
+
+    spec = json.loads((folder / "sweep.json").read_text())
+    root = folder.parent.parent
+    index = {r["id"]: r for r in RunIndex(root).rows(experiment=spec["experiment"])}
+    configs = [index.get(f"{spec['experiment']}/{k}", {}).get("params", {}) for k in spec["keys"]]
+    sweep = Sweep(spec["experiment"], spec["name"], spec["base"], spec["points"], configs, spec["keys"])
+    rows = collect(sweep, root) if all(configs) else []
+    cols = ["point", "status", *sweep.swept] + sorted({k for r in rows for k in r} - {
+        "point", "status", "run_id", "key", "error", *sweep.swept})[:12]
+    parts = [f"<section><h2>sweep {_e(spec['name'])} ({_e(spec['experiment'])}, {len(spec['keys'])} points)</h2>",
+             "<h3>Results</h3>", _table([tuple(r.get(c) for c in cols) for r in rows], tuple(cols)), "</section>"]
+    for i, key in enumerate(spec["keys"][:MAX_RUNS]):
+        run = root / spec["experiment"] / key
+        if (run / "config.json").exists():
+            parts.append(_run_section(run, f"point {i}: {spec['points'][i]}"))
+    return "".join(parts)
+
+
+def write_report(path: Path, out: Path | None = None) -> Path:
+    """Write the report of ``path`` (run folder, sweep folder or store) to ``out``
+    (default ``path/report.html``); returns ``out``."""
+    from . import __version__
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        title, body = f"run {path.name}", _run_section(path)
+    elif (path / "sweep.json").exists():
+        title, body = f"sweep {path.name}", _sweep_section(path)
+    elif (path / "index.sqlite").exists():
+        rows = RunIndex(path).rows(status="complete")
+        title = f"store {path}"
+        body = "".join(_run_section(Path(r["id"]) if Path(r["id"]).is_absolute() else path / r["id"], r["id"])
+                       for r in rows[:MAX_RUNS] if not r["sweep"])
+        sweeps = sorted((path / "sweeps").glob("*/sweep.json"))
+        body += "".join(f"<p>sweep <b>{_e(s.parent.name)}</b>: report it with <code>dropdyn report "
+                        f"{_e(s.parent)}</code></p>" for s in sweeps)
+    else:
+        raise ValueError(f"{str(path)!r} is not a run folder (config.json), a sweep folder (sweep.json) "
+                         "or a store (index.sqlite)")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{STYLE}</style>"
+            f"{SCRIPT}</head><body><h1>dropdyn report: {_e(title)}</h1><p>dropdyn {_e(__version__)}</p>"
+            f"{body}</body></html>")
+    out = Path(out) if out is not None else path / "report.html"
+    atomic_write_bytes(out, page.encode())
+    return out

@@ -1,0 +1,205 @@
+"""Sweeps and the run store, for real: executors agree bit for bit, killed drivers and
+workers lose nothing, concurrent sweeps keep the index consistent, bad sweep files
+get one line and exit code 2."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from dropdyn.cli import main
+from dropdyn.runs import RunIndex
+from dropdyn.sweep import collect, make_sweep, run_sweep, write_table
+
+TINY = {"widths": "20,40", "replicas": 1, "time": 0.2, "n_train": 10, "n_test": 10}
+GRID12 = {"a": [0, 0.25, 0.5, 0.75], "b": [0, 0.5, 1]}
+SLOW = {"widths": "300,600", "replicas": 2, "time": 1.0, "n_train": 20, "n_test": 20}  # ≈ 0.3–1 s a point
+
+
+def _sweep_file(path: Path, **spec) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _table(rows):
+    """The table without wall times (the only field allowed to differ between executors)."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def _dropdyn(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "dropdyn.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_grid_zip_list_and_duplicates():
+    g = make_sweep({"experiment": "phase-cell", "base": TINY, "grid": {"a": [0, 1], "b": [0, 0.5, 1]}})
+    assert [(p["a"], p["b"]) for p in g.points] == [(0, 0), (0, 0.5), (0, 1), (1, 0), (1, 0.5), (1, 1)]
+    z = make_sweep({"experiment": "phase-cell", "base": TINY, "zip": {"a": [0, 1], "b": [0.5, 1]}})
+    assert [(p["a"], p["b"]) for p in z.points] == [(0, 0.5), (1, 1)]
+    lst = make_sweep({"experiment": "phase-cell", "base": TINY, "list": [{"a": 0}, {"a": 0.0}, {"b": 1}]})
+    assert len(lst.points) == 2  # a=0 and a=0.0 resolve to one config: one point
+    assert len(set(g.keys)) == 6 and g.configs[0]["widths"] == "20,40"
+
+
+def test_executors_give_the_same_table_bit_for_bit(tmp_path):
+    """12 points on serial, a process pool and a real Dask LocalCluster with 2 workers."""
+    spec = {"experiment": "phase-cell", "name": "twelve", "base": TINY, "grid": GRID12}
+    tables = {}
+    for executor in ("serial", "processes", "dask"):
+        root = tmp_path / executor
+        sweep = make_sweep(spec)
+        res = run_sweep(sweep, root, executor=executor, workers=2)
+        assert res.count("complete", skipped=False) == 12 and res.count("failed") == 0
+        tables[executor] = collect(sweep, root)
+        assert len(RunIndex(root).rows(status="complete")) == 12
+    assert _table(tables["serial"]) == _table(tables["processes"]) == _table(tables["dask"])
+    csv_path, pq_path = write_table(tables["dask"], tmp_path)
+    frame = pq.read_table(pq_path).to_pydict()
+    assert frame["run_id"] == [r["run_id"] for r in tables["serial"]]
+    assert frame["distances.40.I"] == [r["distances.40.I"] for r in tables["serial"]]
+    assert len(csv_path.read_text().splitlines()) == 13
+
+
+def test_sigkill_of_the_driver_loses_and_repeats_nothing(tmp_path):
+    f = _sweep_file(tmp_path / "slow.yaml", experiment="phase-cell", name="slow", base=SLOW, grid=GRID12)
+    store = tmp_path / "store"
+    index = RunIndex(store)
+    proc = _dropdyn("sweep", str(f), "--store", str(store), "--no-progress")
+    deadline = time.time() + 120
+    while len(index.rows(status="complete")) < 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the sweep made no progress"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {r["id"]: r["finished"] for r in index.rows(status="complete")}
+    assert 3 <= len(before) < 12
+    out, err = _dropdyn("sweep", str(f), "--store", str(store), "--no-progress", "--collect").communicate()
+    assert f"{len(before)} already complete" in out, (out, err)
+    rows = index.rows()
+    assert len(rows) == 12 and {r["status"] for r in rows} == {"complete"}
+    assert {r["id"]: r["finished"] for r in rows if r["id"] in before} == before  # not recomputed
+    assert len([p for p in (store / "phase-cell").iterdir() if not p.name.startswith(".")]) == 12
+
+
+def test_a_killed_dask_worker_does_not_lose_its_point(tmp_path):
+    from distributed import Client, LocalCluster
+
+    spec = {"experiment": "phase-cell", "name": "killed", "base": SLOW, "grid": {"a": [0, 0.5, 1], "b": [0, 0.5]}}
+    sweep = make_sweep(spec)
+    store = tmp_path / "store"
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+        import threading
+
+        def kill_one_worker():  # once a point is running, kill a worker process outright
+            while not RunIndex(store).rows(status="running"):
+                time.sleep(0.02)
+            os.kill(pids[0], signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_one_worker, daemon=True)
+        killer.start()
+        res = run_sweep(sweep, store, executor="dask", scheduler=cluster.scheduler_address)
+        killer.join(timeout=60)
+        assert not killer.is_alive()  # the worker was killed
+    assert len(res.outcomes) == 6
+    rows = {r["id"]: r for r in RunIndex(store).rows()}
+    for i in range(6):  # every point is complete or recorded failed: never silently dropped
+        assert rows[sweep.run_id(i)]["status"] in ("complete", "failed")
+        assert res.outcomes[sweep.keys[i]]["status"] == rows[sweep.run_id(i)]["status"]
+    assert res.count("complete") >= 5
+
+
+def test_two_sweeps_on_one_store_keep_the_index_consistent(tmp_path):
+    store = tmp_path / "store"
+    f1 = _sweep_file(tmp_path / "one.yaml", experiment="phase-cell", name="one", base=TINY,
+                     grid={"a": [0, 0.25, 0.5], "b": [0, 0.5, 1]})
+    f2 = _sweep_file(tmp_path / "two.yaml", experiment="phase-cell", name="two", base=TINY,
+                     grid={"a": [0.5, 0.75, 1], "b": [0, 0.5, 1]})  # overlaps `one` at a = 0.5
+    procs = [_dropdyn("sweep", str(f), "--store", str(store), "--no-progress", "--executor", "processes",
+                      "--workers", "2") for f in (f1, f2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, (out, err)
+    index = RunIndex(store)
+    assert index.integrity() == "ok"
+    rows = index.rows()
+    assert len(rows) == 15 and len({r["id"] for r in rows}) == 15
+    assert {r["status"] for r in rows} == {"complete"}
+    for r in rows:
+        assert (store / r["id"] / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"experiment": "phase-cell", "grid": {"a": [0]}, "colour": 1}, "unknown key(s) colour"),
+    ({"experiment": "nope", "grid": {"a": [0]}}, "unknown experiment 'nope'"),
+    ({"grid": {"a": [0]}}, "missing 'experiment'"),
+    ({"experiment": "phase-cell", "grid": {}}, "grid must be a non-empty mapping"),
+    ({"experiment": "phase-cell", "grid": {"a": []}}, "grid.a must be a non-empty list"),
+    ({"experiment": "phase-cell", "grid": {"a": [0]}, "list": [{"a": 1}]}, "exactly one of grid, zip or list"),
+    ({"experiment": "phase-cell", "zip": {"a": [0, 1], "b": [0]}}, "zip lists must have one length"),
+    ({"experiment": "phase-cell", "grid": {"a": ["x"]}}, "setting 'a' must be a number"),
+    ({"experiment": "phase-cell", "grid": {"depth": [1]}}, "unknown setting(s) depth"),
+    ({"experiment": "phase-cell", "grid": {"c_keep": [2.0]}}, "c_keep must be <= 1"),
+    ({"experiment": "phase-cell", "list": [3]}, "list entry 0 must be a mapping"),
+])
+def test_malformed_sweep_files_get_one_line(tmp_path, capsys, spec, match):
+    f = _sweep_file(tmp_path / "bad.yaml", **spec)
+    assert main(["sweep", str(f), "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_sweep_cli_errors(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("experiment: [unclosed")
+    assert main(["sweep", str(tmp_path / "bad.yaml")]) == 2
+    assert "invalid YAML" in capsys.readouterr().err
+    f = _sweep_file(tmp_path / "ok.yaml", experiment="phase-cell", base=TINY, grid={"a": [0]})
+    assert main(["sweep", str(f), "--executor", "mpi"]) == 2
+    assert "unknown executor 'mpi'" in capsys.readouterr().err
+    assert main(["sweep", str(f), "--scheduler", "tcp://localhost:1"]) == 2
+    assert "--scheduler needs --executor dask" in capsys.readouterr().err
+
+
+def test_failed_point_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+    from dropdyn.experiments import phase_cell
+
+    real = phase_cell.measure
+
+    def flaky(cfg):
+        if cfg.a == 0.5:
+            raise RuntimeError("simulated crash")
+        return real(cfg)
+
+    monkeypatch.setattr(phase_cell, "measure", flaky)
+    sweep = make_sweep({"experiment": "phase-cell", "base": TINY, "grid": {"a": [0, 0.5, 1]}})
+    res = run_sweep(sweep, "store")
+    assert res.count("complete") == 2 and res.count("failed") == 1
+    failed = RunIndex("store").rows(status="failed")
+    assert len(failed) == 1 and "simulated crash" in failed[0]["error"]
+    monkeypatch.setattr(phase_cell, "measure", real)  # fixed: a re-run computes only the failed point
+    again = run_sweep(sweep, "store")
+    assert again.count("complete", skipped=True) == 2 and again.count("complete", skipped=False) == 1
+
+
+def test_runs_cli_lists_shows_and_removes(tmp_path, capsys):
+    assert main(["run", "phase-cell", "--widths", "20,40", "--replicas", "1", "--time", "0.2",
+                 "--store", "st"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert main(["runs", "list", "--store", "st"]) == 0
+    out = capsys.readouterr().out
+    assert "complete" in out and "1 run(s)" in out
+    rid = path.relative_to(Path("st").resolve() if path.is_absolute() else Path("st")).as_posix()
+    assert main(["runs", "show", rid[:18], "--store", "st"]) == 0
+    assert '"experiment": "phase-cell"' in capsys.readouterr().out
+    assert main(["runs", "show", "zzz", "--store", "st"]) == 2
+    assert "no run 'zzz'" in capsys.readouterr().err
+    assert main(["runs", "rm", rid, "--store", "st"]) == 0
+    assert not path.exists() and RunIndex("st").rows() == []
