@@ -66,9 +66,11 @@ def parse_widths(text: str) -> list[int]:
 
 
 @dataclass
-class Config:
+class Family:
+    """The settings of a convergence experiment other than its widths (shared with
+    ``convergence_width``); a, b, c_lr, c_keep default to the phase's family."""
+
     phase: str = "III"
-    widths: str | None = None  # default: DEFAULT_WIDTHS.get(phase, "250,500,1000,2000,4000")
     time: float = 1.0
     a: float | None = None
     b: float | None = None
@@ -87,6 +89,11 @@ class Config:
     device: str = "cpu"
     dtype: str = "float64"
 
+
+@dataclass
+class Config(Family):
+    widths: str | None = None  # default: DEFAULT_WIDTHS.get(phase, "250,500,1000,2000,4000")
+
     def resolved(self) -> Config:
         """Validate, and fill the scaling from the phase's default family."""
         check_choice("phase", self.phase, DEFAULT_SCALING)
@@ -99,7 +106,7 @@ class Config:
 
     def width_settings(self) -> dict:
         """The settings of each width's ``convergence-width`` run (all but ``widths``)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "widths"}
+        return {f.name: getattr(self, f.name) for f in fields(Family)}
 
 
 def check_family(cfg, widths: list[int]) -> None:

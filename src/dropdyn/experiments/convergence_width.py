@@ -13,30 +13,12 @@ import numpy as np
 
 from .._checks import check_choice, check_int
 from ..store import open_run
-from .convergence import DEFAULT_SCALING, check_family, run_width
+from .convergence import DEFAULT_SCALING, Family, check_family, run_width
 
 
 @dataclass
-class Config:
-    phase: str = "III"
+class Config(Family):
     width: int = 1000
-    time: float = 1.0
-    a: float | None = None
-    b: float | None = None
-    c_lr: float | None = None
-    c_keep: float | None = None
-    dim: int = 5
-    teacher_width: int = 5
-    n_train: int = 50
-    n_test: int = 200
-    label_noise: float = 0.0
-    activation: str = "tanh"
-    records: int = 10
-    replicas: int = 4
-    seed: int = 0
-    w2_exact_max: int = 5000
-    device: str = "cpu"
-    dtype: str = "float64"
 
     def resolved(self) -> Config:
         """Validate, and fill the scaling from the phase's default family."""

@@ -24,9 +24,9 @@ CANDIDATES = ("I", "II", "III", "IV", "V")
 
 
 @dataclass
-class Config:
-    a: float = 0.5
-    b: float = 0.5
+class CellSettings:
+    """The settings of a cell other than its exponents (shared with ``phase_sweep``)."""
+
     widths: str = "500,1000"
     c_lr: float = 0.5
     c_keep: float = 0.5
@@ -41,6 +41,12 @@ class Config:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float64"
+
+
+@dataclass
+class Config(CellSettings):
+    a: float = 0.5
+    b: float = 0.5
 
     def resolved(self) -> Config:
         if self.a < 0 or self.b < 0:

@@ -47,23 +47,9 @@ from .phase_cell import candidates, empirical_phase, limit_parameters  # noqa: F
 
 
 @dataclass
-class Config:
+class Config(phase_cell.CellSettings):
     a_values: str = "0,0.25,0.5,0.75,1,1.25"
     b_values: str = "0,0.25,0.5,0.75,1"
-    widths: str = "500,1000"
-    c_lr: float = 0.5
-    c_keep: float = 0.5
-    time: float = 1.0
-    dim: int = 5
-    teacher_width: int = 5
-    n_train: int = 30
-    n_test: int = 100
-    activation: str = "tanh"
-    replicas: int = 4
-    shrink: float = 0.9
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float64"
     full: bool = False
 
     def resolved(self) -> Config:
@@ -80,7 +66,7 @@ class Config:
 
     def cell_settings(self) -> dict:
         """The settings shared by every cell (all but the grid)."""
-        return {f.name: getattr(self, f.name) for f in fields(phase_cell.Config) if f.name not in ("a", "b")}
+        return {f.name: getattr(self, f.name) for f in fields(phase_cell.CellSettings)}
 
     def cells(self) -> list[dict]:
         return [{"a": a, "b": b} for a in parse_floats("a_values", self.a_values)
