@@ -137,6 +137,14 @@ class RunIndex:
             r["summary"] = json.loads(r["summary"]) if r["summary"] else {}
         return rows
 
+    def status(self, run_id: str) -> str | None:
+        """The status of run ``run_id``, or None if the index has no such row."""
+        if not self.path.exists():
+            return None
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row[0] if row else None
+
     def get(self, ref: str) -> dict:
         """The run whose id is ``ref``, or whose id or key starts with it (must be unique)."""
         rows = self.rows()

@@ -33,8 +33,6 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .config import build_config, read_config_file
 from .experiments import EXPERIMENTS
 from .runs import RunIndex, scalar_summary
@@ -171,7 +169,7 @@ def run_point(task: dict) -> dict:
     run_id = f"{exp}/{key}"
     summary = _summary_of(folder)
     if summary is not None:  # complete: make sure the index knows (a killed driver may not have told it)
-        if not any(r["status"] == "complete" for r in index.rows() if r["id"] == run_id):
+        if index.status(run_id) != "complete":
             index.finish(run_id, key, exp, cfg, summary, sweep=task.get("sweep"))
         return {"key": key, "status": "complete", "skipped": True}
     index.start(run_id, key, exp, cfg, task.get("sweep"))
@@ -203,9 +201,6 @@ class SweepResult:
     def count(self, status: str, skipped: bool | None = None) -> int:
         return sum(o["status"] == status and (skipped is None or o.get("skipped") == skipped)
                    for o in self.outcomes.values())
-
-    def table(self) -> list[dict]:
-        return collect(self.sweep, self.root)
 
 
 def _tasks(sweep: Sweep, root: Path, threads: int) -> list[dict]:
@@ -358,8 +353,3 @@ def write_table(rows: list[dict], folder: Path) -> tuple[Path, Path]:
     pq.write_table(pa.table(columns), sink)
     atomic_write_bytes(pq_path, sink.getvalue().to_pybytes())
     return csv_path, pq_path
-
-
-def numeric(rows: list[dict], column: str) -> np.ndarray:
-    """A column of ``rows`` as floats (missing → NaN)."""
-    return np.array([np.nan if r.get(column) is None else float(r[column]) for r in rows])
