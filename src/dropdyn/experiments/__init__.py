@@ -11,4 +11,7 @@ EXPERIMENTS = {
     "sharpness": "dropdyn.experiments.sharpness",
     "srivastava": "dropdyn.experiments.srivastava",
     "alignment": "dropdyn.experiments.alignment",
+    "sme-trajectories": "dropdyn.experiments.sme_trajectories",
+    "sme-order": "dropdyn.experiments.sme_order",
+    "sme-generalisation": "dropdyn.experiments.sme_generalisation",
 }

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_device_dtype, check_int, check_keep, check_positive
+from .._checks import check_device_dtype, check_int, check_keep, check_positive, parse_digit_pair
 from ..data import binary_mnist, mean_field_init
 from ..store import open_run
 from ._variants import COLORS, LABELS, STYLES, VARIANTS, run_variants
@@ -64,13 +64,7 @@ class Config:
         return self
 
     def digit_pair(self) -> tuple[int, int]:
-        try:
-            d = tuple(int(x) for x in str(self.digits).split(","))
-        except ValueError:
-            raise ValueError(f"digits must be two digits like '4,9', got {self.digits!r}") from None
-        if len(d) != 2:
-            raise ValueError(f"digits must be two digits like '4,9', got {self.digits!r}")
-        return d
+        return parse_digit_pair(self.digits)
 
 
 def regimes(cfg: Config) -> dict[str, dict]:

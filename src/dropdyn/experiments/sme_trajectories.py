@@ -1,0 +1,83 @@
+"""Dropout against its SME, Figure 1(a) of the SME paper (THEORY.md §3).
+
+For four (η, p) settings: R replicas of dropout and of the order-1 SME (Euler–Maruyama,
+``substeps`` sub-steps per dropout step, exact matrix-free diffusion) from one θ_0 on
+two MNIST digits pooled to 7×7 (``--input-size 28``: full resolution). Figure: training
+risk R_S over time t = kη, replica mean with the min–max band, dropout vs SME.
+"""
+
+from __future__ import annotations
+
+import time as _time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..store import open_run
+from ._sme import CurveSettings, band, compute_curves, pad
+
+DYNAMICS = ("dropout", "sme1")
+
+
+@dataclass
+class Config(CurveSettings):
+    settings: str = "0.05:0.9,0.05:0.5,0.2:0.9,0.2:0.5"
+    replicas: int = 16
+    substeps: int = 4
+
+
+def compute(cfg: Config, progress: bool = False) -> dict:
+    return compute_curves(cfg, DYNAMICS, progress)
+
+
+def figure(res: dict, cfg: Config):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(res)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    for ax, ((lr, p), r) in zip(axes.flat[:len(res)], res.items(), strict=True):
+        band(ax, r["dropout"], "train_risk", "C0", "dropout")
+        band(ax, r["sme1"], "train_risk", "C3", "SME (order 1)", ls="--")
+        ax.set_title(f"η = {lr:g}, p = {p:g}", fontsize=10)
+        ax.set_xlabel("time t = kη")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("training risk R_S")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"dropout vs SME: mean and min–max over {cfg.replicas} replicas, width {cfg.width}, "
+                 f"{cfg.input_size}×{cfg.input_size} MNIST {cfg.digits.replace(',', ' vs ')}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
+        progress: bool = False) -> Path:
+    cfg = cfg.resolved()
+    with open_run("sme-trajectories", asdict(cfg), out, root=root, force=force) as folder:
+        t0 = _time.perf_counter()
+        res = compute(cfg, progress=progress)
+        summary = {"seconds": round(_time.perf_counter() - t0, 1), "settings": {}}
+        for (lr, p), r in res.items():
+            tag = f"lr={lr:g},p={p:g}"
+            longest = max(r.values(), key=lambda v: len(v["time"]))["time"]
+            folder.write_csv(f"risk_{tag}.csv", {"time": longest,
+                                                 **{f"{d}_{k}": pad(r[d][f"train_risk_{k}"], len(longest))
+                                                    for d in DYNAMICS for k in ("mean", "min", "max")}})
+            d, s = r["dropout"]["train_risk_mean"], r["sme1"]["train_risk_mean"]
+            k = min(len(d), len(s))
+            summary["settings"][tag] = {
+                "final_risk_dropout": float(d[k - 1]), "final_risk_sme": float(s[k - 1]),
+                "max_relative_gap": float(np.max(np.abs(d[:k] - s[:k]) / d[:k])),
+                "diverged_at_step": {dyn: r[dyn]["diverged_at_step"] for dyn in DYNAMICS}}
+        folder.write_json("summary.json", summary)
+        folder.savefig(figure(res, cfg), "sme_trajectories")
+    return folder.path
+

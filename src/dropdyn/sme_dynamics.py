@@ -1,0 +1,181 @@
+"""Batched simulation of dropout and its stochastic modified equations (THEORY.md §3).
+
+Four dynamics from one ``θ_0``, each for ``R`` replicas at once (``θ`` is ``(R, width, d + 1)``):
+
+* ``dropout``: ``θ ← θ − η ∇R_S^drop(θ; δ)`` with fresh masks ``δ`` each step (eq. 6);
+* ``sme1``: ``dΘ = −∇L_S dt + √η Σ^{1/2} dW`` (order 1);
+* ``sme2``: drift ``−∇(L_S + (η/4)‖∇L_S‖²)``, same diffusion (order 2);
+* ``gd``: ``θ ← θ − η ∇L_S`` (the drift alone, plain GD on the modified loss).
+
+The SMEs are integrated by Euler–Maruyama with sub-step ``h = η / m``:
+``Θ ← Θ + h b(Θ) + √(hη) ξ``, ``ξ ~ N(0, Σ(Θ))``. ``diffusion="factor"`` draws ξ as ``F z``
+through the exact factor of Σ (:class:`dropdyn.sme.NoiseCovariance`, matrix-free);
+``diffusion="dense"`` forms Σ, takes its eigendecomposition square root and multiplies —
+the reference and the benchmark baseline, for small D only. Time is ``t = k η`` after k
+dropout steps; records are taken every ``record_every`` dropout steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ._checks import check_choice, check_int, check_keep, check_positive
+from .engine import _progress
+from .sme import (
+    check_problem,
+    check_substeps,
+    dense_sqrt,
+    dropout_gradient,
+    modified_loss_grad,
+    noise_covariance,
+    order2_drift,
+    risk,
+)
+
+Tensor = torch.Tensor
+DYNAMICS = ("dropout", "sme1", "sme2", "gd")
+
+
+@dataclass
+class SMETrajectory:
+    """Records of one simulation. ``times`` ``(T,)``; ``mean`` ``(T, width, d + 1)`` is the
+    replica mean of θ; ``variance`` ``(T,)`` the sum over coordinates of the replica
+    sample variance (so ``mean_error = √(variance / R)`` is the Monte-Carlo standard error
+    of ``‖mean‖``-type quantities); ``observed[name]`` ``(T, R)`` per-replica observables,
+    always including ``train_risk`` = R_S(θ); ``final`` ``(R, width, d + 1)``."""
+
+    dynamics: str
+    times: Tensor
+    mean: Tensor
+    variance: Tensor
+    observed: dict[str, Tensor]
+    final: Tensor
+    replicas: int
+    diverged_at_step: int | None = None
+    steps: list[int] = field(default_factory=list)
+
+    @property
+    def mean_error(self) -> Tensor:
+        """Monte-Carlo standard error of the replica mean, ``√(Σ_coords Var / R)`` per record."""
+        return (self.variance / self.replicas).sqrt()
+
+
+def _drift(dynamics: str, theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, lr: float,
+           activation: str) -> Tensor:
+    if dynamics == "sme2":
+        return order2_drift(theta, inputs, targets, keep, lr, activation)
+    return -modified_loss_grad(theta, inputs, targets, keep, activation)
+
+
+def _diffusion(theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, activation: str, diffusion: str,
+               generator: torch.Generator) -> Tensor:
+    """One draw of ``N(0, Σ(θ))`` per replica."""
+    S = noise_covariance(theta, inputs, targets, keep, activation)
+    if diffusion == "factor":
+        return S.sample(generator)
+    out = torch.empty_like(theta)
+    for r in range(theta.shape[0]):
+        root = dense_sqrt(noise_covariance(theta[r], inputs, targets, keep, activation).to_dense())
+        z = torch.randn(root.shape[0], dtype=theta.dtype, device=theta.device, generator=generator)
+        out[r] = (root @ z).reshape(theta.shape[1:])
+    return out
+
+
+def step(dynamics: str, theta: Tensor, inputs: Tensor, targets: Tensor, *, lr: float, keep: float,
+         substeps: int = 1, activation: str = "tanh", diffusion: str = "factor",
+         generator: torch.Generator | None = None) -> Tensor:
+    """Advance ``theta`` ``(R, width, d + 1)`` by one dropout step of time η (``substeps``
+    Euler–Maruyama sub-steps for the SMEs)."""
+    if dynamics == "dropout":
+        p = keep
+        u = torch.rand(theta.shape[:-1], dtype=theta.dtype, device=theta.device, generator=generator)
+        mask = (u < p).to(theta.dtype) / p
+        return theta - lr * dropout_gradient(theta, inputs, targets, mask, activation)
+    if dynamics == "gd":
+        return theta - lr * modified_loss_grad(theta, inputs, targets, keep, activation)
+    h = lr / substeps
+    for _ in range(substeps):
+        drift = _drift(dynamics, theta, inputs, targets, keep, lr, activation)
+        noise = _diffusion(theta, inputs, targets, keep, activation, diffusion, generator)
+        theta = theta + h * drift + math.sqrt(h * lr) * noise
+    return theta
+
+
+def simulate(
+    dynamics: str,
+    theta0: Tensor,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    lr: float,
+    keep: float,
+    steps: int,
+    replicas: int = 1,
+    substep: float | None = None,
+    record_every: int = 1,
+    activation: str = "tanh",
+    diffusion: str = "factor",
+    generator: torch.Generator | None = None,
+    observe: Callable[[Tensor], dict[str, Tensor]] | None = None,
+    divergence_threshold: float = 1e6,
+    progress: bool = False,
+) -> SMETrajectory:
+    """Simulate ``dynamics`` (one of ``DYNAMICS``) for ``steps`` dropout steps of size ``lr``
+    from ``theta0`` ``(width, d + 1)``, ``replicas`` copies at once.
+
+    ``substep`` (default ``lr / 10``) is the SMEs' Euler–Maruyama step and must divide
+    ``lr``. ``observe(θ)`` may return extra per-replica observables ``{name: (R,)}``. A run
+    whose parameters become non-finite or exceed ``divergence_threshold · (1 + max|θ_0|)``
+    stops; ``diverged_at_step`` is that step and the records up to the step before are kept.
+    """
+    check_choice("dynamics", dynamics, DYNAMICS)
+    check_choice("diffusion", diffusion, ("factor", "dense"))
+    check_problem(theta0, inputs, targets)
+    if theta0.dim() != 2:
+        raise ValueError(f"theta0 must be (width, d + 1), got shape {tuple(theta0.shape)}")
+    lr, keep = check_positive("lr", lr), check_keep(keep)
+    steps, replicas = check_int("steps", steps, 1), check_int("replicas", replicas, 1)
+    record_every = check_int("record_every", record_every, 1)
+    substeps = check_substeps(lr, lr / 10 if substep is None else substep) if dynamics in ("sme1", "sme2") else 1
+
+    theta = theta0.expand(replicas, *theta0.shape).clone()
+    limit = divergence_threshold * (1.0 + float(theta0.abs().max()))
+    times, means, variances, steps_rec = [], [], [], []
+    observed: dict[str, list[Tensor]] = {}
+
+    def record(k: int, th: Tensor) -> None:
+        steps_rec.append(k)
+        times.append(k * lr)
+        means.append(th.mean(0))
+        variances.append(th.var(0, unbiased=True).sum() if replicas > 1 else th.new_zeros(()))
+        obs = {"train_risk": risk(th, inputs, targets, activation)}
+        obs.update(observe(th) if observe is not None else {})
+        for name, val in obs.items():
+            observed.setdefault(name, []).append(val.detach())
+
+    record(0, theta)
+    diverged = None
+    bar = _progress(steps, progress, dynamics)
+    for k in range(1, steps + 1):
+        new = step(dynamics, theta, inputs, targets, lr=lr, keep=keep, substeps=substeps, activation=activation,
+                   diffusion=diffusion, generator=generator)
+        if not bool(torch.isfinite(new).all()) or float(new.abs().max()) > limit:
+            diverged = k
+            if steps_rec[-1] != k - 1:
+                record(k - 1, theta)
+            break
+        theta = new
+        if k % record_every == 0 or k == steps:
+            record(k, theta)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return SMETrajectory(dynamics, torch.tensor(times, dtype=theta0.dtype), torch.stack(means),
+                         torch.stack(variances), {n: torch.stack(v) for n, v in observed.items()}, theta, replicas,
+                         diverged, steps_rec)
+

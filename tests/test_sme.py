@@ -1,0 +1,192 @@
+"""SME of dropout: modified loss, exact noise covariance, integrators (THEORY.md §3).
+
+Every closed form is checked against an independent computation: autograd, or the
+exact mask distribution enumerated over all 2^width masks, or Monte Carlo."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from dropdyn import sme
+from dropdyn.sme_dynamics import simulate, step
+
+f64 = torch.float64
+
+
+def _problem(width=4, d=3, N=7, seed=0, replicas=None):
+    g = torch.Generator().manual_seed(seed)
+    shape = (width, d + 1) if replicas is None else (replicas, width, d + 1)
+    theta = torch.randn(*shape, generator=g, dtype=f64)
+    return theta, torch.randn(N, d, generator=g, dtype=f64), torch.randn(N, generator=g, dtype=f64)
+
+
+def _enumerate(theta, X, y, keep):
+    """Exact mean and covariance of the dropout gradient over all 2^width masks."""
+    m = theta.shape[0]
+    grads, weights = [], []
+    for bits in itertools.product([0.0, 1.0], repeat=m):
+        b = torch.tensor(bits, dtype=f64)
+        grads.append(sme.dropout_gradient(theta, X, y, b / keep).reshape(-1))
+        weights.append(keep ** b.sum() * (1 - keep) ** (m - b.sum()))
+    G, W = torch.stack(grads), torch.stack(weights)
+    mean = (W[:, None] * G).sum(0)
+    C = G - mean
+    return mean, (W[:, None, None] * C[:, :, None] * C[:, None, :]).sum(0)
+
+
+def test_mask_moments():
+    for p in (0.1, 0.5, 0.9, 1.0):
+        eps = torch.tensor([1 / p - 1, -1.0], dtype=f64)
+        w = torch.tensor([p, 1 - p], dtype=f64)
+        c2, kappa = sme.mask_moments(p)
+        assert math.isclose(float((w * eps**2).sum()), c2, abs_tol=1e-14)
+        if p < 1:
+            assert math.isclose(float((w * eps**3).sum()) / c2, kappa, rel_tol=1e-12)
+        # the two-point identity ε² = c₂ + κ ε that the factorisation rests on
+        assert torch.allclose(eps**2, c2 + kappa * eps) or p == 1
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "softplus"])
+def test_gradients_against_autograd(activation):
+    theta, X, y = _problem(replicas=3)
+    t = theta.clone().requires_grad_()
+    (g,) = torch.autograd.grad(sme.modified_loss(t, X, y, 0.3, activation).sum(), t)
+    assert torch.allclose(g, sme.modified_loss_grad(theta, X, y, 0.3, activation), atol=1e-13)
+    mask = (torch.rand(3, 4, generator=torch.Generator().manual_seed(1), dtype=f64) < 0.5) / 0.5
+    drop = 0.5 * (sme.predict(t, X, activation, mask) - y).square().mean(-1)
+    (g,) = torch.autograd.grad(drop.sum(), t)
+    assert torch.allclose(g, sme.dropout_gradient(theta, X, y, mask, activation), atol=1e-13)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "erf"])
+def test_hvp_and_order2_drift_against_autograd(activation):
+    theta, X, y = _problem(replicas=2)
+    v = torch.randn_like(theta)
+    ref = torch.func.jvp(lambda t: sme.modified_loss_grad(t, X, y, 0.4, activation), (theta,), (v,))[1]
+    assert torch.allclose(sme.hessian_vector_product(theta, X, y, 0.4, v, activation), ref, atol=1e-12)
+    t = theta.clone().requires_grad_()
+    L = sme.modified_loss(t, X, y, 0.4, activation)
+    (g,) = torch.autograd.grad(L.sum(), t, create_graph=True)
+    (b2,) = torch.autograd.grad((L + 0.3 / 4 * g.square().sum((-1, -2))).sum(), t)
+    assert torch.allclose(sme.order2_drift(theta, X, y, 0.4, 0.3, activation), -b2, atol=1e-12)
+
+
+@pytest.mark.parametrize("keep", [0.2, 0.5, 0.8, 1.0])
+def test_mean_and_covariance_exact_over_all_masks(keep):
+    theta, X, y = _problem(width=5)
+    mean, C = _enumerate(theta, X, y, keep)
+    assert torch.allclose(mean, sme.modified_loss_grad(theta, X, y, keep).reshape(-1), atol=1e-12)
+    S = sme.noise_covariance(theta, X, y, keep)
+    assert torch.allclose(S.to_dense(), C, atol=1e-12)
+    V = torch.randn(3, 5 * 4, generator=torch.Generator().manual_seed(2), dtype=f64)
+    for v in V:
+        assert torch.allclose(S @ v, C @ v, atol=1e-12)
+
+
+def test_matvec_unbiased_against_monte_carlo():
+    theta, X, y = _problem(width=6, seed=3)
+    keep, n = 0.6, 40_000
+    g = torch.Generator().manual_seed(4)
+    masks = (torch.rand(n, 6, generator=g, dtype=f64) < keep) / keep
+    G = sme.dropout_gradient(theta.expand(n, *theta.shape), X, y, masks).reshape(n, -1)
+    C = torch.cov(G.T)
+    v = torch.randn(theta.numel(), generator=g, dtype=f64)
+    S = sme.noise_covariance(theta, X, y, keep)
+    # per-entry standard error of the sample covariance applied to v
+    proj = (G - G.mean(0)) * ((G - G.mean(0)) @ v)[:, None]
+    se = proj.std(0) / n**0.5
+    assert ((C @ v - S @ v).abs() <= 5 * se + 1e-12).all()
+
+
+def test_factor_matches_dense_square_root_and_samples():
+    theta, X, y = _problem(width=5, seed=5)
+    S = sme.noise_covariance(theta, X, y, 0.5)
+    dense = S.to_dense()
+    root = sme.dense_sqrt(dense)
+    F = S.factor_dense()
+    assert F.shape == (20, 5 + 10)
+    assert torch.allclose(root @ root, F @ F.T, atol=1e-12)  # same Gaussian law: Σ^{1/2} z ~ F z
+    batched = sme.noise_covariance(theta.expand(30_000, 5, 4), X, y, 0.5)
+    Z = batched.sample(torch.Generator().manual_seed(6)).reshape(30_000, -1)
+    assert (torch.cov(Z.T) - dense).abs().max() < 0.05 * dense.abs().max()
+
+
+def test_batched_operator_is_per_replica():
+    theta, X, y = _problem(width=4, replicas=3, seed=7)
+    v = torch.randn_like(theta)
+    out = sme.noise_covariance(theta, X, y, 0.7) @ v
+    for r in range(3):
+        assert torch.allclose(out[r], sme.noise_covariance(theta[r], X, y, 0.7) @ v[r], atol=1e-12)
+
+
+def test_bad_input_errors():
+    theta, X, y = _problem()
+    with pytest.raises(ValueError, match=r"keep must be in \(0, 1\], got 0"):
+        sme.noise_covariance(theta, X, y, 0)
+    with pytest.raises(ValueError, match="keep must be in"):
+        sme.modified_loss(theta, X, y, 1.5)
+    bad = theta.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="theta contains 1 non-finite"):
+        sme.noise_covariance(bad, X, y, 0.5)
+    with pytest.raises(ValueError, match=r"theta must be \(..., width, d \+ 1\)"):
+        sme.noise_covariance(theta[:, :3], X, y, 0.5)
+    with pytest.raises(ValueError, match=r"targets must be \(N,\)"):
+        sme.noise_covariance(theta, X, y[:3], 0.5)
+    with pytest.raises(ValueError, match=r"would need .* GiB"):
+        sme.noise_covariance(theta, X, y, 0.5).to_dense(limit_bytes=100)
+    with pytest.raises(ValueError, match="substep 0.03 must divide the learning rate 0.1"):
+        sme.check_substeps(0.1, 0.03)
+    with pytest.raises(ValueError, match="lr must be a finite positive number"):
+        simulate("sme1", theta, X, y, lr=-0.1, keep=0.5, steps=1)
+    with pytest.raises(ValueError, match="unknown dynamics 'sgd'"):
+        simulate("sgd", theta, X, y, lr=0.1, keep=0.5, steps=1)
+
+
+def test_simulation_deterministic_and_limits():
+    theta, X, y = _problem(width=6, seed=8)
+    run = [simulate("sme2", theta, X, y, lr=0.1, keep=0.5, steps=5, replicas=4, substep=0.025,
+                    generator=torch.Generator().manual_seed(0)).final for _ in range(2)]
+    assert torch.equal(run[0], run[1])
+    # keep = 1: no noise; dropout = GD on R_S; the order-1 SME = GD with step h = η/m
+    gd = theta[None]
+    for _ in range(3):
+        gd = gd - 0.1 * sme.modified_loss_grad(gd, X, y, 1.0)
+    drop = simulate("dropout", theta, X, y, lr=0.1, keep=1.0, steps=3, replicas=2).final
+    assert torch.allclose(drop, gd.expand(2, -1, -1), atol=1e-13)
+    assert torch.allclose(simulate("gd", theta, X, y, lr=0.1, keep=1.0, steps=3).final, gd, atol=1e-13)
+    flow = theta[None]
+    for _ in range(6):
+        flow = flow - 0.05 * sme.modified_loss_grad(flow, X, y, 1.0)
+    sde = simulate("sme1", theta, X, y, lr=0.1, keep=1.0, steps=3, substep=0.05).final
+    assert torch.allclose(sde, flow, atol=1e-13)
+
+
+def test_one_step_moments_of_sme_match_dropout():
+    """With one Euler–Maruyama step per dropout step, the SME increment has exactly the
+    dropout increment's mean −η∇L_S and covariance η²Σ; check both by Monte Carlo, for
+    the matrix-free and the dense diffusion."""
+    theta, X, y = _problem(width=3, d=2, N=5, seed=9)
+    lr, keep, n = 0.2, 0.5, 20_000
+    mean = -lr * sme.modified_loss_grad(theta, X, y, keep).reshape(-1)
+    cov = lr**2 * sme.noise_covariance(theta, X, y, keep).to_dense()
+    th = theta.expand(n, *theta.shape)
+    for dyn, diffusion in (("dropout", "factor"), ("sme1", "factor"), ("sme1", "dense")):
+        m = 400 if diffusion == "dense" else n
+        inc = (step(dyn, th[:m], X, y, lr=lr, keep=keep, diffusion=diffusion,
+                    generator=torch.Generator().manual_seed(10)) - th[:m]).reshape(m, -1)
+        se = cov.diagonal().sqrt() / m**0.5
+        assert ((inc.mean(0) - mean).abs() <= 5 * se + 1e-12).all(), dyn
+        if diffusion == "factor":
+            assert (torch.cov(inc.T) - cov).abs().max() < 0.06 * cov.abs().max(), dyn
+
+
+def test_divergence_is_recorded_and_records_kept():
+    theta, X, y = _problem(width=4, seed=11)
+    tr = simulate("sme1", theta * 3, X, y, lr=50.0, keep=0.3, steps=200, replicas=3, substep=25.0,
+                  generator=torch.Generator().manual_seed(0))
+    assert tr.diverged_at_step is not None and tr.diverged_at_step <= 200
+    assert len(tr.times) == len(tr.observed["train_risk"]) and torch.isfinite(tr.mean).all()
+    assert tr.steps[-1] == tr.diverged_at_step - 1
