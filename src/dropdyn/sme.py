@@ -177,10 +177,14 @@ def order2_drift(theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, lr
                  activation: str = "tanh") -> Tensor:
     """``b₂ = −∇(L_S + (η/4)‖∇L_S‖²) = −(∇L_S + (η/2) H ∇L_S)`` (closed-form gradient and
     Hessian-vector product)."""
-    c2, _ = mask_moments(keep)
-    f = Features.at(theta, inputs, targets, activation, second=True)
+    return drift(Features.at(theta, inputs, targets, activation, second=True), mask_moments(keep)[0], lr, order=2)
+
+
+def drift(f: Features, c2: float, lr: float, order: int) -> Tensor:
+    """SME drift from features at θ: ``−∇L_S`` (order 1) or ``−(∇L_S + (η/2) H ∇L_S)``
+    (order 2; ``f`` needs ``ddh``)."""
     g = f.gradient(c2)
-    return -(g + 0.5 * lr * _hvp(f, c2, g))
+    return -g if order == 1 else -(g + 0.5 * lr * _hvp(f, c2, g))
 
 
 def _pairs(Z: Tensor) -> Tensor:
@@ -197,12 +201,13 @@ class NoiseCovariance:
     for an unbatched θ). ``Σ @ v`` is ``matvec(v)``.
     """
 
-    def __init__(self, theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, activation: str = "tanh"):
+    def __init__(self, theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, activation: str = "tanh",
+                 second: bool = False):
         check_problem(theta, inputs, targets)
         self.c2, self.kappa = mask_moments(keep)
         self.theta_shape = tuple(theta.shape)
         self.width, self.cols = theta.shape[-2], theta.shape[-1]
-        self.f = Features.at(theta, inputs, targets, activation)
+        self.f = Features.at(theta, inputs, targets, activation, second)  # shared with the drift (``f``)
         self.dim = self.width * self.cols
 
     @property

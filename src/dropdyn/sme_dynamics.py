@@ -26,13 +26,14 @@ import torch
 from ._checks import check_choice, check_int, check_keep, check_positive
 from .engine import _progress
 from .sme import (
+    NoiseCovariance,
     check_problem,
     check_substeps,
     dense_sqrt,
+    drift,
     dropout_gradient,
     modified_loss_grad,
     noise_covariance,
-    order2_drift,
     risk,
 )
 
@@ -64,19 +65,9 @@ class SMETrajectory:
         return (self.variance / self.replicas).sqrt()
 
 
-def _drift(dynamics: str, theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, lr: float,
-           activation: str) -> Tensor:
-    if dynamics == "sme2":
-        return order2_drift(theta, inputs, targets, keep, lr, activation)
-    return -modified_loss_grad(theta, inputs, targets, keep, activation)
-
-
-def _diffusion(theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, activation: str, diffusion: str,
-               generator: torch.Generator) -> Tensor:
-    """One draw of ``N(0, Σ(θ))`` per replica."""
-    S = noise_covariance(theta, inputs, targets, keep, activation)
-    if diffusion == "factor":
-        return S.sample(generator)
+def _dense_noise(theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, activation: str,
+                 generator: torch.Generator) -> Tensor:
+    """One draw of ``N(0, Σ(θ))`` per replica by the dense reference: form Σ, ``Σ^{1/2} z``."""
     out = torch.empty_like(theta)
     for r in range(theta.shape[0]):
         root = dense_sqrt(noise_covariance(theta[r], inputs, targets, keep, activation).to_dense())
@@ -98,10 +89,13 @@ def step(dynamics: str, theta: Tensor, inputs: Tensor, targets: Tensor, *, lr: f
     if dynamics == "gd":
         return theta - lr * modified_loss_grad(theta, inputs, targets, keep, activation)
     h = lr / substeps
+    order = 2 if dynamics == "sme2" else 1
     for _ in range(substeps):
-        drift = _drift(dynamics, theta, inputs, targets, keep, lr, activation)
-        noise = _diffusion(theta, inputs, targets, keep, activation, diffusion, generator)
-        theta = theta + h * drift + math.sqrt(h * lr) * noise
+        S = NoiseCovariance(theta, inputs, targets, keep, activation, second=order == 2)  # one feature pass
+        b = drift(S.f, S.c2, lr, order)
+        noise = S.sample(generator) if diffusion == "factor" else _dense_noise(theta, inputs, targets, keep,
+                                                                             activation, generator)
+        theta = theta + h * b + math.sqrt(h * lr) * noise
     return theta
 
 
