@@ -126,7 +126,7 @@ def _alignment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", help="LR:KEEP pairs, comma-separated (default 0.05:0.9,0.05:0.5,0.2:0.5)")
     p.add_argument("--epochs", type=int, help="epochs (default 20)")
     p.add_argument("--every", type=int, help="measure α every this many epochs (default 5)")
-    p.add_argument("--samples", type=int, help="estimator samples per measurement (default 150)")
+    p.add_argument("--samples", type=int, help="estimator samples per measurement (4 gradients each; default 100)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
 

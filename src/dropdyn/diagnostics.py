@@ -14,25 +14,36 @@ a loss and a batch:
     H    = E_δ ∇²_θ ℓ(θ; δ) = ∇² L_S    Hessian of the expected (modified) loss
     α    = Tr(HΣ) / (‖H‖_F ‖Σ‖_F)
 
-Unbiased estimators from independent mask draws δ₁, δ₂, … (each a fresh draw of every
-dropout layer's mask, per example as in ``nn.Dropout``) and Rademacher probes z:
+Unbiased estimators from independent mask draws (each a fresh draw of every dropout
+layer's mask, per example as in ``nn.Dropout``). Sample i draws K = ``gradients`` masks,
+whose gradients have the unbiased sample covariance Ŝ_i = Σ_k c_k c_kᵀ/(K−1),
+c_k = g_k − ḡ; two further masks δ, δ' give Hessians H_i = H(δ), H_i' = H(δ'); and a
+Rademacher probe z_i:
 
-    Tr(HΣ)  = E[ dᵀ H(δ₃) d ] / 2,           d = g(δ₁) − g(δ₂)   (Cov d = 2Σ)
-    ‖Σ‖_F²  = E[ (d₁ · d₂)² ] / 4,           d₁, d₂ two independent differences
-                                             (averaged over all pairs of M differences)
-    ‖H‖_F²  = E[ (H(δ_a) z) · (H(δ_b) z) ]   (two masks: no bias from H's own noise)
+    Tr(HΣ)  ≈ mean_i T_i,       T_i = ½ Tr((H_i + H_i') Ŝ_i) = Σ_k c_kᵀ(H_i + H_i')c_k / (2(K−1))
+    ‖H‖_F²  ≈ mean_i A_i,       A_i = (H_i z_i) · (H_i' z_i)
+    ‖Σ‖_F²  ≈ mean over pairs i < j ≤ i + PARTNERS of B_ij,   B_ij = Tr(Ŝ_i Ŝ_j) = ‖C_i C_jᵀ‖_F²/(K−1)²
 
-with H(δ)v a Hessian-vector product (double backward). Each has a standard error; the
-interval for α is the delta method on the three independent means. ``exact=True``
-enumerates every mask of a small model and batch (at most 2¹⁶) and forms H and Σ
-densely. Masks are imposed by forward hooks on the dropout modules, so any model with
-``torch.nn.Dropout`` or ``dropdyn.nets.Dropout`` layers works unchanged.
+(the last an incomplete U-statistic: each sample is paired with its PARTNERS
+predecessors, so its cost is linear in the number of samples). H(δ)V is a batch of
+Hessian-vector products from one double-backward graph. T_i and B_ij share the
+gradients of sample i, so their errors are correlated and largely cancel in the ratio.
+The interval is the delta method on the linearisation of log α,
+
+    ψ_i = (T_i − t)/t − (A_i − a)/(2a) − (m_i − b)/b,    m_i = mean_j B_ij over i's partners,
+
+(the U-statistic's first-order Hoeffding term is 2(m_i − b)), half-width
+z·α·std(ψ)/√samples. ``exact=True`` enumerates every mask of a small model and batch
+(at most 2¹⁶) and forms H and Σ densely. Masks are imposed by forward hooks on the
+dropout modules, so any model with ``torch.nn.Dropout`` or ``dropdyn.nets.Dropout``
+layers works unchanged.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -138,12 +149,14 @@ class _Problem:
         loss = self._loss(draw or self._draw)
         return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, self.params)]).detach()
 
-    def hvp(self, v: torch.Tensor, draw=None) -> torch.Tensor:
+    def hvps(self, V: torch.Tensor, draw=None) -> torch.Tensor:
+        """``H(δ) V`` for the rows of V (k × D), one mask draw δ for all rows: one
+        double-backward graph, the k products batched (``is_grads_batched``)."""
         loss = self._loss(draw or self._draw)
         gs = torch.autograd.grad(loss, self.params, create_graph=True)
         flat = torch.cat([g.reshape(-1) for g in gs])
-        hv = torch.autograd.grad(flat @ v, self.params)
-        return torch.cat([h.reshape(-1) for h in hv]).detach()
+        hv = torch.autograd.grad(flat, self.params, grad_outputs=V, is_grads_batched=True)
+        return torch.cat([h.reshape(len(V), -1) for h in hv], 1).detach()
 
 
 @dataclass
@@ -160,6 +173,7 @@ class Alignment:
     fro_S_sq: tuple[float, float]
     samples: int
     parameters: int
+    gradients: int = 0
     exact: bool = False
     baseline: float = float("nan")
 
@@ -169,54 +183,61 @@ def _mean_se(xs: list[float]) -> tuple[float, float]:
     return float(t.mean()), (float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan"))
 
 
-def _pairs_u_statistic(diffs: torch.Tensor) -> tuple[float, float]:
-    """‖Σ‖_F² from M independent differences d_a (Cov d = 2Σ): the U-statistic
-    mean_{a<b} (d_a·d_b)²/4 over all M(M−1)/2 pairs, and its standard error
-    2·std_a(mean_{b≠a} h_ab)/√M (Hoeffding's first-order term)."""
-    G = diffs.double() @ diffs.double().T
-    h = G * G / 4
-    M = len(G)
-    off = h.sum() - h.diagonal().sum()
-    mean = float(off / (M * (M - 1)))
-    row = (h.sum(1) - h.diagonal()) / (M - 1)
-    return mean, float(2 * row.std() / math.sqrt(M))
+PARTNERS = 32  # each sample's Ŝ_i is paired with this many predecessors' in the ‖Σ‖_F² U-statistic
 
 
 def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, samples: int = 100,
-              seed: int = 0, confidence: float = 0.95, exact: bool = False) -> Alignment:
-    """Estimate α(θ) = Tr(HΣ)/(‖H‖_F‖Σ‖_F) over all parameters (module docstring)."""
+              gradients: int = 4, seed: int = 0, confidence: float = 0.95, exact: bool = False) -> Alignment:
+    """Estimate α(θ) = Tr(HΣ)/(‖H‖_F‖Σ‖_F) over all parameters (module docstring). Each of
+    the ``samples`` costs ``gradients`` gradients and two Hessian graphs applied to
+    ``gradients`` + 1 vectors."""
     if not torch.is_floating_point(inputs) or not bool(torch.isfinite(inputs).all()):
         raise ValueError("inputs must be finite floating-point values (NaN or inf found)")
     if torch.is_floating_point(targets) and not bool(torch.isfinite(targets).all()):
         raise ValueError("targets contain non-finite values (NaN or inf)")
     samples = check_int("samples", samples, 2)
+    K = check_int("gradients", gradients, 2)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     if exact:
         return _exact(model, loss_fn, inputs, targets)
     g = torch.Generator(device=inputs.device).manual_seed(seed)
     prob = _Problem(model, loss_fn, inputs, targets, g)
-    T, A, trH, diffs = [], [], [], []
-    for _ in range(samples):
-        d = prob.grad() - prob.grad()
-        T.append(float(d @ prob.hvp(d)) / 2)
-        diffs.append(prob.grad() - prob.grad())
-        z = (torch.randint(0, 2, d.shape, generator=g, device=d.device) * 2 - 1).to(d.dtype)
-        hz = prob.hvp(z)
-        A.append(float(hz @ prob.hvp(z)))
-        trH.append(float(z @ hz))
-    (t, st), (a, sa) = _mean_se(T), _mean_se(A)
-    D = torch.stack(diffs)
-    b, sb = _pairs_u_statistic(D)
-    trS = float((D.double() ** 2).sum(1).mean() / 2)
+    T, A, trH, trS = (torch.zeros(samples, dtype=torch.float64) for _ in range(4))
+    pairs: list[tuple[int, int, float]] = []  # (i, j, B_ij)
+    recent: deque[tuple[int, torch.Tensor]] = deque(maxlen=PARTNERS)  # (j, C_j) of the last PARTNERS samples
+    for i in range(samples):
+        grads = torch.stack([prob.grad() for _ in range(K)])
+        C = grads - grads.mean(0)  # (K, D)
+        z = (torch.randint(0, 2, grads.shape[1:], generator=g, device=C.device) * 2 - 1).to(C.dtype)
+        V = torch.cat([C, z[None]])
+        H1, H2 = prob.hvps(V).double(), prob.hvps(V).double()
+        T[i] = float(((H1[:K] + H2[:K]) * C.double()).sum()) / (2 * (K - 1))
+        A[i] = float(H1[K] @ H2[K])
+        trH[i] = float(z.double() @ (H1[K] + H2[K])) / 2
+        trS[i] = float((C.double() ** 2).sum()) / (K - 1)
+        for j, Cj in recent:
+            pairs.append((i, j, float(((C @ Cj.T).double() ** 2).sum()) / (K - 1) ** 2))
+        recent.append((i, C))
+    first, second = (torch.tensor([p[k] for p in pairs]) for k in (0, 1))
+    Bij = torch.tensor([p[2] for p in pairs], dtype=torch.float64)
+    t, a, b = float(T.mean()), float(A.mean()), float(Bij.mean())
+    m = ((torch.bincount(first, Bij, samples) + torch.bincount(second, Bij, samples))  # m_i: mean B_ij over partners
+         / (torch.bincount(first, minlength=samples) + torch.bincount(second, minlength=samples)))
+    root_n = math.sqrt(samples)
     alpha = t / math.sqrt(max(a, 1e-300) * max(b, 1e-300))
-    rel = math.sqrt((st / t) ** 2 + (sa / (2 * a)) ** 2 + (sb / (2 * b)) ** 2) if t and a > 0 and b > 0 else math.inf
+    if t != 0 and a > 0 and b > 0:
+        psi = (T - t) / t - (A - a) / (2 * a) - (m - b) / b
+        rel = float(psi.std()) / root_n
+    else:
+        rel = math.inf
     from scipy.stats import norm
 
     half = norm.ppf(0.5 + confidence / 2) * abs(alpha) * rel
-    baseline = _mean_se(trH)[0] * trS / (len(d) * math.sqrt(max(a, 1e-300) * max(b, 1e-300)))
-    return Alignment(alpha, (float(alpha - half), float(alpha + half)), (t, st), (a, sa), (b, sb), samples, len(d),
-                     baseline=baseline)
+    D = len(z)
+    baseline = float(trH.mean()) * float(trS.mean()) / (D * math.sqrt(max(a, 1e-300) * max(b, 1e-300)))
+    return Alignment(alpha, (alpha - half, alpha + half), (t, float(T.std()) / root_n), (a, float(A.std()) / root_n),
+                     (b, 2 * float(m.std()) / root_n), samples, D, gradients=K, baseline=baseline)
 
 
 MAX_EXACT_MASKS = 2**16
@@ -264,7 +285,7 @@ def exact_matrices(model, loss_fn, inputs, targets) -> tuple[torch.Tensor, torch
             return chunks[i].reshape(shape)
 
         grads.append(prob.grad(draw).double())
-        hess += w * torch.stack([prob.hvp(eye[j], draw).double() for j in range(D)])
+        hess += w * prob.hvps(eye, draw).double()
         weights.append(w)
     W = torch.tensor(weights, dtype=torch.float64)
     G = torch.stack(grads)
@@ -316,7 +337,7 @@ def noise_along_curvature(model: nn.Module, loss_fn, inputs: torch.Tensor, targe
     def matvec(v):
         g.manual_seed(seed)  # the same masks at every call
         t = torch.as_tensor(np.asarray(v, dtype=np.float64).ravel(), dtype=dtype, device=inputs.device)
-        return (sum(prob.hvp(t) for _ in range(hessian_masks)) / hessian_masks).double().cpu().numpy()
+        return (sum(prob.hvps(t[None])[0] for _ in range(hessian_masks)) / hessian_masks).double().cpu().numpy()
 
     vals, vecs = eigsh(LinearOperator((N, N), matvec=matvec, dtype=np.float64), k=k, which="LA", tol=1e-6,
                        v0=np.random.default_rng(seed).standard_normal(N))

@@ -40,7 +40,7 @@ class Config:
     epochs: int = 20
     every: int = 5
     batch: int = 1000
-    samples: int = 150
+    samples: int = 100
     eigenvectors: int = 10
     noise_steps: int = 400
     noise_lr: float = 0.1
