@@ -126,3 +126,19 @@ def test_flatness_matches_dense_hessian():
     assert abs(out["top_eigenvalue"] - float(ev.max())) < 1e-6 * float(ev.abs().max())
     assert abs(out["trace"] - float(H.trace())) < 5 * out["trace_se"]
     assert model.training  # mode restored
+
+
+def test_batch_norm_running_statistics_are_left_alone():
+    """The estimator's forward passes run in training mode; a batch-norm layer's running
+    statistics must be as they were afterwards, and the estimate still match the exact α."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Tanh(), nn.Dropout(0.5), nn.Linear(3, 2)).double()
+    model.eval()
+    x, y = torch.randn(2, 3, dtype=torch.float64), torch.tensor([0, 1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ex = alignment(model, nn.functional.cross_entropy, x, y, exact=True)
+    est = alignment(model, nn.functional.cross_entropy, x, y, samples=300, seed=5, confidence=0.99)
+    assert est.ci[0] <= ex.alpha <= est.ci[1], (est, ex.alpha)
+    assert not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k

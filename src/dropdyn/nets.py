@@ -11,7 +11,9 @@ and on each hidden layer, each at its own keep rate, in either convention:
 Inference by weight scaling (``model.eval()``) or by Monte-Carlo averaging over k thinned
 networks (:meth:`DropoutMLP.mc_predict`); max-norm projection of each unit's incoming
 weight vector (:func:`apply_max_norm`); SGD with momentum and a decaying learning rate
-(:func:`train`).
+(:func:`train`). :class:`VGG16` is the convolutional network of the SME paper's
+Figure 3(b), with the same dropout layers, so that :func:`train` and the alignment
+diagnostics take it as they take an MLP.
 """
 
 from __future__ import annotations
@@ -101,6 +103,61 @@ class DropoutMLP(nn.Module):
             self.train(was)
 
 
+class VGG16(nn.Module):
+    """VGG16 for 3 × 32 × 32 images (CIFAR-10), as in the SME paper's Figure 3(b):
+    five blocks of 3×3 convolutions (+ batch norm) + ReLU with (64, 64), (128, 128),
+    (256, 256, 256), (512, 512, 512), (512, 512, 512) channels, each block ending in 2×2
+    max-pooling; dropout at ``keep`` after the first two convolutions of every block and
+    after the first fully connected layer of the classifier 512 → 512 → 512 → ``classes``;
+    He-normal initialisation. ``width`` scales every channel count (and the classifier):
+    ``width=1`` is VGG16 (≈ 15.2 M parameters); small widths give a cheap network of the
+    same shape.
+
+    ``batch_norm=True`` (default) is the VGG16 usually trained on CIFAR-10; without it the
+    16-layer network stalls at chance from scratch (measured on a synthetic task). Batch
+    statistics make the loss of a batch depend on the whole batch, which the alignment
+    measures as it is (``dropdyn.diagnostics`` restores the running statistics after its
+    forward passes). Written out here rather than taken from torchvision, whose VGG16 is
+    the 224 × 224 ImageNet network with 4096-unit classifier layers and no dropout in its
+    convolutional part."""
+
+    BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+    def __init__(self, keep: float = 0.5, classes: int = 10, *, width: float = 1.0, batch_norm: bool = True,
+                 inverted: bool = True):
+        super().__init__()
+        keep = check_keep(keep)
+        classes = check_int("classes", classes, 1)
+        width = check_positive("width", width)
+        layers: list[nn.Module] = []
+        c_in = 3
+        for block in self.BLOCKS:
+            for i, c in enumerate(block):
+                c = max(1, round(c * width))
+                layers += [nn.Conv2d(c_in, c, 3, padding=1), *([nn.BatchNorm2d(c)] if batch_norm else []), nn.ReLU()]
+                if i < 2:
+                    layers.append(Dropout(keep, inverted))
+                c_in = c
+            layers.append(nn.MaxPool2d(2))
+        hidden = max(1, round(512 * width))
+        layers += [nn.Flatten(), nn.Linear(c_in, hidden), nn.ReLU(), Dropout(keep, inverted),
+                   nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, classes)]
+        self.net = nn.Sequential(*layers)
+        for m in self.net:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (N, 3, 32, 32) → logits (N, classes)."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
+            raise ValueError(f"VGG16 takes images of shape (N, 3, 32, 32), got {tuple(x.shape)}")
+        return self.net(x)
+
+    def dropouts(self) -> list[Dropout]:
+        return [m for m in self.net if isinstance(m, Dropout)]
+
+
 @torch.no_grad()
 def apply_max_norm(model: DropoutMLP, c: float) -> None:
     """Project each unit's incoming weight vector (a row of every hidden ``Linear``'s
@@ -111,7 +168,7 @@ def apply_max_norm(model: DropoutMLP, c: float) -> None:
         lin.weight.mul_(torch.clamp(c / norms.clamp_min(1e-30), max=1.0))
 
 
-def train(model: DropoutMLP, inputs: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float = 0.1,
+def train(model: DropoutMLP | VGG16, inputs: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float = 0.1,
           momentum: float = 0.9, decay: float = 0.98, batch_size: int = 100, max_norm: float | None = None,
           generator: torch.Generator | None = None, on_epoch=None, on_step=None) -> None:
     """Minibatch SGD with momentum on cross-entropy; the learning rate is multiplied by

