@@ -240,8 +240,10 @@ def _dask(tasks, *, workers: int, scheduler: str | None, **_):
     by the scheduler (up to ``distributed.scheduler.allowed-failures`` times, then
     ``KilledWorker``, which is recorded as the point's failure)."""
     import logging
+    import sys
 
     import dask
+    import torch
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -252,7 +254,15 @@ def _dask(tasks, *, workers: int, scheduler: str | None, **_):
             # Dask's default worker environment sets MALLOC_TRIM_THRESHOLD_, which turns off glibc's adaptive
             # mmap threshold: every large tensor then costs fresh page faults (measured: Dask 0.84x serial
             # instead of ~1.9x on 2 workers). Keep the one-thread BLAS settings, drop that one.
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENV}):
+            # Workers forked from this process start with torch already imported: the cluster is ready in
+            # ~1.9 s instead of ~4.9 s with spawned interpreters (start, torch import, shutdown; measured on
+            # 2 cores). Not after CUDA is initialised here (a forked child cannot use it), nor off Linux.
+            # The workers' statistical profiler samples the running task's stack every 10 ms; with it,
+            # each point ran ~15% slower (sum of point times on 2 workers: 80.8 s with, 69.4 s without).
+            method = "fork" if sys.platform == "linux" and not torch.cuda.is_initialized() else "spawn"
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENV,
+                                  "distributed.worker.multiprocessing-method": method,
+                                  "distributed.worker.profile.enabled": False}):
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                        dashboard_address=None, silence_logs=logging.ERROR)
             client = Client(cluster)
