@@ -1,6 +1,6 @@
 """One dropout step of the particle engine against what a user would write instead.
 
-    python benchmarks/bench_step.py [--width 5000 --samples 1000 --dim 10 --keep 0.5]
+    python benchmarks/bench_step.py [--width 5000 --samples 1000 --dim 10 --keep 0.5 --device cpu]
 
 Baselines, timed in the same run (medians over ``--repeats``):
 
@@ -11,7 +11,8 @@ Baselines, timed in the same run (medians over ``--repeats``):
   (``W Zᵀ`` and ``S Z``) that any implementation must do at this width.
 
 Also: R replicas in one ``simulate`` call against R sequential calls.
-Prints a Markdown table; ratios > 1 mean dropdyn is faster.
+Prints a Markdown table; ratios > 1 mean dropdyn is faster. ``--device cuda`` runs
+everything on the GPU (masks drawn there too) and synchronises around each timed call.
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ from dropdyn.masks import MaskStream
 from dropdyn.model import Design
 
 
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+def median_ms(fn, repeats: int, warmup: int = 3, device: str = "cpu") -> float:
+    def sync():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
 
@@ -67,13 +74,18 @@ def main(argv=None):
     ap.add_argument("--replica-width", type=int, default=1000)
     ap.add_argument("--replica-samples", type=int, default=100)
     ap.add_argument("--replica-steps", type=int, default=50)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype)
+    dev = args.device
+    if torch.device(dev).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {dev}: CUDA is not available here")
     g = torch.Generator().manual_seed(0)
     n, m, d, q, lr = args.width, args.samples, args.dim, args.keep, args.lr
     Z = torch.randn(m, d, generator=g, dtype=dtype)
     y = torch.randn(m, generator=g, dtype=dtype)
     X = torch.cat([torch.randn(n, 1, generator=g), torch.randn(n, d, generator=g) / d**0.5], 1).to(dtype)
+    Z, y, X = Z.to(dev), y.to(dev), X.to(dev)
     rows = []
 
     # dropdyn: the engine's step on the packed state, one fresh mask per step
@@ -82,18 +94,19 @@ def main(argv=None):
     results = {}
     for variant in ("dropout", "gd"):
         rule = rule_for(variant, n, q)
-        stream = MaskStream(q, (1, n), seed=0)
+        stream = MaskStream(q, (1, n), seed=0, device=dev)
         results[variant] = median_ms(
             lambda rule=rule, stream=stream: step(
                 design, a, W, lr, rule, stream.next() if rule.uses_masks else None, q
             ),
             args.repeats,
+            device=dev,
         )
 
     # (a) torch.nn + autograd + SGD with the same semantics
-    net = MeanField(X[:, 1:], X[:, 0]).to(dtype)
+    net = MeanField(X[:, 1:], X[:, 0]).to(dev, dtype)
     opt = torch.optim.SGD(net.parameters(), lr=n * lr)
-    stream = MaskStream(q, (n,), seed=0)
+    stream = MaskStream(q, (n,), seed=0, device=dev)
 
     def nn_step():
         mult = stream.next().to(dtype) / q
@@ -102,7 +115,7 @@ def main(argv=None):
         loss.backward()
         opt.step()
 
-    t_nn = median_ms(nn_step, args.repeats)
+    t_nn = median_ms(nn_step, args.repeats, device=dev)
 
     # (b) the floor: tanh over (n, m) pre-activations + the two GEMMs
     Wd = X[:, 1:].contiguous()
@@ -111,7 +124,7 @@ def main(argv=None):
         S = torch.tanh(Wd @ Z.T)
         return S @ Z
 
-    t_floor = median_ms(floor, args.repeats)
+    t_floor = median_ms(floor, args.repeats, device=dev)
 
     t = results["dropout"]
     rows.append((f"dropdyn dropout step (keep={q:g})", t, t_nn / t, t / t_floor))
@@ -119,7 +132,9 @@ def main(argv=None):
     rows.append(("torch.nn + autograd + SGD (a)", t_nn, 1.0, t_nn / t_floor))
     rows.append(("floor: tanh + 2 GEMMs (b)", t_floor, t_nn / t_floor, 1.0))
 
-    print(f"\n### One step: width={n}, m={m}, d={d}, {args.dtype}, {torch.get_num_threads()} threads\n")
+    cuda = torch.device(dev).type == "cuda"
+    where = torch.cuda.get_device_name(dev) if cuda else f"{torch.get_num_threads()} threads"
+    print(f"\n### One step: width={n}, m={m}, d={d}, {args.dtype}, {where}\n")
     print("| what | median ms | speed-up vs (a) | × floor |")
     print("|---|---:|---:|---:|")
     for name, ms, sp, fl in rows:
@@ -130,11 +145,11 @@ def main(argv=None):
     Zr = torch.randn(mr, d, generator=g, dtype=dtype)
     yr = torch.randn(mr, generator=g, dtype=dtype)
     Xr = torch.cat([torch.randn(R, nr, 1, generator=g), torch.randn(R, nr, d, generator=g) / d**0.5], -1)
-    Xr = Xr.to(dtype)
+    Xr, Zr, yr = Xr.to(dtype).to(dev), Zr.to(dev), yr.to(dev)
     kw = dict(lr=lr, keep=q, steps=steps, record_every=steps)
-    t_batch = median_ms(lambda: simulate("dropout", Xr, Zr, yr, **kw), max(3, args.repeats // 5), 1)
+    t_batch = median_ms(lambda: simulate("dropout", Xr, Zr, yr, **kw), max(3, args.repeats // 5), 1, dev)
     t_seq = median_ms(
-        lambda: [simulate("dropout", Xr[r], Zr, yr, **kw) for r in range(R)], max(3, args.repeats // 5), 1
+        lambda: [simulate("dropout", Xr[r], Zr, yr, **kw) for r in range(R)], max(3, args.repeats // 5), 1, dev
     )
     print(f"\n### {R} replicas × width {nr}, m={mr}, {steps} dropout steps per call\n")
     print("| what | median ms | throughput ratio |")
