@@ -162,8 +162,13 @@ def band(ax, res: dict, key: str, color: str, label: str, ls: str = "-") -> None
     ax.fill_between(res["time"], res[f"{key}_min"], res[f"{key}_max"], color=color, alpha=0.2, lw=0)
 
 
-def pad(x, n: int):
-    """``x`` padded with NaN to length ``n`` (a run that diverged has fewer records)."""
+def curve_table(r: dict, columns: dict[str, str]) -> dict:
+    """One CSV table of several dynamics' curves: ``time`` (the longest run's) and, for each
+    dynamics ``d`` in ``r`` and ``column: key`` in ``columns``, ``{d}_{column}`` = ``r[d][key]``
+    padded with NaN (a run that diverged has fewer records)."""
     import numpy as np
 
-    return np.pad(x, (0, n - len(x)), constant_values=np.nan)
+    longest = max(r.values(), key=lambda v: len(v["time"]))["time"]
+    n = len(longest)
+    return {"time": longest, **{f"{d}_{col}": np.pad(r[d][key], (0, n - len(r[d][key])), constant_values=np.nan)
+                                for d in r for col, key in columns.items()}}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..store import open_run
-from ._sme import CurveSettings, band, compute_curves, pad
+from ._sme import CurveSettings, band, compute_curves, curve_table
 
 DYNAMICS = ("dropout", "sme1", "gd")
 STYLE = {"dropout": ("C0", "-", "dropout"), "sme1": ("C3", "--", "SME (order 1)"), "gd": ("k", ":", "GD on L_S")}
@@ -66,12 +66,8 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         summary = {"seconds": round(_time.perf_counter() - t0, 1), "settings": {}}
         for (lr, p), r in res.items():
             tag = f"lr={lr:g},p={p:g}"
-            longest = max(r.values(), key=lambda v: len(v["time"]))["time"]
-            n = len(longest)
-            folder.write_csv(f"test_{tag}.csv", {"time": longest,
-                                                 **{f"{d}_{k}_{s}": pad(r[d][f"{k}_{s}"], n) for d in DYNAMICS
-                                                    for k in ("test_risk", "test_accuracy") for s in ("mean", "min",
-                                                                                                      "max")}})
+            keys = [f"{k}_{s}" for k in ("test_risk", "test_accuracy") for s in ("mean", "min", "max")]
+            folder.write_csv(f"test_{tag}.csv", curve_table(r, {k: k for k in keys}))
             summary["settings"][tag] = {
                 dyn: {"final_test_risk": float(r[dyn]["test_risk_mean"][-1]),
                       "final_test_accuracy": float(r[dyn]["test_accuracy_mean"][-1]),

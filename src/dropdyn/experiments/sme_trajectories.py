@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..store import open_run
-from ._sme import CurveSettings, band, compute_curves, pad
+from ._sme import CurveSettings, band, compute_curves, curve_table
 
 DYNAMICS = ("dropout", "sme1")
 
@@ -67,10 +67,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         summary = {"seconds": round(_time.perf_counter() - t0, 1), "settings": {}}
         for (lr, p), r in res.items():
             tag = f"lr={lr:g},p={p:g}"
-            longest = max(r.values(), key=lambda v: len(v["time"]))["time"]
-            folder.write_csv(f"risk_{tag}.csv", {"time": longest,
-                                                 **{f"{d}_{k}": pad(r[d][f"train_risk_{k}"], len(longest))
-                                                    for d in DYNAMICS for k in ("mean", "min", "max")}})
+            folder.write_csv(f"risk_{tag}.csv", curve_table(r, {s: f"train_risk_{s}" for s in ("mean", "min", "max")}))
             d, s = r["dropout"]["train_risk_mean"], r["sme1"]["train_risk_mean"]
             k = min(len(d), len(s))
             summary["settings"][tag] = {
