@@ -1,5 +1,6 @@
-"""Validation at the API boundary: every check raises ``ValueError`` naming the
-argument and the offending value, so the CLI can print it as one line."""
+"""Validation at the API boundary: every check raises :class:`InputError` (a
+``ValueError``) naming the argument and the offending value, so the CLI can print it as
+one line — and tell it apart from a bug, which keeps its traceback."""
 
 from __future__ import annotations
 
@@ -8,25 +9,33 @@ import math
 import torch
 
 
+class InputError(ValueError):
+    """Bad input that a user can cause and fix: the CLI prints it in one line (exit code 2)."""
+
+
 def check_keep(keep) -> float:
     """Keep probability q ∈ (0, 1]."""
-    try:
-        q = float(keep)
-    except (TypeError, ValueError):
-        raise ValueError(f"keep must be a number in (0, 1], got {keep!r}") from None
+    q = _real("keep", keep, "a number in (0, 1]")
     if not (0.0 < q <= 1.0):
-        raise ValueError(f"keep must be in (0, 1], got {keep!r}")
+        raise InputError(f"keep must be in (0, 1], got {keep!r}")
     return q
+
+
+def _real(name: str, value, what: str) -> float:
+    """``value`` as a float; bools, complex numbers and non-numbers are refused."""
+    if isinstance(value, (bool, complex)) or (isinstance(value, torch.Tensor) and value.numel() != 1):
+        raise InputError(f"{name} must be {what}, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name} must be {what}, got {value!r}") from None
 
 
 def check_positive(name: str, value) -> float:
     """A finite, strictly positive real (learning rates, time steps)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}") from None
+    v = _real(name, value, "a finite positive number")
     if not (math.isfinite(v) and v > 0.0):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+        raise InputError(f"{name} must be a finite positive number, got {value!r}")
     return v
 
 
@@ -35,35 +44,54 @@ def check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int,)) and not (
         isinstance(value, float) and value.is_integer()
     ):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     v = int(value)
     if v < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return v
+
+
+def check_seed(seed) -> int:
+    """A seed: an integer in [0, 2⁶³) (what ``torch.Generator.manual_seed`` accepts)."""
+    v = check_int("seed", seed, 0)
+    if v >= 2**63:
+        raise InputError(f"seed must be an integer in [0, 2^63), got {seed!r}")
     return v
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     """No NaN or ±inf anywhere in ``tensor``."""
     if not torch.is_floating_point(tensor):
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+        raise InputError(f"{name} must be a real floating-point tensor, got dtype {tensor.dtype}")
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
+        raise InputError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
 
 
 def check_choice(name: str, value, choices) -> str:
     """``value`` must be one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(sorted(choices))}")
+        raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(sorted(choices))}")
     return value
 
 
 def check_device_dtype(device: str, dtype: str) -> None:
     """``device`` ∈ {cpu, cuda} (cuda only where available), ``dtype`` ∈ {float32, float64}."""
     check_choice("dtype", dtype, ("float32", "float64"))
-    check_choice("device", device, ("cpu", "cuda"))
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+    check_device(device)
+
+
+def check_device(device) -> torch.device:
+    """A torch device that exists here: the CPU, or a CUDA device where CUDA is available."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+    return dev
 
 
 def parse_floats(name: str, text) -> list[float]:
@@ -71,9 +99,9 @@ def parse_floats(name: str, text) -> list[float]:
     try:
         vals = [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"{name} must be a comma-separated list of numbers, got {text!r}") from None
+        raise InputError(f"{name} must be a comma-separated list of numbers, got {text!r}") from None
     if not vals:
-        raise ValueError(f"{name} must not be empty")
+        raise InputError(f"{name} must not be empty, got {text!r}")
     return vals
 
 
@@ -82,7 +110,7 @@ def parse_digit_pair(text) -> tuple[int, int]:
     try:
         d = tuple(int(x) for x in str(text).split(","))
     except ValueError:
-        raise ValueError(f"digits must be two digits like '4,9', got {text!r}") from None
+        raise InputError(f"digits must be two digits like '4,9', got {text!r}") from None
     if len(d) != 2:
-        raise ValueError(f"digits must be two digits like '4,9', got {text!r}")
+        raise InputError(f"digits must be two digits like '4,9', got {text!r}")
     return d

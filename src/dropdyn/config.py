@@ -9,6 +9,8 @@ import sys
 import typing
 from pathlib import Path
 
+from ._checks import InputError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -19,7 +21,7 @@ def read_config_file(path) -> dict:
     """A mapping from a ``.yaml``/``.yml`` or ``.toml`` file."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
+        raise InputError(f"config file {str(path)!r} does not exist")
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         import yaml
@@ -27,17 +29,17 @@ def read_config_file(path) -> dict:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ValueError(f"config file {path}: invalid YAML ({str(e).splitlines()[0]})") from None
+            raise InputError(f"config file {path}: invalid YAML ({str(e).splitlines()[0]})") from None
     elif path.suffix == ".toml":
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"config file {path}: invalid TOML ({e})") from None
+            raise InputError(f"config file {path}: invalid TOML ({e})") from None
     else:
-        raise ValueError(f"config file {path}: use a .yaml, .yml or .toml file")
+        raise InputError(f"config file {path}: use a .yaml, .yml or .toml file")
     data = data or {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
+        raise InputError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
     return data
 
 
@@ -51,18 +53,18 @@ def _coerce(name: str, value, typ):
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"setting {name!r} must be true or false, got {value!r}")
+        raise InputError(f"setting {name!r} must be true or false, got {value!r}")
     if typ is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ValueError(f"setting {name!r} must be an integer, got {value!r}")
+            raise InputError(f"setting {name!r} must be an integer, got {value!r}")
         return int(value)
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"setting {name!r} must be a number, got {value!r}")
+            raise InputError(f"setting {name!r} must be a number, got {value!r}")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
-            raise ValueError(f"setting {name!r} must be a string, got {value!r}")
+            raise InputError(f"setting {name!r} must be a string, got {value!r}")
         return value
     return value
 
@@ -76,7 +78,7 @@ def build_config(cls, file=None, overrides: dict | None = None):
     for src in sources:
         unknown = sorted(set(src) - fields)
         if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
+            raise InputError(f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
                              f"known: {', '.join(sorted(fields))}")
         for k, v in src.items():
             values[k] = _coerce(k, v, hints[k])

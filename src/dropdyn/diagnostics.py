@@ -51,9 +51,21 @@ import torch
 from torch import nn
 from torch.func import grad, jvp
 
-from ._checks import check_int
+from ._checks import InputError, check_int
 from .model import risk
 from .nets import Dropout as NetsDropout
+
+
+def check_parameters(model: nn.Module) -> None:
+    """The model has trainable parameters and all of them are finite."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("the model has no trainable parameters")
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise InputError(f"model parameters {', '.join(bad[:3])} contain non-finite values (a diverged model?)")
 
 
 def hvp(fn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -67,7 +79,6 @@ def top_eigenvalue(fn, x: torch.Tensor, *, tol: float = 1e-8, seed: int = 0) -> 
     finds the largest *magnitude* and converges slowly when the top eigenvalues are close
     (a case the tests include), so the Krylov method is used instead."""
     import numpy as np
-    from scipy.sparse.linalg import LinearOperator, eigsh
 
     shape, N = x.shape, x.numel()
 
@@ -77,10 +88,23 @@ def top_eigenvalue(fn, x: torch.Tensor, *, tol: float = 1e-8, seed: int = 0) -> 
 
     if N == 1:
         return float(matvec(np.ones(1))[0])
+    return float(_top_eigs(matvec, N, 1, tol, seed, vectors=False)[0])
+
+
+def _top_eigs(matvec, N: int, k: int, tol: float, seed: int, vectors: bool):
+    """The ``k`` largest algebraic eigenvalues (and eigenvectors, with ``vectors``) of the
+    symmetric operator ``matvec`` on R^N by Lanczos (ARPACK ``eigsh``). An operator that
+    vanishes on a random start vector is (almost surely) zero, where ARPACK cannot start:
+    its eigenvalues are 0 and any orthonormal vectors are eigenvectors."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
     v0 = np.random.default_rng(seed).standard_normal(N)
-    vals = eigsh(LinearOperator((N, N), matvec=matvec, dtype=np.float64), k=1, which="LA", tol=tol, v0=v0,
-                 return_eigenvectors=False)
-    return float(vals[0])
+    if not np.any(matvec(v0)):
+        vals = np.zeros(k)
+        return (vals, np.eye(N, k)) if vectors else vals
+    return eigsh(LinearOperator((N, N), matvec=matvec, dtype=np.float64), k=k, which="LA", tol=tol, v0=v0,
+                 return_eigenvectors=vectors)
 
 
 def mean_field_sharpness(particles: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
@@ -101,7 +125,7 @@ def _dropout_layers(model: nn.Module) -> list[tuple[nn.Module, float, bool]]:
         elif isinstance(m, NetsDropout) and m.keep < 1:
             out.append((m, m.keep, m.inverted))
     if not out:
-        raise ValueError("the model has no dropout layer (or only keep = 1): dropout noise is zero and "
+        raise InputError("the model has no dropout layer (or only keep = 1): dropout noise is zero and "
                          "the alignment α is undefined")
     return out
 
@@ -201,13 +225,14 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
     the ``samples`` costs ``gradients`` gradients and two Hessian graphs applied to
     ``gradients`` + 1 vectors."""
     if not torch.is_floating_point(inputs) or not bool(torch.isfinite(inputs).all()):
-        raise ValueError("inputs must be finite floating-point values (NaN or inf found)")
+        raise InputError("inputs must be finite floating-point values (NaN or inf found)")
     if torch.is_floating_point(targets) and not bool(torch.isfinite(targets).all()):
-        raise ValueError("targets contain non-finite values (NaN or inf)")
+        raise InputError("targets contain non-finite values (NaN or inf)")
     samples = check_int("samples", samples, 2)
     K = check_int("gradients", gradients, 2)
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+        raise InputError(f"confidence must be in (0, 1), got {confidence!r}")
+    check_parameters(model)
     if exact:
         return _exact(model, loss_fn, inputs, targets)
     g = torch.Generator(device=inputs.device).manual_seed(seed)
@@ -234,7 +259,7 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
     m = ((torch.bincount(first, Bij, samples) + torch.bincount(second, Bij, samples))  # m_i: mean B_ij over partners
          / (torch.bincount(first, minlength=samples) + torch.bincount(second, minlength=samples)))
     root_n = math.sqrt(samples)
-    alpha = t / math.sqrt(max(a, 1e-300) * max(b, 1e-300))
+    alpha = t / math.sqrt(a * b) if a > 0 and b > 0 else math.nan  # a zero estimate leaves α undefined
     if t != 0 and a > 0 and b > 0:
         psi = (T - t) / t - (A - a) / (2 * a) - (m - b) / b
         rel = float(psi.std()) / root_n
@@ -244,7 +269,7 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
 
     half = norm.ppf(0.5 + confidence / 2) * abs(alpha) * rel
     D = len(z)
-    baseline = float(trH.mean()) * float(trS.mean()) / (D * math.sqrt(max(a, 1e-300) * max(b, 1e-300)))
+    baseline = float(trH.mean()) * float(trS.mean()) / (D * math.sqrt(a * b)) if a > 0 and b > 0 else math.nan
     return Alignment(alpha, (alpha - half, alpha + half), (t, float(T.std()) / root_n), (a, float(A.std()) / root_n),
                      (b, 2 * float(m.std()) / root_n), samples, D, gradients=K, baseline=baseline)
 
@@ -277,7 +302,7 @@ def exact_matrices(model, loss_fn, inputs, targets) -> tuple[torch.Tensor, torch
     sizes = [math.prod(s) for _, s in shapes]
     total = sum(sizes)
     if total > 16:
-        raise ValueError(f"exact alignment enumerates 2^{total} masks (dropout units × batch), more than "
+        raise InputError(f"exact alignment enumerates 2^{total} masks (dropout units × batch), more than "
                          f"{MAX_EXACT_MASKS}; use the estimator (exact=False) or a smaller model or batch")
     prob = _Problem(model, loss_fn, inputs, targets, None)
     D = sum(p.numel() for p in prob.params)
@@ -333,7 +358,6 @@ def noise_along_curvature(model: nn.Module, loss_fn, inputs: torch.Tensor, targe
     ``curvature``, ``variance``, ``variance_se`` (descending curvature) and the unit
     ``directions`` (D × k)."""
     import numpy as np
-    from scipy.sparse.linalg import LinearOperator, eigsh
 
     k = check_int("k", k, 1)
     hessian_masks = check_int("hessian_masks", hessian_masks, 1)
@@ -348,8 +372,7 @@ def noise_along_curvature(model: nn.Module, loss_fn, inputs: torch.Tensor, targe
         t = torch.as_tensor(np.asarray(v, dtype=np.float64).ravel(), dtype=dtype, device=inputs.device)
         return (sum(prob.hvps(t[None])[0] for _ in range(hessian_masks)) / hessian_masks).double().cpu().numpy()
 
-    vals, vecs = eigsh(LinearOperator((N, N), matvec=matvec, dtype=np.float64), k=k, which="LA", tol=1e-6,
-                       v0=np.random.default_rng(seed).standard_normal(N))
+    vals, vecs = _top_eigs(matvec, N, k, 1e-6, seed, vectors=True)
     order = np.argsort(vals)[::-1]
     vals, V = vals[order], torch.as_tensor(vecs[:, order], dtype=dtype, device=inputs.device)
     g.manual_seed(seed + 1)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ._checks import check_choice, check_finite, check_int, check_keep, check_positive
+from ._checks import InputError, check_choice, check_finite, check_int, check_keep, check_positive
 from .masks import MaskStream
 from .model import Design, descent, features, forward, grad_potential
 
@@ -189,11 +189,28 @@ class SimulationResult:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """All tensors as NumPy arrays (for ``np.savez``)."""
-        out = {}
-        for k, v in vars(self).items():
-            if isinstance(v, Tensor):
-                out[k] = v.numpy()
+        return {k: v.detach().cpu().numpy() for k, v in vars(self).items() if isinstance(v, Tensor)}
+
+    def on_grid(self, name: str, grid) -> np.ndarray:
+        """Record ``name`` (``risk``, ``test_risk``, ``outputs`` or ``snapshots``) at the
+        steps ``grid`` as a float64 array ``(len(grid), …)``, NaN at steps it has no record
+        of (after a divergence). Runs that diverged at different steps line up this way."""
+        values = getattr(self, name)
+        steps = self.snapshot_steps if name == "snapshots" else self.steps
+        if values is None or steps is None:
+            raise InputError(f"this run recorded no {name}")
+        where = {int(k): i for i, k in enumerate(steps.tolist())}
+        grid = [int(k) for k in np.asarray(grid).tolist()]
+        out = np.full((len(grid), *values.shape[1:]), np.nan)
+        for j, k in enumerate(grid):
+            if k in where:
+                out[j] = values[where[k]].double().numpy()
         return out
+
+
+def record_steps(steps: int, every: int) -> np.ndarray:
+    """The steps :func:`simulate` records at when no divergence stops it: 0, every, 2·every, …, steps."""
+    return np.unique(np.r_[np.arange(0, steps + 1, every), steps])
 
 
 def _as_tensor(name: str, x, dtype, device) -> Tensor:
@@ -201,7 +218,7 @@ def _as_tensor(name: str, x, dtype, device) -> Tensor:
         try:
             x = torch.as_tensor(np.asarray(x, dtype=np.float64))
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be an array of numbers, got {type(x).__name__}") from None
+            raise InputError(f"{name} must be an array of numbers, got {type(x).__name__}") from None
     x = x.to(device=device, dtype=dtype)
     check_finite(name, x)
     return x
@@ -210,11 +227,11 @@ def _as_tensor(name: str, x, dtype, device) -> Tensor:
 def _check_masks(masks, steps: int, R: int, n: int, batched: bool, device) -> Tensor:
     if not isinstance(masks, Tensor) or masks.dtype != torch.bool:
         got = masks.dtype if isinstance(masks, Tensor) else type(masks).__name__
-        raise ValueError(f"masks must be a bool tensor of kept neurons, got {got}")
+        raise InputError(f"masks must be a bool tensor of kept neurons, got {got}")
     shapes = [(steps, n)] + ([(steps, R, n)] if batched else [])
     if tuple(masks.shape) not in shapes:
         want = " or ".join(str(s) for s in shapes)
-        raise ValueError(f"masks must have shape {want}, got {tuple(masks.shape)}")
+        raise InputError(f"masks must have shape {want}, got {tuple(masks.shape)}")
     masks = masks.to(device)
     return masks[:, None, :].expand(steps, R, n) if masks.dim() == 2 else masks
 
@@ -269,14 +286,16 @@ def simulate(
     Z = _as_tensor("inputs", inputs, dtype, device)
     y = _as_tensor("targets", targets, dtype, device)
     if Z.dim() != 2:
-        raise ValueError(f"inputs must have shape (n_samples, d), got {tuple(Z.shape)}")
+        raise InputError(f"inputs must have shape (n_samples, d), got {tuple(Z.shape)}")
     m, d = Z.shape
+    if m < 1:
+        raise InputError(f"inputs must hold at least one sample, got shape {tuple(Z.shape)}")
     if y.shape != (m,):
-        raise ValueError(f"targets must have shape ({m},) to match inputs, got {tuple(y.shape)}")
+        raise InputError(f"targets must have shape ({m},) to match inputs, got {tuple(y.shape)}")
     if X.dim() not in (2, 3):
-        raise ValueError(f"particles must have shape (width, p) or (replicas, width, p), got {tuple(X.shape)}")
+        raise InputError(f"particles must have shape (width, p) or (replicas, width, p), got {tuple(X.shape)}")
     if X.shape[-1] not in (d + 1, d + 2):
-        raise ValueError(
+        raise InputError(
             f"particles have p={X.shape[-1]} coordinates but inputs have d={d}: "
             f"p must be d+1 (a, w) or d+2 (a, w, b)"
         )
@@ -284,7 +303,7 @@ def simulate(
     X3 = X if batched else X[None]
     R, n = X3.shape[:2]
     if n < 1 or R < 1:
-        raise ValueError(f"width and replicas must be >= 1, got particles of shape {tuple(X.shape)}")
+        raise InputError(f"width and replicas must be >= 1, got particles of shape {tuple(X.shape)}")
     rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
     if masks is not None:
         masks = _check_masks(masks, steps, R, n, batched, device)
@@ -296,16 +315,16 @@ def simulate(
             return None
         xs = _as_tensor(name, xs, dtype, device)
         if xs.dim() != 2 or xs.shape[1] != d:
-            raise ValueError(f"{name} must have shape (n, {d}), got {tuple(xs.shape)}")
+            raise InputError(f"{name} must have shape (n, {d}), got {tuple(xs.shape)}")
         if ys is None:
             ys = xs.new_zeros(xs.shape[0])
         ys = _as_tensor(name.replace("inputs", "targets"), ys, dtype, device)
         if ys.shape != (xs.shape[0],):
-            raise ValueError(f"test_targets must have shape ({xs.shape[0]},), got {tuple(ys.shape)}")
+            raise InputError(f"test_targets must have shape ({xs.shape[0]},), got {tuple(ys.shape)}")
         return Design.build(xs, ys, activation, bias)
 
     if (test_inputs is None) != (test_targets is None):
-        raise ValueError("test_inputs and test_targets must be given together")
+        raise InputError("test_inputs and test_targets must be given together")
     test_design = side_design("test_inputs", test_inputs, test_targets)
     probe_design = side_design("probe_inputs", probe_inputs, None)
 
@@ -324,9 +343,9 @@ def simulate(
         r = forward(des, a, W, full)[0] - des.y
         return 0.5 * (r * r).mean(-1)
 
-    def record(k):
+    def record(k, risk=None):
         rec["steps"].append(k)
-        rec["risk"].append(full_risk(design, a, W))
+        rec["risk"].append(full_risk(design, a, W) if risk is None else risk)
         if test_design is not None:
             rec["test_risk"].append(full_risk(test_design, a, W))
         if probe_design is not None:
@@ -346,13 +365,18 @@ def simulate(
             mask = masks[k - 1] if masks is not None else stream.next()
         a_new, W_new, r = step(design, a, W, lr, rule, mask, keep, kernel_gen)
         thinned = 0.5 * (r * r).mean(-1)
-        ok = (thinned <= limit).all() & torch.isfinite(a_new).all() & torch.isfinite(W_new).all()
+        ok = (torch.isfinite(thinned) & (thinned <= limit)).all()
+        ok &= torch.isfinite(a_new).all() & torch.isfinite(W_new).all()
+        recording = k % record_every == 0 or k == steps
+        risk = full_risk(design, a_new, W_new) if recording else None
+        if recording:  # the full network's risk can overflow where the thinned one did not
+            ok &= torch.isfinite(risk).all()
         if not bool(ok):
             diverged = k
             break
         a, W = a_new, W_new
-        if k % record_every == 0 or k == steps:
-            record(k)
+        if recording:
+            record(k, risk)
         if snapshot_every is not None and (k % snapshot_every == 0 or k == steps):
             snaps.append(design.unpack(a, W))
             snap_steps.append(k)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from ._checks import check_choice, check_keep, check_positive
+from ._checks import InputError, check_choice, check_keep, check_positive
 from .engine import Rule, SimulationResult, simulate
 
 PHASES = ("I", "II", "III", "IV", "V")
@@ -37,7 +37,7 @@ def limit_rule(phase: str, *, h: float | None = None, alpha: float | None = None
 
     def need(name, value):
         if value is None:
-            raise ValueError(f"phase {phase} needs {name}")
+            raise InputError(f"phase {phase} needs {name}")
         return check_positive(name, value)
 
     if phase == "V":
@@ -49,7 +49,7 @@ def limit_rule(phase: str, *, h: float | None = None, alpha: float | None = None
         return Rule(False, False, need("beta", beta)), h, 1.0
     alpha = need("alpha", alpha)
     if h / alpha > MAX_THINNING:
-        raise ValueError(
+        raise InputError(
             f"time step h={h:g} is too coarse for Poisson clocks of rate 1/α = {1 / alpha:g}: thinning needs "
             f"h ≤ α·{MAX_THINNING:g} = {alpha * MAX_THINNING:g} "
             f"(its per-ring error is ≈ h/(2α) = {h / (2 * alpha):.3g})")
@@ -72,7 +72,7 @@ def simulate_limit(phase: str, particles, inputs, targets, *, time: float, h: fl
     time = check_positive("time", time)
     steps = max(1, round(time / step))
     if not math.isclose(steps * step, time, rel_tol=1e-6):
-        raise ValueError(f"time {time:g} is not a multiple of the step {step:g}")
+        raise InputError(f"time {time:g} is not a multiple of the step {step:g}")
     res = simulate(rule, particles, inputs, targets, lr=step, keep=q, steps=steps, masks=clocks, **kwargs)
     res.info.update(phase=phase, h=step, alpha=alpha, beta=beta)
     return res

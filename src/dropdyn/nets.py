@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._checks import check_int, check_keep, check_positive
+from ._checks import InputError, check_int, check_keep, check_positive
 
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -58,13 +58,13 @@ class DropoutMLP(nn.Module):
         super().__init__()
         sizes = [check_int("layer size", s, 1) for s in sizes]
         if len(sizes) < 2:
-            raise ValueError(f"sizes needs an input and an output size, got {list(sizes)}")
+            raise InputError(f"sizes needs an input and an output size, got {list(sizes)}")
         n_hidden = len(sizes) - 2
         keeps = [keep_hidden] * n_hidden if isinstance(keep_hidden, (int, float)) else list(keep_hidden)
         if len(keeps) != n_hidden:
-            raise ValueError(f"keep_hidden needs {n_hidden} values (one per hidden layer), got {len(keeps)}")
+            raise InputError(f"keep_hidden needs {n_hidden} values (one per hidden layer), got {len(keeps)}")
         if activation not in ACTS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(sorted(ACTS))}")
+            raise InputError(f"unknown activation {activation!r}; choose one of {', '.join(sorted(ACTS))}")
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(Dropout(keep_input if i == 0 else keeps[i - 1], inverted))
@@ -151,7 +151,7 @@ class VGG16(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (N, 3, 32, 32) → logits (N, classes)."""
         if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
-            raise ValueError(f"VGG16 takes images of shape (N, 3, 32, 32), got {tuple(x.shape)}")
+            raise InputError(f"VGG16 takes images of shape (N, 3, 32, 32), got {tuple(x.shape)}")
         return self.net(x)
 
     def dropouts(self) -> list[Dropout]:
@@ -170,22 +170,26 @@ def apply_max_norm(model: DropoutMLP, c: float) -> None:
 
 def train(model: DropoutMLP | VGG16, inputs: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float = 0.1,
           momentum: float = 0.9, decay: float = 0.98, batch_size: int = 100, max_norm: float | None = None,
-          generator: torch.Generator | None = None, on_epoch=None, on_step=None) -> None:
+          generator: torch.Generator | None = None, on_epoch=None, on_step=None) -> int | None:
     """Minibatch SGD with momentum on cross-entropy; the learning rate is multiplied by
     ``decay`` after every epoch; max-norm projection after every step if ``max_norm``.
     ``on_epoch(epoch)`` is called after each epoch (for curves), ``on_step(step)`` after
-    each step (after the projection)."""
+    each step (after the projection).
+
+    Returns None, or the step (counted from 1) whose minibatch loss or gradient was
+    non-finite: training stops there, before that step's update, and the model keeps the
+    parameters that produced it (a diverged run is a result, not an error)."""
     check_int("epochs", epochs, 0)
     check_positive("lr", lr)
     if max_norm is not None:
         check_positive("max-norm c", max_norm)
     if not bool(torch.isfinite(inputs).all()):
-        raise ValueError("inputs contain non-finite values (NaN or inf)")
+        raise InputError("inputs contain non-finite values (NaN or inf)")
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=decay)
     for d in model.dropouts():
         d.generator = generator
-    n, k = len(inputs), 0
+    n, k, diverged = len(inputs), 0, None
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=generator, device=generator.device if generator else "cpu")
@@ -195,18 +199,30 @@ def train(model: DropoutMLP | VGG16, inputs: torch.Tensor, labels: torch.Tensor,
             opt.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(inputs[idx]), labels[idx])
             loss.backward()
+            if not _finite(loss, model):
+                diverged = k + 1
+                break
             opt.step()
             if max_norm is not None:
                 apply_max_norm(model, max_norm)
             k += 1
             if on_step is not None:
                 on_step(k)
+        if diverged is not None:
+            break
         sched.step()
         if on_epoch is not None:
             on_epoch(epoch)
     for d in model.dropouts():
         d.generator = None
     model.eval()
+    return diverged
+
+
+def _finite(loss: torch.Tensor, model: nn.Module) -> bool:
+    """Loss and every gradient finite (one device-to-host sync)."""
+    checks = [torch.isfinite(loss)] + [torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]
+    return bool(torch.stack(checks).all())
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from ._checks import check_int, check_keep, check_positive
+from ._checks import InputError, check_int, check_keep, check_positive
 
 PHASES = ("I", "II", "III", "IV", "V", "degenerate")
 
@@ -128,7 +128,7 @@ def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
     keep = check_keep(keep)
     factor = check_positive("factor", factor)
     if factor <= 1:
-        raise ValueError(f"factor must be > 1, got {factor!r}")
+        raise InputError(f"factor must be > 1, got {factor!r}")
     logn = math.log(width)
     tol = math.log(factor) / logn
     a, b = -math.log(lr) / logn + 0.0, -math.log(keep) / logn + 0.0
@@ -173,7 +173,7 @@ def family_phase(a: float, b: float) -> str:
     """Phase of the scaling family τ_n ∝ n^(−a), q_n ∝ n^(−b) (exact, in the (a, b) plane)."""
     eps = 1e-9
     if b < -eps:
-        raise ValueError(f"b must be >= 0 (q ≤ 1), got {b!r}")
+        raise InputError(f"b must be >= 0 (q ≤ 1), got {b!r}")
     if b > a + eps or b > 1 + eps:
         return "degenerate"
     if abs(a) <= eps and abs(b) <= eps:
@@ -193,7 +193,7 @@ def scaling(width: int, a: float, b: float, c_lr: float = 1.0, c_keep: float = 1
     lr = check_positive("c_lr", c_lr) * width ** (-a)
     keep = check_positive("c_keep", c_keep) * width ** (-b)
     if not 0 < keep <= 1:
-        raise ValueError(f"keep = c_keep·n^(−b) = {keep:g} at width {width} is outside (0, 1]")
+        raise InputError(f"keep = c_keep·n^(−b) = {keep:g} at width {width} is outside (0, 1]")
     return lr, keep
 
 

@@ -15,6 +15,7 @@ import html
 import json
 from pathlib import Path
 
+from ._checks import InputError
 from .runs import RunIndex, scalar_summary
 from .store import atomic_write_bytes
 
@@ -173,7 +174,7 @@ def write_report(path: Path, out: Path | None = None) -> Path:
         body += "".join(f"<p>sweep <b>{_e(s.parent.name)}</b>: report it with <code>dropdyn report "
                         f"{_e(s.parent)}</code></p>" for s in sweeps)
     else:
-        raise ValueError(f"{str(path)!r} is not a run folder (config.json), a sweep folder (sweep.json) "
+        raise InputError(f"{str(path)!r} is not a run folder (config.json), a sweep folder (sweep.json) "
                          "or a store (index.sqlite)")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{STYLE}</style>"
             f"{SCRIPT}</head><body><h1>dropdyn report: {_e(title)}</h1><p>dropdyn {_e(__version__)}</p>"

@@ -27,6 +27,8 @@ from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ._checks import InputError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, key TEXT NOT NULL, experiment TEXT NOT NULL, params TEXT NOT NULL,
@@ -152,9 +154,9 @@ class RunIndex:
         found = exact or [r for r in rows if r["id"].startswith(ref) or r["key"].startswith(ref)
                           or r["id"].rsplit("/", 1)[-1].startswith(ref)]
         if not found:
-            raise ValueError(f"no run {ref!r} in the store {str(self.root)!r}")
+            raise InputError(f"no run {ref!r} in the store {str(self.root)!r}")
         if len(found) > 1:
-            raise ValueError(f"{ref!r} matches {len(found)} runs ({', '.join(r['id'] for r in found[:4])}, …); "
+            raise InputError(f"{ref!r} matches {len(found)} runs ({', '.join(r['id'] for r in found[:4])}, …); "
                              "give more of it")
         return found[0]
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_finite, check_keep, check_positive
+from ._checks import InputError, check_finite, check_keep, check_positive
 from .model import get_activation
 
 Tensor = torch.Tensor
@@ -57,11 +57,11 @@ def mask_moments(keep: float) -> tuple[float, float]:
 def check_problem(theta: Tensor, inputs: Tensor, targets: Tensor) -> None:
     """Shapes ``theta (..., width, d + 1)``, ``inputs (N, d)``, ``targets (N,)``; all finite."""
     if inputs.dim() != 2:
-        raise ValueError(f"inputs must be (N, d), got shape {tuple(inputs.shape)}")
+        raise InputError(f"inputs must be (N, d), got shape {tuple(inputs.shape)}")
     if targets.shape != inputs.shape[:1]:
-        raise ValueError(f"targets must be (N,) = ({inputs.shape[0]},), got shape {tuple(targets.shape)}")
+        raise InputError(f"targets must be (N,) = ({inputs.shape[0]},), got shape {tuple(targets.shape)}")
     if theta.dim() < 2 or theta.shape[-1] != inputs.shape[1] + 1:
-        raise ValueError(f"theta must be (..., width, d + 1) = (..., width, {inputs.shape[1] + 1}), "
+        raise InputError(f"theta must be (..., width, d + 1) = (..., width, {inputs.shape[1] + 1}), "
                          f"got shape {tuple(theta.shape)}")
     check_finite("theta", theta)
     check_finite("inputs", inputs)
@@ -273,19 +273,19 @@ class NoiseCovariance:
 
     def _check_dense(self, entries: int, what: str, limit_bytes: int) -> None:
         if len(self.theta_shape) != 2:
-            raise ValueError(f"dense {what} needs an unbatched theta (width, d + 1), got {self.theta_shape}")
+            raise InputError(f"dense {what} needs an unbatched theta (width, d + 1), got {self.theta_shape}")
         need = entries * self.f.a.element_size()
         if need > limit_bytes:
-            raise ValueError(f"dense {what} for D = {self.dim} would need {need / 1024**3:.3g} GiB "
+            raise InputError(f"dense {what} for D = {self.dim} would need {need / 1024**3:.3g} GiB "
                              f"(limit {limit_bytes / 1024**3:.3g} GiB); use matvec/sample instead")
 
     def _as_theta(self, v: Tensor) -> Tensor:
         if v.dim() == 1 and len(self.theta_shape) == 2:
             if v.numel() != self.dim:
-                raise ValueError(f"vector must have D = {self.dim} entries, got {v.numel()}")
+                raise InputError(f"vector must have D = {self.dim} entries, got {v.numel()}")
             return v.reshape(self.theta_shape)
         if tuple(v.shape[-2:]) != self.theta_shape[-2:]:
-            raise ValueError(f"vector must have the shape of theta {self.theta_shape}, got {tuple(v.shape)}")
+            raise InputError(f"vector must have the shape of theta {self.theta_shape}, got {tuple(v.shape)}")
         return v
 
 
@@ -307,5 +307,5 @@ def check_substeps(lr: float, substep: float) -> int:
     lr, h = check_positive("lr", lr), check_positive("substep", substep)
     m = round(lr / h)
     if m < 1 or abs(m * h - lr) > 1e-9 * lr:
-        raise ValueError(f"substep {substep!r} must divide the learning rate {lr!r} (lr / substep = {lr / h:.6g})")
+        raise InputError(f"substep {substep!r} must divide the learning rate {lr!r} (lr / substep = {lr / h:.6g})")
     return m

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import check_choice, check_int, check_keep, check_positive
+from ._checks import InputError, check_choice, check_int, check_keep, check_positive
 from .engine import _progress
 from .sme import (
     NoiseCovariance,
@@ -130,7 +130,7 @@ def simulate(
     check_choice("diffusion", diffusion, ("factor", "dense"))
     check_problem(theta0, inputs, targets)
     if theta0.dim() != 2:
-        raise ValueError(f"theta0 must be (width, d + 1), got shape {tuple(theta0.shape)}")
+        raise InputError(f"theta0 must be (width, d + 1), got shape {tuple(theta0.shape)}")
     lr, keep = check_positive("lr", lr), check_keep(keep)
     steps, replicas = check_int("steps", steps, 1), check_int("replicas", replicas, 1)
     record_every = check_int("record_every", record_every, 1)

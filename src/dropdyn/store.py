@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import shutil
@@ -20,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from ._checks import InputError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -36,6 +39,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def strict_json(obj):
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN or inf)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return strict_json(obj.item())
+    return obj
 
 
 def config_key(config: dict) -> str:
@@ -65,7 +81,7 @@ class RunFolder:
     def __init__(self, path: Path, *, force: bool = False, on_enter=None):
         self.path = Path(path)
         if self.path.exists() and any(self.path.iterdir()) and not force:
-            raise ValueError(f"run folder {self.path} already exists; use --force to overwrite it")
+            raise InputError(f"run folder {self.path} already exists; use --force to overwrite it")
         self.force = force
         self.on_enter = on_enter
         self.tmp: Path | None = None
@@ -94,7 +110,9 @@ class RunFolder:
         return self.tmp / name
 
     def write_json(self, name: str, obj) -> None:
-        atomic_write_bytes(self.file(name), json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+        """Strict JSON: NaN and ±inf (a quantity a diverged run could not measure) become null."""
+        atomic_write_bytes(self.file(name), json.dumps(strict_json(obj), indent=2, sort_keys=True, default=str,
+                                                       allow_nan=False).encode())
 
     def write_csv(self, name: str, columns: dict[str, np.ndarray]) -> None:
         """Columns of equal length as a CSV with a header row."""

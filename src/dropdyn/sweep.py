@@ -33,6 +33,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._checks import InputError
 from .config import build_config, read_config_file
 from .experiments import EXPERIMENTS
 from .runs import RunIndex, scalar_summary
@@ -66,7 +67,7 @@ class Sweep:
 
 def experiment_module(name: str):
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+        raise InputError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     return importlib.import_module(EXPERIMENTS[name])
 
 
@@ -86,27 +87,27 @@ def run_key(experiment: str, config: dict) -> str:
 def _points(spec: dict, where: str) -> list[dict]:
     given = [k for k in ("grid", "zip", "list") if k in spec]
     if len(given) != 1:
-        raise ValueError(f"{where}: give exactly one of grid, zip or list, got "
+        raise InputError(f"{where}: give exactly one of grid, zip or list, got "
                          f"{', '.join(given) if given else 'none'}")
     kind, body = given[0], spec[given[0]]
     if kind == "list":
         if not isinstance(body, list) or not body:
-            raise ValueError(f"{where}: list must be a non-empty list of mappings")
+            raise InputError(f"{where}: list must be a non-empty list of mappings")
         for i, p in enumerate(body):
             if not isinstance(p, dict):
-                raise ValueError(f"{where}: list entry {i} must be a mapping of settings, got {p!r}")
+                raise InputError(f"{where}: list entry {i} must be a mapping of settings, got {p!r}")
         return [dict(p) for p in body]
     if not isinstance(body, dict) or not body:
-        raise ValueError(f"{where}: {kind} must be a non-empty mapping of setting: [values]")
+        raise InputError(f"{where}: {kind} must be a non-empty mapping of setting: [values]")
     for k, v in body.items():
         if not isinstance(v, list) or not v:
-            raise ValueError(f"{where}: {kind}.{k} must be a non-empty list of values, got {v!r}")
+            raise InputError(f"{where}: {kind}.{k} must be a non-empty list of values, got {v!r}")
     names = list(body)
     if kind == "grid":
         return [dict(zip(names, vals, strict=True)) for vals in itertools.product(*body.values())]
     lengths = {k: len(v) for k, v in body.items()}
     if len(set(lengths.values())) != 1:
-        raise ValueError(f"{where}: zip lists must have one length, got {lengths}")
+        raise InputError(f"{where}: zip lists must have one length, got {lengths}")
     return [dict(zip(names, vals, strict=True)) for vals in zip(*body.values(), strict=True)]
 
 
@@ -114,26 +115,26 @@ def make_sweep(spec: dict, *, name: str = "sweep", where: str = "sweep") -> Swee
     """Validate a sweep mapping (see the module doc) and resolve every point's config.
     Duplicate points (same key) are kept once."""
     if not isinstance(spec, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(spec).__name__}")
+        raise InputError(f"{where}: expected a mapping, got {type(spec).__name__}")
     unknown = sorted(set(spec) - SWEEP_KEYS)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(SWEEP_KEYS))}")
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(SWEEP_KEYS))}")
     if "experiment" not in spec:
-        raise ValueError(f"{where}: missing 'experiment' (one of {', '.join(EXPERIMENTS)})")
+        raise InputError(f"{where}: missing 'experiment' (one of {', '.join(EXPERIMENTS)})")
     experiment = spec["experiment"]
     experiment_module(str(experiment))
     base = spec.get("base") or {}
     if not isinstance(base, dict):
-        raise ValueError(f"{where}: base must be a mapping of settings, got {base!r}")
+        raise InputError(f"{where}: base must be a mapping of settings, got {base!r}")
     sweep_name = str(spec.get("name") or name)
     if not sweep_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ValueError(f"{where}: name must be letters, digits, '-', '_' or '.', got {sweep_name!r}")
+        raise InputError(f"{where}: name must be letters, digits, '-', '_' or '.', got {sweep_name!r}")
     sweep = Sweep(experiment, sweep_name, base, [])
     for i, point in enumerate(_points(spec, where)):
         try:
             cfg = resolve(experiment, {**base, **point})
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{where}: point {i} {point}: {e}") from None
+            raise InputError(f"{where}: point {i} {point}: {e}") from None
         key = run_key(experiment, cfg)
         if key not in sweep.keys:
             sweep.points.append(point)
@@ -270,7 +271,7 @@ def _dask(tasks, *, workers: int, scheduler: str | None, **_):
                                        dashboard_address=None, silence_logs=logging.ERROR)
             client = Client(cluster)
     except OSError as e:
-        raise ValueError(f"cannot reach the Dask scheduler {scheduler or 'LocalCluster'}: {e}") from None
+        raise InputError(f"cannot reach the Dask scheduler {scheduler or 'LocalCluster'}: {e}") from None
     try:
         futures = {client.submit(run_point, t, key=f"dropdyn-{t['experiment']}-{t['key']}", pure=False): t
                    for t in tasks}
@@ -296,7 +297,7 @@ def run_sweep(sweep: Sweep, root: Path | str = "runs", *, executor: str = "seria
     check_int("workers", workers, 1)
     check_int("threads", threads, 1)
     if scheduler and executor != "dask":
-        raise ValueError(f"--scheduler needs --executor dask, got executor {executor!r}")
+        raise InputError(f"--scheduler needs --executor dask, got executor {executor!r}")
     root = Path(root)
     folder = root / "sweeps" / sweep.name
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_device_dtype, check_int, check_positive, parse_digit_pair
+from .._checks import InputError, check_device_dtype, check_int, check_positive, parse_digit_pair
 from ..data import binary_mnist
 
 
@@ -90,7 +90,7 @@ def problem(cfg: SMESettings) -> Problem:
     g = torch.Generator().manual_seed(cfg.seed)
     split = binary_mnist(cfg.digit_pair(), size=cfg.input_size, generator=g, source=cfg.source, path=cfg.path)
     if cfg.train_size > len(split.inputs):
-        raise ValueError(f"train_size {cfg.train_size} exceeds the {len(split.inputs)} training images")
+        raise InputError(f"train_size {cfg.train_size} exceeds the {len(split.inputs)} training images")
     n = cfg.train_size or len(split.inputs)
 
     def biased(X):
@@ -152,7 +152,7 @@ def parse_settings(text: str) -> list[tuple[float, float]]:
             lr, keep = item.split(":")
             pairs.append((check_positive("learning rate", float(lr)), check_keep(float(keep))))
         except ValueError as exc:
-            raise ValueError(f"settings must be LR:KEEP pairs like '0.05:0.9,1:0.3', got {text!r} ({exc})") from None
+            raise InputError(f"settings must be LR:KEEP pairs like '0.05:0.9,1:0.3', got {text!r} ({exc})") from None
     return pairs
 
 

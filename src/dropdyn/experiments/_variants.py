@@ -1,15 +1,33 @@
-"""Run the four variants of a comparison (dropout, RaM, penalty GD, GD) from one start."""
+"""Run the four variants of a comparison (dropout, RaM, penalty GD, GD) from one start.
+
+A variant that diverges stops early (``SimulationResult.diverged_at_step``); the others
+go on. :func:`on_grid` lines all of them up on the planned record grid (NaN after a
+divergence), and :func:`mark_divergence` shows in a figure where a curve stopped.
+"""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
-from ..engine import SimulationResult, simulate
+from ..engine import SimulationResult, record_steps, simulate
 
 VARIANTS = ("dropout", "ram", "penalty", "gd")
 COLORS = {"dropout": "C3", "ram": "C0", "penalty": "C2", "gd": "k"}
 LABELS = {"dropout": "dropout", "ram": "RaM (same masks)", "penalty": "penalty GD", "gd": "GD"}
 STYLES = {"dropout": "-", "ram": "-", "penalty": "--", "gd": "-"}
+MARKERS = {"dropout": None, "ram": "o", "penalty": None, "gd": "^"}  # RaM and GD often overlap: tell them apart
+
+
+def record_every(steps: int, records: int) -> int:
+    return max(1, steps // records)
+
+
+def grid(steps: int, records: int) -> np.ndarray:
+    """The steps every variant records at unless it diverges."""
+    return record_steps(steps, record_every(steps, records))
 
 
 def run_variants(X0: torch.Tensor, split, *, lr: float, keep: float, steps: int, records: int, activation: str,
@@ -18,7 +36,7 @@ def run_variants(X0: torch.Tensor, split, *, lr: float, keep: float, steps: int,
     """Each variant from ``X0`` on ``split`` (``inputs``, ``targets``, ``test_inputs``,
     ``test_targets``); dropout and RaM share one mask stream (``seed``). Outputs are
     recorded on the test inputs; with ``snapshots``, dropout's and RaM's particles too."""
-    every = max(1, steps // records)
+    every = record_every(steps, records)
     snap = every if snapshots else None
     return {
         v: simulate(v, X0, split.inputs, split.targets, lr=lr, keep=keep, steps=steps, activation=activation,
@@ -27,3 +45,15 @@ def run_variants(X0: torch.Tensor, split, *, lr: float, keep: float, steps: int,
                     device=device, dtype=dtype, progress=progress)
         for v in VARIANTS
     }
+
+
+def finite_or_none(x) -> float | None:
+    """A float for ``summary.json``: None where the value is NaN or infinite (a diverged run)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def mark_divergence(ax, t_last: float, y_last: float, color: str, step: int | None) -> None:
+    """An ✕ at a curve's last finite point when its run diverged at ``step``."""
+    if step is not None and math.isfinite(y_last):
+        ax.plot([t_last], [y_last], "x", color=color, ms=9, mew=2, label=f"diverged at step {step}")

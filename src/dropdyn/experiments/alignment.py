@@ -22,6 +22,7 @@ network ``chunk`` examples at a time.
 
 from __future__ import annotations
 
+import math
 import time as _time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_device_dtype, check_int, check_keep, check_positive
+from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive
 from ..data import cifar10, mnist
 from ..diagnostics import alignment, flatness, noise_along_curvature
 from ..nets import VGG16, DropoutMLP, train
@@ -70,7 +71,7 @@ class Config:
             try:
                 lr, keep = (float(v) for v in item.split(":"))
             except ValueError:
-                raise ValueError(f"pairs must look like 'LR:KEEP,LR:KEEP', got {self.pairs!r}") from None
+                raise InputError(f"pairs must look like 'LR:KEEP,LR:KEEP', got {self.pairs!r}") from None
             out.append((check_positive("lr", lr), check_keep(keep)))
         return out
 
@@ -90,11 +91,11 @@ class Config:
         check_keep(self.noise_keep)
         check_device_dtype(self.device, "float32")
         if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+            raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.dataset not in DATASETS:
-            raise ValueError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+            raise InputError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.model == "vgg16" and self.dataset != "cifar10":
-            raise ValueError(f"vgg16 takes 3×32×32 images: use dataset cifar10, not {self.dataset!r}")
+            raise InputError(f"vgg16 takes 3×32×32 images: use dataset cifar10, not {self.dataset!r}")
         check_positive("vgg_width", self.vgg_width)
         check_int("chunk", self.chunk, 1)
         return self
@@ -159,12 +160,13 @@ def compute(cfg: Config, progress: bool = False) -> dict:
                 print(f"  lr={lr:g} keep={keep:g} epoch {epoch}: α = {res.alpha:.3f}", flush=True)
 
         measure(0)
-        train(net, X, y, epochs=cfg.epochs, lr=lr, momentum=0.0, decay=1.0, batch_size=100,
-              generator=torch.Generator().manual_seed(cfg.seed + 1),
-              on_epoch=lambda e, measure=measure: measure(e + 1) if (e + 1) % cfg.every == 0 else None)
+        diverged = train(net, X, y, epochs=cfg.epochs, lr=lr, momentum=0.0, decay=1.0, batch_size=100,
+                         generator=torch.Generator().manual_seed(cfg.seed + 1),
+                         on_epoch=lambda e, measure=measure: measure(e + 1) if (e + 1) % cfg.every == 0 else None)
         name = f"lr={lr:g}, keep={keep:g}"
-        out[name] = np.array(rows)
-        if keep < 1.0:
+        out[name] = np.array(rows).reshape(-1, 5)
+        out.setdefault("diverged_at_step", {})[name] = diverged  # α is measured up to the epoch before
+        if keep < 1.0 and diverged is None:
             vf = noise_along_curvature(net, nn.functional.cross_entropy, xb, yb, k=cfg.eigenvectors,
                                        hessian_masks=4, samples=cfg.direction_samples, seed=cfg.seed)
             out[f"vf/{name}"] = np.stack([vf["curvature"], vf["variance"], vf["variance_se"]], 1)
@@ -187,7 +189,8 @@ def compare_noise(cfg: Config, X, y, xb, yb) -> dict:
         for d in net.dropouts():
             d.generator = g
         net.train()
-        for _ in range(cfg.noise_steps):
+        diverged = None
+        for step in range(cfg.noise_steps):
             if noise == "SGD":
                 idx = torch.randint(0, len(X), (cfg.noise_batch,), generator=g).to(X.device)
             saved = None
@@ -205,12 +208,19 @@ def compare_noise(cfg: Config, X, y, xb, yb) -> dict:
                 with torch.no_grad():
                     for p, s0 in zip(net.parameters(), saved, strict=True):
                         p.copy_(s0)
+            if not all(bool(torch.isfinite(p.grad).all()) for p in net.parameters() if p.grad is not None):
+                diverged = step + 1
+                break
             opt.step()
         net.eval()
+        if diverged is not None:  # no solution to measure
+            out[noise] = {"top_eigenvalue": math.nan, "trace": math.nan, "trace_se": math.nan,
+                          "train_loss": math.nan, "diverged_at_step": diverged}
+            continue
         with torch.no_grad():
             loss = full_batch_loss(net, X, y, cfg.chunk, backward=False)
         out[noise] = {**flatness(net, nn.functional.cross_entropy, xb, yb, probes=cfg.probes, seed=cfg.seed),
-                      "train_loss": loss}
+                      "train_loss": loss, "diverged_at_step": None}
     return out
 
 
@@ -294,6 +304,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         t0 = _time.perf_counter()
         res = compute(cfg, progress)
         cmp = res.pop("noise_comparison")
+        diverged = res.pop("diverged_at_step")
         curves = {k: v for k, v in res.items() if not k.startswith("vf/")}
         rows = [(name, *r) for name, rr in curves.items() for r in rr]
         cols = list(zip(*rows, strict=True)) if rows else [[]] * 6
@@ -304,7 +315,7 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
                                         for name, r in res.items()})
         vf_fig, slopes = variance_flatness_figure(res)
         summary = {"seconds": round(_time.perf_counter() - t0, 1), "paper_alpha": PAPER[cfg.model][0],
-                   "paper_figure": PAPER[cfg.model][1], "setting": cfg.describe(),
+                   "paper_figure": PAPER[cfg.model][1], "setting": cfg.describe(), "diverged_at_step": diverged,
                    "min_alpha": {n: float(r[:, 1].min()) for n, r in curves.items() if len(r)},
                    "max_baseline": {n: float(r[:, 4].max()) for n, r in curves.items() if len(r)},
                    "variance_vs_curvature_slope": slopes, "noise_comparison": cmp}

@@ -21,6 +21,7 @@ Limits simulated at width n (the same N = n particles):
 from __future__ import annotations
 
 import json
+import math
 import time as _time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_device_dtype, check_int, check_positive
+from .._checks import InputError, check_choice, check_device_dtype, check_int, check_positive
 from ..data import mean_field_init, teacher_student
-from ..engine import simulate
+from ..engine import record_steps, simulate
 from ..limits import simulate_limit
 from ..masks import draw_masks
 from ..metrics import output_gap, particle_distance, wasserstein2
@@ -57,9 +58,9 @@ def parse_widths(text: str) -> list[int]:
     try:
         widths = [int(w) for w in str(text).split(",") if w.strip()]
     except ValueError:
-        raise ValueError(f"widths must be a comma-separated list of integers, got {text!r}") from None
+        raise InputError(f"widths must be a comma-separated list of integers, got {text!r}") from None
     if len(set(widths)) < 2:
-        raise ValueError(f"a rate fit needs at least two distinct widths, got {text!r}")
+        raise InputError(f"a rate fit needs at least two distinct widths, got {text!r}")
     for w in widths:
         check_int("width", w, 2)
     return sorted(set(widths))
@@ -118,12 +119,12 @@ def check_family(cfg, widths: list[int]) -> None:
     check_device_dtype(cfg.device, cfg.dtype)
     large = family_phase(cfg.a, cfg.b)
     if large != cfg.phase:
-        raise ValueError(f"the scaling a={cfg.a:g}, b={cfg.b:g} (c_lr={cfg.c_lr:g}, c_keep={cfg.c_keep:g}) "
+        raise InputError(f"the scaling a={cfg.a:g}, b={cfg.b:g} (c_lr={cfg.c_lr:g}, c_keep={cfg.c_keep:g}) "
                          f"reaches phase {large}, not the requested phase {cfg.phase}")
     for n in widths:
         lr, q = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
         if round(cfg.time / lr) < 1:
-            raise ValueError(f"time {cfg.time:g} is shorter than one step τ={lr:g} at width {n}")
+            raise InputError(f"time {cfg.time:g} is shorter than one step τ={lr:g} at width {n}")
 
 
 def run_width(cfg: Config, n: int, exact_max: int) -> dict:
@@ -153,15 +154,19 @@ def run_width(cfg: Config, n: int, exact_max: int) -> dict:
     else:
         lim = simulate_limit(ph, X0, task.inputs, task.targets, time=T, h=lr, alpha=lr / q,
                              beta=1 / (n * q) if ph == "IV" else None, clocks=masks, seed=cfg.seed + 2, **common)
-    k = min(len(drop.snapshot_steps), len(lim.snapshot_steps))
+    grid = record_steps(steps, every)  # NaN from a divergence on: nothing is measured at T then
+    snap = [torch.from_numpy(r.on_grid("snapshots", grid)) for r in (drop, lim)]
+    outs = [torch.from_numpy(r.on_grid("outputs", grid)) for r in (drop, lim)]
+    diverged = drop.diverged_at_step or lim.diverged_at_step
     return {
         "width": n, "lr": lr, "keep": q, "steps": steps, "alpha": lr / q, "beta": 1 / (n * q),
-        "time": drop.times[:k].numpy(),
-        "particle": particle_distance(drop.snapshots[:k], lim.snapshots[:k]).mean(-1).numpy(),
-        "output": output_gap(drop.outputs[:k], lim.outputs[:k]).mean(-1).numpy(),
-        "w2": float(np.mean([wasserstein2(drop.particles[r], lim.particles[r], exact_max=exact_max,
-                                          seed=cfg.seed) for r in range(R)])),
-        "diverged": drop.diverged_at_step or lim.diverged_at_step,
+        "time": grid * lr,
+        "particle": particle_distance(*snap).mean(-1).numpy(),
+        "output": output_gap(*outs).mean(-1).numpy(),
+        "w2": math.nan if diverged else float(np.mean([wasserstein2(drop.particles[r], lim.particles[r],
+                                                                    exact_max=exact_max, seed=cfg.seed)
+                                                       for r in range(R)])),
+        "diverged": diverged,
     }
 
 

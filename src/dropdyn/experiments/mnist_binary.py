@@ -25,7 +25,7 @@ import torch
 from .._checks import check_device_dtype, check_int, check_keep, check_positive, parse_digit_pair
 from ..data import binary_mnist, mean_field_init
 from ..store import open_run
-from ._variants import COLORS, LABELS, STYLES, VARIANTS, run_variants
+from ._variants import COLORS, LABELS, MARKERS, STYLES, VARIANTS, grid, mark_divergence, run_variants
 
 
 @dataclass
@@ -86,12 +86,19 @@ def compute(cfg: Config, progress: bool = False) -> dict:
         runs = run_variants(X0, split, lr=r["lr"], keep=r["keep"], steps=r["steps"], records=cfg.records,
                             activation=cfg.activation, seed=cfg.seed + 1, device=cfg.device, dtype=dtype,
                             progress=progress)
-        for v, res in runs.items():
+        steps = grid(r["steps"], cfg.records)
+        out[f"{name}/time"] = steps * r["lr"]
+        for v, res in runs.items():  # as recorded (up to the step before a divergence) and on the common grid
             acc = (torch.sign(res.outputs) == split.test_targets).double().mean(-1)
             out[f"{name}/{v}/time"] = res.times.numpy()
             out[f"{name}/{v}/train_risk"] = res.risk.numpy()
             out[f"{name}/{v}/test_risk"] = res.test_risk.numpy()
             out[f"{name}/{v}/test_accuracy"] = acc.numpy()
+            out[f"{name}/{v}/grid_train_risk"] = res.on_grid("risk", steps)
+            out[f"{name}/{v}/grid_test_risk"] = res.on_grid("test_risk", steps)
+            f = res.on_grid("outputs", steps)  # (grid, m_test), NaN rows after a divergence
+            hits = (np.sign(f) == split.test_targets.numpy()).mean(-1)
+            out[f"{name}/{v}/grid_test_accuracy"] = np.where(np.isnan(f).any(-1), np.nan, hits)
             out[f"{name}/{v}/diverged_at_step"] = res.diverged_at_step
     return out
 
@@ -107,8 +114,10 @@ def figure(res: dict, cfg: Config):
     for row, (name, r) in enumerate(reg.items()):
         for v in VARIANTS:
             t = res[f"{name}/{v}/time"]
-            axes[row, 0].plot(t, res[f"{name}/{v}/test_risk"], color=COLORS[v], ls=STYLES[v], label=LABELS[v])
-            axes[row, 1].plot(t, res[f"{name}/{v}/test_accuracy"], color=COLORS[v], ls=STYLES[v], label=LABELS[v])
+            for ax, key in zip(axes[row], ("test_risk", "test_accuracy"), strict=True):
+                y = res[f"{name}/{v}/{key}"]
+                ax.plot(t, y, color=COLORS[v], ls=STYLES[v], marker=MARKERS[v], markevery=0.1, ms=4, label=LABELS[v])
+                mark_divergence(ax, t[-1], y[-1], COLORS[v], res[f"{name}/{v}/diverged_at_step"])
         a, b = r["lr"] / r["keep"], 1 / (r["width"] * r["keep"])
         axes[row, 0].set_title(f"{name}: n={r['width']}, τ={r['lr']:.3g}, q={r['keep']:g} (α={a:.3g}, β={b:.3g})",
                                fontsize=9)
@@ -133,11 +142,10 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         t0 = _time.perf_counter()
         res = compute(cfg, progress=progress)
         for name in regimes(cfg):
-            cols = {"time": res[f"{name}/dropout/time"]}
-            for v in VARIANTS:
+            cols = {"time": res[f"{name}/time"]}
+            for v in VARIANTS:  # one grid for all variants; a diverged one ends early (NaN after)
                 for k in ("train_risk", "test_risk", "test_accuracy"):
-                    x = res[f"{name}/{v}/{k}"]
-                    cols[f"{v}_{k}"] = np.pad(x, (0, len(cols["time"]) - len(x)), constant_values=np.nan)
+                    cols[f"{v}_{k}"] = res[f"{name}/{v}/grid_{k}"]
             folder.write_csv(f"metrics_{name}.csv", cols)
         folder.write_npz("arrays.npz", {k.replace("/", "__"): v for k, v in res.items() if isinstance(v, np.ndarray)})
         summary = {

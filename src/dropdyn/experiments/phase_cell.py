@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_device_dtype, check_int, check_positive
+from .._checks import InputError, check_device_dtype, check_int, check_positive
 from ..data import mean_field_init, teacher_student
 from ..engine import simulate
 from ..limits import MAX_THINNING, simulate_limit
@@ -50,16 +50,16 @@ class Config(CellSettings):
 
     def resolved(self) -> Config:
         if self.a < 0 or self.b < 0:
-            raise ValueError(f"a and b must be >= 0 (τ, q must not grow with n), got a={self.a!r}, b={self.b!r}")
+            raise InputError(f"a and b must be >= 0 (τ, q must not grow with n), got a={self.a!r}, b={self.b!r}")
         parse_widths(self.widths)
         check_positive("time", self.time)
         check_positive("c_lr", self.c_lr)
         check_positive("c_keep", self.c_keep)
         if self.c_keep > 1:
-            raise ValueError(f"c_keep must be <= 1 so that q_n <= 1, got {self.c_keep!r}")
+            raise InputError(f"c_keep must be <= 1 so that q_n <= 1, got {self.c_keep!r}")
         check_int("replicas", self.replicas, 1)
         if not 0 < self.shrink <= 1:
-            raise ValueError(f"shrink must be in (0, 1], got {self.shrink!r}")
+            raise InputError(f"shrink must be in (0, 1], got {self.shrink!r}")
         check_device_dtype(self.device, self.dtype)
         return self
 

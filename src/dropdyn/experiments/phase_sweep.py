@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._checks import parse_floats
+from .._checks import InputError, parse_floats
 from ..store import config_key, open_run
 from ..sweep import make_sweep, run_sweep
 from . import phase_cell
@@ -60,7 +60,7 @@ class Config(phase_cell.CellSettings):
                             "widths": "1000,2000,4000,8000", "replicas": 8, "time": 1.0, "full": False})
         a, b = parse_floats("a_values", cfg.a_values), parse_floats("b_values", cfg.b_values)
         if min(b) < 0 or min(a) < 0:
-            raise ValueError("a and b must be >= 0 (τ, q must not grow with n)")
+            raise InputError("a and b must be >= 0 (τ, q must not grow with n)")
         phase_cell.Config(**cfg.cell_settings()).resolved()
         return cfg
 

