@@ -45,12 +45,27 @@ def test_sharpness_run(tmp_path):
     cfg = sharpness.Config(width=50, steps=100, points=6, lr_min=0.5, lr_max=30.0, keeps="0.5")
     path = sharpness.run(cfg, tmp_path / "s")
     s = json.loads((path / "summary.json").read_text())
-    gd, ram = s["largest_stable"]["gd"], s["largest_stable"]["ram q=0.5"]
-    assert 0.5 <= gd["mean_step"] < 30 and ram["neuron_step"] == 2 * ram["mean_step"]
+    gd = s["largest_stable"]["gd"]
     assert s["lambda_init"] > 0
     import numpy as np
+    import torch
 
-    assert np.load(path / "arrays.npz", allow_pickle=False)["lr"].shape == (6,)
+    from dropdyn import simulate
+    from dropdyn.data import mean_field_init, teacher_student
+
+    lrs = np.load(path / "arrays.npz", allow_pickle=False)["lr"]
+    assert lrs.shape == (6,) and gd["mean_step"] in lrs.tolist()
+    # the reported step is the largest of the grid whose GD run stays finite and lowers the risk: re-run it, and
+    # the next one, independently of the experiment's bookkeeping (same task and start, same seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train, n_test=10,
+                           activation=cfg.activation, generator=g)
+    X0 = mean_field_init(cfg.width, cfg.dim, generator=g)
+    i = lrs.tolist().index(gd["mean_step"])
+    for lr, stable in [(lrs[i], True)] + ([(lrs[i + 1], False)] if i + 1 < len(lrs) else []):
+        r = simulate("gd", X0, task.inputs, task.targets, lr=float(lr), keep=1.0, steps=cfg.steps,
+                     record_every=cfg.steps)
+        assert (r.diverged_at_step is None and float(r.risk[-1]) < float(r.risk[0])) == stable, lr
     with pytest.raises(ValueError, match="lr_max must exceed lr_min"):
         sharpness.Config(lr_min=2, lr_max=1).resolved()
 
@@ -58,12 +73,14 @@ def test_sharpness_run(tmp_path):
 def test_srivastava_run(tmp_path):
     from dropdyn.experiments import srivastava
 
-    cfg = srivastava.Config(hidden=32, epochs=2, datasets="digits", mc_repeats=1)
+    cfg = srivastava.Config(hidden=32, epochs=2, datasets="digits", mc_repeats=1, max_norm=0.3)
     path = srivastava.run(cfg, tmp_path / "s")
     s = json.loads((path / "summary.json").read_text())
     assert set(s["final_test_error"]) == {"digits/no dropout", "digits/dropout", "digits/dropout + max-norm"}
     assert len(s["mc_error"]["digits/dropout"]) == len(s["mc_k"])
-    assert 0 <= s["fraction_of_hidden_units_at_max_norm"]["digits"] <= 1
+    # a radius this small binds: some hidden units sit at the bound after training
+    assert s["fraction_of_hidden_units_at_max_norm"]["digits"] > 0.05
+    assert max(s["final_test_error"].values()) < 0.8  # every setting learned something in 2 epochs: chance is 0.9
     assert (path / "srivastava.png").exists()
     with pytest.raises(ValueError, match="unknown data set 'cifar'"):
         srivastava.Config(datasets="cifar").resolved()

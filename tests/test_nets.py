@@ -136,7 +136,7 @@ def test_vgg16_layout_parameters_and_training():
         before = loss_under_masks(seed)
         grads = torch.autograd.grad(before, params)
         sq = float(sum((gr.double() ** 2).sum() for gr in grads))
-        eps = 0.02 * float(before) / sq  # a step that should lower the loss by about 2%
+        eps = 0.02 * float(before.detach()) / sq  # a step that should lower the loss by about 2%
         with torch.no_grad():
             for p, gr in zip(params, grads, strict=True):
                 p -= eps * gr

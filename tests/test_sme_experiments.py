@@ -62,7 +62,9 @@ def test_sme_trajectories_and_generalisation_runs(tmp_path):
     g = sme_generalisation.run(sme_generalisation.Config(**SMALL, settings="0.05:0.9", time=0.5, records=5),
                                tmp_path / "g")
     s = json.loads((g / "summary.json").read_text())
-    assert 0 <= s["settings"]["lr=0.05,p=0.9"]["gd"]["final_test_accuracy"] <= 1
+    acc = s["settings"]["lr=0.05,p=0.9"]
+    assert acc["gd"]["final_test_accuracy"] > 0.6  # 4 vs 9, chance is 0.5: the short run has learned something
+    assert abs(acc["dropout"]["final_test_accuracy"] - acc["gd"]["final_test_accuracy"]) < 0.2
     assert (g / "sme_generalisation.png").exists()
 
 

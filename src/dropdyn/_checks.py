@@ -5,6 +5,7 @@ one line — and tell it apart from a bug, which keeps its traceback."""
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -57,6 +58,19 @@ def check_seed(seed) -> int:
     if v >= 2**63:
         raise InputError(f"seed must be an integer in [0, 2^63), got {seed!r}")
     return v
+
+
+def check_memory(what: str, nbytes: float, device="cpu") -> None:
+    """Refuse, before allocating it, what cannot fit in the memory of ``device`` (this
+    machine's RAM, or the GPU's), naming how much it would need."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        total, where = torch.cuda.get_device_properties(dev).total_memory, "GPU memory"
+    else:
+        total, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory on this machine"
+    if nbytes > total:
+        raise InputError(f"{what} needs about {nbytes / 2**30:.3g} GiB, more than the {total / 2**30:.3g} GiB of "
+                         f"{where}")
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:

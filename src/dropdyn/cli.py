@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
 
+from ._checks import InputError
 from .experiments import EXPERIMENTS
 
 
@@ -221,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--collect", action="store_true",
                     help="write the points' summary metrics to STORE/sweeps/NAME/results.{csv,parquet}")
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    rs = sub.add_parser("runs", help="list, show or remove runs of a store")
-    rs.add_argument("action", choices=("list", "show", "rm"))
+    rs = sub.add_parser("runs", help="list, show or remove runs of a store; rebuild its index from the folders")
+    rs.add_argument("action", choices=("list", "show", "rm", "reindex"))
     rs.add_argument("refs", nargs="*", metavar="RUN", help="run id, or a unique prefix of its id or key")
     rs.add_argument("--store", default="runs", help="run store (default runs)")
     rs.add_argument("--experiment", help="list: only this experiment")
@@ -244,25 +247,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_experiment(args) -> int:
+    """Resolve the config (every check before any work), index the run as running, run it,
+    then index it as complete — or as failed, with the error, if it raises."""
+    from dataclasses import asdict
+
     from .config import build_config
+    from .runs import RunIndex
+    from .store import RunFolder, default_run_dir, run_key
 
     if args.experiment is None:
         raise UsageError(f"run needs an experiment: {', '.join(EXPERIMENTS)}")
     module = importlib.import_module(EXPERIMENTS[args.experiment])
-    from .runs import RunIndex
-    from .sweep import run_key
-
     reserved = {"command", "experiment", "config", "out", "force", "no_progress", "store", *EXECUTION}
     overrides = {k: v for k, v in vars(args).items() if k not in reserved}
     execution = {k: getattr(args, k) for k in EXECUTION if getattr(args, k, None) is not None}
-    cfg = build_config(module.Config, args.config, overrides)
-    t0 = time.perf_counter()
-    path = module.run(cfg, Path(args.out) if args.out else None, root=Path(args.store), force=args.force,
-                      progress=not args.no_progress and sys.stderr.isatty(), **execution)
+    cfg = build_config(module.Config, args.config, overrides).resolved()
+    config = asdict(cfg)
+    out = Path(args.out) if args.out else default_run_dir(Path(args.store), args.experiment, config)
+    RunFolder(out, force=args.force)  # refuses a file, an existing folder, a --force onto a non-run folder
     index = RunIndex(args.store)
-    meta = json.loads((path / "config.json").read_text())
-    index.finish(index.run_id(path), run_key(args.experiment, meta["config"]), args.experiment, meta["config"],
-                 json.loads((path / "summary.json").read_text()), seconds=time.perf_counter() - t0)
+    run_id, key = index.run_id(out), run_key(args.experiment, config)
+    index.start(run_id, key, args.experiment, config)
+    t0 = time.perf_counter()
+    try:
+        path = module.run(cfg, out, root=Path(args.store), force=args.force,
+                          progress=not args.no_progress and sys.stderr.isatty(), **execution)
+    except BaseException as e:
+        index.fail(run_id, key, args.experiment, config, f"{type(e).__name__}: {e}".strip())
+        raise
+    index.finish(run_id, key, args.experiment, config, json.loads((path / "summary.json").read_text()),
+                 seconds=time.perf_counter() - t0)
     print(path)
     return 0
 
@@ -302,9 +316,13 @@ def _runs(args) -> int:
     elif args.action == "show":
         for ref in args.refs:
             print(json.dumps(index.get(ref), indent=2, default=str))
+    elif args.action == "reindex":
+        print(f"reindexed {index.reindex()} run(s) in {index.path}")
     else:
         for ref in args.refs:
-            print(f"removed {index.remove(ref)['id']}")
+            row = index.remove(ref)
+            print(f"removed {row['id']}" + ("" if row["folder_removed"] else
+                                            " (index row only: its folder lies outside the store)"))
     return 0
 
 
@@ -353,6 +371,8 @@ def _phase_diagram(args) -> int:
         raise UsageError(f"--out must end in .png, .svg or .pdf, got {str(out)!r}")
     if not out.parent.is_dir():
         raise UsageError(f"folder {str(out.parent)!r} does not exist")
+    if out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a folder; give an image file name")
     fig, ax = plt.subplots(figsize=(6.5, 5))
     draw_diagram(ax, marks)
     import io
@@ -387,12 +407,26 @@ def main(argv=None) -> int:
         if args.command == "phase-diagram":
             return _phase_diagram(args)
         raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
-    except (UsageError, ValueError) as e:
-        print(f"dropdyn: error: {e}", file=sys.stderr)
+    except (UsageError, InputError) as e:
+        print(f"dropdyn: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the user's paths: missing, a file for a folder, unreadable, read-only, disk full
+        if isinstance(e, BrokenPipeError):  # `dropdyn runs list | head`: the reader left, nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"dropdyn: error:{where} {e.strerror or e}", file=sys.stderr)
+        return 2
+    except sqlite3.OperationalError as e:  # the store's index: read-only, disk full, locked
+        print(f"dropdyn: error: the run index: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dropdyn: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

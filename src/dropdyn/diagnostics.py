@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import grad, jvp
+from torch.func import grad, vjp
 
 from ._checks import InputError, check_int
 from .model import risk
@@ -68,9 +68,28 @@ def check_parameters(model: nn.Module) -> None:
         raise InputError(f"model parameters {', '.join(bad[:3])} contain non-finite values (a diverged model?)")
 
 
+def check_batch(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """A non-empty batch whose inputs and targets match, on which the model's loss is a scalar."""
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise InputError("inputs and targets must be torch tensors")
+    if inputs.dim() < 1 or len(inputs) < 1 or targets.dim() < 1 or len(targets) != len(inputs):
+        raise InputError(f"inputs and targets must hold the same number (>= 1) of examples, got shapes "
+                         f"{tuple(inputs.shape)} and {tuple(targets.shape)}")
+    try:
+        with torch.no_grad():
+            loss = loss_fn(model(inputs[:1]), targets[:1])
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise InputError(f"the model and loss cannot take inputs of shape {tuple(inputs.shape)} and targets of "
+                         f"shape {tuple(targets.shape)}: {' '.join(str(e).split())}") from None
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise InputError("loss_fn must return a scalar (use a mean- or sum-reduced loss)")
+
+
 def hvp(fn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Hessian-vector product ``∇²fn(x) v`` (forward-over-reverse)."""
-    return jvp(grad(fn), (x,), (v,))[1]
+    """Hessian-vector product ``∇²fn(x) v``, reverse-over-reverse (``vjp`` of ``grad``; the
+    Hessian is symmetric). Forward-over-reverse (``jvp(grad(fn))``) is cheaper but fails
+    with mean-reduced ``nn.MSELoss`` ("ZeroTensors are immutable", a PyTorch bug)."""
+    return vjp(grad(fn), x)[1](v)[0]
 
 
 def top_eigenvalue(fn, x: torch.Tensor, *, tol: float = 1e-8, seed: int = 0) -> float:
@@ -233,6 +252,7 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
     if not 0 < confidence < 1:
         raise InputError(f"confidence must be in (0, 1), got {confidence!r}")
     check_parameters(model)
+    check_batch(model, loss_fn, inputs, targets)
     if exact:
         return _exact(model, loss_fn, inputs, targets)
     g = torch.Generator(device=inputs.device).manual_seed(seed)

@@ -30,7 +30,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ._checks import InputError, check_choice, check_finite, check_int, check_keep, check_positive
+from ._checks import (
+    InputError,
+    check_choice,
+    check_device,
+    check_finite,
+    check_int,
+    check_keep,
+    check_memory,
+    check_positive,
+    check_seed,
+)
 from .masks import MaskStream
 from .model import Design, descent, features, forward, grad_potential
 
@@ -214,12 +224,16 @@ def record_steps(steps: int, every: int) -> np.ndarray:
 
 
 def _as_tensor(name: str, x, dtype, device) -> Tensor:
+    """``x`` as a real ``dtype`` tensor on ``device``, detached from any autograd graph; NaN,
+    inf and complex values are refused (a cast would silently drop the imaginary part)."""
+    if x.is_complex() if isinstance(x, Tensor) else np.iscomplexobj(x):
+        raise InputError(f"{name} must be real, got complex values")
     if not isinstance(x, Tensor):
         try:
             x = torch.as_tensor(np.asarray(x, dtype=np.float64))
         except (TypeError, ValueError):
             raise InputError(f"{name} must be an array of numbers, got {type(x).__name__}") from None
-    x = x.to(device=device, dtype=dtype)
+    x = x.detach().to(device=device, dtype=dtype)
     check_finite(name, x)
     return x
 
@@ -272,6 +286,7 @@ def simulate(
     """
     if not isinstance(variant, Rule):
         check_choice("variant", variant, VARIANTS)
+    seed = check_seed(seed)
     lr = check_positive("lr", lr)
     keep = check_keep(keep)
     steps = check_int("steps", steps, 0)
@@ -281,7 +296,7 @@ def simulate(
     if not isinstance(particles, Tensor):
         particles = _as_tensor("particles", particles, torch.float64, "cpu")
     dtype = dtype or (particles.dtype if particles.is_floating_point() else torch.float64)
-    device = torch.device(device) if device is not None else particles.device
+    device = check_device(device) if device is not None else particles.device
     X = _as_tensor("particles", particles, dtype, device)
     Z = _as_tensor("inputs", inputs, dtype, device)
     y = _as_tensor("targets", targets, dtype, device)
@@ -304,6 +319,8 @@ def simulate(
     R, n = X3.shape[:2]
     if n < 1 or R < 1:
         raise InputError(f"width and replicas must be >= 1, got particles of shape {tuple(X.shape)}")
+    check_memory(f"a step at width {n} with {R} replica(s) and {m} samples", 4 * R * n * (m + X.shape[-1])
+                 * X.element_size(), device)
     rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
     if masks is not None:
         masks = _check_masks(masks, steps, R, n, batched, device)

@@ -124,6 +124,8 @@ def set_distances(a: float, b: float) -> dict[str, float]:
 def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
     """Phase of a finite (width, lr, keep); see the module docstring. ``width ≥ 2``."""
     width = check_int("width", width, 2)
+    if width > 2**53:  # past this widths are not exact as floats (and 1/(nq) underflows long before)
+        raise InputError(f"width must be at most 2^53, got {width}")
     lr = check_positive("lr", lr)
     keep = check_keep(keep)
     factor = check_positive("factor", factor)
@@ -171,6 +173,8 @@ def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
 
 def family_phase(a: float, b: float) -> str:
     """Phase of the scaling family τ_n ∝ n^(−a), q_n ∝ n^(−b) (exact, in the (a, b) plane)."""
+    a = _finite_exponent("a", a)
+    b = _finite_exponent("b", b)
     eps = 1e-9
     if b < -eps:
         raise InputError(f"b must be >= 0 (q ≤ 1), got {b!r}")
@@ -185,6 +189,18 @@ def family_phase(a: float, b: float) -> str:
     if abs(b - 1) <= eps:
         return "II"
     return "I"
+
+
+def _finite_exponent(name: str, value) -> float:
+    if isinstance(value, bool):
+        raise InputError(f"exponent {name} must be a finite number, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"exponent {name} must be a finite number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise InputError(f"exponent {name} must be a finite number, got {value!r}")
+    return v
 
 
 def scaling(width: int, a: float, b: float, c_lr: float = 1.0, c_keep: float = 1.0) -> tuple[float, float]:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import base64
 import html
-import json
+import re
 from pathlib import Path
 
 from ._checks import InputError
+from .experiments import EXPERIMENTS
 from .runs import RunIndex, scalar_summary
-from .store import atomic_write_bytes
+from .store import atomic_write_bytes, is_run_folder, read_json
+
+KEY = re.compile(r"[0-9a-f]{10}")  # a sweep point's store key (``store.run_key``)
 
 MAX_RUNS = 200  # runs drawn in full in one page; the rest are listed
 
@@ -29,8 +32,10 @@ details{margin:.4em 0}"""
 SCRIPT = """<script>window.addEventListener('load',function(){var im=Array.from(document.images);
 document.body.dataset.figures=im.length;
 document.body.dataset.loaded=im.filter(function(i){return i.complete&&i.naturalWidth>0}).length;
-im.forEach(function(i){if(!(i.complete&&i.naturalWidth>0)){i.insertAdjacentHTML('afterend',
-'<p class=bad>figure failed to load: '+i.alt+'</p>')}});});</script>"""
+im.forEach(function(i){if(!(i.complete&&i.naturalWidth>0)){var p=document.createElement('p');
+p.className='bad';p.textContent='figure failed to load: '+i.alt;i.after(p)}});});</script>"""
+# The script inserts text only (textContent, never HTML): every string from disk reaches the
+# page through html.escape, so a file name or a summary value cannot become markup or script.
 
 
 def _e(x) -> str:
@@ -115,9 +120,12 @@ def _figures(folder: Path) -> str:
 
 
 def _run_section(folder: Path, title: str | None = None) -> str:
-    meta = json.loads((folder / "config.json").read_text())
-    summary_path = folder / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    meta = read_json(folder / "config.json")
+    if not is_run_folder(folder):
+        raise InputError(f"{folder / 'config.json'}: not a dropdyn run config (a JSON object with 'experiment' "
+                         "and 'config')")
+    summary = read_json(folder / "summary.json")
+    summary = summary if isinstance(summary, dict) else {}
     exp = meta["experiment"]
     parts = [f"<section><h2>{_e(title or exp)}</h2><p><code>{_e(folder)}</code></p>"]
     try:
@@ -138,7 +146,12 @@ def _run_section(folder: Path, title: str | None = None) -> str:
 def _sweep_section(folder: Path) -> str:
     from .sweep import Sweep, collect
 
-    spec = json.loads((folder / "sweep.json").read_text())
+    spec = read_json(folder / "sweep.json")
+    if not (isinstance(spec, dict) and spec.get("experiment") in EXPERIMENTS and isinstance(spec.get("keys"), list)
+            and all(isinstance(k, str) and KEY.fullmatch(k) for k in spec["keys"])
+            and isinstance(spec.get("points"), list) and len(spec["points"]) == len(spec["keys"])):
+        raise InputError(f"{folder / 'sweep.json'}: not a dropdyn sweep file (experiment, points and 10-hex-digit "
+                         "keys)")
     root = folder.parent.parent
     index = {r["id"]: r for r in RunIndex(root).rows(experiment=spec["experiment"])}
     configs = [index.get(f"{spec['experiment']}/{k}", {}).get("params", {}) for k in spec["keys"]]
@@ -166,10 +179,11 @@ def write_report(path: Path, out: Path | None = None) -> Path:
     elif (path / "sweep.json").exists():
         title, body = f"sweep {path.name}", _sweep_section(path)
     elif (path / "index.sqlite").exists():
-        rows = RunIndex(path).rows(status="complete")
-        title = f"store {path}"
-        body = "".join(_run_section(Path(r["id"]) if Path(r["id"]).is_absolute() else path / r["id"], r["id"])
-                       for r in rows[:MAX_RUNS] if not r["sweep"])
+        index = RunIndex(path)
+        rows = [(r, index.folder(r["id"])) for r in index.rows(status="complete") if not r["sweep"]]
+        title = f"store {path}"  # runs outside the store (absolute ids, tampered ones) are not followed
+        body = "".join(_run_section(folder, r["id"]) for r, folder in rows[:MAX_RUNS]
+                       if folder is not None and is_run_folder(folder))
         sweeps = sorted((path / "sweeps").glob("*/sweep.json"))
         body += "".join(f"<p>sweep <b>{_e(s.parent.name)}</b>: report it with <code>dropdyn report "
                         f"{_e(s.parent)}</code></p>" for s in sweeps)
@@ -180,5 +194,9 @@ def write_report(path: Path, out: Path | None = None) -> Path:
             f"{SCRIPT}</head><body><h1>dropdyn report: {_e(title)}</h1><p>dropdyn {_e(__version__)}</p>"
             f"{body}</body></html>")
     out = Path(out) if out is not None else path / "report.html"
+    if out.is_dir():
+        raise InputError(f"report --out {str(out)!r} is a folder; give an HTML file name")
+    if not out.parent.is_dir():
+        raise InputError(f"report --out: folder {str(out.parent)!r} does not exist")
     atomic_write_bytes(out, page.encode())
     return out

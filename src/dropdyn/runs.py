@@ -11,17 +11,28 @@ A run's folder is the truth — it appears atomically, complete, with its
     started, finished  UTC ISO times;  seconds  wall time
     summary     scalar summary metrics (JSON, nested keys joined by ".")
 
+    pid, host  the process computing a ``running`` run (a run whose process is gone is
+               reported ``failed``: "process … ended without finishing")
+
 Writers are processes that may finish at the same moment (sweep workers, two sweeps
 on one store): every write is one short ``BEGIN IMMEDIATE`` transaction in WAL mode
 with a generous busy timeout, so they queue instead of failing. The store must be on
 a local or POSIX-locking shared file system (SQLite's own requirement).
+
+The index is a cache of the folders. A missing index is rebuilt from them; a corrupt
+one is moved aside (``index.sqlite.corrupt-<time>``) and rebuilt, with a one-line
+notice on stderr; ``dropdyn runs reindex`` does the same on demand. Reads never need
+write access: on a read-only store they open the index read-only, or scan the folders.
+Stored ids are paths relative to the store; none that leads outside it is followed.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import socket
 import sqlite3
+import sys
 import time
 from contextlib import closing
 from datetime import datetime, timezone
@@ -33,14 +44,14 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, key TEXT NOT NULL, experiment TEXT NOT NULL, params TEXT NOT NULL,
     sweep TEXT, status TEXT NOT NULL, error TEXT, started TEXT, finished TEXT, seconds REAL,
-    summary TEXT
+    summary TEXT, pid INTEGER, host TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_key ON runs(key);
 CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep);
 """
 STATUSES = ("running", "complete", "failed")
 COLUMNS = ("id", "key", "experiment", "params", "sweep", "status", "error", "started", "finished", "seconds",
-           "summary")
+           "summary", "pid", "host")
 
 
 def now() -> str:
@@ -67,12 +78,76 @@ class RunIndex:
         self.path = self.root / "index.sqlite"
 
     def _connect(self) -> sqlite3.Connection:
+        """A read–write connection; a missing index is rebuilt from the folders, a corrupt one
+        set aside and rebuilt."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"store {str(self.root)!r} is not a folder")
         self.root.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=120, isolation_level=None)
-        con.execute("PRAGMA busy_timeout = 120000")
-        con.execute("PRAGMA journal_mode = WAL")
-        con.executescript(SCHEMA)
+        fresh = not self.path.exists()
+        try:
+            con = self._open()
+        except sqlite3.DatabaseError as e:
+            self._set_aside(f"the run index {self.path} was unreadable ({e})")
+            con, fresh = self._open(), True
+        if fresh:
+            self._fill(con, scan_folders(self.root))
         return con
+
+    def _open(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+        try:
+            con.execute("PRAGMA busy_timeout = 120000")
+            con.execute("PRAGMA journal_mode = WAL")
+            con.executescript(SCHEMA)
+            have = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+            for col, typ in (("pid", "INTEGER"), ("host", "TEXT")):  # indexes written before these columns
+                if col not in have:
+                    con.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
+        except sqlite3.DatabaseError:
+            con.close()
+            raise
+        return con
+
+    def _set_aside(self, reason: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"index.sqlite.corrupt-{stamp}")
+        os.replace(self.path, aside)
+        for extra in ("-wal", "-shm"):
+            Path(f"{self.path}{extra}").unlink(missing_ok=True)
+        print(f"dropdyn: {reason}; moved it to {aside.name} and rebuilt the index from the run folders",
+              file=sys.stderr)
+
+    def _fill(self, con: sqlite3.Connection, rows: list[dict]) -> None:
+        con.execute("BEGIN IMMEDIATE")
+        for r in rows:
+            con.execute(f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                        tuple(_stored(r)[c] for c in COLUMNS))
+        con.execute("COMMIT")
+
+    def reindex(self) -> int:
+        """Rebuild the index from the run folders (the old file, if any, is set aside);
+        removes partial folders of dead processes; returns the number of runs found."""
+        clean_partials(self.root)
+        if self.path.exists():
+            self._set_aside(f"reindexing {self.path}")
+        with closing(self._connect()) as con:
+            return con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+    def _read(self, sql: str, args: tuple = ()) -> list[dict] | None:
+        """Rows of a query, from a read–write connection where the store allows one, else a
+        read-only one; None where no index can be read (then the folders are the answer)."""
+        writable = os.access(self.root, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
+        try:
+            con = self._connect() if writable else sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        except (sqlite3.DatabaseError, OSError):
+            return None
+        try:
+            with closing(con):
+                con.row_factory = sqlite3.Row
+                return [dict(r) for r in con.execute(sql, args)]
+        except sqlite3.DatabaseError:
+            return None
 
     def _write(self, sql: str, args: tuple) -> None:
         for attempt in range(5):  # busy_timeout covers ordinary contention; this covers WAL recovery races
@@ -97,11 +172,32 @@ class RunIndex:
 
     def start(self, run_id: str, key: str, experiment: str, params: dict, sweep: str | None = None) -> None:
         """Mark a run as running (a re-run of a failed or interrupted one resets it)."""
-        self._write("INSERT INTO runs (id, key, experiment, params, sweep, status, started) "
-                    "VALUES (?, ?, ?, ?, ?, 'running', ?) ON CONFLICT(id) DO UPDATE SET status='running', "
+        self._write("INSERT INTO runs (id, key, experiment, params, sweep, status, started, pid, host) "
+                    "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status='running', "
                     "error=NULL, started=excluded.started, finished=NULL, seconds=NULL, summary=NULL, "
-                    "sweep=COALESCE(excluded.sweep, runs.sweep)",
-                    (run_id, key, experiment, json.dumps(params, sort_keys=True, default=str), sweep, now()))
+                    "pid=excluded.pid, host=excluded.host, sweep=COALESCE(excluded.sweep, runs.sweep)",
+                    (run_id, key, experiment, json.dumps(params, sort_keys=True, default=str), sweep, now(),
+                     os.getpid(), socket.gethostname()))
+
+    def claim(self, run_id: str, key: str, experiment: str, params: dict, sweep: str | None = None) -> bool:
+        """Mark a run as running by this process unless a live process already runs it
+        (one transaction, so two sweeps never compute one point at once); True if claimed."""
+        for attempt in range(5):
+            try:
+                with closing(self._connect()) as con:
+                    con.execute("BEGIN IMMEDIATE")
+                    row = con.execute("SELECT status, pid, host FROM runs WHERE id = ?", (run_id,)).fetchone()
+                    if row and row[0] == "running" and _alive(row[1], row[2]) and row[1] != os.getpid():
+                        con.execute("ROLLBACK")
+                        return False
+                    con.execute("COMMIT")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        self.start(run_id, key, experiment, params, sweep)
+        return True
 
     def finish(self, run_id: str, key: str, experiment: str, params: dict, summary: dict, *,
                sweep: str | None = None, seconds: float | None = None) -> None:
@@ -122,30 +218,22 @@ class RunIndex:
                     (run_id, key, experiment, json.dumps(params, sort_keys=True, default=str), sweep, error, now()))
 
     def rows(self, *, experiment: str | None = None, status: str | None = None, sweep: str | None = None) -> list[dict]:
-        """Rows (as dicts, ``params``/``summary`` decoded), oldest first."""
-        if not self.path.exists():
-            return []
-        where, args = [], []
-        for col, val in (("experiment", experiment), ("status", status), ("sweep", sweep)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
-        with closing(self._connect()) as con:
-            con.row_factory = sqlite3.Row
-            rows = [dict(r) for r in con.execute(sql + " ORDER BY COALESCE(started, finished), id", args)]
+        """Rows (as dicts, ``params``/``summary`` decoded), oldest first. A ``running`` row
+        whose process is gone reads as ``failed``."""
+        raw = self._read("SELECT * FROM runs")
+        rows = [_decoded(r) for r in raw] if raw is not None else scan_folders(self.root)
         for r in rows:
-            r["params"] = json.loads(r["params"])
-            r["summary"] = json.loads(r["summary"]) if r["summary"] else {}
-        return rows
+            if r["status"] == "running" and not _alive(r.get("pid"), r.get("host")):
+                r["status"] = "failed"
+                r["error"] = f"process {r.get('pid')} on {r.get('host')} ended without finishing"
+        rows = [r for r in rows if all(v is None or r[c] == v
+                                       for c, v in (("experiment", experiment), ("status", status), ("sweep", sweep)))]
+        return sorted(rows, key=lambda r: (r["started"] or r["finished"] or "", r["id"]))
 
     def status(self, run_id: str) -> str | None:
         """The status of run ``run_id``, or None if the index has no such row."""
-        if not self.path.exists():
-            return None
-        with closing(self._connect()) as con:
-            row = con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return row[0] if row else None
+        found = [r for r in self.rows() if r["id"] == run_id]
+        return found[0]["status"] if found else None
 
     def get(self, ref: str) -> dict:
         """The run whose id is ``ref``, or whose id or key starts with it (must be unique)."""
@@ -160,14 +248,100 @@ class RunIndex:
                              "give more of it")
         return found[0]
 
+    def folder(self, run_id: str) -> Path | None:
+        """The folder of a run inside the store, or None if ``run_id`` leads outside it (an
+        absolute id from ``--out`` elsewhere, or a tampered one like ``../victim``)."""
+        root = self.root.resolve()
+        folder = (root / run_id).resolve()
+        return folder if folder != root and folder.is_relative_to(root) else None
+
     def remove(self, ref: str) -> dict:
-        """Delete a run's row and its folder; returns the removed row."""
+        """Delete a run's row and, if it lies inside the store, its folder; returns the
+        removed row (``folder_removed`` says which)."""
+        import shutil
+
         row = self.get(ref)
-        folder = Path(row["id"]) if Path(row["id"]).is_absolute() else self.root / row["id"]
+        folder = self.folder(row["id"])
         self._write("DELETE FROM runs WHERE id = ?", (row["id"],))
-        shutil.rmtree(folder, ignore_errors=True)
-        return row
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        return {**row, "folder_removed": folder is not None}
 
     def integrity(self) -> str:
         with closing(self._connect()) as con:
             return con.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def _alive(pid, host) -> bool:
+    """Whether process ``pid`` may still run: checked on this host, assumed elsewhere."""
+    if pid is None or host not in (None, socket.gethostname()):
+        return pid is not None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _decoded(r: dict) -> dict:
+    r["params"] = json.loads(r["params"])
+    r["summary"] = json.loads(r["summary"]) if r["summary"] else {}
+    return r
+
+
+def _stored(r: dict) -> dict:
+    return {**{c: None for c in COLUMNS}, **r, "params": json.dumps(r["params"], sort_keys=True, default=str),
+            "summary": json.dumps(r["summary"], default=str)}
+
+
+def scan_folders(root: Path) -> list[dict]:
+    """Index rows rebuilt from the run folders of a store: ``<experiment>/<name>/config.json``
+    (complete when ``summary.json`` is there), sweep membership from ``sweeps/*/sweep.json``."""
+    from .store import read_json, run_key
+
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    sweeps = {}
+    for spec_path in sorted(root.glob("sweeps/*/sweep.json")):
+        spec = read_json(spec_path)
+        if isinstance(spec, dict) and isinstance(spec.get("keys"), list):
+            sweeps.update({f"{spec.get('experiment')}/{k}": spec_path.parent.name for k in spec["keys"]})
+    rows = []
+    for cfg_path in sorted(root.glob("*/*/config.json")):
+        folder = cfg_path.parent
+        if folder.name.startswith(".") or folder.parent.name == "sweeps":
+            continue
+        meta = read_json(cfg_path)
+        if not (isinstance(meta, dict) and isinstance(meta.get("config"), dict) and meta.get("experiment")):
+            continue
+        summary = read_json(folder / "summary.json")
+        run_id = folder.relative_to(root).as_posix()
+        done = isinstance(summary, dict)
+        finished = datetime.fromtimestamp((folder / "summary.json").stat().st_mtime, timezone.utc) if done else None
+        rows.append({"id": run_id, "key": run_key(meta["experiment"], meta["config"]),
+                     "experiment": meta["experiment"], "params": meta["config"], "sweep": sweeps.get(run_id),
+                     "status": "complete" if done else "failed", "error": None if done else "no summary.json",
+                     "started": meta.get("started"),
+                     "finished": finished and finished.isoformat(timespec="milliseconds"),
+                     "seconds": summary.get("seconds") if done else None,
+                     "summary": scalar_summary(summary) if done else {}})
+    return rows
+
+
+def clean_partials(root: Path) -> list[Path]:
+    """Remove the hidden ``.NAME.partial-<pid>-…`` folders of processes of this host that
+    are gone (a killed run's half-written folder); returns what was removed."""
+    import shutil
+
+    from .store import partial_owner
+
+    removed = []
+    for p in Path(root).glob("*/.*.partial-*"):
+        pid = partial_owner(p)
+        if pid is not None and not _alive(pid, None):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed

@@ -55,7 +55,18 @@ def mask_moments(keep: float) -> tuple[float, float]:
 
 
 def check_problem(theta: Tensor, inputs: Tensor, targets: Tensor) -> None:
-    """Shapes ``theta (..., width, d + 1)``, ``inputs (N, d)``, ``targets (N,)``; all finite."""
+    """Shapes ``theta (..., width, d + 1)``, ``inputs (N, d)``, ``targets (N,)``, N ≥ 1; real
+    tensors of one dtype; all finite."""
+    for name, t in (("theta", theta), ("inputs", inputs), ("targets", targets)):
+        if not isinstance(t, Tensor):
+            raise InputError(f"{name} must be a torch tensor, got {type(t).__name__}")
+        if not torch.is_floating_point(t):
+            raise InputError(f"{name} must be a real floating-point tensor, got dtype {t.dtype}")
+    if not theta.dtype == inputs.dtype == targets.dtype:
+        raise InputError(f"theta, inputs and targets must share one dtype, got {theta.dtype}, {inputs.dtype} and "
+                         f"{targets.dtype}")
+    if inputs.dim() != 2 or inputs.shape[0] < 1:
+        raise InputError(f"inputs must be (N, d) with N >= 1, got shape {tuple(inputs.shape)}")
     if inputs.dim() != 2:
         raise InputError(f"inputs must be (N, d), got shape {tuple(inputs.shape)}")
     if targets.shape != inputs.shape[:1]:

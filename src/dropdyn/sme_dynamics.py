@@ -129,6 +129,8 @@ def simulate(
     check_choice("dynamics", dynamics, DYNAMICS)
     check_choice("diffusion", diffusion, ("factor", "dense"))
     check_problem(theta0, inputs, targets)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if theta0.dim() != 2:
         raise InputError(f"theta0 must be (width, d + 1), got shape {tuple(theta0.shape)}")
     lr, keep = check_positive("lr", lr), check_keep(keep)

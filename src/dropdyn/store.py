@@ -1,20 +1,25 @@
 """Run folders: resolved config with versions, metrics as CSV, arrays as ``.npz``,
 figures — all written atomically.
 
-A run is assembled in a hidden temporary folder beside its destination and renamed
-into place only when complete, so a killed process never leaves a half-written run
-that looks finished. An existing destination is never overwritten unless ``force``.
+A run is assembled in a hidden temporary folder beside its destination
+(``.NAME.partial-<pid>-…``, removed by the next run in that store once its process is
+gone) and renamed into place only when complete, so a killed process never leaves a
+half-written run that looks finished. A complete folder is never overwritten, not even
+by a concurrent writer of the same run; ``force`` replaces only a folder that is
+recognisably a run folder (its ``config.json`` names an experiment and a config).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -60,6 +65,33 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 
+def run_key(experiment: str, config: dict) -> str:
+    """Store key of a run: hash of the experiment, its resolved config and dropdyn's version."""
+    from . import __version__
+
+    return config_key({"experiment": experiment, "config": config, "dropdyn": __version__})
+
+
+def read_json(path: Path):
+    """The JSON document at ``path``, or None if it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` is recognisably a dropdyn run folder (``--force`` may replace it)."""
+    meta = read_json(Path(path) / "config.json")
+    return isinstance(meta, dict) and isinstance(meta.get("config"), dict) and isinstance(meta.get("experiment"), str)
+
+
+def partial_owner(path: Path) -> int | None:
+    """The pid in a partial folder's name ``.NAME.partial-<pid>-…``, or None."""
+    head = Path(path).name.rsplit(".partial-", 1)[-1].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
 def versions() -> dict:
     """Versions of dropdyn, Python and the main dependencies."""
     import torch
@@ -80,15 +112,25 @@ class RunFolder:
 
     def __init__(self, path: Path, *, force: bool = False, on_enter=None):
         self.path = Path(path)
-        if self.path.exists() and any(self.path.iterdir()) and not force:
-            raise InputError(f"run folder {self.path} already exists; use --force to overwrite it")
+        for p in (self.path, *self.path.parents):
+            if p.exists() and not p.is_dir():
+                raise InputError(f"cannot create run folder {str(self.path)!r}: {str(p)!r} is a file")
+        if self.path.exists() and any(self.path.iterdir()):
+            if not force:
+                raise InputError(f"run folder {self.path} already exists; use --force to overwrite it")
+            if not is_run_folder(self.path):
+                raise InputError(f"--force replaces only run folders, and {str(self.path)!r} is not one (no "
+                                 "config.json naming an experiment): refusing to delete it")
         self.force = force
         self.on_enter = on_enter
         self.tmp: Path | None = None
 
     def __enter__(self) -> RunFolder:
+        from .runs import clean_partials
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
+        clean_partials(self.path.parent.parent)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-{os.getpid()}-"))
         self.tmp.chmod(0o755)
         if self.on_enter is not None:
             self.on_enter(self)
@@ -98,13 +140,18 @@ class RunFolder:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        if self.path.exists():
+        if self.force and self.path.exists() and is_run_folder(self.path):
             old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
             os.replace(self.path, old)
-            os.replace(self.tmp, self.path)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.path)
+        try:  # rename(2) onto a non-empty folder fails: a folder completed meanwhile is never overwritten
+            os.rename(self.tmp, self.path)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise InputError(f"run folder {self.path} was completed by another process meanwhile; it is kept and "
+                             "this run's copy discarded") from None
 
     def file(self, name: str) -> Path:
         return self.tmp / name
@@ -146,11 +193,13 @@ def open_run(experiment: str, config: dict, out: Path | None = None, *, root: Pa
     ``root/<folder_name or experiment>/<time>-<hash>``; on entering it writes
     ``config.json`` (experiment, resolved config, versions, seed)."""
     path = Path(out) if out is not None else default_run_dir(root, folder_name or experiment, config)
-    meta = {"experiment": experiment, "config": config, "versions": versions(), "seed": config.get("seed")}
+    meta = {"experiment": experiment, "config": config, "versions": versions(), "seed": config.get("seed"),
+            "started": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
     return RunFolder(path, force=force, on_enter=lambda f: f.write_json("config.json", meta))
 
 
 def default_run_dir(root: Path, experiment: str, config: dict) -> Path:
-    """``root/experiment/<UTC time>-<config hash>``: unique, sortable."""
+    """``root/experiment/<UTC time>-<config hash>-<4 random hex>``: sortable, and distinct for
+    two runs of one config started in the same second."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path(root) / experiment / f"{stamp}-{config_key(config)}"
+    return Path(root) / experiment / f"{stamp}-{config_key(config)}-{secrets.token_hex(2)}"

@@ -29,6 +29,8 @@ import dataclasses
 import importlib
 import itertools
 import json
+import os
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +39,7 @@ from ._checks import InputError
 from .config import build_config, read_config_file
 from .experiments import EXPERIMENTS
 from .runs import RunIndex, scalar_summary
-from .store import atomic_write_bytes, config_key
+from .store import atomic_write_bytes, run_key
 
 EXECUTORS = ("serial", "processes", "dask")
 WORKER_ENV = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}  # LocalCluster workers
@@ -75,13 +77,6 @@ def resolve(experiment: str, settings: dict) -> dict:
     """The resolved config of ``experiment`` with ``settings`` (validated) as a dict."""
     module = experiment_module(experiment)
     return dataclasses.asdict(build_config(module.Config, None, settings).resolved())
-
-
-def run_key(experiment: str, config: dict) -> str:
-    """Store key of a run: hash of the experiment, its resolved config and dropdyn's version."""
-    from . import __version__
-
-    return config_key({"experiment": experiment, "config": config, "dropdyn": __version__})
 
 
 def _points(spec: dict, where: str) -> list[dict]:
@@ -160,20 +155,21 @@ def run_point(task: dict) -> dict:
     """Run one point (in any process): skip it if complete, else run the experiment into its
     folder and record it in the index. Never raises for a failing experiment: the failure
     is recorded and returned. ``task``: experiment, config, key, root, sweep, threads."""
-    import time
-
     import torch
 
     root, exp, cfg, key = Path(task["root"]), task["experiment"], task["config"], task["key"]
     folder = root / exp / key
     index = RunIndex(root)
     run_id = f"{exp}/{key}"
-    summary = _summary_of(folder)
-    if summary is not None:  # complete: make sure the index knows (a killed driver may not have told it)
-        if index.status(run_id) != "complete":
-            index.finish(run_id, key, exp, cfg, summary, sweep=task.get("sweep"))
-        return {"key": key, "status": "complete", "skipped": True}
-    index.start(run_id, key, exp, cfg, task.get("sweep"))
+    while True:
+        summary = _summary_of(folder)
+        if summary is not None:  # complete: make sure the index knows (a killed driver may not have told it)
+            if index.status(run_id) != "complete":
+                index.finish(run_id, key, exp, cfg, summary, sweep=task.get("sweep"))
+            return {"key": key, "status": "complete", "skipped": True}
+        if index.claim(run_id, key, exp, cfg, task.get("sweep")):
+            break
+        time.sleep(0.5)  # a live process (an overlapping sweep) computes this point: wait for its folder
     threads = torch.get_num_threads()
     torch.set_num_threads(task.get("threads", 1))
     t0 = time.perf_counter()
@@ -223,11 +219,25 @@ def _serial(tasks, **_):
         yield t, run_point(t)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool worker initialiser: a watchdog thread ends this worker once its driver is gone
+    (killed with SIGKILL, say), instead of leaving it waiting for work forever."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="dropdyn-parent-watchdog").start()
+
+
 def _processes(tasks, *, workers: int, **_):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_point, t): t for t in tasks}
         for fut in as_completed(futures):
             try:
@@ -321,7 +331,8 @@ def run_sweep(sweep: Sweep, root: Path | str = "runs", *, executor: str = "seria
 
 
 def collect(sweep: Sweep, root: Path | str = "runs") -> list[dict]:
-    """One row per point: run id, status, error, the swept settings, the scalar summary."""
+    """One row per point: run id, status, error, the swept settings, the scalar summary
+    without wall times (``seconds``)."""
     root = Path(root)
     by_id = {r["id"]: r for r in RunIndex(root).rows(experiment=sweep.experiment)}
     rows = []
@@ -333,7 +344,9 @@ def collect(sweep: Sweep, root: Path | str = "runs") -> list[dict]:
         row = {"point": i, "run_id": run_id, "key": key, "status": status,
                "error": entry.get("error") if summary is None else None}
         row.update({k: sweep.configs[i][k] for k in sweep.swept})
-        row.update(scalar_summary(summary or {}))
+        # wall time is left out (it is in the index, `dropdyn runs list`): the table depends on the
+        # computation alone, and is byte-identical across executors
+        row.update({k: v for k, v in scalar_summary(summary or {}).items() if k.rsplit(".", 1)[-1] != "seconds"})
         rows.append(row)
     return rows
 

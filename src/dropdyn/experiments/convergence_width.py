@@ -13,7 +13,7 @@ import numpy as np
 
 from .._checks import check_choice, check_int
 from ..store import open_run
-from .convergence import DEFAULT_SCALING, Family, check_family, run_width
+from .convergence import DEFAULT_SCALING, Family, check_family, run_width, w2_method
 
 
 @dataclass
@@ -40,5 +40,5 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         folder.write_json("summary.json", {
             **{k: row[k] for k in ("width", "lr", "keep", "steps", "alpha", "beta", "w2", "diverged")},
             "particle_distance": float(row["particle"][-1]), "output_gap": float(row["output"][-1]),
-            "w2_method": "exact" if cfg.width <= cfg.w2_exact_max else "sliced"})
+            "w2_method": w2_method(cfg.width, cfg.w2_exact_max)})
     return folder.path
