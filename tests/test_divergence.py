@@ -113,3 +113,14 @@ def test_nets_train_stops_at_a_non_finite_loss():
     k = train(net, x, y, epochs=5, lr=1e12, momentum=0.0, batch_size=16, generator=g, on_step=steps.append)
     assert isinstance(k, int) and steps == list(range(1, k))
     assert train(DropoutMLP([5, 16, 3]), x, y, epochs=1, lr=0.01, batch_size=16) is None
+
+
+def test_phase_cell_and_sharpness_record_divergence(tmp_path):
+    from dropdyn.experiments import phase_cell, sharpness
+
+    s = _summary(phase_cell.run(phase_cell.Config(a=0, b=0, widths="100,200", c_lr=1e4, time=1e6, replicas=2),
+                                tmp_path / "c"))
+    assert isinstance(s["diverged_at_step"]["100"]["dropout"], int) and s["distances"]["100"]["V"] is None
+    s = _summary(sharpness.run(sharpness.Config(width=30, steps=50, points=3, lr_min=1.0, lr_max=1e4, keeps="0.5"),
+                               tmp_path / "s"))
+    assert isinstance(s["diverged_at_step"]["gd"]["lr=1e+04"], int)

@@ -51,9 +51,10 @@ def test_max_norm_holds_after_every_step():
 
     train(net, x, y, epochs=3, lr=1.0, max_norm=0.7, batch_size=20, generator=g, on_step=check)
     assert len(checks) == 30 and max(checks) <= 0.7 + 1e-6
-    free = DropoutMLP([10, 32, 32, 3], keep_hidden=0.5)
-    train(free, x, y, epochs=3, lr=1.0, batch_size=20, generator=g)
-    assert max(float(lin.weight.detach().norm(dim=1).max()) for lin in free.linears()[:-1]) > 0.7  # it binds
+    torch.manual_seed(0)
+    free = DropoutMLP([10, 32, 32, 3], keep_hidden=0.5)  # without it, at a stable lr, rows grow to ≈ 2.3 > 0.7
+    train(free, x, y, epochs=3, lr=0.3, batch_size=20, generator=torch.Generator().manual_seed(1))
+    assert max(float(lin.weight.detach().norm(dim=1).max()) for lin in free.linears()[:-1]) > 1.4  # it binds
     apply_max_norm(net, 0.1)
     assert all(float(lin.weight.detach().norm(dim=1).max()) <= 0.1 + 1e-7 for lin in net.linears()[:-1])
 
@@ -133,15 +134,16 @@ def test_vgg16_layout_parameters_and_training():
         return torch.nn.functional.cross_entropy(net(X), y)
 
     for seed in (1, 2, 3):
-        before = loss_under_masks(seed)
-        grads = torch.autograd.grad(before, params)
+        loss = loss_under_masks(seed)
+        grads = torch.autograd.grad(loss, params)
+        before = float(loss.detach())
         sq = float(sum((gr.double() ** 2).sum() for gr in grads))
-        eps = 0.02 * float(before.detach()) / sq  # a step that should lower the loss by about 2%
+        eps = 0.02 * before / sq  # a step that should lower the loss by about 2% (measured: 96–98% of ε‖∇ℓ‖²)
         with torch.no_grad():
             for p, gr in zip(params, grads, strict=True):
                 p -= eps * gr
-            after = loss_under_masks(seed)
-        assert float(after) < float(before) - 0.5 * eps * sq, (float(before), float(after), eps * sq)
+            after = float(loss_under_masks(seed))
+        assert after < before - 0.5 * eps * sq, (before, after, eps * sq)
     # train() runs the same network end to end: finite, moved, generators released, eval mode
     start = [p.detach().clone() for p in params]
     train(net, X, y, epochs=3, lr=0.05, momentum=0.0, decay=1.0, batch_size=32,

@@ -32,13 +32,20 @@ def test_failure_leaves_nothing(tmp_path):
 def test_existing_folder_is_kept_unless_forced(tmp_path):
     path = tmp_path / "run"
     with RunFolder(path) as run:
+        run.write_json("config.json", {"experiment": "x", "config": {}})
         run.write_json("v.json", 1)
     with pytest.raises(ValueError, match="already exists"):
         RunFolder(path)
     with RunFolder(path, force=True) as run:
+        run.write_json("config.json", {"experiment": "x", "config": {}})
         run.write_json("v.json", 2)
     assert json.loads((path / "v.json").read_text()) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    other = tmp_path / "other"  # not a run folder: --force refuses to delete it
+    other.mkdir()
+    (other / "v.json").write_text("1")
+    with pytest.raises(ValueError, match="replaces only run folders"):
+        RunFolder(other, force=True)
 
 
 def test_atomic_write_replaces(tmp_path):

@@ -8,6 +8,7 @@ first use so that ``import dropdyn`` stays light.
 
 import importlib
 
+from ._checks import InputError
 from .engine import VARIANTS, SimulationResult, simulate
 from .masks import MaskStream, draw_masks, multipliers
 
@@ -16,8 +17,8 @@ __version__ = "0.1.0"
 MODULES = ("config", "data", "diagnostics", "engine", "experiments", "limits", "masks", "metrics", "model", "nets",
            "phase", "report", "runs", "sme", "sme_dynamics", "store", "sweep")
 
-__all__ = ["VARIANTS", "MaskStream", "SimulationResult", "draw_masks", "multipliers", "simulate", "__version__",
-           *MODULES]
+__all__ = ["VARIANTS", "InputError", "MaskStream", "SimulationResult", "draw_masks", "multipliers", "simulate",
+           "__version__", *MODULES]
 
 
 def __getattr__(name: str):

@@ -94,8 +94,9 @@ def cost(config: dict) -> float:
     return total
 
 
-def measure_width(cfg: Config, n: int, task) -> dict[str, float]:
-    """Output gap at time T between dropout at width n and each candidate limit."""
+def measure_width(cfg: Config, n: int, task) -> tuple[dict[str, float], dict[str, int | None]]:
+    """Output gap at time T between dropout at width n and each candidate limit (NaN where
+    either diverged), and the step at which each dynamics diverged (None if it did not)."""
     a, b = cfg.a, cfg.b
     R = cfg.replicas
     lr, q = scaling(n, a, b, cfg.c_lr, cfg.c_keep)
@@ -107,7 +108,7 @@ def measure_width(cfg: Config, n: int, task) -> dict[str, float]:
               dtype=getattr(torch, cfg.dtype))
     drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **kw)
     p = limit_parameters(a, b, cfg.c_lr, cfg.c_keep)
-    out = {}
+    out, diverged = {}, {"dropout": drop.diverged_at_step}
     for cand in candidates(a, b, cfg.c_lr, cfg.c_keep):
         args = dict(time=T, seed=cfg.seed + 2, **kw)
         if cand in ("I", "II"):
@@ -120,11 +121,12 @@ def measure_width(cfg: Config, n: int, task) -> dict[str, float]:
         else:
             args.update(lr=p["tau"], keep=p["q"], clocks=masks)
         lim = simulate_limit(cand, X0, task.inputs, task.targets, **args)
+        diverged[cand] = lim.diverged_at_step
         if drop.diverged_at_step or lim.diverged_at_step:
             out[cand] = float("nan")
         else:
             out[cand] = float(output_gap(drop.outputs[-1], lim.outputs[-1]).mean())
-    return out
+    return out, diverged
 
 
 def empirical_phase(dist_by_width: dict[int, dict[str, float]], shrink: float) -> tuple[str, float]:
@@ -148,13 +150,15 @@ def measure(cfg: Config) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train, n_test=cfg.n_test,
                            activation=cfg.activation, generator=g)
-    dists = {n: measure_width(cfg, n, task) for n in widths}
+    measured = {n: measure_width(cfg, n, task) for n in widths}
+    dists = {n: d for n, (d, _) in measured.items()}
     emp, ratio = empirical_phase(dists, cfg.shrink)
     lr, q = scaling(widths[-1], cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
     theory = family_phase(cfg.a, cfg.b)
     return {"a": cfg.a, "b": cfg.b, "theory": theory, "empirical": emp, "ratio": ratio,
             "decided_at_width": classify(widths[-1], lr, q).phase == theory,
-            "distances": {str(n): d for n, d in dists.items()}}
+            "distances": {str(n): d for n, d in dists.items()},
+            "diverged_at_step": {str(n): s for n, (_, s) in measured.items()}}
 
 
 def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,

@@ -71,14 +71,15 @@ def compute(cfg: Config) -> dict:
     runs = {"gd": 1.0, **{f"ram q={q:g}": q for q in cfg.keep_values()}}
     out = {"lr": lrs, "lambda_init": lam0, "lambda_solution": lam_star, "keeps": runs}
     for name, q in runs.items():
-        final, stable = [], []
+        final, stable, diverged = [], [], []
         for lr in lrs:
             r = simulate("gd" if q == 1.0 else "ram", X0, Z, y, lr=float(lr), keep=q, steps=cfg.steps,
                          activation=cfg.activation, record_every=cfg.steps, seed=cfg.seed + 1)
             ok = r.diverged_at_step is None and float(r.risk[-1]) < float(r.risk[0])
             final.append(float(r.risk[-1]) if r.diverged_at_step is None else np.inf)
             stable.append(ok)
-        out[name] = {"final_risk": np.array(final), "stable": np.array(stable)}
+            diverged.append(r.diverged_at_step)
+        out[name] = {"final_risk": np.array(final), "stable": np.array(stable), "diverged_at_step": diverged}
         ok_lrs = lrs[np.array(stable)]
         out[name]["largest_stable_mean_step"] = float(ok_lrs.max()) if len(ok_lrs) else float("nan")
         out[name]["largest_stable_neuron_step"] = out[name]["largest_stable_mean_step"] / q
@@ -125,12 +126,17 @@ def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), forc
         for name in res["keeps"]:
             cols[f"{name}_final_risk"] = res[name]["final_risk"]
             cols[f"{name}_stable"] = res[name]["stable"].astype(int)
+            steps = res[name]["diverged_at_step"]
+            cols[f"{name}_diverged_at_step"] = np.array([np.nan if k is None else k for k in steps])  # NaN: stable
         folder.write_csv("metrics.csv", cols)
         folder.write_npz("arrays.npz", {k.replace(" ", "_").replace("=", ""): np.asarray(v) for k, v in cols.items()})
         summary = {
             "seconds": round(_time.perf_counter() - t0, 1),
             "lambda_init": res["lambda_init"], "lambda_solution": res["lambda_solution"],
             "bound_2_over_lambda_solution": 2 / res["lambda_solution"],
+            "diverged_at_step": {name: {f"lr={lr:.4g}": k for lr, k in zip(res["lr"], res[name]["diverged_at_step"],
+                                                                          strict=True) if k is not None}
+                                 for name in res["keeps"]},
             "largest_stable": {name: {"mean_step": res[name]["largest_stable_mean_step"],
                                       "neuron_step": res[name]["largest_stable_neuron_step"]}
                                for name in res["keeps"]},
