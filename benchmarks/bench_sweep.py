@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from dropdyn.runs import RunIndex
-from dropdyn.store import open_run
-from dropdyn.sweep import make_sweep, run_key, run_sweep
+from dropdyn.store import open_run, run_key
+from dropdyn.sweep import make_sweep, run_sweep
 
 GRIDS = {  # 16 cells each; "corner" includes the a = b = 1 cells whose critical kernel dominates the work
     "balanced": [0, 0.25, 0.5, 0.75],

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from dropdyn.diagnostics import alignment, matrix_alignment, random_baseline
 from dropdyn.nets import DropoutMLP
+from dropdyn.noise_geometry import alignment, matrix_alignment, random_baseline
 
 
 def tiny(seed=0):
@@ -90,7 +90,7 @@ def test_noise_along_curvature_matches_dense():
     """The variance along each returned direction equals vᵀΣv for the exact Σ (within
     5 s.e.), and the top curvature approaches the exact H's (64 mask draws average the
     Hessian, so within 25%)."""
-    from dropdyn.diagnostics import exact_matrices, noise_along_curvature
+    from dropdyn.noise_geometry import exact_matrices, noise_along_curvature
 
     model, x, y = tiny()
     out = noise_along_curvature(model, nn.functional.cross_entropy, x, y, k=3, hessian_masks=64, samples=4000)
@@ -104,7 +104,7 @@ def test_noise_along_curvature_matches_dense():
 
 
 def test_flatness_matches_dense_hessian():
-    from dropdyn.diagnostics import flatness
+    from dropdyn.curvature import flatness
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(0.5), nn.Linear(4, 2)).double()

@@ -2,7 +2,7 @@
 
 import torch
 
-from dropdyn.diagnostics import hvp, mean_field_sharpness, top_eigenvalue
+from dropdyn.curvature import hvp, mean_field_sharpness, top_eigenvalue
 from dropdyn.model import risk
 
 

@@ -25,7 +25,8 @@ def test_infinite_risk_counts_as_divergence():
 
 
 def test_no_samples_is_an_input_error():
-    with pytest.raises(ValueError, match=r"inputs must hold at least one sample, got shape \(0, 2\)"):
+    with pytest.raises(ValueError, match=r"inputs must have shape \(n_samples, d\) with at least one sample, "
+                                         r"got \(0, 2\)"):
         dropdyn.simulate("gd", torch.zeros(5, 3), torch.zeros(0, 2), torch.zeros(0), lr=0.1, keep=1.0, steps=2)
 
 

@@ -151,6 +151,8 @@ def test_vgg16_layout_parameters_and_training():
     assert not net.training and all(d.generator is None for d in net.dropouts())
     assert all(bool(torch.isfinite(p).all()) for p in params)
     assert all(not torch.equal(p, s) for p, s in zip(params, start, strict=True) if p.dim() > 1)
+    train(net, X, y, epochs=1, lr=0.05, batch_size=32, max_norm=0.5)  # max-norm on VGG16's hidden FC layers
+    assert all(float(lin.weight.detach().norm(dim=1).max()) <= 0.5 + 1e-6 for lin in net.linears()[:-1])
     with pytest.raises(ValueError, match=r"images of shape \(N, 3, 32, 32\), got \(2, 784\)"):
         net(torch.randn(2, 784))
     with pytest.raises(ValueError, match="keep"):

@@ -331,10 +331,10 @@ Z, Y = torch.randn(10, 2, dtype=torch.float64), torch.randn(10, dtype=torch.floa
     (lambda: dropdyn.data.teacher_student(dim=3, teacher_width=2, n_train=-1, n_test=5,
                                           generator=torch.Generator()), "n_train must be an integer >= 1"),
     (lambda: dropdyn.data.mean_field_init(10**12, 10, generator=torch.Generator()), "GiB, more than the"),
-    (lambda: dropdyn.sme_dynamics.simulate("sme1", X.float(), Z, Y, lr=0.1, keep=0.5, steps=1), "share one dtype"),
-    (lambda: dropdyn.sme_dynamics.simulate("sme1", X, Z[:0], Y[:0], lr=0.1, keep=0.5, steps=1), "N >= 1"),
-    (lambda: dropdyn.sme_dynamics.simulate("sme1", X.tolist(), Z, Y, lr=0.1, keep=0.5, steps=1), "torch tensor"),
-    (lambda: dropdyn.sme_dynamics.simulate("sme1", X, Z, Y, lr=0.1, keep=0.5, steps=1, generator=3), "Generator"),
+    (lambda: dropdyn.sme_dynamics.simulate_sme("sme1", X.float(), Z, Y, lr=0.1, keep=0.5, steps=1), "share one dtype"),
+    (lambda: dropdyn.sme_dynamics.simulate_sme("sme1", X, Z[:0], Y[:0], lr=0.1, keep=0.5, steps=1), "N >= 1"),
+    (lambda: dropdyn.sme_dynamics.simulate_sme("sme1", X.tolist(), Z, Y, lr=0.1, keep=0.5, steps=1), "torch tensor"),
+    (lambda: dropdyn.sme_dynamics.simulate_sme("sme1", X, Z, Y, lr=0.1, keep=0.5, steps=1, generator=3), "Generator"),
 ])
 def test_api_bad_input_names_the_argument(call, match):
     import dropdyn.data
@@ -358,7 +358,7 @@ def test_particles_that_require_grad_are_detached():
 def test_alignment_refuses_bad_batches():
     from torch import nn
 
-    from dropdyn.diagnostics import alignment
+    from dropdyn.noise_geometry import alignment
 
     net = nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.5), nn.Linear(5, 3))
     ce = nn.functional.cross_entropy
@@ -380,7 +380,7 @@ def test_alignment_refuses_bad_batches():
 def test_flatness_and_top_eigenvalue_with_mse_and_cross_entropy(loss):
     from torch import nn
 
-    from dropdyn.diagnostics import flatness
+    from dropdyn.curvature import flatness
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(0.5), nn.Linear(4, 2)).double()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dropdyn import sme
-from dropdyn.sme_dynamics import simulate, step
+from dropdyn.sme_dynamics import simulate_sme, sme_step
 
 f64 = torch.float64
 
@@ -55,7 +55,7 @@ def test_gradients_against_autograd(activation):
     (g,) = torch.autograd.grad(sme.modified_loss(t, X, y, 0.3, activation).sum(), t)
     assert torch.allclose(g, sme.modified_loss_grad(theta, X, y, 0.3, activation), atol=1e-13)
     mask = (torch.rand(3, 4, generator=torch.Generator().manual_seed(1), dtype=f64) < 0.5) / 0.5
-    drop = 0.5 * (sme.predict(t, X, activation, mask) - y).square().mean(-1)
+    drop = 0.5 * (sme.predict_standard(t, X, activation, mask) - y).square().mean(-1)
     (g,) = torch.autograd.grad(drop.sum(), t)
     assert torch.allclose(g, sme.dropout_gradient(theta, X, y, mask, activation), atol=1e-13)
 
@@ -140,27 +140,27 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="substep 0.03 must divide the learning rate 0.1"):
         sme.check_substeps(0.1, 0.03)
     with pytest.raises(ValueError, match="lr must be a finite positive number"):
-        simulate("sme1", theta, X, y, lr=-0.1, keep=0.5, steps=1)
+        simulate_sme("sme1", theta, X, y, lr=-0.1, keep=0.5, steps=1)
     with pytest.raises(ValueError, match="unknown dynamics 'sgd'"):
-        simulate("sgd", theta, X, y, lr=0.1, keep=0.5, steps=1)
+        simulate_sme("sgd", theta, X, y, lr=0.1, keep=0.5, steps=1)
 
 
 def test_simulation_deterministic_and_limits():
     theta, X, y = _problem(width=6, seed=8)
-    run = [simulate("sme2", theta, X, y, lr=0.1, keep=0.5, steps=5, replicas=4, substep=0.025,
-                    generator=torch.Generator().manual_seed(0)).final for _ in range(2)]
+    run = [simulate_sme("sme2", theta, X, y, lr=0.1, keep=0.5, steps=5, replicas=4, substep=0.025,
+                    generator=torch.Generator().manual_seed(0)).particles for _ in range(2)]
     assert torch.equal(run[0], run[1])
     # keep = 1: no noise; dropout = GD on R_S; the order-1 SME = GD with step h = η/m
     gd = theta[None]
     for _ in range(3):
         gd = gd - 0.1 * sme.modified_loss_grad(gd, X, y, 1.0)
-    drop = simulate("dropout", theta, X, y, lr=0.1, keep=1.0, steps=3, replicas=2).final
+    drop = simulate_sme("dropout", theta, X, y, lr=0.1, keep=1.0, steps=3, replicas=2).particles
     assert torch.allclose(drop, gd.expand(2, -1, -1), atol=1e-13)
-    assert torch.allclose(simulate("gd", theta, X, y, lr=0.1, keep=1.0, steps=3).final, gd, atol=1e-13)
+    assert torch.allclose(simulate_sme("gd", theta, X, y, lr=0.1, keep=1.0, steps=3).particles, gd, atol=1e-13)
     flow = theta[None]
     for _ in range(6):
         flow = flow - 0.05 * sme.modified_loss_grad(flow, X, y, 1.0)
-    sde = simulate("sme1", theta, X, y, lr=0.1, keep=1.0, steps=3, substep=0.05).final
+    sde = simulate_sme("sme1", theta, X, y, lr=0.1, keep=1.0, steps=3, substep=0.05).particles
     assert torch.allclose(sde, flow, atol=1e-13)
 
 
@@ -175,7 +175,7 @@ def test_one_step_moments_of_sme_match_dropout():
     th = theta.expand(n, *theta.shape)
     for dyn, diffusion in (("dropout", "factor"), ("sme1", "factor"), ("sme1", "dense")):
         m = 400 if diffusion == "dense" else n
-        inc = (step(dyn, th[:m], X, y, lr=lr, keep=keep, diffusion=diffusion,
+        inc = (sme_step(dyn, th[:m], X, y, lr=lr, keep=keep, diffusion=diffusion,
                     generator=torch.Generator().manual_seed(10)) - th[:m]).reshape(m, -1)
         se = cov.diagonal().sqrt() / m**0.5
         assert ((inc.mean(0) - mean).abs() <= 5 * se + 1e-12).all(), dyn
@@ -185,7 +185,7 @@ def test_one_step_moments_of_sme_match_dropout():
 
 def test_divergence_is_recorded_and_records_kept():
     theta, X, y = _problem(width=4, seed=11)
-    tr = simulate("sme1", theta * 3, X, y, lr=50.0, keep=0.3, steps=200, replicas=3, substep=25.0,
+    tr = simulate_sme("sme1", theta * 3, X, y, lr=50.0, keep=0.3, steps=200, replicas=3, substep=25.0,
                   generator=torch.Generator().manual_seed(0))
     assert tr.diverged_at_step is not None and tr.diverged_at_step <= 200
     assert len(tr.times) == len(tr.observed["train_risk"]) and torch.isfinite(tr.mean).all()

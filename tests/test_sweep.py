@@ -2,6 +2,7 @@
 workers lose nothing, concurrent sweeps keep the index consistent, bad sweep files
 get one line and exit code 2."""
 
+import json
 import os
 import signal
 import subprocess
@@ -204,3 +205,21 @@ def test_runs_cli_lists_shows_and_removes(tmp_path, capsys):
     assert "no run 'zzz'" in capsys.readouterr().err
     assert main(["runs", "rm", rid, "--store", "st"]) == 0
     assert not path.exists() and RunIndex("st").rows() == []
+
+
+def test_a_sweep_reuses_a_cli_run_of_the_same_configuration(tmp_path):
+    """One run key: a point already run by `dropdyn run` (or a notebook) is copied, not recomputed."""
+    from dropdyn.cli import main
+
+    store = tmp_path / "S"
+    assert main(["run", "phase-cell", "--widths", "20,40", "--replicas", "1", "--store", str(store),
+                 "--no-progress"]) == 0
+    sweep = make_sweep({"experiment": "phase-cell", "base": {"widths": "20,40", "replicas": 1},
+                        "list": [{"a": 0.5}, {"a": 0.0}]})
+    res = run_sweep(sweep, store)
+    first = res.outcomes[sweep.keys[0]]
+    assert first["skipped"] and first["reused"].startswith("phase-cell/") and "reused" not in res.outcomes[
+        sweep.keys[1]]
+    rows = collect(sweep, store)
+    cli_run = next(p for p in (store / "phase-cell").iterdir() if p.name != sweep.keys[0] and "-" in p.name)
+    assert rows[0]["empirical"] == json.loads((cli_run / "summary.json").read_text())["empirical"]

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 
+from dropdyn.experiment import Context
 from dropdyn.experiments.teacher_student import Config, compute, run
 
 
@@ -28,7 +29,7 @@ def test_run_folder_contents(tmp_path):
 
 def test_same_seed_same_numbers():
     cfg = Config(width=50, steps=15, n_train=20, n_test=20, records=3)
-    a, b = compute(cfg), compute(cfg)
+    a, b = compute(cfg, Context()), compute(cfg, Context())
     assert np.array_equal(a["dropout_train_risk"], b["dropout_train_risk"])
     assert np.array_equal(a["gap_particle"], b["gap_particle"])
 
@@ -40,6 +41,6 @@ def test_dropout_approaches_ram_as_width_grows():
     (7.8× over 16× the width); we ask for 4×."""
     gaps = []
     for width in (200, 3200):
-        res = compute(Config(width=width, lr=0.5, keep=0.5, steps=200, n_train=50, n_test=20, records=4))
+        res = compute(Config(width=width, lr=0.5, keep=0.5, steps=200, n_train=50, n_test=20, records=4), Context())
         gaps.append(res["gap_particle"][-1])
     assert gaps[1] < gaps[0] / 4, gaps

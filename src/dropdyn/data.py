@@ -41,7 +41,12 @@ def teacher_student(
     dtype=torch.float64,
 ) -> TeacherStudent:
     """Draw a teacher (``a*_l = ±teacher_scale``, alternating; ``w*_l`` uniform on the sphere
-    of radius ``teacher_scale``) and ``n_train + n_test`` labelled Gaussian inputs."""
+    of radius ``teacher_scale``) and ``n_train + n_test`` labelled Gaussian inputs.
+
+    >>> task = teacher_student(dim=10, teacher_width=5, n_train=100, n_test=1000, generator=torch.Generator())
+    >>> tuple(task.inputs.shape), tuple(task.test_targets.shape), tuple(task.teacher.shape)
+    ((100, 10), (1000,), (5, 11))
+    """
     dim, k = check_int("dim", dim, 1), check_int("teacher_width", teacher_width, 1)
     n_train, n_test = check_int("n_train", n_train, 1), check_int("n_test", n_test, 0)
     check_positive("teacher_scale", teacher_scale)
@@ -60,7 +65,11 @@ def teacher_student(
 def mean_field_init(width: int, dim: int, *, generator: torch.Generator, replicas: int | None = None,
                     dtype=torch.float64) -> torch.Tensor:
     """Student initialisation ``a ~ N(0, 1)``, ``w ~ N(0, I_d / d)`` (so ``w·z ~ N(0, 1)``):
-    particles ``(width, d + 1)`` or ``(replicas, width, d + 1)``."""
+    particles ``(width, d + 1)`` or ``(replicas, width, d + 1)``.
+
+    >>> tuple(mean_field_init(5000, 10, replicas=4, generator=torch.Generator().manual_seed(0)).shape)
+    (4, 5000, 11)
+    """
     width = check_int("width", width, 1)
     dim = check_int("dim", dim, 1)
     replicas = None if replicas is None else check_int("replicas", replicas, 1)

@@ -41,6 +41,7 @@ from ._checks import (
     check_positive,
     check_seed,
 )
+from .loop import run_loop
 from .masks import MaskStream
 from .model import Design, descent, features, forward, grad_potential
 
@@ -50,14 +51,18 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class Rule:
     """One step's multipliers: F = mask/q if ``forward_masked`` else 1, likewise B;
-    ``penalty`` is c. With ``critical``, each moving neuron i instead sees its own random
-    forward pass β(φ(X_i) + Σ_{l≤N_i} φ(Y_l)), N_i ~ Poisson(1/β), Y_l drawn uniformly
-    from the current particles, with β = ``penalty`` (THEORY.md §2, phase IV)."""
+    ``penalty`` is c. With a kernel ``beta`` (the critical rule of phase IV), each moving
+    neuron i instead sees its own random forward pass β(φ(X_i) + Σ_{l≤N_i} φ(Y_l)),
+    N_i ~ Poisson(1/β), Y_l drawn uniformly from the current particles (docs/theory.md §2)."""
 
     forward_masked: bool
     backward_masked: bool
     penalty: float = 0.0
-    critical: bool = False
+    beta: float | None = None
+
+    @property
+    def critical(self) -> bool:
+        return self.beta is not None
 
     @property
     def uses_masks(self) -> bool:
@@ -142,7 +147,7 @@ def step(
     rule's random forward passes."""
     R, n = a.shape
     if rule.critical:
-        return _critical_step(design, a, W, lr, rule.penalty, mask, keep, generator)
+        return _critical_step(design, a, W, lr, rule.beta, mask, keep, generator)
     mult = None if mask is None else mask.to(a.dtype) * (1.0 / keep)
     if rule.forward_masked and rule.backward_masked and not bool(mask.all()):
         # Only kept neurons enter the forward pass or move: compact them, per replica
@@ -250,6 +255,132 @@ def _check_masks(masks, steps: int, R: int, n: int, batched: bool, device) -> Te
     return masks[:, None, :].expand(steps, R, n) if masks.dim() == 2 else masks
 
 
+@dataclass
+class Problem:
+    """The validated inputs of a run: particles ``X (R, n, p)`` (``batched``: given with a
+    replica axis), the training design and the optional test and probe designs."""
+
+    X: Tensor
+    batched: bool
+    design: Design
+    test: Design | None
+    probe: Design | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.X.shape[:2])
+
+
+def prepare(particles, inputs, targets, *, activation: str = "tanh", test_inputs=None, test_targets=None,
+            probe_inputs=None, device=None, dtype=None) -> Problem:
+    """Check and convert the arrays of a run: shapes ``particles (width, p)`` or ``(R, width,
+    p)`` with ``p = d + 1`` or ``d + 2``, ``inputs (m, d)``, ``targets (m,)``, m ≥ 1; real,
+    finite values; arrays that fit in memory. Computation uses ``dtype``/``device``
+    (default: the particles'; float64 if they are not floating point)."""
+    if not isinstance(particles, Tensor):
+        particles = _as_tensor("particles", particles, torch.float64, "cpu")
+    dtype = dtype or (particles.dtype if particles.is_floating_point() else torch.float64)
+    device = check_device(device) if device is not None else particles.device
+    X = _as_tensor("particles", particles, dtype, device)
+    Z = _as_tensor("inputs", inputs, dtype, device)
+    y = _as_tensor("targets", targets, dtype, device)
+    if Z.dim() != 2 or Z.shape[0] < 1:
+        raise InputError(f"inputs must have shape (n_samples, d) with at least one sample, got {tuple(Z.shape)}")
+    m, d = Z.shape
+    if y.shape != (m,):
+        raise InputError(f"targets must have shape ({m},) to match inputs, got {tuple(y.shape)}")
+    if X.dim() not in (2, 3) or 0 in X.shape:
+        raise InputError(f"particles must have shape (width, p) or (replicas, width, p), width and replicas >= 1, "
+                         f"got {tuple(X.shape)}")
+    if X.shape[-1] not in (d + 1, d + 2):
+        raise InputError(f"particles have p={X.shape[-1]} coordinates but inputs have d={d}: "
+                         f"p must be d+1 (a, w) or d+2 (a, w, b)")
+    X3 = X if X.dim() == 3 else X[None]
+    R, n = X3.shape[:2]
+    check_memory(f"a step at width {n} with {R} replica(s) and {m} samples", 4 * R * n * (m + X.shape[-1])
+                 * X.element_size(), device)
+    bias = X.shape[-1] == d + 2
+    if (test_inputs is None) != (test_targets is None):
+        raise InputError("test_inputs and test_targets must be given together")
+
+    def side(name, xs, ys):
+        if xs is None:
+            return None
+        xs = _as_tensor(name, xs, dtype, device)
+        if xs.dim() != 2 or xs.shape[1] != d:
+            raise InputError(f"{name} must have shape (n, {d}), got {tuple(xs.shape)}")
+        ys = xs.new_zeros(xs.shape[0]) if ys is None else _as_tensor(name.replace("inputs", "targets"), ys, dtype,
+                                                                        device)
+        if ys.shape != (xs.shape[0],):
+            raise InputError(f"test_targets must have shape ({xs.shape[0]},), got {tuple(ys.shape)}")
+        return Design.build(xs, ys, activation, bias)
+
+    return Problem(X3, X.dim() == 3, Design.build(Z, y, activation, bias), side("test_inputs", test_inputs,
+                   test_targets), side("probe_inputs", probe_inputs, None))
+
+
+def mask_source(rule: Rule, keep: float, steps: int, prob: Problem, *, masks=None, seed: int = 0):
+    """``k ↦`` the keep-mask ``(R, n)`` of step k (None for mask-free rules): the given
+    ``masks``, or the stream seeded with ``seed`` (one seed, one stream: runs are coupled)."""
+    if not rule.uses_masks:
+        return lambda k: None
+    R, n = prob.shape
+    if masks is not None:
+        given = _check_masks(masks, steps, R, n, prob.batched, prob.X.device)
+        return lambda k: given[k - 1]
+    stream = MaskStream(keep, (R, n), seed, prob.X.device)
+    return lambda k: stream.next()
+
+
+def full_risk(design: Design, a: Tensor, W: Tensor) -> Tensor:
+    """R(μ) = ½ mean_j (f(z_j) − y_j)² of the full network, per replica ``(R,)``."""
+    n = a.shape[-1]
+    r = forward(design, a, W, torch.full_like(a, 1.0 / n))[0] - design.y
+    return 0.5 * (r * r).mean(-1)
+
+
+class Recorder:
+    """The records of a run: risks (and test risks, probe outputs) at record steps,
+    particle snapshots every ``snapshot_every`` steps."""
+
+    def __init__(self, prob: Problem, snapshot_every: int | None):
+        self.prob, self.snapshot_every = prob, snapshot_every
+        self.steps: list[int] = []
+        self.series: dict[str, list[Tensor]] = {"risk": [], "test_risk": [], "outputs": []}
+        self.snaps: list[Tensor] = []
+        self.snap_steps: list[int] = []
+
+    def record(self, k: int, a: Tensor, W: Tensor, risk: Tensor | None = None) -> None:
+        p = self.prob
+        self.steps.append(k)
+        self.series["risk"].append(full_risk(p.design, a, W) if risk is None else risk)
+        if p.test is not None:
+            self.series["test_risk"].append(full_risk(p.test, a, W))
+        if p.probe is not None:
+            self.series["outputs"].append(forward(p.probe, a, W, torch.full_like(a, 1.0 / a.shape[-1]))[0])
+
+    def snapshot(self, k: int, last: int, a: Tensor, W: Tensor) -> None:
+        if self.snapshot_every is not None and (k % self.snapshot_every == 0 or k == last):
+            self.snaps.append(self.prob.design.unpack(a, W))
+            self.snap_steps.append(k)
+
+    def stack(self, xs: list[Tensor]) -> Tensor | None:
+        if not xs:
+            return None
+        t = torch.stack(xs).cpu()
+        return t if self.prob.batched else t[:, 0]
+
+    def result(self, a: Tensor, W: Tensor, lr: float, diverged: int | None, info: dict) -> SimulationResult:
+        X = self.prob.design.unpack(a, W)
+        steps = torch.tensor(self.steps)
+        return SimulationResult(
+            particles=(X if self.prob.batched else X[0]).cpu(), steps=steps, times=steps.to(torch.float64) * lr,
+            risk=self.stack(self.series["risk"]), test_risk=self.stack(self.series["test_risk"]),
+            outputs=self.stack(self.series["outputs"]), snapshots=self.stack(self.snaps),
+            snapshot_steps=torch.tensor(self.snap_steps) if self.snap_steps else None, diverged_at_step=diverged,
+            info=info)
+
+
 def simulate(
     variant: str | Rule,
     particles,
@@ -273,165 +404,61 @@ def simulate(
     progress: bool = False,
 ) -> SimulationResult:
     """Run ``steps`` steps of ``variant`` (one of :data:`VARIANTS`, or a :class:`Rule`) from
-    ``particles``.
+    ``particles`` ``(width, p)`` or ``(replicas, width, p)`` on ``inputs (m, d)``,
+    ``targets (m,)`` (see :func:`prepare`). ``lr`` is τ, ``keep`` is q. Masks come from a
+    generator seeded with ``seed`` (runs with one seed are coupled) unless ``masks`` — bool
+    ``(steps, width)`` (shared by all replicas) or ``(steps, replicas, width)`` — is given.
+    The run stops at the first step whose risk (thinned, or full at a record) exceeds
+    ``divergence_threshold · (1 + R_0)`` or is non-finite, or whose update is non-finite.
 
-    ``particles``: ``(width, p)`` or ``(replicas, width, p)`` with ``p = d + 1`` (neuron
-    ``(a, w)``) or ``d + 2`` (``(a, w, b)``); ``inputs``: ``(m, d)``; ``targets``: ``(m,)``.
-    ``lr`` is τ, ``keep`` is q. Masks come from a generator seeded with ``seed`` (runs
-    with one seed are coupled) unless ``masks`` — bool ``(steps, width)`` (shared by all
-    replicas) or ``(steps, replicas, width)`` — is given. The run stops at the first step
-    whose risk exceeds ``divergence_threshold · (1 + R_0)`` or is non-finite.
-    Computation uses ``dtype``/``device`` (default: the particles'), float64 if the
-    particles are not floating point.
+    >>> import torch, dropdyn
+    >>> g = torch.Generator().manual_seed(0)
+    >>> X0, Z, y = torch.randn(100, 3, generator=g), torch.randn(20, 2, generator=g), torch.randn(20, generator=g)
+    >>> drop = dropdyn.simulate("dropout", X0, Z, y, lr=0.5, keep=0.5, steps=50, seed=1)
+    >>> bool(drop.risk[-1] < drop.risk[0]), drop.diverged_at_step, tuple(drop.particles.shape)
+    (True, None, (100, 3))
     """
     if not isinstance(variant, Rule):
         check_choice("variant", variant, VARIANTS)
-    seed = check_seed(seed)
-    lr = check_positive("lr", lr)
-    keep = check_keep(keep)
-    steps = check_int("steps", steps, 0)
-    record_every = check_int("record_every", record_every, 1)
-    if snapshot_every is not None:
-        snapshot_every = check_int("snapshot_every", snapshot_every, 1)
-    if not isinstance(particles, Tensor):
-        particles = _as_tensor("particles", particles, torch.float64, "cpu")
-    dtype = dtype or (particles.dtype if particles.is_floating_point() else torch.float64)
-    device = check_device(device) if device is not None else particles.device
-    X = _as_tensor("particles", particles, dtype, device)
-    Z = _as_tensor("inputs", inputs, dtype, device)
-    y = _as_tensor("targets", targets, dtype, device)
-    if Z.dim() != 2:
-        raise InputError(f"inputs must have shape (n_samples, d), got {tuple(Z.shape)}")
-    m, d = Z.shape
-    if m < 1:
-        raise InputError(f"inputs must hold at least one sample, got shape {tuple(Z.shape)}")
-    if y.shape != (m,):
-        raise InputError(f"targets must have shape ({m},) to match inputs, got {tuple(y.shape)}")
-    if X.dim() not in (2, 3):
-        raise InputError(f"particles must have shape (width, p) or (replicas, width, p), got {tuple(X.shape)}")
-    if X.shape[-1] not in (d + 1, d + 2):
-        raise InputError(
-            f"particles have p={X.shape[-1]} coordinates but inputs have d={d}: "
-            f"p must be d+1 (a, w) or d+2 (a, w, b)"
-        )
-    batched = X.dim() == 3
-    X3 = X if batched else X[None]
-    R, n = X3.shape[:2]
-    if n < 1 or R < 1:
-        raise InputError(f"width and replicas must be >= 1, got particles of shape {tuple(X.shape)}")
-    check_memory(f"a step at width {n} with {R} replica(s) and {m} samples", 4 * R * n * (m + X.shape[-1])
-                 * X.element_size(), device)
+    seed, lr, keep = check_seed(seed), check_positive("lr", lr), check_keep(keep)
+    steps, record_every = check_int("steps", steps, 0), check_int("record_every", record_every, 1)
+    snapshot_every = None if snapshot_every is None else check_int("snapshot_every", snapshot_every, 1)
+    prob = prepare(particles, inputs, targets, activation=activation, test_inputs=test_inputs,
+                   test_targets=test_targets, probe_inputs=probe_inputs, device=device, dtype=dtype)
+    R, n = prob.shape
     rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
-    if masks is not None:
-        masks = _check_masks(masks, steps, R, n, batched, device)
-    bias = X.shape[-1] == d + 2
-    design = Design.build(Z, y, activation, bias)
-
-    def side_design(name, xs, ys):
-        if xs is None:
-            return None
-        xs = _as_tensor(name, xs, dtype, device)
-        if xs.dim() != 2 or xs.shape[1] != d:
-            raise InputError(f"{name} must have shape (n, {d}), got {tuple(xs.shape)}")
-        if ys is None:
-            ys = xs.new_zeros(xs.shape[0])
-        ys = _as_tensor(name.replace("inputs", "targets"), ys, dtype, device)
-        if ys.shape != (xs.shape[0],):
-            raise InputError(f"test_targets must have shape ({xs.shape[0]},), got {tuple(ys.shape)}")
-        return Design.build(xs, ys, activation, bias)
-
-    if (test_inputs is None) != (test_targets is None):
-        raise InputError("test_inputs and test_targets must be given together")
-    test_design = side_design("test_inputs", test_inputs, test_targets)
-    probe_design = side_design("probe_inputs", probe_inputs, None)
-
-    a, W = design.pack(X3)
-    full = torch.full((R, n), 1.0 / n, dtype=dtype, device=device)
-    stream = MaskStream(keep, (R, n), seed, device) if rule.uses_masks and masks is None else None
-    kernel_gen = None
+    next_mask = mask_source(rule, keep, steps, prob, masks=masks, seed=seed)
+    kernel = None
     if rule.critical:  # its own stream, so that given masks and drawn masks see the same kernel draws
-        kernel_gen = torch.Generator(device=device)
-        kernel_gen.manual_seed(int(seed) + 7919)
+        kernel = torch.Generator(device=prob.X.device).manual_seed(seed + 7919)
+    design, rec = prob.design, Recorder(prob, snapshot_every)
+    state = dict(zip(("a", "W"), design.pack(prob.X), strict=True), risk=None)
+    limit = divergence_threshold * (1.0 + float(full_risk(design, state["a"], state["W"]).max()))
 
-    rec = {"steps": [], "risk": [], "test_risk": [], "outputs": []}
-    snaps, snap_steps = [], []
-
-    def full_risk(des, a, W):
-        r = forward(des, a, W, full)[0] - des.y
-        return 0.5 * (r * r).mean(-1)
-
-    def record(k, risk=None):
-        rec["steps"].append(k)
-        rec["risk"].append(full_risk(design, a, W) if risk is None else risk)
-        if test_design is not None:
-            rec["test_risk"].append(full_risk(test_design, a, W))
-        if probe_design is not None:
-            rec["outputs"].append(forward(probe_design, a, W, full)[0])
-
-    record(0)
-    if snapshot_every is not None:
-        snaps.append(design.unpack(a, W))
-        snap_steps.append(0)
-    limit = divergence_threshold * (1.0 + float(rec["risk"][0].max()))
-    diverged = None
-    name = variant if isinstance(variant, str) else repr(variant)
-    bar = _progress(steps, progress, name if isinstance(variant, str) else "limit")
-    for k in range(1, steps + 1):
-        mask = None
-        if rule.uses_masks:
-            mask = masks[k - 1] if masks is not None else stream.next()
-        a_new, W_new, r = step(design, a, W, lr, rule, mask, keep, kernel_gen)
+    def advance(k: int, due: bool) -> bool:
+        a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel)
         thinned = 0.5 * (r * r).mean(-1)
-        ok = (torch.isfinite(thinned) & (thinned <= limit)).all()
-        ok &= torch.isfinite(a_new).all() & torch.isfinite(W_new).all()
-        recording = k % record_every == 0 or k == steps
-        risk = full_risk(design, a_new, W_new) if recording else None
-        if recording:  # the full network's risk can overflow where the thinned one did not
+        ok = (torch.isfinite(thinned) & (thinned <= limit)).all() & torch.isfinite(a).all() & torch.isfinite(W).all()
+        risk = full_risk(design, a, W) if due else None
+        if due:  # the full network's risk can overflow where the thinned one did not
             ok &= torch.isfinite(risk).all()
         if not bool(ok):
-            diverged = k
-            break
-        a, W = a_new, W_new
-        if recording:
-            record(k, risk)
-        if snapshot_every is not None and (k % snapshot_every == 0 or k == steps):
-            snaps.append(design.unpack(a, W))
-            snap_steps.append(k)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    if diverged is not None and rec["steps"][-1] != diverged - 1:
-        record(diverged - 1)
+            return False
+        state.update(a=a, W=W, risk=risk)
+        rec.snapshot(k, steps, a, W)
+        return True
 
-    def stack(xs):
-        if not xs:
-            return None
-        t = torch.stack(xs).cpu()
-        return t if batched else t[:, 0]
+    def record(k: int) -> None:
+        rec.record(k, state["a"], state["W"], state.pop("risk", None))
+        state["risk"] = None
+        if k == 0:
+            rec.snapshot(0, steps, state["a"], state["W"])
 
-    steps_t = torch.tensor(rec["steps"])
-    return SimulationResult(
-        particles=(design.unpack(a, W) if batched else design.unpack(a, W)[0]).cpu(),
-        steps=steps_t,
-        times=steps_t.to(torch.float64) * lr,
-        risk=stack(rec["risk"]),
-        test_risk=stack(rec["test_risk"]),
-        outputs=stack(rec["outputs"]),
-        snapshots=stack(snaps),
-        snapshot_steps=torch.tensor(snap_steps) if snap_steps else None,
-        diverged_at_step=diverged,
-        info={"variant": name, "lr": lr, "keep": keep, "width": n, "replicas": R,
-              "activation": activation, "seed": seed, "alpha": lr / keep,
-              "beta": 1.0 / (n * keep), "steps": steps, "penalty": rule.penalty,
-              "dtype": str(dtype).replace("torch.", ""), "device": str(device),
-              "threshold": limit if math.isfinite(limit) else None},
-    )
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", leave=False, mininterval=0.5)
+    name = variant if isinstance(variant, str) else repr(variant)
+    diverged = run_loop(steps, advance, record, record_every=record_every, progress=progress,
+                        desc=name if isinstance(variant, str) else "limit")
+    info = {"variant": name, "lr": lr, "keep": keep, "width": n, "replicas": R, "activation": activation,
+            "seed": seed, "alpha": lr / keep, "beta": 1.0 / (n * keep), "steps": steps, "penalty": rule.penalty,
+            "kernel_beta": rule.beta, "dtype": str(prob.X.dtype).replace("torch.", ""),
+            "device": str(prob.X.device), "threshold": limit if math.isfinite(limit) else None}
+    return rec.result(state["a"], state["W"], lr, diverged, info)

@@ -23,7 +23,7 @@ import math
 from ._checks import InputError, check_choice, check_keep, check_positive
 from .engine import Rule, SimulationResult, simulate
 
-PHASES = ("I", "II", "III", "IV", "V")
+LIMITS = ("I", "II", "III", "IV", "V")  # the limits (phase.PHASES adds "degenerate", which has none)
 MAX_THINNING = 0.1  # h/α at most this for Poisson clocks
 
 
@@ -33,7 +33,7 @@ def limit_rule(phase: str, *, h: float | None = None, alpha: float | None = None
 
     I: ``h``; II: ``h``, ``beta``; III: ``h``, ``alpha``; IV: ``h``, ``alpha``, ``beta``;
     V: ``lr`` = τ̄, ``keep`` = q̄."""
-    check_choice("phase", phase, PHASES)
+    check_choice("phase", phase, LIMITS)
 
     def need(name, value):
         if value is None:
@@ -55,7 +55,7 @@ def limit_rule(phase: str, *, h: float | None = None, alpha: float | None = None
             f"(its per-ring error is ≈ h/(2α) = {h / (2 * alpha):.3g})")
     if phase == "III":
         return Rule(False, True), h, h / alpha
-    return Rule(False, True, need("beta", beta), critical=True), h, h / alpha
+    return Rule(False, True, beta=need("beta", beta)), h, h / alpha
 
 
 def simulate_limit(phase: str, particles, inputs, targets, *, time: float, h: float | None = None,
@@ -67,7 +67,15 @@ def simulate_limit(phase: str, particles, inputs, targets, *, time: float, h: fl
     (bool ``(steps, N)`` or ``(steps, replicas, N)``) are the ring indicators, e.g. the
     masks of a coupled dropout run; otherwise they are drawn from ``seed``. Other
     keyword arguments go to :func:`dropdyn.simulate` (``seed``, ``activation``,
-    ``record_every``, ``test_inputs`` …). ``result.times`` are physical times."""
+    ``record_every``, ``test_inputs`` …). ``result.times`` are physical times.
+
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> X0, Z, y = torch.randn(200, 3, generator=g), torch.randn(20, 2, generator=g), torch.randn(20, generator=g)
+    >>> lim = simulate_limit("III", X0, Z, y, time=1.0, h=0.01, alpha=0.5, seed=1)
+    >>> float(lim.times[-1]), lim.info["phase"]
+    (1.0, 'III')
+    """
     rule, step, q = limit_rule(phase, h=h, alpha=alpha, beta=beta, lr=lr, keep=keep)
     time = check_positive("time", time)
     steps = max(1, round(time / step))
@@ -76,3 +84,29 @@ def simulate_limit(phase: str, particles, inputs, targets, *, time: float, h: fl
     res = simulate(rule, particles, inputs, targets, lr=step, keep=q, steps=steps, masks=clocks, **kwargs)
     res.info.update(phase=phase, h=step, alpha=alpha, beta=beta)
     return res
+
+
+def coupled_limit(phase: str, particles, inputs, targets, *, time: float, lr: float, masks, alpha: float | None = None,
+                  beta: float | None = None, tau: float | None = None, keep: float | None = None, seed: int = 0,
+                  **kwargs) -> SimulationResult:
+    """Limit ``phase`` beside a dropout run of step ``lr`` and keep-masks ``masks`` ``(steps,
+    [R,] N)``, coupled where it can be: the phase → engine-arguments map that every
+    comparison of dropout with its limit uses.
+
+    I, II: step h = ``lr`` (II with ``beta``). III, IV: clocks of rate 1/``alpha`` (IV with
+    ``beta``): the dropout masks themselves at h = ``lr`` when h/α ≤ MAX_THINNING, else
+    independent clocks at the coarsest admissible step, recorded at ``time`` only. V: the
+    discrete limit (``tau``, ``keep``) = (τ̄, q̄) with the masks as clocks. Other keyword
+    arguments go to :func:`simulate_limit`."""
+    args = dict(time=time, seed=seed, **kwargs)
+    if phase == "V":
+        return simulate_limit("V", particles, inputs, targets, lr=tau, keep=keep, clocks=masks, **args)
+    if phase in ("I", "II"):
+        return simulate_limit(phase, particles, inputs, targets, h=lr, beta=beta if phase == "II" else None, **args)
+    alpha = check_positive("alpha", alpha)
+    coupled = lr / alpha <= MAX_THINNING
+    h = lr if coupled else time / math.ceil(time / (alpha * MAX_THINNING))
+    if not coupled:
+        args["record_every"] = max(1, round(time / h))
+    return simulate_limit(phase, particles, inputs, targets, h=h, alpha=alpha, beta=beta if phase == "IV" else None,
+                          clocks=masks if coupled else None, **args)

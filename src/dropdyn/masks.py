@@ -41,7 +41,12 @@ class MaskStream:
 
 def draw_masks(keep: float, steps: int, shape: tuple[int, ...], seed: int = 0, device="cpu"):
     """``(steps, *shape)`` keep-masks: the same ones :func:`dropdyn.simulate` draws with
-    this ``seed`` (pass them as ``masks=`` to couple runs explicitly)."""
+    this ``seed`` (pass them as ``masks=`` to couple runs explicitly).
+
+    >>> m = draw_masks(0.5, steps=1000, shape=(200,), seed=3)
+    >>> m.shape, m.dtype, abs(m.double().mean().item() - 0.5) < 0.01
+    (torch.Size([1000, 200]), torch.bool, True)
+    """
     return MaskStream(keep, shape, seed, device).take(steps)
 
 

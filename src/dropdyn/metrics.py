@@ -8,7 +8,8 @@ from ._checks import InputError, check_choice, check_memory
 
 
 def particle_distance(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """Coupled particle-wise distance ``(1/n) Σ_i |X_i − Y_i|²`` over the last two axes:
+    """Coupled particle-wise distance ``(1/n) Σ_i |X_i − Y_i|²`` over the last two axes
+    (``particle_distance(torch.zeros(4, 2), torch.ones(4, 2))`` is ``tensor(2.)``):
     ``(…, n, p), (…, n, p) → (…)``. Neuron i of X is paired with neuron i of Y."""
     if X.shape != Y.shape:
         raise InputError(f"coupled particles must have the same shape, got {tuple(X.shape)} and {tuple(Y.shape)}")
@@ -37,7 +38,12 @@ def wasserstein2(X: torch.Tensor, Y: torch.Tensor, *, method: str = "exact", pro
     quantity: ≤ W2, smaller by up to a factor √p — never a substitute for the exact value,
     so it is used only when asked for, and whoever reports it should name it. Note: two
     independent samples of one law in R^p are already far apart in W2 when p ≳ 5, so
-    compare *coupled* systems where possible (docs/theory.md §2)."""
+    compare *coupled* systems where possible (docs/theory.md §2).
+
+    >>> X = torch.randn(100, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> round(wasserstein2(X, X + torch.tensor([3.0, 0.0, 4.0], dtype=torch.float64)), 6)  # a shift by 5
+    5.0
+    """
     import numpy as np
     import ot
 

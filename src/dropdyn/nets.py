@@ -116,7 +116,7 @@ class VGG16(nn.Module):
     ``batch_norm=True`` (default) is the VGG16 usually trained on CIFAR-10; without it the
     16-layer network stalls at chance from scratch (measured on a synthetic task). Batch
     statistics make the loss of a batch depend on the whole batch, which the alignment
-    measures as it is (``dropdyn.diagnostics`` restores the running statistics after its
+    measures as it is (``dropdyn.noise_geometry`` restores the running statistics after its
     forward passes). Written out here rather than taken from torchvision, whose VGG16 is
     the 224 × 224 ImageNet network with 4096-unit classifier layers and no dropout in its
     convolutional part."""
@@ -157,11 +157,17 @@ class VGG16(nn.Module):
     def dropouts(self) -> list[Dropout]:
         return [m for m in self.net if isinstance(m, Dropout)]
 
+    def linears(self) -> list[nn.Linear]:
+        """The classifier's fully connected layers (max-norm constrains the hidden ones)."""
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
 
 @torch.no_grad()
-def apply_max_norm(model: DropoutMLP, c: float) -> None:
-    """Project each unit's incoming weight vector (a row of every hidden ``Linear``'s
-    weight) onto the ball ‖w‖ ≤ c. The output layer is left free."""
+def apply_max_norm(model: DropoutMLP | VGG16, c: float) -> None:
+    """Project each hidden unit's incoming weight vector (a row of every ``Linear`` of
+    ``model.linears()`` but the last) onto the ball ‖w‖ ≤ c. The output layer is left free;
+    for VGG16 these are its two hidden fully connected layers (convolutions are not
+    constrained)."""
     c = check_positive("max-norm c", c)
     for lin in model.linears()[:-1]:
         norms = lin.weight.norm(dim=1, keepdim=True)

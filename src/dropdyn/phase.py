@@ -122,7 +122,12 @@ def set_distances(a: float, b: float) -> dict[str, float]:
 
 
 def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
-    """Phase of a finite (width, lr, keep); see the module docstring. ``width ≥ 2``."""
+    """Phase of a finite (width, lr, keep); see the module docstring. ``width ≥ 2``.
+
+    >>> ph = classify(10_000, 0.01, 0.01)
+    >>> ph.phase, round(ph.alpha, 3), round(ph.beta, 4)
+    ('III', 1.0, 0.01)
+    """
     width = check_int("width", width, 2)
     if width > 2**53:  # past this widths are not exact as floats (and 1/(nq) underflows long before)
         raise InputError(f"width must be at most 2^53, got {width}")
@@ -169,6 +174,15 @@ def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
     dist = {k: round(v, 6) for k, v in dist.items()}
     return Phase(width, lr, keep, alpha, beta, a, b, phase, reason, text, latex, dict(EFFECTS[phase]),
                  dist, warnings)
+
+
+def phase_line(width, lr, keep) -> str:
+    """``"III: <limit in words>"`` for a setting, or why it cannot be classified (for reports)."""
+    try:
+        ph = classify(int(width), float(lr), float(keep))
+    except (TypeError, ValueError) as e:
+        return f"(cannot classify: {e})"
+    return f"{ph.phase}: {ph.limit}"
 
 
 def family_phase(a: float, b: float) -> str:

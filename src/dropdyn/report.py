@@ -1,9 +1,10 @@
 """``dropdyn report``: one self-contained HTML page (figures embedded as data URIs) for a
 run folder, a sweep (``STORE/sweeps/NAME``) or a whole store.
 
-For each run it shows the theory's prediction beside the measurement (``theory_rows``:
-e.g. ``dropdyn phase``'s answer for the run's (n, τ, q), the fitted convergence rates,
-the phase diagram's agreement), the figures, the summary, the config and the versions.
+For each run it shows the theory's prediction beside the measurement (each experiment's
+``theory`` rows: e.g. ``dropdyn phase``'s answer for the run's (n, τ, q), the fitted
+convergence rates, the phase diagram's agreement), the figures, the summary, the config
+and the versions.
 A small script marks the page with ``data-figures``/``data-loaded`` once it has loaded,
 so a browser (and the tests, in headless Chromium) can tell that every figure decoded.
 """
@@ -16,7 +17,7 @@ import re
 from pathlib import Path
 
 from ._checks import InputError
-from .experiments import EXPERIMENTS
+from .experiment import get, registry
 from .runs import RunIndex, scalar_summary
 from .store import atomic_write_bytes, is_run_folder, read_json
 
@@ -54,60 +55,13 @@ def _table(rows: list[tuple], header: tuple | None = None) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def _phase_of(width, lr, keep) -> str:
-    from .phase import classify
-
-    try:
-        ph = classify(int(width), float(lr), float(keep))
-    except (TypeError, ValueError) as e:
-        return f"(cannot classify: {e})"
-    return f"{ph.phase}: {ph.limit}"
-
-
 def theory_rows(experiment: str, config: dict, summary: dict) -> list[tuple[str, str, str]]:
-    """(quantity, the theory's prediction, the measurement) for one run."""
-    s, c = summary, config
-    if experiment == "teacher-student":
-        return [("phase of (n, τ, q)", _phase_of(c["width"], c["lr"], c["keep"]), "—"),
-                ("dropout–RaM output gap", f"O(√β) = {s['beta'] ** 0.5:.3g}",
-                 f"{s['final_gap_output_dropout_ram']:.3g}")]
-    if experiment == "convergence":
-        rows = [("limit", f"phase {c['phase']}",
-                 f"classify at the largest width: {s['predicted_phase_at_largest_width']}")]
-        for k, v in s["rates"].items():
-            lo, hi = v["ci95"]
-            rows.append((f"rate of the {k} distance", "negative (converges)",
-                         f"n^{v['slope']:.2f}  95% CI [{lo:.2f}, {hi:.2f}]"))
-        return rows
-    if experiment == "convergence-width":
-        return [("phase of (n, τ, q)", _phase_of(s["width"], s["lr"], s["keep"]), f"coupled to limit {c['phase']}"),
-                ("particle distance at T", "→ 0 as n → ∞", f"{s['particle_distance']:.3g}")]
-    if experiment == "phase-cell":
-        return [("phase of the family", s["theory"], f"nearest limit: {s['empirical']} "
-                 f"(distance ×{s['ratio']:.2f} per width doubling)")]
-    if experiment == "phase-sweep":
-        rows = [("cells agreeing with the theory", "all", f"{s['agreement_all']:.0%} of {s['cells']}")]
-        if s.get("agreement_decided") is not None:
-            rows.append(("… among cells the width decides", "all",
-                         f"{s['agreement_decided']:.0%} of {s['decided_cells']}"))
-        rows += [(f"cell a={d['a']:g}, b={d['b']:g}", d["theory"], d["empirical"]) for d in s["cells_detail"]]
-        return rows
-    if experiment == "alignment":
-        return [(f"α over training ({name})", f"> {s['paper_alpha']} (SME paper, {s.get('paper_figure', 'Fig. 3a')})",
-                 f"min {v:.3f}")
-                for name, v in s["min_alpha"].items()]
-    if experiment == "sharpness":
-        return [("GD stable step", f"≤ 2/λ = {s['bound_2_over_lambda_solution']:.3g}",
-                 f"{s['largest_stable']['gd']['mean_step']:.3g}")]
-    if experiment == "sme-order":
-        return [(f"weak-order slope, {k}", f"{s['paper_slopes'].get(k.split('/')[0], 1)} (SME paper, Fig. 1b, c)",
-                 f"{v['slope']:.2f}  95% CI [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]" if v["slope"] is not None
-                 else f"unresolved (Monte-Carlo error; {v['resolved_points']} point(s) resolved)")
-                for k, v in s["slopes"].items()]
-    if experiment == "sme-trajectories":
-        return [(f"dropout vs SME training risk, {k}", "agree (SME paper, Fig. 1a)",
-                 f"largest relative gap of the means {v['max_relative_gap']:.1%}") for k, v in s["settings"].items()]
-    return [(k, "—", _fmt(v)) for k, v in scalar_summary(s).items() if k.startswith(("slope", "order"))]
+    """(quantity, the theory's prediction, the measurement) for one run: the experiment's own
+    ``theory`` rows, or its scalar slopes and orders where it declares none."""
+    exp = get(experiment)
+    if exp.theory is not None:
+        return exp.theory(config, summary)
+    return [(k, "—", _fmt(v)) for k, v in scalar_summary(summary).items() if k.startswith(("slope", "order"))]
 
 
 def _figures(folder: Path) -> str:
@@ -130,7 +84,7 @@ def _run_section(folder: Path, title: str | None = None) -> str:
     parts = [f"<section><h2>{_e(title or exp)}</h2><p><code>{_e(folder)}</code></p>"]
     try:
         rows = theory_rows(exp, meta["config"], summary)
-    except (KeyError, TypeError) as e:  # an older or partial summary: say so, keep the rest
+    except (KeyError, TypeError, ValueError) as e:  # an older, partial or foreign summary: say so, keep the rest
         rows = [("theory vs measurement", "—", f"unavailable ({type(e).__name__}: {e})")]
     if rows:
         parts.append("<h3>Theory and measurement</h3>" + _table(rows, ("quantity", "theory", "measured")))
@@ -147,7 +101,7 @@ def _sweep_section(folder: Path) -> str:
     from .sweep import Sweep, collect
 
     spec = read_json(folder / "sweep.json")
-    if not (isinstance(spec, dict) and spec.get("experiment") in EXPERIMENTS and isinstance(spec.get("keys"), list)
+    if not (isinstance(spec, dict) and spec.get("experiment") in registry() and isinstance(spec.get("keys"), list)
             and all(isinstance(k, str) and KEY.fullmatch(k) for k in spec["keys"])
             and isinstance(spec.get("points"), list) and len(spec["points"]) == len(spec["keys"])):
         raise InputError(f"{folder / 'sweep.json'}: not a dropdyn sweep file (experiment, points and 10-hex-digit "

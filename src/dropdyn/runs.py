@@ -248,6 +248,15 @@ class RunIndex:
                              "give more of it")
         return found[0]
 
+    def complete_with_key(self, key: str) -> Path | None:
+        """The folder of a complete run with this key inside the store (a CLI or notebook run
+        of the same configuration), or None."""
+        for r in self.rows(status="complete"):
+            folder = self.folder(r["id"]) if r["key"] == key else None
+            if folder is not None and (folder / "summary.json").is_file():
+                return folder
+        return None
+
     def folder(self, run_id: str) -> Path | None:
         """The folder of a run inside the store, or None if ``run_id`` leads outside it (an
         absolute id from ``--out`` elsewhere, or a tampered one like ``../victim``)."""

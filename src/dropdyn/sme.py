@@ -125,7 +125,7 @@ class Features:
         return self.contract(self.e[..., None, :] + c2 * self.u)
 
 
-def predict(theta: Tensor, inputs: Tensor, activation: str = "tanh", mask: Tensor | None = None) -> Tensor:
+def predict_standard(theta: Tensor, inputs: Tensor, activation: str = "tanh", mask: Tensor | None = None) -> Tensor:
     """``f_θ(x_i; δ) = Σ_r δ_r a_r σ(w_rᵀx_i)`` → ``(..., N)`` (``mask`` δ: ``(..., width)``)."""
     u = theta[..., 0, None] * get_activation(activation).fn(theta[..., 1:] @ inputs.T)
     if mask is not None:
@@ -133,9 +133,9 @@ def predict(theta: Tensor, inputs: Tensor, activation: str = "tanh", mask: Tenso
     return u.sum(-2)
 
 
-def risk(theta: Tensor, inputs: Tensor, targets: Tensor, activation: str = "tanh") -> Tensor:
+def risk_standard(theta: Tensor, inputs: Tensor, targets: Tensor, activation: str = "tanh") -> Tensor:
     """``R_S(θ) = (1/2N) Σ_i (f_θ(x_i) − y_i)²`` → ``(...)``."""
-    return 0.5 * (predict(theta, inputs, activation) - targets).square().mean(-1)
+    return 0.5 * (predict_standard(theta, inputs, activation) - targets).square().mean(-1)
 
 
 def modified_loss(theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, activation: str = "tanh") -> Tensor:
@@ -302,7 +302,16 @@ class NoiseCovariance:
 
 def noise_covariance(theta: Tensor, inputs: Tensor, targets: Tensor, keep: float,
                      activation: str = "tanh") -> NoiseCovariance:
-    """The exact dropout noise covariance Σ(θ) as an operator (see :class:`NoiseCovariance`)."""
+    """The exact dropout noise covariance Σ(θ) as an operator (see :class:`NoiseCovariance`).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> theta = torch.randn(50, 8, generator=g, dtype=torch.float64)  # width 50, d = 7: D = 400
+    >>> X, y = torch.randn(100, 7, generator=g, dtype=torch.float64), torch.randn(100, generator=g, dtype=torch.float64)
+    >>> S = noise_covariance(theta, X, y, keep=0.5)
+    >>> v = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    >>> bool(torch.allclose(S @ v, (S.to_dense() @ v.reshape(-1)).reshape(50, 8)))  # exact, matrix-free
+    True
+    """
     return NoiseCovariance(theta, inputs, targets, keep, activation)
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import InputError, check_choice, check_int, check_keep, check_positive
-from .engine import _progress
+from ._checks import InputError, check_choice, check_int, check_keep, check_positive, check_seed
+from .loop import run_loop
 from .sme import (
     NoiseCovariance,
     check_problem,
@@ -34,7 +34,7 @@ from .sme import (
     dropout_gradient,
     modified_loss_grad,
     noise_covariance,
-    risk,
+    risk_standard,
 )
 
 Tensor = torch.Tensor
@@ -43,21 +43,25 @@ DYNAMICS = ("dropout", "sme1", "sme2", "gd")
 
 @dataclass
 class SMETrajectory:
-    """Records of one simulation. ``times`` ``(T,)``; ``mean`` ``(T, width, d + 1)`` is the
-    replica mean of θ; ``variance`` ``(T,)`` the sum over coordinates of the replica
-    sample variance (so ``mean_error = √(variance / R)`` is the Monte-Carlo standard error
-    of ``‖mean‖``-type quantities); ``observed[name]`` ``(T, R)`` per-replica observables,
-    always including ``train_risk`` = R_S(θ); ``final`` ``(R, width, d + 1)``."""
+    """Records of one simulation, named as in :class:`dropdyn.engine.SimulationResult`:
+    ``steps``/``times`` ``(T,)`` index the records; ``risk`` ``(T, R)`` is the training risk
+    R_S(θ) per replica; ``particles`` ``(R, width, d + 1)`` the final θ (the state before a
+    divergence, ``diverged_at_step``). Also ``mean`` ``(T, width, d + 1)``, the replica mean
+    of θ; ``variance`` ``(T,)``, the sum over coordinates of the replica sample variance (so
+    ``mean_error = √(variance / R)`` is the Monte-Carlo standard error of ``‖mean‖``-type
+    quantities); ``observed[name]`` ``(T, R)``, per-replica observables (``train_risk`` too)."""
 
     dynamics: str
+    steps: Tensor
     times: Tensor
+    risk: Tensor
     mean: Tensor
     variance: Tensor
     observed: dict[str, Tensor]
-    final: Tensor
+    particles: Tensor
     replicas: int
     diverged_at_step: int | None = None
-    steps: list[int] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
 
     @property
     def mean_error(self) -> Tensor:
@@ -76,7 +80,7 @@ def _dense_noise(theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, ac
     return out
 
 
-def step(dynamics: str, theta: Tensor, inputs: Tensor, targets: Tensor, *, lr: float, keep: float,
+def sme_step(dynamics: str, theta: Tensor, inputs: Tensor, targets: Tensor, *, lr: float, keep: float,
          substeps: int = 1, activation: str = "tanh", diffusion: str = "factor",
          generator: torch.Generator | None = None) -> Tensor:
     """Advance ``theta`` ``(R, width, d + 1)`` by one dropout step of time η (``substeps``
@@ -99,7 +103,7 @@ def step(dynamics: str, theta: Tensor, inputs: Tensor, targets: Tensor, *, lr: f
     return theta
 
 
-def simulate(
+def simulate_sme(
     dynamics: str,
     theta0: Tensor,
     inputs: Tensor,
@@ -114,6 +118,7 @@ def simulate(
     activation: str = "tanh",
     diffusion: str = "factor",
     generator: torch.Generator | None = None,
+    seed: int | None = None,
     observe: Callable[[Tensor], dict[str, Tensor]] | None = None,
     divergence_threshold: float = 1e6,
     progress: bool = False,
@@ -125,12 +130,27 @@ def simulate(
     ``lr``. ``observe(θ)`` may return extra per-replica observables ``{name: (R,)}``. A run
     whose parameters become non-finite or exceed ``divergence_threshold · (1 + max|θ_0|)``
     stops; ``diverged_at_step`` is that step and the records up to the step before are kept.
+    Randomness comes from ``generator``, or a fresh one seeded with ``seed`` (not both; with
+    neither, torch's default generator).
+
+    >>> import torch
+    >>> from dropdyn.sme_dynamics import simulate_sme
+    >>> g = torch.Generator().manual_seed(0)
+    >>> theta0 = torch.randn(8, 3, generator=g, dtype=torch.float64) / 3
+    >>> X, y = torch.randn(30, 2, generator=g, dtype=torch.float64), torch.randn(30, generator=g, dtype=torch.float64)
+    >>> tr = simulate_sme("sme1", theta0, X, y, lr=0.1, keep=0.5, steps=20, replicas=4, seed=1)
+    >>> tuple(tr.particles.shape), tuple(tr.risk.shape), tr.diverged_at_step
+    ((4, 8, 3), (21, 4), None)
     """
     check_choice("dynamics", dynamics, DYNAMICS)
     check_choice("diffusion", diffusion, ("factor", "dense"))
     check_problem(theta0, inputs, targets)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if seed is not None:
+        if generator is not None:
+            raise InputError("give a seed or a generator, not both")
+        generator = torch.Generator(device=theta0.device).manual_seed(check_seed(seed))
     if theta0.dim() != 2:
         raise InputError(f"theta0 must be (width, d + 1), got shape {tuple(theta0.shape)}")
     lr, keep = check_positive("lr", lr), check_keep(keep)
@@ -148,30 +168,28 @@ def simulate(
         times.append(k * lr)
         means.append(th.mean(0))
         variances.append(th.var(0, unbiased=True).sum() if replicas > 1 else th.new_zeros(()))
-        obs = {"train_risk": risk(th, inputs, targets, activation)}
+        obs = {"train_risk": risk_standard(th, inputs, targets, activation)}
         obs.update(observe(th) if observe is not None else {})
         for name, val in obs.items():
             observed.setdefault(name, []).append(val.detach())
 
-    record(0, theta)
-    diverged = None
-    bar = _progress(steps, progress, dynamics)
-    for k in range(1, steps + 1):
-        new = step(dynamics, theta, inputs, targets, lr=lr, keep=keep, substeps=substeps, activation=activation,
-                   diffusion=diffusion, generator=generator)
+    state = {"theta": theta}
+
+    def advance(k: int, due: bool) -> bool:
+        new = sme_step(dynamics, state["theta"], inputs, targets, lr=lr, keep=keep, substeps=substeps,
+                   activation=activation, diffusion=diffusion, generator=generator)
         if not bool(torch.isfinite(new).all()) or float(new.abs().max()) > limit:
-            diverged = k
-            if steps_rec[-1] != k - 1:
-                record(k - 1, theta)
-            break
-        theta = new
-        if k % record_every == 0 or k == steps:
-            record(k, theta)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return SMETrajectory(dynamics, torch.tensor(times, dtype=theta0.dtype), torch.stack(means),
-                         torch.stack(variances), {n: torch.stack(v) for n, v in observed.items()}, theta, replicas,
-                         diverged, steps_rec)
+            return False
+        state["theta"] = new
+        return True
+
+    diverged = run_loop(steps, advance, lambda k: record(k, state["theta"]), record_every=record_every,
+                        progress=progress, desc=dynamics)
+    theta = state["theta"]
+    observed = {n: torch.stack(v) for n, v in observed.items()}
+    return SMETrajectory(dynamics, torch.tensor(steps_rec), torch.tensor(times, dtype=theta0.dtype),
+                         observed["train_risk"], torch.stack(means), torch.stack(variances), observed, theta, replicas,
+                         diverged, {"dynamics": dynamics, "lr": lr, "keep": keep, "steps": steps,
+                                    "replicas": replicas, "substeps": substeps, "activation": activation,
+                                    "seed": seed, "threshold": limit})
 

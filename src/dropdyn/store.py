@@ -187,19 +187,17 @@ class RunFolder:
         plt.close(fig)
 
 
-def open_run(experiment: str, config: dict, out: Path | None = None, *, root: Path = Path("runs"),
-             force: bool = False, folder_name: str | None = None) -> RunFolder:
-    """The run folder of one experiment run: ``out``, or a fresh
-    ``root/<folder_name or experiment>/<time>-<hash>``; on entering it writes
-    ``config.json`` (experiment, resolved config, versions, seed)."""
-    path = Path(out) if out is not None else default_run_dir(root, folder_name or experiment, config)
+def open_run(experiment: str, config: dict, out: Path, *, force: bool = False) -> RunFolder:
+    """The run folder ``out`` of one experiment run; on entering it writes ``config.json``
+    (experiment, resolved config, versions, seed, start time)."""
+    path = Path(out)
     meta = {"experiment": experiment, "config": config, "versions": versions(), "seed": config.get("seed"),
             "started": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
     return RunFolder(path, force=force, on_enter=lambda f: f.write_json("config.json", meta))
 
 
-def default_run_dir(root: Path, experiment: str, config: dict) -> Path:
-    """``root/experiment/<UTC time>-<config hash>-<4 random hex>``: sortable, and distinct for
-    two runs of one config started in the same second."""
+def default_run_dir(root: Path, group: str, key: str) -> Path:
+    """``root/<group>/<UTC time>-<run key>-<4 random hex>``: sortable, named by the run's one
+    key (:func:`run_key`), and distinct for two runs of one config started in the same second."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path(root) / experiment / f"{stamp}-{config_key(config)}-{secrets.token_hex(2)}"
+    return Path(root) / group / f"{stamp}-{key}-{secrets.token_hex(2)}"

@@ -26,20 +26,20 @@ across executors on CPU.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
 import json
 import os
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._checks import InputError
-from .config import build_config, read_config_file
-from .experiments import EXPERIMENTS
+from .config import read_config_file
+from .experiment import Context, get, registry
 from .runs import RunIndex, scalar_summary
-from .store import atomic_write_bytes, run_key
+from .store import RunFolder, atomic_write_bytes, run_key
 
 EXECUTORS = ("serial", "processes", "dask")
 WORKER_ENV = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}  # LocalCluster workers
@@ -67,16 +67,9 @@ class Sweep:
         return f"{self.experiment}/{self.keys[i]}"
 
 
-def experiment_module(name: str):
-    if name not in EXPERIMENTS:
-        raise InputError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
-    return importlib.import_module(EXPERIMENTS[name])
-
-
 def resolve(experiment: str, settings: dict) -> dict:
     """The resolved config of ``experiment`` with ``settings`` (validated) as a dict."""
-    module = experiment_module(experiment)
-    return dataclasses.asdict(build_config(module.Config, None, settings).resolved())
+    return dataclasses.asdict(get(experiment).resolve(settings))
 
 
 def _points(spec: dict, where: str) -> list[dict]:
@@ -115,9 +108,9 @@ def make_sweep(spec: dict, *, name: str = "sweep", where: str = "sweep") -> Swee
     if unknown:
         raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(SWEEP_KEYS))}")
     if "experiment" not in spec:
-        raise InputError(f"{where}: missing 'experiment' (one of {', '.join(EXPERIMENTS)})")
+        raise InputError(f"{where}: missing 'experiment' (one of {', '.join(registry())})")
     experiment = spec["experiment"]
-    experiment_module(str(experiment))
+    get(str(experiment))
     base = spec.get("base") or {}
     if not isinstance(base, dict):
         raise InputError(f"{where}: base must be a mapping of settings, got {base!r}")
@@ -167,6 +160,12 @@ def run_point(task: dict) -> dict:
             if index.status(run_id) != "complete":
                 index.finish(run_id, key, exp, cfg, summary, sweep=task.get("sweep"))
             return {"key": key, "status": "complete", "skipped": True}
+        same = index.complete_with_key(key)  # this configuration already run by `dropdyn run` or a notebook
+        if same is not None and same != folder.resolve():
+            with RunFolder(folder) as copy:
+                shutil.copytree(same, copy.tmp, dirs_exist_ok=True)
+            index.finish(run_id, key, exp, cfg, _summary_of(folder), sweep=task.get("sweep"))
+            return {"key": key, "status": "complete", "skipped": True, "reused": index.run_id(same)}
         if index.claim(run_id, key, exp, cfg, task.get("sweep")):
             break
         time.sleep(0.5)  # a live process (an overlapping sweep) computes this point: wait for its folder
@@ -174,8 +173,8 @@ def run_point(task: dict) -> dict:
     torch.set_num_threads(task.get("threads", 1))
     t0 = time.perf_counter()
     try:
-        module = experiment_module(exp)
-        module.run(build_config(module.Config, None, cfg), folder, progress=False)
+        experiment = get(exp)
+        experiment.execute(experiment.resolve(cfg), folder, ctx=Context(root))
     except Exception as e:
         summary = _summary_of(folder)
         if summary is None:  # a concurrent sweep may have completed the same point meanwhile
@@ -205,7 +204,7 @@ def _tasks(sweep: Sweep, root: Path, threads: int) -> list[dict]:
     (``cost(config)``): longest-processing-time-first keeps parallel workers busy to the end."""
     tasks = [{"experiment": sweep.experiment, "config": cfg, "key": key, "root": str(Path(root).resolve()),
               "sweep": sweep.name, "threads": threads} for cfg, key in zip(sweep.configs, sweep.keys, strict=True)]
-    cost = getattr(experiment_module(sweep.experiment), "cost", None)
+    cost = get(sweep.experiment).cost
     return sorted(tasks, key=lambda t: -cost(t["config"])) if cost else tasks
 
 
@@ -328,6 +327,21 @@ def run_sweep(sweep: Sweep, root: Path | str = "runs", *, executor: str = "seria
             outcomes[task["key"]] = outcome
             bar.update()
     return SweepResult(sweep, root, outcomes)
+
+
+def run_children(sweep: Sweep, ctx, noun: str = "points") -> tuple[list[dict], int]:
+    """For experiments built on sweeps: run (or resume) ``sweep`` in the store ``ctx.store``
+    on ``ctx``'s executor; the points' summaries in order, and how many were computed now.
+    A failed point fails the parent (the others stay in the store; a re-run resumes)."""
+    result = run_sweep(sweep, ctx.store, executor=ctx.executor, workers=ctx.workers, scheduler=ctx.scheduler,
+                       progress=ctx.progress)
+    failed = [o for o in result.outcomes.values() if o["status"] == "failed"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(sweep.keys)} {noun} failed (first: {failed[0]['error']}); "
+                           "the others are kept in the store and a re-run resumes")
+    rows = [json.loads((Path(ctx.store) / sweep.run_id(i) / "summary.json").read_text())
+            for i in range(len(sweep.keys))]
+    return rows, result.count("complete", skipped=False)
 
 
 def collect(sweep: Sweep, root: Path | str = "runs") -> list[dict]:

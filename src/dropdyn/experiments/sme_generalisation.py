@@ -12,13 +12,11 @@ does not, generalising worse.
 
 from __future__ import annotations
 
-import time as _time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..store import open_run
+from ..experiment import Context, Experiment, setting
 from ._sme import CurveSettings, band, compute_curves, curve_table
 
 DYNAMICS = ("dropout", "sme1", "gd")
@@ -27,11 +25,11 @@ STYLE = {"dropout": ("C0", "-", "dropout"), "sme1": ("C3", "--", "SME (order 1)"
 
 @dataclass
 class Config(CurveSettings):
-    settings: str = "0.005:0.9,0.1:0.3"
+    settings: str = setting("0.005:0.9,0.1:0.3", "LR:KEEP pairs, comma-separated")
 
 
-def compute(cfg: Config, progress: bool = False) -> dict:
-    return compute_curves(cfg, DYNAMICS, progress)
+def compute(cfg: Config, ctx: Context) -> dict:
+    return compute_curves(cfg, DYNAMICS, ctx.progress)
 
 
 def figure(res: dict, cfg: Config):
@@ -57,23 +55,26 @@ def figure(res: dict, cfg: Config):
     return fig
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
-    cfg = cfg.resolved()
-    with open_run("sme-generalisation", asdict(cfg), out, root=root, force=force) as folder:
-        t0 = _time.perf_counter()
-        res = compute(cfg, progress=progress)
-        summary = {"seconds": round(_time.perf_counter() - t0, 1), "settings": {}}
-        for (lr, p), r in res.items():
-            tag = f"lr={lr:g},p={p:g}"
-            keys = [f"{k}_{s}" for k in ("test_risk", "test_accuracy") for s in ("mean", "min", "max")]
-            folder.write_csv(f"test_{tag}.csv", curve_table(r, {k: k for k in keys}))
-            summary["settings"][tag] = {
-                dyn: {"final_test_risk": float(r[dyn]["test_risk_mean"][-1]),
-                      "final_test_accuracy": float(r[dyn]["test_accuracy_mean"][-1]),
-                      "mean_test_accuracy": float(np.mean(r[dyn]["test_accuracy_mean"])),
-                      "diverged_at_step": r[dyn]["diverged_at_step"]} for dyn in DYNAMICS}
-        folder.write_json("summary.json", summary)
-        folder.savefig(figure(res, cfg), "sme_generalisation")
-    return folder.path
+def write(folder, cfg: Config, res: dict) -> dict:
+    settings = {}
+    for (lr, p), r in res.items():
+        tag = f"lr={lr:g},p={p:g}"
+        keys = [f"{k}_{s}" for k in ("test_risk", "test_accuracy") for s in ("mean", "min", "max")]
+        folder.write_csv(f"test_{tag}.csv", curve_table(r, {k: k for k in keys}))
+        settings[tag] = {
+            dyn: {"final_test_risk": float(r[dyn]["test_risk_mean"][-1]),
+                  "final_test_accuracy": float(r[dyn]["test_accuracy_mean"][-1]),
+                  "mean_test_accuracy": float(np.mean(r[dyn]["test_accuracy_mean"])),
+                  "diverged_at_step": r[dyn]["diverged_at_step"]} for dyn in DYNAMICS}
+    folder.savefig(figure(res, cfg), "sme_generalisation")
+    return {"settings": settings}
 
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    return [(f"test accuracy, {k}", "SME tracks dropout; GD on L_S differs at large η (SME paper, Fig. 2)",
+             ", ".join(f"{d} {v[d]['mean_test_accuracy']:.3f}" for d in DYNAMICS)) for k, v in s["settings"].items()]
+
+
+EXPERIMENT = Experiment("sme-generalisation", "Figure 2 of the SME paper: test risk/accuracy of dropout, SME and GD "
+                        "on L_S.", Config, compute, write, theory, order=72)
+run = EXPERIMENT.run

