@@ -149,18 +149,27 @@ class RunIndex:
         except sqlite3.DatabaseError:
             return None
 
-    def _write(self, sql: str, args: tuple) -> None:
+    def _transaction(self, body):
+        """``body(con)`` inside one ``BEGIN IMMEDIATE`` transaction (committed unless it raises),
+        retried when the database is locked; returns what ``body`` returns."""
         for attempt in range(5):  # busy_timeout covers ordinary contention; this covers WAL recovery races
             try:
                 with closing(self._connect()) as con:
                     con.execute("BEGIN IMMEDIATE")
-                    con.execute(sql, args)
+                    try:
+                        out = body(con)
+                    except BaseException:
+                        con.execute("ROLLBACK")
+                        raise
                     con.execute("COMMIT")
-                return
+                return out
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) and "busy" not in str(e) or attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
+
+    def _write(self, sql: str, args: tuple) -> None:
+        self._transaction(lambda con: con.execute(sql, args))
 
     def run_id(self, folder: Path) -> str:
         """The id of a run folder: its path relative to the store, or absolute outside it."""
@@ -170,34 +179,32 @@ class RunIndex:
         except ValueError:
             return folder.as_posix()
 
+    START = ("INSERT INTO runs (id, key, experiment, params, sweep, status, started, pid, host) "
+             "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status='running', "
+             "error=NULL, started=excluded.started, finished=NULL, seconds=NULL, summary=NULL, "
+             "pid=excluded.pid, host=excluded.host, sweep=COALESCE(excluded.sweep, runs.sweep)")
+
+    def _start_args(self, run_id, key, experiment, params, sweep) -> tuple:
+        return (run_id, key, experiment, json.dumps(params, sort_keys=True, default=str), sweep, now(), os.getpid(),
+                socket.gethostname())
+
     def start(self, run_id: str, key: str, experiment: str, params: dict, sweep: str | None = None) -> None:
         """Mark a run as running (a re-run of a failed or interrupted one resets it)."""
-        self._write("INSERT INTO runs (id, key, experiment, params, sweep, status, started, pid, host) "
-                    "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status='running', "
-                    "error=NULL, started=excluded.started, finished=NULL, seconds=NULL, summary=NULL, "
-                    "pid=excluded.pid, host=excluded.host, sweep=COALESCE(excluded.sweep, runs.sweep)",
-                    (run_id, key, experiment, json.dumps(params, sort_keys=True, default=str), sweep, now(),
-                     os.getpid(), socket.gethostname()))
+        self._write(self.START, self._start_args(run_id, key, experiment, params, sweep))
 
     def claim(self, run_id: str, key: str, experiment: str, params: dict, sweep: str | None = None) -> bool:
-        """Mark a run as running by this process unless a live process already runs it
-        (one transaction, so two sweeps never compute one point at once); True if claimed."""
-        for attempt in range(5):
-            try:
-                with closing(self._connect()) as con:
-                    con.execute("BEGIN IMMEDIATE")
-                    row = con.execute("SELECT status, pid, host FROM runs WHERE id = ?", (run_id,)).fetchone()
-                    if row and row[0] == "running" and _alive(row[1], row[2]) and row[1] != os.getpid():
-                        con.execute("ROLLBACK")
-                        return False
-                    con.execute("COMMIT")
-                break
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e) or attempt == 4:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-        self.start(run_id, key, experiment, params, sweep)
-        return True
+        """Mark a run as running by this process unless a live process already runs it; the
+        check and the mark are one transaction, so two sweeps never compute one point at once.
+        True if claimed."""
+
+        def body(con) -> bool:
+            row = con.execute("SELECT status, pid, host FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row and row[0] == "running" and _alive(row[1], row[2]) and row[1] != os.getpid():
+                return False
+            con.execute(self.START, self._start_args(run_id, key, experiment, params, sweep))
+            return True
+
+        return self._transaction(body)
 
     def finish(self, run_id: str, key: str, experiment: str, params: dict, summary: dict, *,
                sweep: str | None = None, seconds: float | None = None) -> None:
