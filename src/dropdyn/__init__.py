@@ -21,6 +21,7 @@ from .noise_geometry import alignment
 from .phase import Phase, classify
 from .sme import noise_covariance
 from .sme_dynamics import simulate_sme
+from .store import load
 
 __version__ = "0.1.0"
 
@@ -29,7 +30,7 @@ MODULES = ("config", "curvature", "data", "engine", "experiment", "experiments",
 
 __all__ = ["VARIANTS", "InputError", "MaskStream", "Phase", "SimulationResult", "alignment", "classify", "draw_masks",
            "mean_field_init", "multipliers", "noise_covariance", "output_gap", "particle_distance", "run", "simulate",
-           "simulate_limit", "simulate_sme", "teacher_student", "wasserstein2", "__version__", *MODULES]
+           "simulate_limit", "simulate_sme", "teacher_student", "wasserstein2", "load", "__version__", *MODULES]
 
 
 def __getattr__(name: str):

@@ -25,7 +25,13 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads (default: the physical cores, or 1 when the machine is already busy)")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
+    _threads_flag(p)
     p.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings (flags override it)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: STORE/<experiment>/<time>-<hash>)")
     p.add_argument("--store", metavar="DIR", default="runs", help="run store: folders and index (default runs)")
@@ -71,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
     ph = sub.add_parser("phase", help="place (width, lr, keep) on the phase diagram and explain its limit")
+    _threads_flag(ph)
     ph.add_argument("--width", type=int, required=True, help="width n (>= 2)")
     ph.add_argument("--lr", type=float, required=True, help="learning rate τ")
     ph.add_argument("--keep", type=float, required=True, help="keep probability q")
@@ -78,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="constants within this factor of 1 count as order one (default 3)")
     ph.add_argument("--json", action="store_true", help="print JSON")
     pd = sub.add_parser("phase-diagram", help="draw the theoretical (a, b) phase diagram")
+    _threads_flag(pd)
     pd.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
     pd.add_argument("--mark", action="append", default=[], metavar="N,T,Q",
                     help="mark a point (width, lr, keep); repeatable")
@@ -90,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the points' summary metrics to STORE/sweeps/NAME/results.{csv,parquet}")
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     rs = sub.add_parser("runs", help="list, show or remove runs of a store; rebuild its index from the folders")
+    _threads_flag(rs)
     rs.add_argument("action", choices=("list", "show", "rm", "reindex"))
     rs.add_argument("refs", nargs="*", metavar="RUN", help="run id, or a unique prefix of its id or key")
     rs.add_argument("--store", default="runs", help="run store (default runs)")
@@ -98,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--sweep", help="list: only this sweep")
     rs.add_argument("--json", action="store_true", help="list: print JSON")
     rp = sub.add_parser("report", help="a self-contained HTML report of a run folder, sweep or store")
+    _threads_flag(rp)
     rp.add_argument("path", help="a run folder, STORE/sweeps/NAME, or a store")
     rp.add_argument("--out", help="HTML file (default PATH/report.html)")
     run = sub.add_parser("run", help="run an experiment and write its run folder")
@@ -121,9 +131,28 @@ def _run_experiment(args) -> int:
                 if getattr(args, f.name) is not None}
     execution = {k: getattr(args, k) for k in EXECUTION if getattr(args, k, None) is not None}
     cfg = exp.resolve(settings, args.config)
-    print(exp.run(cfg, args.out, root=args.store, force=args.force, index=True,
-                  progress=not args.no_progress and sys.stderr.isatty(), **execution))
+    path = exp.run(cfg, args.out, root=args.store, force=args.force, index=True,
+                   progress=not args.no_progress and sys.stderr.isatty(), **execution)
+    print(path)
+    _headline(exp, path)
     return 0
+
+
+def _headline(exp, path: Path) -> None:
+    """The run in a few lines on stderr (stdout stays the folder, for scripts): its theory
+    rows, or its summary's top-level numbers."""
+    from .report import theory_rows
+    from .store import load
+
+    run = load(path)
+    try:
+        rows = theory_rows(exp.name, run.config, run.summary)
+    except (KeyError, TypeError, ValueError):
+        rows = []
+    lines = [f"  {q}: measured {m}  (theory: {t})" for q, t, m in rows[:8]] or [
+        f"  {k}: {v}" for k, v in run.summary.items() if isinstance(v, (int, float, str))][:8]
+    threads = run.meta.get("threads")
+    print(f"{exp.name} ({run.summary.get('seconds', '?')} s, {threads} thread(s)):", *lines, sep="\n", file=sys.stderr)
 
 
 def _sweep(args) -> int:
@@ -237,6 +266,7 @@ def main(argv=None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
+        _set_threads(args)
         if args.command == "run":
             return _run_experiment(args)
         if args.command == "sweep":
@@ -268,6 +298,19 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("dropdyn: interrupted", file=sys.stderr)
         return 130
+
+
+def _set_threads(args) -> None:
+    """``--threads`` (every command but ``sweep``, whose points each take ``--threads``)."""
+    import torch
+
+    from ._checks import check_int
+    from .experiment import default_threads
+
+    if args.command == "sweep":
+        return
+    given = getattr(args, "threads", None)
+    torch.set_num_threads(default_threads() if given is None else check_int("--threads", given, 1))
 
 
 def _one_line(e: Exception) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import os
 import pkgutil
 import time
 from collections.abc import Callable
@@ -47,6 +48,35 @@ def seeded(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may use (hyperthreads counted once)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    try:
+        cores, cpu, phys = set(), None, None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "processor":
+                cpu, phys = int(value), None
+            elif key == "physical id":
+                phys = value
+            elif key == "core id" and cpu in cpus:
+                cores.add((phys, value))
+        return max(1, len(cores)) if cores else max(1, len(cpus))
+    except (OSError, ValueError):
+        return max(1, len(cpus))
+
+
+def default_threads() -> int:
+    """Torch threads for a run: the physical cores, or 1 when the machine is already busy (a
+    1-minute load average at or above the cores), where more threads only contend. Measured
+    on a shared 2-core machine with other jobs: one thread ran experiments ~6× faster than
+    the default two (teacher-student width 2000: 16 s against 90–108 s)."""
+    cores = physical_cores()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return 1 if load >= cores else cores
 
 
 def setting(default, help: str):  # noqa: A002 - the word argparse uses

@@ -288,6 +288,18 @@ class RunIndex:
             return con.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+def table(store="runs"):
+    """The index of a store as a pandas DataFrame: one row per run, the summary's scalars
+    as ``summary.<name>`` columns, the resolved settings as ``params.<name>``."""
+    import pandas as pd
+
+    rows = RunIndex(store).rows()
+    flat = [{**{k: v for k, v in r.items() if k not in ("params", "summary")},
+             **{f"params.{k}": v for k, v in scalar_summary(r["params"]).items()},
+             **{f"summary.{k}": v for k, v in r["summary"].items()}} for r in rows]
+    return pd.DataFrame(flat, columns=None if flat else list(COLUMNS))
+
+
 def _alive(pid, host) -> bool:
     """Whether process ``pid`` may still run: checked on this host, assumed elsewhere."""
     if pid is None or host not in (None, socket.gethostname()):

@@ -22,6 +22,7 @@ import platform
 import secrets
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -57,6 +58,47 @@ def strict_json(obj):
     if isinstance(obj, np.generic):
         return strict_json(obj.item())
     return obj
+
+
+@dataclass
+class Run:
+    """A run folder, loaded: ``config`` (resolved), ``summary``, ``tables`` (each CSV as a
+    pandas DataFrame, by file stem), ``arrays`` (``arrays.npz``), ``meta`` (versions, seed,
+    threads, start time). ``metrics`` is the main table."""
+
+    path: Path
+    experiment: str
+    config: dict
+    summary: dict
+    tables: dict
+    arrays: dict
+    meta: dict
+
+    @property
+    def metrics(self):
+        """``metrics.csv`` as a DataFrame (or the run's only table; None if it has none or several)."""
+        if "metrics" in self.tables:
+            return self.tables["metrics"]
+        return next(iter(self.tables.values())) if len(self.tables) == 1 else None
+
+
+def load(path) -> Run:
+    """``dropdyn.load("runs/teacher-student/…")``: a run folder's config, summary, tables and
+    arrays in one object."""
+    import pandas as pd
+
+    path = Path(path)
+    if not is_run_folder(path):
+        raise InputError(f"{str(path)!r} is not a run folder (no config.json naming an experiment)")
+    meta = read_json(path / "config.json")
+    summary = read_json(path / "summary.json") or {}
+    tables = {p.stem: pd.read_csv(p) for p in sorted(path.glob("*.csv"))}
+    arrays = {}
+    if (path / "arrays.npz").is_file():
+        with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    return Run(path, meta["experiment"], meta["config"], summary, tables, arrays,
+               {k: v for k, v in meta.items() if k not in ("experiment", "config")})
 
 
 def config_key(config: dict) -> str:
@@ -191,8 +233,11 @@ def open_run(experiment: str, config: dict, out: Path, *, force: bool = False) -
     """The run folder ``out`` of one experiment run; on entering it writes ``config.json``
     (experiment, resolved config, versions, seed, start time)."""
     path = Path(out)
+    import torch
+
     meta = {"experiment": experiment, "config": config, "versions": versions(), "seed": config.get("seed"),
-            "started": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+            "started": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "threads": torch.get_num_threads()}
     return RunFolder(path, force=force, on_enter=lambda f: f.write_json("config.json", meta))
 
 

@@ -365,6 +365,13 @@ def collect(sweep: Sweep, root: Path | str = "runs") -> list[dict]:
     return rows
 
 
+def results(sweep: Sweep, root: Path | str = "runs"):
+    """A sweep's results (:func:`collect`) as a pandas DataFrame, one row per point."""
+    import pandas as pd
+
+    return pd.DataFrame(collect(sweep, root))
+
+
 def write_table(rows: list[dict], folder: Path) -> tuple[Path, Path]:
     """``results.csv`` and ``results.parquet`` in ``folder`` (atomically). A column whose
     values mix numbers and text is written as text."""

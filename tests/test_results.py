@@ -1,0 +1,48 @@
+"""Results in one line: a run, the index and a sweep as pandas objects; threads set and recorded."""
+
+import json
+
+import pandas as pd
+import pytest
+
+import dropdyn
+from dropdyn.cli import main
+from dropdyn.runs import table
+from dropdyn.sweep import make_sweep, results, run_sweep
+
+
+def test_load_a_run_and_the_index(tmp_path, capsys):
+    store = tmp_path / "S"
+    assert main(["run", "teacher-student", "--width", "30", "--steps", "10", "--store", str(store), "--no-progress",
+                 "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    path = out.strip()
+    assert "dropout–RaM output gap: measured" in err and "1 thread(s)" in err  # the headline, on stderr
+    run = dropdyn.load(path)
+    assert run.experiment == "teacher-student" and run.config["width"] == 30 and run.meta["threads"] == 1
+    assert isinstance(run.metrics, pd.DataFrame) and list(run.metrics["step"])[-1] == 10
+    assert run.summary["alpha"] == 2.0 and run.arrays["initial_particles"].shape == (30, 11)
+    t = table(store)
+    assert len(t) == 1 and t.loc[0, "status"] == "complete" and t.loc[0, "summary.alpha"] == 2.0
+    assert t.loc[0, "params.width"] == 30 and t.loc[0, "started"] is not None
+    with pytest.raises(ValueError, match="is not a run folder"):
+        dropdyn.load(tmp_path)
+
+
+def test_a_sweeps_results_as_a_frame(tmp_path):
+    sweep = make_sweep({"experiment": "teacher-student", "base": {"width": 20, "steps": 5},
+                        "grid": {"keep": [0.5, 1.0]}})
+    run_sweep(sweep, tmp_path)
+    frame = results(sweep, tmp_path)
+    assert list(frame["keep"]) == [0.5, 1.0] and (frame["status"] == "complete").all()
+    assert list(frame["alpha"]) == [2.0, 1.0]
+
+
+def test_threads_default_and_flag(tmp_path):
+    from dropdyn.experiment import default_threads, physical_cores
+
+    assert 1 <= default_threads() <= physical_cores()
+    assert main(["run", "teacher-student", "--width", "20", "--steps", "5", "--out", str(tmp_path / "r"),
+                 "--no-progress", "--threads", "2"]) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["threads"] == 2
+    assert main(["phase", "--width", "100", "--lr", "1", "--keep", "0.5", "--threads", "0"]) == 2
