@@ -6,7 +6,7 @@ Baselines, timed in the same run (medians over ``--repeats``):
 
 * ``torch.nn``: a plain module (``nn.Linear`` + tanh + readout, mean-field 1/n scale, one
   mask per step shared by all samples) with autograd and ``torch.optim.SGD`` at
-  learning rate n·τ — the same update as THEORY.md §1 eq. (3);
+  learning rate n·τ — the same update as docs/theory.md §1 eq. (3);
 * ``floor``: one ATen tanh over the (width × m) pre-activations plus the two GEMMs
   (``W Zᵀ`` and ``S Z``) that any implementation must do at this width.
 

@@ -142,3 +142,24 @@ def test_batch_norm_running_statistics_are_left_alone():
     assert not model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_alignment_on_parameter_subsets_against_enumeration():
+    """α of each layer's block: the exact path equals the dense block computed here from the
+    enumerated H and Σ, and the estimate's 99% interval covers it; names and tensors select alike."""
+    from dropdyn.noise_geometry import exact_matrices
+
+    model, x, y = tiny()
+    ce = nn.functional.cross_entropy
+    H, S, _ = exact_matrices(model, ce, x, y)
+    first = torch.arange(0, 16)  # 0.weight (4×3) and 0.bias (4), flat indices 0..15
+    ex = alignment(model, ce, x, y, exact=True, parameters=["0.weight", "0.bias"])
+    assert ex.parameters == 16 and abs(ex.alpha - matrix_alignment(H[first][:, first], S[first][:, first])) < 1e-12
+    est = alignment(model, ce, x, y, samples=400, seed=4, confidence=0.99, parameters=["0.weight", "0.bias"])
+    assert est.parameters == 16 and est.ci[0] <= ex.alpha <= est.ci[1], (est, ex.alpha)
+    by_tensor = alignment(model, ce, x, y, exact=True, parameters=[model[0].weight, model[0].bias])
+    assert by_tensor.alpha == ex.alpha
+    last = alignment(model, ce, x, y, exact=True, parameters="3.weight")
+    assert last.parameters == 8 and abs(last.alpha - matrix_alignment(H[16:24][:, 16:24], S[16:24][:, 16:24])) < 1e-12
+    with pytest.raises(ValueError, match="'9.weight' is not a trainable parameter of the model; its names are 0.wei"):
+        alignment(model, ce, x, y, parameters=["9.weight"])

@@ -37,3 +37,14 @@ def test_top_eigenvalue_with_a_dominant_negative_eigenvalue():
     A = torch.diag(torch.tensor([-5.0, 2.0, 1.0, -1.0], dtype=torch.float64))
     fn = lambda x: 0.5 * x @ A @ x  # noqa: E731
     assert abs(top_eigenvalue(fn, torch.ones(4, dtype=torch.float64)) - 2.0) < 1e-5
+
+
+def test_largest_algebraic_and_largest_magnitude_eigenvalue():
+    """H = diag(1, 0.5, −3): the largest eigenvalue is 1, the largest in magnitude −3 (PyHessian's answer)."""
+    import torch
+
+    d = torch.tensor([1.0, 0.5, -3.0], dtype=torch.float64)
+    fn = lambda x: 0.5 * (d * x * x).sum()  # noqa: E731
+    x = torch.ones(3, dtype=torch.float64)
+    assert abs(top_eigenvalue(fn, x) - 1.0) < 1e-8
+    assert abs(top_eigenvalue(fn, x, which="magnitude") + 3.0) < 1e-8

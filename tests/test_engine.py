@@ -164,3 +164,15 @@ def test_cuda_matches_cpu():
     cpu = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=10, masks=masks)
     gpu = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=10, masks=masks, device="cuda")
     torch.testing.assert_close(gpu.particles, cpu.particles, rtol=1e-9, atol=1e-10)
+
+
+def test_seed_or_generator_give_the_same_masks():
+    import pytest
+
+    g = torch.Generator().manual_seed(0)
+    X, Z, y = torch.randn(30, 3, generator=g), torch.randn(10, 2, generator=g), torch.randn(10, generator=g)
+    by_seed = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=5, seed=7)
+    by_gen = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=5, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(by_seed.particles, by_gen.particles)
+    with pytest.raises(ValueError, match="give a seed or a torch.Generator, not both"):
+        simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=5, seed=1, generator=torch.Generator())

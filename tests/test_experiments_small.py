@@ -93,14 +93,14 @@ def test_alignment_run(tmp_path):
                            noise_steps=3)
     path = alignment.run(cfg, tmp_path / "a")
     s = json.loads((path / "summary.json").read_text())
-    assert list(s["min_alpha"]) == ["lr=0.05, keep=0.5"]
+    assert list(s["min_alpha"]) == ["lr=0.05, keep=0.5"] + [f"lr=0.05, keep=0.5 · layer {k}" for k in (1, 2, 3)]
     assert list(s["variance_vs_curvature_slope"]) == ["lr=0.05, keep=0.5"]
     assert (path / "variance_flatness.png").exists() and (path / "noise_comparison.png").exists()
     assert set(s["noise_comparison"]) == {"GD", "GD + dropout", "SGD", "GD + parameter noise"}
     import numpy as np
 
     assert np.load(path / "arrays.npz", allow_pickle=False)["lr0.05_keep0.5"].shape == (3, 5)  # epochs 0, 1, 2
-    with pytest.raises(ValueError, match="pairs must look like"):
+    with pytest.raises(ValueError, match="pairs must be LR:KEEP pairs like"):
         alignment.Config(pairs="0.1").resolved()
     with pytest.raises(ValueError, match="vgg16 takes 3×32×32 images: use dataset cifar10"):
         alignment.Config(model="vgg16").resolved()

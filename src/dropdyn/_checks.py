@@ -119,6 +119,31 @@ def parse_floats(name: str, text) -> list[float]:
     return vals
 
 
+def parse_pairs(name: str, text) -> list[tuple[float, float]]:
+    """``"0.05:0.9,1:0.3"`` → ``[(0.05, 0.9), (1.0, 0.3)]``: (learning rate, keep) pairs."""
+    pairs = []
+    for item in str(text).split(","):
+        try:
+            lr, keep = (float(v) for v in item.split(":"))
+        except ValueError:
+            raise InputError(f"{name} must be LR:KEEP pairs like '0.05:0.9,1:0.3', got {text!r}") from None
+        pairs.append((check_positive("learning rate", lr), check_keep(keep)))
+    return pairs
+
+
+def parse_widths(text) -> list[int]:
+    """``"250,500,1000"`` → ``[250, 500, 1000]`` (at least two distinct widths ≥ 2, sorted)."""
+    try:
+        widths = [int(w) for w in str(text).split(",") if w.strip()]
+    except ValueError:
+        raise InputError(f"widths must be a comma-separated list of integers, got {text!r}") from None
+    if len(set(widths)) < 2:
+        raise InputError(f"a rate fit needs at least two distinct widths, got {text!r}")
+    for w in widths:
+        check_int("width", w, 2)
+    return sorted(set(widths))
+
+
 def parse_digit_pair(text) -> tuple[int, int]:
     """``"4,9"`` → ``(4, 9)``: two MNIST digits."""
     try:

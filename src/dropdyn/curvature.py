@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import grad, vjp
 
-from ._checks import check_int
+from ._checks import check_choice, check_int
 from .model import risk
 
 
@@ -21,12 +21,20 @@ def hvp(fn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return vjp(grad(fn), x)[1](v)[0]
 
 
-def top_eigenvalue(fn, x: torch.Tensor, *, tol: float = 1e-8, seed: int = 0) -> float:
-    """Largest (most positive) eigenvalue of ``∇²fn(x)``, matrix-free: Lanczos (SciPy's
-    ARPACK ``eigsh``, ``which="LA"``) on Hessian-vector products. Plain power iteration
-    finds the largest *magnitude* and converges slowly when the top eigenvalues are close
-    (a case the tests include), so the Krylov method is used instead."""
+WHICH = {"largest": "LA", "magnitude": "LM"}
+
+
+def top_eigenvalue(fn, x: torch.Tensor, *, tol: float = 1e-8, seed: int = 0, which: str = "largest") -> float:
+    """The top eigenvalue of ``∇²fn(x)``, matrix-free: Lanczos (SciPy's ARPACK ``eigsh``) on
+    Hessian-vector products. ``which="largest"`` (default): the largest *algebraic*
+    eigenvalue, the curvature that bounds a stable step; ``which="magnitude"``: the
+    eigenvalue of largest |λ| (signed), what power iteration — and so PyHessian — returns.
+    They differ when the most negative eigenvalue is larger in size than the most positive.
+    Power iteration also converges slowly when the top eigenvalues are close (a case the
+    tests include), so the Krylov method is used for both."""
     import numpy as np
+
+    check_choice("which", which, WHICH)
 
     shape, N = x.shape, x.numel()
 
@@ -36,10 +44,10 @@ def top_eigenvalue(fn, x: torch.Tensor, *, tol: float = 1e-8, seed: int = 0) -> 
 
     if N == 1:
         return float(matvec(np.ones(1))[0])
-    return float(_top_eigs(matvec, N, 1, tol, seed, vectors=False)[0])
+    return float(_top_eigs(matvec, N, 1, tol, seed, vectors=False, which=WHICH[which])[0])
 
 
-def _top_eigs(matvec, N: int, k: int, tol: float, seed: int, vectors: bool):
+def _top_eigs(matvec, N: int, k: int, tol: float, seed: int, vectors: bool, which: str = "LA"):
     """The ``k`` largest algebraic eigenvalues (and eigenvectors, with ``vectors``) of the
     symmetric operator ``matvec`` on R^N by Lanczos (ARPACK ``eigsh``). An operator that
     vanishes on a random start vector is (almost surely) zero, where ARPACK cannot start:
@@ -51,7 +59,7 @@ def _top_eigs(matvec, N: int, k: int, tol: float, seed: int, vectors: bool):
     if not np.any(matvec(v0)):
         vals = np.zeros(k)
         return (vals, np.eye(N, k)) if vectors else vals
-    return eigsh(LinearOperator((N, N), matvec=matvec, dtype=np.float64), k=k, which="LA", tol=tol, v0=v0,
+    return eigsh(LinearOperator((N, N), matvec=matvec, dtype=np.float64), k=k, which=which, tol=tol, v0=v0,
                  return_eigenvectors=vectors)
 
 
@@ -70,10 +78,10 @@ def _mean_se(xs: list[float]) -> tuple[float, float]:
 
 
 def flatness(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, probes: int = 50,
-             seed: int = 0) -> dict:
-    """Sharpness of a solution: the top eigenvalue (Lanczos) and the trace (Hutchinson,
-    with its standard error) of the Hessian of the loss of the model in evaluation mode
-    (no dropout), over all parameters."""
+             seed: int = 0, which: str = "largest") -> dict:
+    """Sharpness of a solution: the top eigenvalue (Lanczos; ``which`` as in
+    :func:`top_eigenvalue`) and the trace (Hutchinson, with its standard error) of the
+    Hessian of the loss of the model in evaluation mode (no dropout), over all parameters."""
     from torch.func import functional_call
 
     probes = check_int("probes", probes, 2)
@@ -88,7 +96,7 @@ def flatness(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Ten
             params = {n: t.reshape(s) for n, t, s in zip(names, parts, shapes, strict=True)}
             return loss_fn(functional_call(model, params, (inputs,)), targets)
 
-        top = top_eigenvalue(fn, flat, seed=seed)
+        top = top_eigenvalue(fn, flat, seed=seed, which=which)
         g = torch.Generator(device=flat.device).manual_seed(seed)
         tr = []
         for _ in range(probes):

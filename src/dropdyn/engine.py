@@ -1,11 +1,11 @@
 """The particle engine: one step rule for every variant, and the run loop.
 
-Every variant of THEORY.md §1 is the same step
+Every variant of docs/theory.md §1 is the same step
 
     X_i ← X_i − τ B_i Dφ(X_i)ᵀ ( (1/n) Σ_j F_j φ(X_j) − y + c φ(X_i) ) / m
 
 with forward multipliers F, backward multipliers B (each either ``mask/q`` or 1) and a
-penalty coefficient c (THEORY.md §1, table of variants):
+penalty coefficient c (docs/theory.md §1, table of variants):
 
     variant        F        B        c
     dropout        mask/q   mask/q   0
@@ -17,7 +17,7 @@ penalty coefficient c (THEORY.md §1, table of variants):
 Dropout's forward and backward both vanish on dropped neurons, so its step is
 computed on the kept neurons only (cost ∝ q·width).
 
-The limits of THEORY.md §2 are rules of the same step (``dropdyn.limits``); the
+The limits of docs/theory.md §2 are rules of the same step (``dropdyn.limits``); the
 critical phase IV replaces the shared forward pass by one random forward pass per
 moving neuron (``Rule.critical``).
 """
@@ -319,16 +319,18 @@ def prepare(particles, inputs, targets, *, activation: str = "tanh", test_inputs
                    test_targets), side("probe_inputs", probe_inputs, None))
 
 
-def mask_source(rule: Rule, keep: float, steps: int, prob: Problem, *, masks=None, seed: int = 0):
+def mask_source(rule: Rule, keep: float, steps: int, prob: Problem, *, masks=None, seed: int = 0,
+                generator: torch.Generator | None = None):
     """``k ↦`` the keep-mask ``(R, n)`` of step k (None for mask-free rules): the given
-    ``masks``, or the stream seeded with ``seed`` (one seed, one stream: runs are coupled)."""
+    ``masks``, or the stream of ``generator``, or the stream seeded with ``seed`` (one seed,
+    one stream: runs are coupled)."""
     if not rule.uses_masks:
         return lambda k: None
     R, n = prob.shape
     if masks is not None:
         given = _check_masks(masks, steps, R, n, prob.batched, prob.X.device)
         return lambda k: given[k - 1]
-    stream = MaskStream(keep, (R, n), seed, prob.X.device)
+    stream = MaskStream(keep, (R, n), seed, prob.X.device, generator=generator)
     return lambda k: stream.next()
 
 
@@ -392,7 +394,8 @@ def simulate(
     steps: int,
     activation: str = "tanh",
     masks: Tensor | None = None,
-    seed: int = 0,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
     record_every: int = 1,
     test_inputs=None,
     test_targets=None,
@@ -401,15 +404,17 @@ def simulate(
     divergence_threshold: float = 1e6,
     device=None,
     dtype=None,
-    progress: bool = False,
+    progress=False,
 ) -> SimulationResult:
     """Run ``steps`` steps of ``variant`` (one of :data:`VARIANTS`, or a :class:`Rule`) from
     ``particles`` ``(width, p)`` or ``(replicas, width, p)`` on ``inputs (m, d)``,
     ``targets (m,)`` (see :func:`prepare`). ``lr`` is τ, ``keep`` is q. Masks come from a
-    generator seeded with ``seed`` (runs with one seed are coupled) unless ``masks`` — bool
-    ``(steps, width)`` (shared by all replicas) or ``(steps, replicas, width)`` — is given.
+    generator seeded with ``seed`` (default 0; runs with one seed are coupled), or from
+    ``generator`` (not both), unless ``masks`` — bool ``(steps, width)`` (shared by all
+    replicas) or ``(steps, replicas, width)`` — is given.
     The run stops at the first step whose risk (thinned, or full at a record) exceeds
     ``divergence_threshold · (1 + R_0)`` or is non-finite, or whose update is non-finite.
+    ``progress``: a bar of its own (True), or a tqdm bar of a larger run to advance.
 
     >>> import torch, dropdyn
     >>> g = torch.Generator().manual_seed(0)
@@ -420,14 +425,17 @@ def simulate(
     """
     if not isinstance(variant, Rule):
         check_choice("variant", variant, VARIANTS)
-    seed, lr, keep = check_seed(seed), check_positive("lr", lr), check_keep(keep)
+    if generator is not None and (seed is not None or not isinstance(generator, torch.Generator)):
+        raise InputError("give a seed or a torch.Generator, not both" if seed is not None else
+                         f"generator must be a torch.Generator, got {type(generator).__name__}")
+    seed, lr, keep = check_seed(0 if seed is None else seed), check_positive("lr", lr), check_keep(keep)
     steps, record_every = check_int("steps", steps, 0), check_int("record_every", record_every, 1)
     snapshot_every = None if snapshot_every is None else check_int("snapshot_every", snapshot_every, 1)
     prob = prepare(particles, inputs, targets, activation=activation, test_inputs=test_inputs,
                    test_targets=test_targets, probe_inputs=probe_inputs, device=device, dtype=dtype)
     R, n = prob.shape
     rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
-    next_mask = mask_source(rule, keep, steps, prob, masks=masks, seed=seed)
+    next_mask = mask_source(rule, keep, steps, prob, masks=masks, seed=seed, generator=generator)
     kernel = None
     if rule.critical:  # its own stream, so that given masks and drawn masks see the same kernel draws
         kernel = torch.Generator(device=prob.X.device).manual_seed(seed + 7919)

@@ -1,4 +1,4 @@
-"""The five limits of THEORY.md §2 as simulations of the particle engine.
+"""The five limits of docs/theory.md §2 as simulations of the particle engine.
 
 Each limit is an engine :class:`~dropdyn.engine.Rule` with a time step h and a clock
 law, run on N particles (N independent of any width):

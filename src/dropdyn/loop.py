@@ -12,10 +12,12 @@ def run_loop(steps: int, advance: Callable[[int, bool], bool], record: Callable[
     """Steps k = 1 … ``steps``. ``advance(k, due)`` computes step k (``due``: it will be
     recorded) and returns False if it diverged, leaving the state at step k − 1.
     ``record(k)`` runs at step 0, every ``record_every`` steps, at the last step, and at the
-    step before a divergence. Returns the step that diverged, or None."""
+    step before a divergence. ``progress``: False, True (a bar for this loop) or a tqdm bar
+    of a larger run to advance. Returns the step that diverged, or None."""
     record(0)
     last, diverged = 0, None
-    bar = progress_bar(steps, progress, desc)
+    shared = hasattr(progress, "update")  # a bar of a larger run, which owns it
+    bar = progress if shared else progress_bar(steps, progress, desc)
     for k in range(1, steps + 1):
         due = k % record_every == 0 or k == steps
         if not advance(k, due):
@@ -28,7 +30,7 @@ def run_loop(steps: int, advance: Callable[[int, bool], bool], record: Callable[
             last = k
         if bar is not None:
             bar.update(1)
-    if bar is not None:
+    if bar is not None and not shared:
         bar.close()
     return diverged
 

@@ -1,4 +1,4 @@
-"""Dropout masks (THEORY.md §1): seeded, replayable, shareable streams.
+"""Dropout masks (docs/theory.md §1): seeded, replayable, shareable streams.
 
 At each step every neuron keeps (``True``) with probability ``q`` and its multiplier is
 ``1 + η = 1/q`` if kept and ``0`` otherwise, so ``E[1 + η] = 1`` and
@@ -15,14 +15,16 @@ from ._checks import check_int, check_keep
 
 class MaskStream:
     """Bernoulli(q) keep-masks of shape ``shape`` (e.g. ``(replicas, width)``), one per
-    call of :meth:`next`, drawn from a generator seeded with ``seed``."""
+    call of :meth:`next`, drawn from a generator seeded with ``seed`` — or from
+    ``generator`` itself, when given (it is then advanced)."""
 
-    def __init__(self, keep: float, shape: tuple[int, ...], seed: int = 0, device="cpu"):
+    def __init__(self, keep: float, shape: tuple[int, ...], seed: int = 0, device="cpu",
+                 generator: torch.Generator | None = None):
         self.keep = check_keep(keep)
         self.shape = tuple(shape)
-        self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(int(seed))
+        self.device = torch.device(device) if generator is None else generator.device
+        self.generator = generator if generator is not None else torch.Generator(device=self.device).manual_seed(
+            int(seed))
 
     def next(self) -> torch.Tensor:
         """The next mask: a bool tensor of ``shape`` (``True`` = kept)."""

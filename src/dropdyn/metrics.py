@@ -1,4 +1,4 @@
-"""Distances between coupled particle systems and between predictors (THEORY.md §2)."""
+"""Distances between coupled particle systems and between predictors (docs/theory.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mean-field two-layer network (THEORY.md §1), closed forms only.
+"""Mean-field two-layer network (docs/theory.md §1), closed forms only.
 
 A neuron is a row ``x = (a, w[, b])`` of ``particles`` (shape ``(replicas, width, p)``,
 ``p = 1 + d`` or ``2 + d`` with a bias). With inputs ``z_j ∈ R^d`` (``inputs``: ``(m, d)``)

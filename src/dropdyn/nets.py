@@ -1,4 +1,4 @@
-"""Dropout networks as practised (THEORY.md §4, Srivastava et al. 2014).
+"""Dropout networks as practised (docs/theory.md §5, Srivastava et al. 2014).
 
 A multilayer perceptron built from ``torch.nn`` with Bernoulli(keep) masks on its inputs
 and on each hidden layer, each at its own keep rate, in either convention:

@@ -126,14 +126,39 @@ def _masks(model: nn.Module, draw):
             setattr(m, name, b)
 
 
-class _Problem:
-    """Gradients and Hessian-vector products of ℓ(θ; δ) for masks drawn from a generator."""
+def parameter_subset(model: nn.Module, parameters) -> torch.Tensor | None:
+    """The flat indices (into the concatenation of the model's trainable parameters) of
+    ``parameters`` — names or tensors of ``model`` — or None for all of them."""
+    if parameters is None:
+        return None
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if isinstance(parameters, (str, torch.Tensor)):
+        parameters = [parameters]
+    chosen = set()
+    for q in parameters:
+        hits = [i for i, (n, p) in enumerate(named) if (q == n if isinstance(q, str) else q is p)]
+        if not hits:
+            what = repr(q) if isinstance(q, str) else f"a tensor of shape {tuple(q.shape)}"
+            raise InputError(f"parameters: {what} is not a trainable parameter of the model; its names are "
+                             f"{', '.join(n for n, _ in named)}")
+        chosen.update(hits)
+    offsets = [0]
+    for _, p in named:
+        offsets.append(offsets[-1] + p.numel())
+    return torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in sorted(chosen)])
 
-    def __init__(self, model, loss_fn, inputs, targets, generator):
+
+class _Problem:
+    """Gradients and Hessian-vector products of ℓ(θ; δ) for masks drawn from a generator,
+    restricted to the coordinates ``subset`` (None: all)."""
+
+    def __init__(self, model, loss_fn, inputs, targets, generator, subset: torch.Tensor | None = None):
         self.model, self.loss_fn, self.inputs, self.targets = model, loss_fn, inputs, targets
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.gen = generator
         self.layers = _dropout_layers(model)
+        self.subset = None if subset is None else subset.to(inputs.device)
+        self.size = sum(p.numel() for p in self.params)
 
     def _draw(self, i, shape):
         keep = self.layers[i][1]
@@ -145,7 +170,8 @@ class _Problem:
 
     def grad(self, draw=None) -> torch.Tensor:
         loss = self._loss(draw or self._draw)
-        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, self.params)]).detach()
+        g = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, self.params)]).detach()
+        return g if self.subset is None else g[self.subset]
 
     def hvps(self, V: torch.Tensor, draw=None) -> torch.Tensor:
         """``H(δ) V`` for the rows of V (k × D), one mask draw δ for all rows: one
@@ -153,8 +179,13 @@ class _Problem:
         loss = self._loss(draw or self._draw)
         gs = torch.autograd.grad(loss, self.params, create_graph=True)
         flat = torch.cat([g.reshape(-1) for g in gs])
+        if self.subset is not None:  # vectors live on the subset: zero elsewhere in, the block out
+            full = V.new_zeros(len(V), self.size)
+            full[:, self.subset] = V
+            V = full
         hv = torch.autograd.grad(flat, self.params, grad_outputs=V, is_grads_batched=True)
-        return torch.cat([h.reshape(len(V), -1) for h in hv], 1).detach()
+        out = torch.cat([h.reshape(len(V), -1) for h in hv], 1).detach()
+        return out if self.subset is None else out[:, self.subset]
 
 
 @dataclass
@@ -180,9 +211,13 @@ PARTNERS = 32  # each sample's Ŝ_i is paired with this many predecessors' in th
 
 
 def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, samples: int = 100,
-              gradients: int = 4, seed: int = 0, confidence: float = 0.95, exact: bool = False) -> Alignment:
-    """Estimate α(θ) = Tr(HΣ)/(‖H‖_F‖Σ‖_F) over all parameters (module docstring). Each of
-    the ``samples`` costs ``gradients`` gradients and two Hessian graphs applied to
+              gradients: int = 4, seed: int = 0, confidence: float = 0.95, exact: bool = False,
+              parameters=None) -> Alignment:
+    """Estimate α(θ) = Tr(HΣ)/(‖H‖_F‖Σ‖_F) (module docstring) over all parameters, or over
+    the subset ``parameters`` — names from ``model.named_parameters()`` or the parameter
+    tensors themselves — where H and Σ are the blocks of that subset (the SME paper
+    measures "a subset of parameters"; pooling blocks of different scale lowers the cosine).
+    Each of the ``samples`` costs ``gradients`` gradients and two Hessian graphs applied to
     ``gradients`` + 1 vectors.
 
     >>> from torch import nn
@@ -203,10 +238,11 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
         raise InputError(f"confidence must be in (0, 1), got {confidence!r}")
     check_parameters(model)
     check_batch(model, loss_fn, inputs, targets)
+    subset = parameter_subset(model, parameters)
     if exact:
-        return _exact(model, loss_fn, inputs, targets)
+        return _exact(model, loss_fn, inputs, targets, subset)
     g = torch.Generator(device=inputs.device).manual_seed(seed)
-    prob = _Problem(model, loss_fn, inputs, targets, g)
+    prob = _Problem(model, loss_fn, inputs, targets, g, subset)
     T, A, trH, trS = (torch.zeros(samples, dtype=torch.float64) for _ in range(4))
     pairs: list[tuple[int, int, float]] = []  # (i, j, B_ij)
     recent: deque[tuple[int, torch.Tensor]] = deque(maxlen=PARTNERS)  # (j, C_j) of the last PARTNERS samples
@@ -247,9 +283,11 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
 MAX_EXACT_MASKS = 2**16
 
 
-def _exact(model, loss_fn, inputs, targets) -> Alignment:
-    """α from the dense H and Σ of :func:`exact_matrices`."""
+def _exact(model, loss_fn, inputs, targets, subset: torch.Tensor | None = None) -> Alignment:
+    """α from the dense H and Σ of :func:`exact_matrices` (their ``subset`` block)."""
     H, S, n_masks = exact_matrices(model, loss_fn, inputs, targets)
+    if subset is not None:
+        H, S = H[subset][:, subset], S[subset][:, subset]
     D = len(H)
     t, a, b = float((H * S).sum()), float((H * H).sum()), float((S * S).sum())
     alpha = matrix_alignment(H, S)
@@ -306,7 +344,9 @@ def matrix_alignment(H: torch.Tensor, S: torch.Tensor) -> float:
 
 def random_baseline(H: torch.Tensor, S: torch.Tensor, samples: int = 100, seed: int = 0) -> float:
     """The paper's baseline: mean α between two matrices with the spectra of H and S and
-    independent random (Haar) eigenvectors."""
+    independent random (Haar) eigenvectors. The SME paper builds its random matrices from
+    normalised Gaussian vectors instead; both constructions are rotation-invariant, so both
+    have the same expected Tr(HΣ) = Tr H·Tr Σ/D (:attr:`Alignment.baseline`)."""
     g = torch.Generator().manual_seed(seed)
     eh, es = torch.linalg.eigvalsh(H.double()), torch.linalg.eigvalsh(S.double())
     D = len(eh)

@@ -1,4 +1,4 @@
-"""The phase diagram of dropout (THEORY.md §2): place any (width, lr, keep) on it.
+"""The phase diagram of dropout (docs/theory.md §2): place any (width, lr, keep) on it.
 
 With τ_n = n^(−a) and q_n = n^(−b), the limit as n → ∞ depends on (a, b):
 
@@ -43,7 +43,7 @@ LIMITS = {
     "degenerate": ("no finite limit", r"\text{no finite limit}"),
 }
 
-# Which of dropout's three effects survive the limit (THEORY.md §1: dropout = RaM
+# Which of dropout's three effects survive the limit (docs/theory.md §1: dropout = RaM
 # thinning + penalty drift + zero-mean forward noise).
 EFFECTS = {
     "I": dict(thinning=False, penalty=False, forward_noise=False),

@@ -29,7 +29,7 @@ STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em aut
 table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:2px 8px;
 text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.3em 0}
 section{border-top:2px solid #ddd;margin-top:2em}.ok{color:#070}.bad{color:#b00}code{font-size:12px}
-details{margin:.4em 0}"""
+details{margin:.4em 0}.scroll{overflow-x:auto;max-width:100%}"""
 SCRIPT = """<script>window.addEventListener('load',function(){var im=Array.from(document.images);
 document.body.dataset.figures=im.length;
 document.body.dataset.loaded=im.filter(function(i){return i.complete&&i.naturalWidth>0}).length;
@@ -111,10 +111,13 @@ def _sweep_section(folder: Path) -> str:
     configs = [index.get(f"{spec['experiment']}/{k}", {}).get("params", {}) for k in spec["keys"]]
     sweep = Sweep(spec["experiment"], spec["name"], spec["base"], spec["points"], configs, spec["keys"])
     rows = collect(sweep, root) if all(configs) else []
-    cols = ["point", "status", *sweep.swept] + sorted({k for r in rows for k in r} - {
-        "point", "status", "run_id", "key", "error", *sweep.swept})[:12]
+    # the top-level results first (e.g. a cell's theory and empirical phase), then nested ones, at most 12
+    rest = sorted({k for r in rows for k in r} - {"point", "status", "run_id", "key", "error", *sweep.swept},
+                  key=lambda k: (k.count("."), k))
+    cols = ["point", "status", *sweep.swept, *rest[:12]]
     parts = [f"<section><h2>sweep {_e(spec['name'])} ({_e(spec['experiment'])}, {len(spec['keys'])} points)</h2>",
-             "<h3>Results</h3>", _table([tuple(r.get(c) for c in cols) for r in rows], tuple(cols)), "</section>"]
+             "<h3>Results</h3><div class=scroll>", _table([tuple(r.get(c) for c in cols) for r in rows], tuple(cols)),
+             "</div></section>"]
     for i, key in enumerate(spec["keys"][:MAX_RUNS]):
         run = root / spec["experiment"] / key
         if (run / "config.json").exists():

@@ -1,4 +1,4 @@
-"""Stochastic modified equations of dropout (THEORY.md §3, the SME paper).
+"""Stochastic modified equations of dropout (docs/theory.md §3, the SME paper).
 
 Standard parametrisation, no 1/width: ``f_θ(x) = Σ_r a_r σ(w_rᵀx)``. Parameters ``theta``
 have shape ``(..., width, d + 1)``, row ``q_r = (a_r, w_r)`` (leading dimensions are

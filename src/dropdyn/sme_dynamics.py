@@ -1,4 +1,4 @@
-"""Batched simulation of dropout and its stochastic modified equations (THEORY.md §3).
+"""Batched simulation of dropout and its stochastic modified equations (docs/theory.md §3).
 
 Four dynamics from one ``θ_0``, each for ``R`` replicas at once (``θ`` is ``(R, width, d + 1)``):
 

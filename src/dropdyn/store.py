@@ -47,6 +47,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+NPZ_KEY = ((", ", "_"), (" · ", "__"), ("/", "__"), (" ", "_"), ("=", ""))
+
+
+def npz_key(name: str) -> str:
+    """An ``arrays.npz`` key for a result name: ``"lr=0.05, keep=0.5 · layer 1"`` →
+    ``"lr0.05_keep0.5__layer_1"``, ``"practical/dropout/time"`` → ``"practical__dropout__time"``."""
+    for old, new in NPZ_KEY:
+        name = name.replace(old, new)
+    return name
+
+
 def strict_json(obj):
     """``obj`` with every non-finite float replaced by None (JSON has no NaN or inf)."""
     if isinstance(obj, float):
@@ -214,8 +225,9 @@ class RunFolder:
         atomic_write_bytes(self.file(name), buf.getvalue().encode())
 
     def write_npz(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        """Arrays under :func:`npz_key` names (readable with ``allow_pickle=False``)."""
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, **{npz_key(k): np.asarray(v) for k, v in arrays.items()})
         atomic_write_bytes(self.file(name), buf.getvalue())
 
     def savefig(self, fig, stem: str) -> None:

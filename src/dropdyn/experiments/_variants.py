@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..engine import SimulationResult, record_steps, simulate
+from ..loop import progress_bar
 
 COMPARED = ("dropout", "ram", "penalty", "gd")
 COLORS = {"dropout": "C3", "ram": "C0", "penalty": "C2", "gd": "k"}
@@ -38,13 +39,30 @@ def run_variants(X0: torch.Tensor, split, *, lr: float, keep: float, steps: int,
     recorded on the test inputs; with ``snapshots``, dropout's and RaM's particles too."""
     every = record_every(steps, records)
     snap = every if snapshots else None
-    return {
+    bar = progress_bar(len(COMPARED) * steps, progress, "variants")  # one bar for the whole comparison
+    runs = {
         v: simulate(v, X0, split.inputs, split.targets, lr=lr, keep=keep, steps=steps, activation=activation,
                     seed=seed, record_every=every, test_inputs=split.test_inputs, test_targets=split.test_targets,
                     probe_inputs=split.test_inputs, snapshot_every=snap if v in ("dropout", "ram") else None,
-                    device=device, dtype=dtype, progress=progress)
+                    device=device, dtype=dtype, progress=bar if bar is not None else False)
         for v in COMPARED
     }
+    if bar is not None:
+        bar.close()
+    return runs
+
+
+def align_to(grid, times, values) -> np.ndarray:
+    """``values`` recorded at ``times`` placed on ``grid`` (float64), NaN at grid points with
+    no record — after a divergence, or where a run recorded off the grid (the step before
+    it diverged). The one way experiments line up runs that stopped at different times."""
+    grid, times = np.asarray(grid, float), np.asarray(times, float)
+    values = np.asarray(values, float)
+    out = np.full((len(grid), *values.shape[1:]), np.nan)
+    idx = np.clip(np.searchsorted(grid, times), 0, max(len(grid) - 1, 0))
+    hit = np.isclose(grid[idx], times, rtol=1e-9, atol=1e-12) if len(grid) else np.zeros(len(times), bool)
+    out[idx[hit]] = values[hit]
+    return out
 
 
 def finite_or_none(x) -> float | None:

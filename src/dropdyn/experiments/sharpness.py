@@ -1,4 +1,4 @@
-"""Sharpness bypass (THEORY.md §2): how large a step can GD and RaM take?
+"""Sharpness bypass (docs/theory.md §2): how large a step can GD and RaM take?
 
 On a mean-field two-layer network (teacher–student task), sweep the step size τ and
 run GD and RaM with keep q for a fixed number of steps from the same start. A run is
@@ -122,7 +122,7 @@ def write(folder, cfg: Config, res: dict) -> dict:
         steps = res[name]["diverged_at_step"]
         cols[f"{name}_diverged_at_step"] = np.array([np.nan if k is None else k for k in steps])  # NaN: stable
     folder.write_csv("metrics.csv", cols)
-    folder.write_npz("arrays.npz", {k.replace(" ", "_").replace("=", ""): np.asarray(v) for k, v in cols.items()})
+    folder.write_npz("arrays.npz", cols)
     folder.savefig(figure(res), "sharpness")
     return {
         "lambda_init": res["lambda_init"], "lambda_solution": res["lambda_solution"],

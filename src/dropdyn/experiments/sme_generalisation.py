@@ -1,4 +1,4 @@
-"""Generalisation of dropout, its SME and GD on L_S, Figure 2 of the SME paper (THEORY.md §3).
+"""Generalisation of dropout, its SME and GD on L_S, Figure 2 of the SME paper (docs/theory.md §3).
 
 Two settings, (η, p) = (0.005, 0.9) and (0.1, 0.3) — the paper's large step is η = 1,
 but in this scaling (inputs with ‖x‖² ≈ d, width 50) the top eigenvalue of ∇²L_S is ≈ 8,

@@ -1,4 +1,4 @@
-"""Weak order of the SMEs, Figure 1(b, c) of the SME paper (THEORY.md §3).
+"""Weak order of the SMEs, Figure 1(b, c) of the SME paper (docs/theory.md §3).
 
 For each keep p and learning rate η: R replicas of dropout (``T/η`` steps) and of the
 order-1 and order-2 SMEs, all from one θ_0, and GD on L_S. Euler–Maruyama has weak order

@@ -1,4 +1,4 @@
-"""Dropout against its SME, Figure 1(a) of the SME paper (THEORY.md §3).
+"""Dropout against its SME, Figure 1(a) of the SME paper (docs/theory.md §3).
 
 For four (η, p) settings: R replicas of dropout and of the order-1 SME (Euler–Maruyama,
 ``substeps`` sub-steps per dropout step, exact matrix-free diffusion) from one θ_0 on

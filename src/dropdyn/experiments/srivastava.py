@@ -1,4 +1,4 @@
-"""Dropout in practice (Srivastava et al. 2014, THEORY.md §4).
+"""Dropout in practice (Srivastava et al. 2014, docs/theory.md §5).
 
 A d-h-h-10 network trained by SGD with momentum and a decaying learning rate, three
 ways: without dropout; with dropout (keep 0.8 on inputs, 0.5 on hidden units); with
@@ -20,6 +20,7 @@ from .._checks import InputError, check_device_dtype, check_int, check_keep, che
 from ..data import mnist
 from ..experiment import Context, Experiment, seeded, setting
 from ..nets import DropoutMLP, error_rate, train
+from ._variants import align_to
 
 MC_KS = (1, 2, 5, 10, 20, 50, 100)
 
@@ -160,10 +161,9 @@ def write(folder, cfg: Config, res: dict) -> dict:
         cols = {"epoch": np.arange(1, cfg.epochs + 1)}
         for s in SETTINGS:  # NaN after a divergence
             e = res[f"{name}/{s}/test_error"]
-            cols[s] = np.pad(e.astype(float), (0, cfg.epochs - len(e)), constant_values=np.nan)
+            cols[s] = align_to(cols["epoch"], np.arange(1, len(e) + 1), e)
         folder.write_csv(f"test_error_{name}.csv", cols)
-    folder.write_npz("arrays.npz", {k.replace("/", "__").replace(" ", "_"): np.asarray(v) for k, v in res.items()
-                                    if v is not None})
+    folder.write_npz("arrays.npz", {k: v for k, v in res.items() if v is not None})
     names = [f"{n}/{s}" for n in cfg.dataset_names() for s in SETTINGS]
     folder.savefig(figure(res, cfg), "srivastava")
     return {

@@ -1,4 +1,4 @@
-"""Teacher–student task, Figure 2 of the phase paper (THEORY.md §1–2).
+"""Teacher–student task, Figure 2 of the phase paper (docs/theory.md §1–2).
 
 A wide mean-field student (default width 5000) learns a 5-neuron teacher with
 dropout, RaM, penalty GD and GD from the same initial particles; dropout and RaM are
