@@ -188,6 +188,8 @@ def figure(rows: list[dict], rates: dict, cfg: Config):
         if np.isfinite(fit["slope"]):
             ax1.loglog(widths, np.exp(fit["intercept"]) * widths ** fit["slope"], "-", color=f"C{i}",
                        label=f"{names[key]}: rate n^{fit['slope']:.2f}  [{lo:.2f}, {hi:.2f}]")
+        else:  # fewer than two finite values: every width diverged, say, before T
+            ax1.plot([], [], "o", color=f"C{i}", label=f"{names[key]}: no rate (fewer than two widths measured)")
     ax1.set_xticks(widths, [str(w) for w in widths])
     ax1.minorticks_off()
     ax1.set_xlabel("width n")

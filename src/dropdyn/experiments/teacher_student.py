@@ -162,7 +162,9 @@ def write(folder, cfg: Config, res: dict) -> dict:
 
 def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
     """The phase of (n, τ, q) and the dropout–RaM gap against its O(√β) size."""
-    return [("phase of (n, τ, q)", phase_line(c["width"], c["lr"], c["keep"]), "—"),
+    ram, gd = s["final_gap_output_dropout_ram"], s["final_gap_output_dropout_gd"]
+    near = "—" if ram is None or gd is None else f"‖f(dropout) − f(RaM)‖ = {ram:.3g} vs ‖f(dropout) − f(GD)‖ = {gd:.3g}"
+    return [("phase of (n, τ, q)", phase_line(c["width"], c["lr"], c["keep"]), near),
             ("dropout–RaM output gap", f"O(√β) = {s['beta'] ** 0.5:.3g}",
              f"{s['final_gap_output_dropout_ram']:.3g}" if s["final_gap_output_dropout_ram"] is not None
              else f"diverged at step {s['diverged_at_step']['dropout']}")]
