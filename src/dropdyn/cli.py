@@ -142,17 +142,17 @@ def _headline(exp, path: Path) -> None:
     """The run in a few lines on stderr (stdout stays the folder, for scripts): its theory
     rows, or its summary's top-level numbers."""
     from .report import theory_rows
-    from .store import load
+    from .store import read_json
 
-    run = load(path)
+    meta, summary = read_json(path / "config.json"), read_json(path / "summary.json") or {}
     try:
-        rows = theory_rows(exp.name, run.config, run.summary)
+        rows = theory_rows(exp.name, meta["config"], summary)
     except (KeyError, TypeError, ValueError):
         rows = []
     lines = [f"  {q}: measured {m}  (theory: {t})" for q, t, m in rows[:8]] or [
-        f"  {k}: {v}" for k, v in run.summary.items() if isinstance(v, (int, float, str))][:8]
-    threads = run.meta.get("threads")
-    print(f"{exp.name} ({run.summary.get('seconds', '?')} s, {threads} thread(s)):", *lines, sep="\n", file=sys.stderr)
+        f"  {k}: {v}" for k, v in summary.items() if isinstance(v, (int, float, str))][:8]
+    print(f"{exp.name} ({summary.get('seconds', '?')} s, {meta.get('threads')} thread(s)):", *lines, sep="\n",
+          file=sys.stderr)
 
 
 def _sweep(args) -> int:

@@ -440,8 +440,9 @@ def simulate(
     if rule.critical:  # its own stream, so that given masks and drawn masks see the same kernel draws
         kernel = torch.Generator(device=prob.X.device).manual_seed(seed + 7919)
     design, rec = prob.design, Recorder(prob, snapshot_every)
-    state = dict(zip(("a", "W"), design.pack(prob.X), strict=True), risk=None)
-    limit = divergence_threshold * (1.0 + float(full_risk(design, state["a"], state["W"]).max()))
+    state = dict(zip(("a", "W"), design.pack(prob.X), strict=True))
+    state["risk"] = full_risk(design, state["a"], state["W"])  # R_0: the divergence limit, and record 0
+    limit = divergence_threshold * (1.0 + float(state["risk"].max()))
 
     def advance(k: int, due: bool) -> bool:
         a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel)

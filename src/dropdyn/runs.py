@@ -224,22 +224,27 @@ class RunIndex:
                     "error=excluded.error, finished=excluded.finished, sweep=COALESCE(excluded.sweep, runs.sweep)",
                     (run_id, key, experiment, json.dumps(params, sort_keys=True, default=str), sweep, error, now()))
 
-    def rows(self, *, experiment: str | None = None, status: str | None = None, sweep: str | None = None) -> list[dict]:
-        """Rows (as dicts, ``params``/``summary`` decoded), oldest first. A ``running`` row
-        whose process is gone reads as ``failed``."""
-        raw = self._read("SELECT * FROM runs")
-        rows = [_decoded(r) for r in raw] if raw is not None else scan_folders(self.root)
+    def rows(self, *, experiment: str | None = None, status: str | None = None, sweep: str | None = None,
+             run_id: str | None = None, key: str | None = None) -> list[dict]:
+        """Rows (as dicts, ``params``/``summary`` decoded), oldest first, filtered in SQL (the
+        id and key columns are indexed). A ``running`` row whose process is gone reads as
+        ``failed``."""
+        given = {c: v for c, v in (("experiment", experiment), ("sweep", sweep), ("id", run_id), ("key", key))
+                 if v is not None}
+        where = " WHERE " + " AND ".join(f"{c} = ?" for c in given) if given else ""
+        raw = self._read("SELECT * FROM runs" + where, tuple(given.values()))
+        rows = ([_decoded(r) for r in raw] if raw is not None else
+                [r for r in scan_folders(self.root) if all(r[c] == v for c, v in given.items())])
         for r in rows:
             if r["status"] == "running" and not _alive(r.get("pid"), r.get("host")):
                 r["status"] = "failed"
                 r["error"] = f"process {r.get('pid')} on {r.get('host')} ended without finishing"
-        rows = [r for r in rows if all(v is None or r[c] == v
-                                       for c, v in (("experiment", experiment), ("status", status), ("sweep", sweep)))]
+        rows = [r for r in rows if status is None or r["status"] == status]
         return sorted(rows, key=lambda r: (r["started"] or r["finished"] or "", r["id"]))
 
     def status(self, run_id: str) -> str | None:
         """The status of run ``run_id``, or None if the index has no such row."""
-        found = [r for r in self.rows() if r["id"] == run_id]
+        found = self.rows(run_id=run_id)
         return found[0]["status"] if found else None
 
     def get(self, ref: str) -> dict:
@@ -258,8 +263,8 @@ class RunIndex:
     def complete_with_key(self, key: str) -> Path | None:
         """The folder of a complete run with this key inside the store (a CLI or notebook run
         of the same configuration), or None."""
-        for r in self.rows(status="complete"):
-            folder = self.folder(r["id"]) if r["key"] == key else None
+        for r in self.rows(key=key, status="complete"):
+            folder = self.folder(r["id"])
             if folder is not None and (folder / "summary.json").is_file():
                 return folder
         return None
@@ -359,15 +364,16 @@ def scan_folders(root: Path) -> list[dict]:
     return rows
 
 
-def clean_partials(root: Path) -> list[Path]:
-    """Remove the hidden ``.NAME.partial-<pid>-…`` folders of processes of this host that
-    are gone (a killed run's half-written folder); returns what was removed."""
+def clean_partials(root: Path, pattern: str = "*/.*.partial-*") -> list[Path]:
+    """Remove the hidden ``.NAME.partial-<pid>-…`` folders (``pattern`` under ``root``: by
+    default every experiment folder of a store) of processes of this host that are gone (a
+    killed run's half-written folder); returns what was removed."""
     import shutil
 
     from .store import partial_owner
 
     removed = []
-    for p in Path(root).glob("*/.*.partial-*"):
+    for p in Path(root).glob(pattern):
         pid = partial_owner(p)
         if pid is not None and not _alive(pid, None):
             shutil.rmtree(p, ignore_errors=True)

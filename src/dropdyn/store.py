@@ -182,7 +182,7 @@ class RunFolder:
         from .runs import clean_partials
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        clean_partials(self.path.parent.parent)
+        clean_partials(self.path.parent, ".*.partial-*")  # this folder's siblings only: nothing outside it
         self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-{os.getpid()}-"))
         self.tmp.chmod(0o755)
         if self.on_enter is not None:
