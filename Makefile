@@ -1,4 +1,5 @@
-# dropdyn: `make run` (install + main job), `make test` (install + lint + tests), `make bench`.
+# dropdyn: `make run` (install + main job), `make test` (install + lint + tests), `make bench`,
+# `make figures [ONLY="srivastava alignment"]` (re-run the recipes behind docs/ figures and docs/results.md).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -6,7 +7,7 @@ PY     := $(VENV)/bin/python
 # torch (e.g. a CUDA build in a reused venv) is left alone.
 TORCH_FIRST ?= torch==2.13.0
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench figures clean
 
 install: $(VENV)/.installed
 
@@ -21,11 +22,14 @@ run: install
 	$(VENV)/bin/dropdyn run teacher-student
 
 test: install
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest
 
 bench: install
 	$(PY) benchmarks/bench_step.py
+
+figures: install
+	$(PY) scripts/figures.py $(if $(ONLY),--only $(ONLY))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

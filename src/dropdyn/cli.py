@@ -228,11 +228,9 @@ def _parse_mark(text: str) -> tuple[int, float, float]:
 
 
 def _phase_diagram(args) -> int:
-    import matplotlib
+    import io
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from ._plot import subplots
     from .phase import classify, draw_diagram
     from .store import atomic_write_bytes
 
@@ -247,14 +245,11 @@ def _phase_diagram(args) -> int:
         raise UsageError(f"folder {str(out.parent)!r} does not exist")
     if out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a folder; give an image file name")
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fig, ax = subplots(figsize=(6.5, 5))
     draw_diagram(ax, marks)
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=130, bbox_inches="tight")
     atomic_write_bytes(out, buf.getvalue())
-    plt.close(fig)
     print(out)
     return 0
 

@@ -108,6 +108,13 @@ class Context:
     workers: int = 2
     scheduler: str | None = None
 
+    def bar(self, total: int, desc: str, unit: str = "step"):
+        """The run's one progress bar over ``total`` units (a no-op bar without ``progress``);
+        pass it as ``progress=`` to the simulators, which advance it, and close it at the end."""
+        from .loop import run_bar
+
+        return run_bar(total, desc, enabled=self.progress, unit=unit)
+
 
 @dataclass(frozen=True)
 class Experiment:

@@ -12,18 +12,23 @@ def run_loop(steps: int, advance: Callable[[int, bool], bool], record: Callable[
     """Steps k = 1 … ``steps``. ``advance(k, due)`` computes step k (``due``: it will be
     recorded) and returns False if it diverged, leaving the state at step k − 1.
     ``record(k)`` runs at step 0, every ``record_every`` steps, at the last step, and at the
-    step before a divergence. ``progress``: False, True (a bar for this loop) or a tqdm bar
-    of a larger run to advance. Returns the step that diverged, or None."""
+    step before a divergence. ``progress``: False, True (a bar for this loop) or the tqdm bar
+    of a larger run to advance, whose postfix then names this loop (``desc``). Returns the
+    step that diverged, or None."""
     record(0)
     last, diverged = 0, None
     shared = hasattr(progress, "update")  # a bar of a larger run, which owns it
     bar = progress if shared else progress_bar(steps, progress, desc)
+    if shared and desc:
+        bar.set_postfix_str(desc, refresh=False)
     for k in range(1, steps + 1):
         due = k % record_every == 0 or k == steps
         if not advance(k, due):
             diverged = k
             if last != k - 1:
                 record(k - 1)
+            if bar is not None:  # the steps not taken: a larger run's bar still reaches its total
+                bar.update(steps - k + 1)
             break
         if due:
             record(k)
@@ -39,6 +44,13 @@ def progress_bar(total: int, enabled: bool, desc: str):
     """A tqdm bar of ``total`` steps, or None when disabled."""
     if not enabled or total == 0:
         return None
+    return run_bar(total, desc)
+
+
+def run_bar(total: int, desc: str, *, enabled: bool = True, unit: str = "step"):
+    """One tqdm bar for a whole run of ``total`` units (a no-op bar when not ``enabled``):
+    an experiment made of several parts advances it through each, and names the running part
+    with ``set_description``."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", leave=False, mininterval=0.5)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=0.5, disable=not enabled)

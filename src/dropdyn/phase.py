@@ -228,14 +228,13 @@ def scaling(width: int, a: float, b: float, c_lr: float = 1.0, c_keep: float = 1
 
 
 def draw_diagram(ax=None, marks=()):
-    """The theoretical (a, b) diagram; ``marks``: iterable of (width, lr, keep) to place."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The theoretical (a, b) diagram on ``ax`` (default: a new pyplot figure, so that a
+    notebook shows it); ``marks``: iterable of (width, lr, keep) to place. Returns ``ax``."""
     from matplotlib.patches import Polygon
 
     if ax is None:
+        import matplotlib.pyplot as plt
+
         _, ax = plt.subplots(figsize=(6, 5))
     amax, bmax = 2.0, 1.5
     ax.add_patch(Polygon([(0, 0), (amax, 0), (amax, 1), (1, 1)], color="C0", alpha=0.25,

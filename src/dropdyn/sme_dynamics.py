@@ -121,7 +121,7 @@ def simulate_sme(
     seed: int | None = None,
     observe: Callable[[Tensor], dict[str, Tensor]] | None = None,
     divergence_threshold: float = 1e6,
-    progress: bool = False,
+    progress=False,
 ) -> SMETrajectory:
     """Simulate ``dynamics`` (one of ``DYNAMICS``) for ``steps`` dropout steps of size ``lr``
     from ``theta0`` ``(width, d + 1)``, ``replicas`` copies at once.

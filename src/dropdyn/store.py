@@ -231,14 +231,11 @@ class RunFolder:
         atomic_write_bytes(self.file(name), buf.getvalue())
 
     def savefig(self, fig, stem: str) -> None:
-        """Save a matplotlib figure as ``stem.png`` and ``stem.svg``, then close it."""
-        import matplotlib.pyplot as plt
-
+        """Save a matplotlib figure as ``stem.png`` and ``stem.svg``."""
         for ext in ("png", "svg"):
             buf = io.BytesIO()
             fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight")
             atomic_write_bytes(self.file(f"{stem}.{ext}"), buf.getvalue())
-        plt.close(fig)
 
 
 def open_run(experiment: str, config: dict, out: Path, *, force: bool = False) -> RunFolder:

@@ -103,11 +103,11 @@ def generator(cfg: SMESettings, offset: int) -> torch.Generator:
 
 
 def curves(cfg: SMESettings, P: Problem, *, dynamics: tuple[str, ...], lr: float, keep: float, time: float,
-           replicas: int, substeps: int, records: int, offset: int, progress: bool = False) -> dict:
+           replicas: int, substeps: int, records: int, offset: int, progress=False) -> dict:
     """Run each of ``dynamics`` for ``time`` from ``P.theta0`` and summarise its observables over
     replicas: ``{dyn: {"time", "<obs>_mean", "<obs>_min", "<obs>_max", "mean_error",
     "diverged_at_step"}}`` (arrays over the records; ``mean_error`` is the Monte-Carlo
-    standard error of the replica mean of θ)."""
+    standard error of the replica mean of θ). ``progress``: as for :func:`simulate_sme`."""
     from ..sme_dynamics import simulate_sme
 
     steps = max(1, round(time / lr))
@@ -127,12 +127,19 @@ def curves(cfg: SMESettings, P: Problem, *, dynamics: tuple[str, ...], lr: float
     return out
 
 
-def compute_curves(cfg: CurveSettings, dynamics: tuple[str, ...], progress: bool = False) -> dict:
-    """``{(η, p): curves(...)}`` for every pair of ``cfg.settings``, from one problem."""
+def compute_curves(cfg: CurveSettings, dynamics: tuple[str, ...], ctx) -> dict:
+    """``{(η, p): curves(...)}`` for every pair of ``cfg.settings``, from one problem, under
+    one progress bar (``ctx.bar``)."""
     P = problem(cfg)
-    return {(lr, p): curves(cfg, P, dynamics=dynamics, lr=lr, keep=p, time=cfg.time, replicas=cfg.replicas,
-                            substeps=cfg.substeps, records=cfg.records, offset=10 * i, progress=progress)
-            for i, (lr, p) in enumerate(parse_settings(cfg.settings))}
+    settings = parse_settings(cfg.settings)
+    bar = ctx.bar(sum(len(dynamics) * max(1, round(cfg.time / lr)) for lr, _ in settings), "SME curves")
+    out = {}
+    for i, (lr, p) in enumerate(settings):
+        bar.set_description(f"η={lr:g}, p={p:g}")
+        out[(lr, p)] = curves(cfg, P, dynamics=dynamics, lr=lr, keep=p, time=cfg.time, replicas=cfg.replicas,
+                              substeps=cfg.substeps, records=cfg.records, offset=10 * i, progress=bar)
+    bar.close()
+    return out
 
 
 def parse_settings(text: str) -> list[tuple[float, float]]:

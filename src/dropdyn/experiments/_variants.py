@@ -36,10 +36,12 @@ def run_variants(X0: torch.Tensor, split, *, lr: float, keep: float, steps: int,
                  progress: bool = False) -> dict[str, SimulationResult]:
     """Each variant from ``X0`` on ``split`` (``inputs``, ``targets``, ``test_inputs``,
     ``test_targets``); dropout and RaM share one mask stream (``seed``). Outputs are
-    recorded on the test inputs; with ``snapshots``, dropout's and RaM's particles too."""
+    recorded on the test inputs; with ``snapshots``, dropout's and RaM's particles too.
+    ``progress``: True (one bar for the comparison) or the bar of a larger run."""
     every = record_every(steps, records)
     snap = every if snapshots else None
-    bar = progress_bar(len(COMPARED) * steps, progress, "variants")  # one bar for the whole comparison
+    shared = hasattr(progress, "update")
+    bar = progress if shared else progress_bar(len(COMPARED) * steps, progress, "variants")
     runs = {
         v: simulate(v, X0, split.inputs, split.targets, lr=lr, keep=keep, steps=steps, activation=activation,
                     seed=seed, record_every=every, test_inputs=split.test_inputs, test_targets=split.test_targets,
@@ -47,7 +49,7 @@ def run_variants(X0: torch.Tensor, split, *, lr: float, keep: float, steps: int,
                     device=device, dtype=dtype, progress=bar if bar is not None else False)
         for v in COMPARED
     }
-    if bar is not None:
+    if bar is not None and not shared:
         bar.close()
     return runs
 

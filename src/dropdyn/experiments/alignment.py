@@ -136,11 +136,13 @@ def full_batch_loss(net: nn.Module, X: torch.Tensor, y: torch.Tensor, chunk: int
 
 
 def compute(cfg: Config, ctx: Context) -> dict:
-    progress = ctx.progress
     X, y = load(cfg)
     xb, yb = X[: cfg.batch], y[: cfg.batch]
     out = {}
+    per_epoch = math.ceil(len(X) / 100)  # SGD steps of batch 100
+    bar = ctx.bar(len(cfg.lr_keep()) * cfg.epochs * per_epoch + len(NOISES) * cfg.noise_steps, "alignment")
     for lr, keep in cfg.lr_keep():
+        bar.set_description(f"training lr={lr:g}, keep={keep:g}")
         with seeded(cfg.seed):
             net = make_net(cfg, keep, X[0].numel())
         groups = {"": None, **layer_groups(net)}  # all parameters, then each layer alone
@@ -150,26 +152,29 @@ def compute(cfg: Config, ctx: Context) -> dict:
             if keep == 1.0:
                 return
             for label, names in groups.items():
+                bar.set_postfix_str(f"α at epoch {epoch}, {label or 'all parameters'}")
                 res = alignment(net, nn.functional.cross_entropy, xb, yb, samples=cfg.samples, seed=cfg.seed + epoch,
                                 parameters=names)
                 rows[label].append((epoch, res.alpha, res.ci[0], res.ci[1], res.baseline))
-                if progress:
-                    print(f"  lr={lr:g} keep={keep:g} epoch {epoch} {label or 'all'}: α = {res.alpha:.3f}",
-                          flush=True)
+            bar.set_postfix_str("")
 
         measure(0)
+        done = bar.n
         diverged = train(net, X, y, epochs=cfg.epochs, lr=lr, momentum=0.0, decay=1.0, batch_size=100,
-                         generator=torch.Generator().manual_seed(cfg.seed + 1),
+                         generator=torch.Generator().manual_seed(cfg.seed + 1), on_step=lambda _: bar.update(1),
                          on_epoch=lambda e, measure=measure: measure(e + 1) if (e + 1) % cfg.every == 0 else None)
+        bar.update(done + cfg.epochs * per_epoch - bar.n)  # the steps after a divergence
         name = f"lr={lr:g}, keep={keep:g}"
         for label, rr in rows.items():
             out[name + (f" · {label}" if label else "")] = np.array(rr).reshape(-1, 5)
         out.setdefault("diverged_at_step", {})[name] = diverged  # α is measured up to the epoch before
         if keep < 1.0 and diverged is None:
+            bar.set_postfix_str("noise along the top Hessian directions")
             vf = noise_along_curvature(net, nn.functional.cross_entropy, xb, yb, k=cfg.eigenvectors,
                                        hessian_masks=4, samples=cfg.direction_samples, seed=cfg.seed)
             out[f"vf/{name}"] = np.stack([vf["curvature"], vf["variance"], vf["variance_se"]], 1)
-    out["noise_comparison"] = compare_noise(cfg, X, y, xb, yb)
+    out["noise_comparison"] = compare_noise(cfg, X, y, xb, yb, bar)
+    bar.close()
     return out
 
 
@@ -186,10 +191,13 @@ def layer_groups(net: nn.Module) -> dict[str, list[str]]:
 NOISES = ("GD", "GD + dropout", "SGD", "GD + parameter noise")
 
 
-def compare_noise(cfg: Config, X, y, xb, yb) -> dict:
-    """Appendix D: one initialisation, four noise types, flatness of each solution."""
+def compare_noise(cfg: Config, X, y, xb, yb, bar) -> dict:
+    """Appendix D: one initialisation, four noise types, flatness of each solution; ``bar``
+    advances by one per step."""
     out = {}
     for noise in NOISES:
+        bar.set_description(f"noise comparison: {noise}")
+        bar.set_postfix_str("")
         keep = cfg.noise_keep if noise == "GD + dropout" else 1.0
         with seeded(cfg.seed):
             net = make_net(cfg, keep, X[0].numel())
@@ -219,8 +227,10 @@ def compare_noise(cfg: Config, X, y, xb, yb) -> dict:
                         p.copy_(s0)
             if not all(bool(torch.isfinite(p.grad).all()) for p in net.parameters() if p.grad is not None):
                 diverged = step + 1
+                bar.update(cfg.noise_steps - step)
                 break
             opt.step()
+            bar.update(1)
         net.eval()
         if diverged is not None:  # no solution to measure
             out[noise] = {"top_eigenvalue": math.nan, "trace": math.nan, "trace_se": math.nan,
@@ -228,18 +238,16 @@ def compare_noise(cfg: Config, X, y, xb, yb) -> dict:
             continue
         with torch.no_grad():
             loss = full_batch_loss(net, X, y, cfg.chunk, backward=False)
+        bar.set_postfix_str("flatness of the solution")
         out[noise] = {**flatness(net, nn.functional.cross_entropy, xb, yb, probes=cfg.probes, seed=cfg.seed),
                       "train_loss": loss, "diverged_at_step": None}
     return out
 
 
 def noise_figure(cmp: dict):
-    import matplotlib
+    from .._plot import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = subplots(1, 2, figsize=(9, 3.5))
     names = list(cmp)
     x = np.arange(len(names))
     axes[0].bar(x, [cmp[n]["top_eigenvalue"] for n in names], color=[f"C{i}" for i in x])
@@ -256,12 +264,9 @@ def noise_figure(cmp: dict):
 
 
 def variance_flatness_figure(res: dict):
-    import matplotlib
+    from .._plot import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     slopes = {}
     for i, (name, r) in enumerate((k[3:], v) for k, v in res.items() if k.startswith("vf/")):
         ok = (r[:, 0] > 0) & (r[:, 1] > 0)
@@ -281,15 +286,12 @@ def variance_flatness_figure(res: dict):
 
 def figure(res: dict, cfg: Config):
     """α over training: all parameters (left), each layer alone (right), against the paper's line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .._plot import subplots
 
     curves = {k: v for k, v in res.items() if not k.startswith("vf/") and len(v)}
     pairs = list(dict.fromkeys(k.split(" · ")[0] for k in curves))
     layered = any(" · " in k for k in curves)
-    fig, axes = plt.subplots(1, 2 if layered else 1, figsize=(12 if layered else 6.5, 4), squeeze=False)
+    fig, axes = subplots(1, 2 if layered else 1, figsize=(12 if layered else 6.5, 4), squeeze=False)
     styles = ["-", "--", ":", "-."]
     for key, r in curves.items():
         pair, _, layer = key.partition(" · ")

@@ -172,12 +172,11 @@ def fit_rate(widths, values) -> dict:
 
 
 def figure(rows: list[dict], rates: dict, cfg: Config):
-    import matplotlib
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .._plot import subplots
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(11, 4))
     widths = np.array([r["width"] for r in rows])
     names = {"particle": "(1/n)Σ|X_i − X̄_i|²", "output": "‖f(μⁿ) − f(μ̄)‖", "w2": "W2(μⁿ, μ̄)"}
     for i, key in enumerate(("particle", "output", "w2")):
@@ -198,7 +197,7 @@ def figure(rows: list[dict], rates: dict, cfg: Config):
     ax1.legend(fontsize=7)
     ax1.grid(alpha=0.3, which="both")
     for i, r in enumerate(rows):
-        ax2.semilogy(r["time"][1:], r["particle"][1:], color=plt.cm.viridis(i / max(1, len(rows) - 1)),
+        ax2.semilogy(r["time"][1:], r["particle"][1:], color=colormaps["viridis"](i / max(1, len(rows) - 1)),
                      label=f"n={r['width']}")
     ax2.set_xlabel("time t")
     ax2.set_title("coupled particle distance over time")

@@ -90,11 +90,13 @@ def compute(cfg: Config, ctx: Context) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     split = binary_mnist(cfg.digit_pair(), size=cfg.input_size, generator=g, source=cfg.source, path=cfg.path)
     out = {}
+    bar = ctx.bar(sum(len(COMPARED) * r["steps"] for r in regimes(cfg).values()), "mnist-binary")
     for name, r in regimes(cfg).items():
+        bar.set_description(f"{name} regime")
         X0 = mean_field_init(r["width"], split.inputs.shape[1], generator=g)
         runs = run_variants(X0, split, lr=r["lr"], keep=r["keep"], steps=r["steps"], records=cfg.records,
                             activation=cfg.activation, seed=cfg.seed + 1, device=cfg.device, dtype=dtype,
-                            progress=ctx.progress)
+                            progress=bar)
         steps = grid(r["steps"], cfg.records)
         out[f"{name}/time"] = steps * r["lr"]
         for v, res in runs.items():  # as recorded (up to the step before a divergence) and on the common grid
@@ -109,17 +111,15 @@ def compute(cfg: Config, ctx: Context) -> dict:
             hits = (np.sign(f) == split.test_targets.numpy()).mean(-1)
             out[f"{name}/{v}/grid_test_accuracy"] = np.where(np.isnan(f).any(-1), np.nan, hits)
             out[f"{name}/{v}/diverged_at_step"] = res.diverged_at_step
+    bar.close()
     return out
 
 
 def figure(res: dict, cfg: Config):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .._plot import subplots
 
     reg = regimes(cfg)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = subplots(2, 2, figsize=(11, 7))
     for row, (name, r) in enumerate(reg.items()):
         for v in COMPARED:
             t = res[f"{name}/{v}/time"]

@@ -71,15 +71,13 @@ class Config(phase_cell.CellSettings):
 
 
 def figure(cells: list[dict], cfg: Config):
-    import matplotlib
+    from matplotlib.patches import Rectangle
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from .._plot import subplots
     from ..phase import draw_diagram
 
     colors = {"I": "C0", "II": "C2", "III": "C1", "IV": "C3", "V": "C4", "none": "0.75"}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(13, 5))
     draw_diagram(ax1)
     for c in cells:
         ax1.plot(c["a"], c["b"], ".", color="k", ms=3)
@@ -89,8 +87,8 @@ def figure(cells: list[dict], cfg: Config):
     db = np.diff(sorted({c["b"] for c in cells})).min(initial=0.25) if len(cells) > 1 else 0.25
     for c in cells:
         ok = c["empirical"] == ("none" if c["theory"] == "degenerate" else c["theory"])
-        ax2.add_patch(plt.Rectangle((c["a"] - da / 2, c["b"] - db / 2), da, db, color=colors[c["empirical"]],
-                                    alpha=0.75, ec="k" if ok else "red", lw=0.5 if ok else 2))
+        ax2.add_patch(Rectangle((c["a"] - da / 2, c["b"] - db / 2), da, db, color=colors[c["empirical"]],
+                                alpha=0.75, ec="k" if ok else "red", lw=0.5 if ok else 2))
         ratio = "—" if c["ratio"] is None else f"{c['ratio']:.2f}"
         ax2.text(c["a"], c["b"], f"{c['empirical']}\n{ratio}", ha="center", va="center", fontsize=7)
     for name, col in colors.items():

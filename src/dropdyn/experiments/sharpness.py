@@ -63,17 +63,19 @@ def compute(cfg: Config, ctx: Context) -> dict:
     X0 = mean_field_init(cfg.width, cfg.dim, generator=g).to(cfg.device)
     Z, y = task.inputs.to(cfg.device), task.targets.to(cfg.device)
     lam0 = mean_field_sharpness(X0, Z, y, cfg.activation)
+    runs = {"gd": 1.0, **{f"ram q={q:g}": q for q in cfg.keep_values()}}
+    bar = ctx.bar((20 + len(runs) * cfg.points) * cfg.steps, "GD solution")
     sol = simulate("gd", X0, Z, y, lr=min(1.0, 1.0 / lam0), keep=1.0, steps=20 * cfg.steps,
-                   activation=cfg.activation, record_every=20 * cfg.steps).particles
+                   activation=cfg.activation, record_every=20 * cfg.steps, progress=bar).particles
     lam_star = mean_field_sharpness(sol, Z, y, cfg.activation)
     lrs = np.geomspace(cfg.lr_min, cfg.lr_max, cfg.points)
-    runs = {"gd": 1.0, **{f"ram q={q:g}": q for q in cfg.keep_values()}}
     out = {"lr": lrs, "lambda_init": lam0, "lambda_solution": lam_star, "keeps": runs}
     for name, q in runs.items():
         final, stable, diverged = [], [], []
         for lr in lrs:
+            bar.set_description(f"{name}, τ={lr:.3g}")
             r = simulate("gd" if q == 1.0 else "ram", X0, Z, y, lr=float(lr), keep=q, steps=cfg.steps,
-                         activation=cfg.activation, record_every=cfg.steps, seed=cfg.seed + 1)
+                         activation=cfg.activation, record_every=cfg.steps, seed=cfg.seed + 1, progress=bar)
             ok = r.diverged_at_step is None and float(r.risk[-1]) < float(r.risk[0])
             final.append(float(r.risk[-1]) if r.diverged_at_step is None else np.inf)
             stable.append(ok)
@@ -82,16 +84,14 @@ def compute(cfg: Config, ctx: Context) -> dict:
         ok_lrs = lrs[np.array(stable)]
         out[name]["largest_stable_mean_step"] = float(ok_lrs.max()) if len(ok_lrs) else float("nan")
         out[name]["largest_stable_neuron_step"] = out[name]["largest_stable_mean_step"] / q
+    bar.close()
     return out
 
 
 def figure(res: dict):
-    import matplotlib
+    from .._plot import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(11, 4), sharey=True)
     for i, (name, q) in enumerate(res["keeps"].items()):
         r = res[name]
         for ax, scale in zip(axes, (1.0, 1.0 / q), strict=True):

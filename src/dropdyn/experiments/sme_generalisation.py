@@ -29,16 +29,13 @@ class Config(CurveSettings):
 
 
 def compute(cfg: Config, ctx: Context) -> dict:
-    return compute_curves(cfg, DYNAMICS, ctx.progress)
+    return compute_curves(cfg, DYNAMICS, ctx)
 
 
 def figure(res: dict, cfg: Config):
-    import matplotlib
+    from .._plot import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(res), 2, figsize=(10, 3.4 * len(res)), squeeze=False)
+    fig, axes = subplots(len(res), 2, figsize=(10, 3.4 * len(res)), squeeze=False)
     for row, ((lr, p), r) in enumerate(res.items()):
         for col, key in enumerate(("test_risk", "test_accuracy")):
             for dyn in DYNAMICS:

@@ -108,12 +108,14 @@ def fit_slope(lrs, est, se) -> dict:
 
 
 def compute(cfg: Config, ctx: Context) -> dict:
-    progress = ctx.progress
     P = problem(cfg)
     res: dict = {"lrs": cfg.lr_values(), "keeps": cfg.keep_values()}
-    common = dict(activation=cfg.activation, record_every=10**9, progress=progress)
+    runs = 1 + sum(1 if dyn == "gd" else 2 for dyn in ORDERS)  # dropout, GD, each SME at two sub-steps
+    bar = ctx.bar(len(res["keeps"]) * sum(runs * round(cfg.time / lr) for lr in res["lrs"]), "sme-order")
+    common = dict(activation=cfg.activation, record_every=10**9, progress=bar)
     for i, p in enumerate(res["keeps"]):
         for j, lr in enumerate(res["lrs"]):
+            bar.set_description(f"p={p:g}, η={lr:g}")
             steps = round(cfg.time / lr)
             g = generator(cfg, 100 * i + j)
             drop = simulate_sme("dropout", P.theta0, P.inputs, P.targets, lr=lr, keep=p, steps=steps,
@@ -139,6 +141,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
                     res[f"{p}/{lr}/{dyn}/discretisation"] = {"sq": est, "se": se}
             # Monte-Carlo scale: the standard error of one replica mean, for comparison
             res[f"{p}/{lr}/mc_error"] = float(drop.mean_error[-1])
+    bar.close()
     for p in res["keeps"]:
         for dyn in ORDERS:
             pts = [res[f"{p}/{lr}/{dyn}"] for lr in res["lrs"]]
@@ -147,12 +150,9 @@ def compute(cfg: Config, ctx: Context) -> dict:
 
 
 def figure(res: dict, cfg: Config):
-    import matplotlib
+    from .._plot import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True)
+    fig, axes = subplots(1, 3, figsize=(14, 4.2), sharey=True)
     lrs = np.array(res["lrs"])
     titles = {"sme1": "order-1 SME", "sme2": "order-2 SME", "gd": "GD on L_S (no noise)"}
     for ax, dyn in zip(axes, ORDERS, strict=True):

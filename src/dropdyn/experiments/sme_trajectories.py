@@ -26,19 +26,16 @@ class Config(CurveSettings):
 
 
 def compute(cfg: Config, ctx: Context) -> dict:
-    return compute_curves(cfg, DYNAMICS, ctx.progress)
+    return compute_curves(cfg, DYNAMICS, ctx)
 
 
 def figure(res: dict, cfg: Config):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .._plot import subplots
 
     n = len(res)
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    fig, axes = subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False, sharey=True)
     for ax, ((lr, p), r) in zip(axes.flat[:len(res)], res.items(), strict=True):
         band(ax, r["dropout"], "train_risk", "C0", "dropout")
         band(ax, r["sme1"], "train_risk", "C3", "SME (order 1)", ls="--")

@@ -83,6 +83,7 @@ SETTINGS = {"no dropout": dict(dropout=False, max_norm=False), "dropout": dict(d
 
 def compute(cfg: Config, ctx: Context) -> dict:
     out = {}
+    bar = ctx.bar(len(cfg.dataset_names()) * len(SETTINGS) * cfg.epochs, "srivastava", unit="epoch")
     for name in cfg.dataset_names():
         g = torch.Generator().manual_seed(cfg.seed)
         xtr, ytr, xte, yte = (t.to(cfg.device) for t in load(name, g))
@@ -92,15 +93,18 @@ def compute(cfg: Config, ctx: Context) -> dict:
                                  keep_input=cfg.keep_input if s["dropout"] else 1.0,
                                  keep_hidden=cfg.keep_hidden if s["dropout"] else 1.0).to(cfg.device)
             curve = []
+            bar.set_description(f"{name}: {variant}")
 
             def record(_, net=net, curve=curve, xte=xte, yte=yte):
                 net.eval()
                 with torch.no_grad():
                     curve.append(error_rate(net(xte), yte))
+                bar.update(1)
 
             diverged = train(net, xtr, ytr, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, decay=cfg.decay,
                              batch_size=cfg.batch_size, max_norm=cfg.max_norm if s["max_norm"] else None,
                              generator=torch.Generator().manual_seed(cfg.seed + 1), on_epoch=record)
+            bar.update(cfg.epochs - len(curve))  # the epochs after a divergence
             out[f"{name}/{variant}/diverged_at_step"] = diverged
             out[f"{name}/{variant}/test_error"] = np.array(curve)  # one entry per epoch completed
             if diverged is not None:  # nothing to evaluate after a divergence: the curves end there
@@ -115,17 +119,15 @@ def compute(cfg: Config, ctx: Context) -> dict:
                 out[f"{name}/{variant}/mc_error"] = np.array(mc).mean(1)
                 out[f"{name}/{variant}/mc_error_std"] = np.array(mc).std(1)
                 out[f"{name}/{variant}/weight_scaling_error"] = curve[-1]
+    bar.close()
     return out
 
 
 def figure(res: dict, cfg: Config):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .._plot import subplots
 
     names = cfg.dataset_names()
-    fig, axes = plt.subplots(2, len(names), figsize=(5.5 * len(names), 7), squeeze=False)
+    fig, axes = subplots(2, len(names), figsize=(5.5 * len(names), 7), squeeze=False)
     for j, name in enumerate(names):
         ax = axes[0, j]
         for i, variant in enumerate(SETTINGS):

@@ -98,12 +98,9 @@ def compute(cfg: Config, ctx: Context) -> dict:
 
 def figures(out: dict, cfg: Config):
     """The two figures: risks of the four variants; coupled dropout–RaM gap."""
-    import matplotlib
+    from .._plot import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig1, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    fig1, axes = subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, which in zip(axes, ("train", "test"), strict=True):
         for v in COMPARED:
             t = out[f"{v}_steps"] * cfg.lr
@@ -120,7 +117,7 @@ def figures(out: dict, cfg: Config):
     fig1.suptitle(f"teacher–student, width n={cfg.width}, τ={cfg.lr}, q={cfg.keep} "
                   f"(α={cfg.lr / cfg.keep:.3g}, β={1 / (cfg.width * cfg.keep):.2g})", fontsize=10)
 
-    fig2, ax = plt.subplots(figsize=(6, 3.8))
+    fig2, ax = subplots(figsize=(6, 3.8))
     t = out["time"]
     ax.plot(t, out["gap_particle"], color="C3", label="(1/n) Σ|X_i^drop − X_i^RaM|²")
     ax.plot(t, out["gap_output"], color="C0", label="‖f(drop) − f(RaM)‖ (test inputs)")
