@@ -10,7 +10,8 @@ Baselines, timed in the same run (medians over ``--repeats``):
 * ``floor``: one ATen tanh over the (width × m) pre-activations plus the two GEMMs
   (``W Zᵀ`` and ``S Z``) that any implementation must do at this width.
 
-Also: R replicas in one ``simulate`` call against R sequential calls.
+On CUDA with Triton installed it also times the fused step (``backend="fused"``,
+:mod:`dropdyn.fused`). Also: R replicas in one ``simulate`` call against R sequential calls.
 Prints a Markdown table; ratios > 1 mean dropdyn is faster. ``--device cuda`` runs
 everything on the GPU (masks drawn there too) and synchronises around each timed call.
 """
@@ -26,7 +27,7 @@ import torch
 from dropdyn import simulate
 from dropdyn.engine import rule_for, step
 from dropdyn.masks import MaskStream
-from dropdyn.model import Design
+from dropdyn.model import Design, descent
 
 
 def median_ms(fn, repeats: int, warmup: int = 3, device: str = "cpu") -> float:
@@ -91,17 +92,26 @@ def main(argv=None):
     # dropdyn: the engine's step on the packed state, one fresh mask per step
     design = Design.build(Z, y, "tanh", bias=False)
     a, W = design.pack(X[None])
+    backends = {"": descent}
+    if torch.device(dev).type == "cuda":
+        try:
+            from dropdyn.fused import fused_descent
+
+            backends[", fused"] = fused_descent
+        except ImportError:  # no Triton: the reference step only
+            pass
     results = {}
-    for variant in ("dropout", "gd"):
-        rule = rule_for(variant, n, q)
-        stream = MaskStream(q, (1, n), seed=0, device=dev)
-        results[variant] = median_ms(
-            lambda rule=rule, stream=stream: step(
-                design, a, W, lr, rule, stream.next() if rule.uses_masks else None, q
-            ),
-            args.repeats,
-            device=dev,
-        )
+    for label, direction in backends.items():
+        for variant in ("dropout", "gd"):
+            rule = rule_for(variant, n, q)
+            stream = MaskStream(q, (1, n), seed=0, device=dev)
+            results[variant + label] = median_ms(
+                lambda rule=rule, stream=stream, direction=direction: step(
+                    design, a, W, lr, rule, stream.next() if rule.uses_masks else None, q, descent=direction
+                ),
+                args.repeats,
+                device=dev,
+            )
 
     # (a) torch.nn + autograd + SGD with the same semantics
     net = MeanField(X[:, 1:], X[:, 0]).to(dev, dtype)
@@ -126,9 +136,10 @@ def main(argv=None):
 
     t_floor = median_ms(floor, args.repeats, device=dev)
 
-    t = results["dropout"]
-    rows.append((f"dropdyn dropout step (keep={q:g})", t, t_nn / t, t / t_floor))
-    rows.append(("dropdyn GD step (all neurons)", results["gd"], t_nn / results["gd"], results["gd"] / t_floor))
+    for label in backends:
+        t, t_gd = results["dropout" + label], results["gd" + label]
+        rows.append((f"dropdyn dropout step (keep={q:g}){label}", t, t_nn / t, t / t_floor))
+        rows.append((f"dropdyn GD step (all neurons){label}", t_gd, t_nn / t_gd, t_gd / t_floor))
     rows.append(("torch.nn + autograd + SGD (a)", t_nn, 1.0, t_nn / t_floor))
     rows.append(("floor: tanh + 2 GEMMs (b)", t_floor, t_nn / t_floor, 1.0))
 

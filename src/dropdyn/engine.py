@@ -138,13 +138,14 @@ def _critical_step(design: Design, a: Tensor, W: Tensor, lr: float, beta: float,
 
 def step(
     design: Design, a: Tensor, W: Tensor, lr: float, rule: Rule, mask: Tensor | None, keep: float,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, descent=descent,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Apply one step to neurons ``a (R, n)``, ``W (R, n, P)`` with keep-mask ``mask``
     (``(R, n)`` bool, or None for mask-free rules). Returns new ``a``, ``W`` and the
     residual ``r (R, m)`` of the step's (possibly thinned) forward pass (for a critical
     rule: the mean residual of the moving neurons). ``generator`` feeds the critical
-    rule's random forward passes."""
+    rule's random forward passes; ``descent`` is :func:`dropdyn.model.descent` or the
+    fused :func:`dropdyn.fused.fused_descent`."""
     R, n = a.shape
     if rule.critical:
         return _critical_step(design, a, W, lr, rule.beta, mask, keep, generator)
@@ -404,6 +405,7 @@ def simulate(
     divergence_threshold: float = 1e6,
     device=None,
     dtype=None,
+    backend: str = "torch",
     progress=False,
 ) -> SimulationResult:
     """Run ``steps`` steps of ``variant`` (one of :data:`VARIANTS`, or a :class:`Rule`) from
@@ -415,6 +417,8 @@ def simulate(
     The run stops at the first step whose risk (thinned, or full at a record) exceeds
     ``divergence_threshold · (1 + R_0)`` or is non-finite, or whose update is non-finite.
     ``progress``: a bar of its own (True), or a tqdm bar of a larger run to advance.
+    ``backend``: ``"torch"`` (the reference step) or ``"fused"`` (Triton kernels that never
+    form the (width × m) matrices, :mod:`dropdyn.fused`; CUDA only).
 
     >>> import torch, dropdyn
     >>> g = torch.Generator().manual_seed(0)
@@ -434,6 +438,12 @@ def simulate(
     prob = prepare(particles, inputs, targets, activation=activation, test_inputs=test_inputs,
                    test_targets=test_targets, probe_inputs=probe_inputs, device=device, dtype=dtype)
     R, n = prob.shape
+    direction = descent
+    if check_choice("backend", backend, ("torch", "fused")) == "fused":
+        from .fused import check_fused, fused_descent
+
+        check_fused(prob.X.device)
+        direction = fused_descent
     rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
     next_mask = mask_source(rule, keep, steps, prob, masks=masks, seed=seed, generator=generator)
     kernel = None
@@ -445,7 +455,7 @@ def simulate(
     limit = divergence_threshold * (1.0 + float(state["risk"].max()))
 
     def advance(k: int, due: bool) -> bool:
-        a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel)
+        a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel, direction)
         thinned = 0.5 * (r * r).mean(-1)
         ok = (torch.isfinite(thinned) & (thinned <= limit)).all() & torch.isfinite(a).all() & torch.isfinite(W).all()
         risk = full_risk(design, a, W) if due else None
@@ -467,7 +477,7 @@ def simulate(
     diverged = run_loop(steps, advance, record, record_every=record_every, progress=progress,
                         desc=name if isinstance(variant, str) else "limit")
     info = {"variant": name, "lr": lr, "keep": keep, "width": n, "replicas": R, "activation": activation,
-            "seed": seed, "alpha": lr / keep, "beta": 1.0 / (n * keep), "steps": steps, "penalty": rule.penalty,
-            "kernel_beta": rule.beta, "dtype": str(prob.X.dtype).replace("torch.", ""),
+            "backend": backend, "seed": seed, "alpha": lr / keep, "beta": 1.0 / (n * keep), "steps": steps,
+            "penalty": rule.penalty, "kernel_beta": rule.beta, "dtype": str(prob.X.dtype).replace("torch.", ""),
             "device": str(prob.X.device), "threshold": limit if math.isfinite(limit) else None}
     return rec.result(state["a"], state["W"], lr, diverged, info)

@@ -1,0 +1,99 @@
+"""Triton kernels of the fused step (see :mod:`dropdyn.fused`); imported only when used.
+
+Two kernels, neither of which forms a (width × m) matrix in memory:
+
+    forward   grid (R, ⌈m/BM⌉):  r_j = Σ_i v_i σ(w_i·z_j) − y_j             (v_i = a_i F_i / n)
+    backward  grid (R, ⌈K/BN⌉):  e_ij = r_j + c a_i σ(w_i·z_j)
+                                 ga_i = Σ_j e_ij σ(w_i·z_j) / m
+                                 gW_i = a_i Σ_j e_ij σ'(w_i·z_j) z_j / m
+
+Each program recomputes its tile of pre-activations w_i·z_j (a BN × BM block, in registers)
+from the neurons' rows and the inputs' rows, in the spirit of fused attention.
+"""
+
+import triton
+import triton.language as tl
+
+# activation codes, in the order of model.ACTIVATIONS
+CODES = {"tanh": 0, "sigmoid": 1, "relu": 2, "softplus": 3, "erf": 4, "identity": 5}
+
+
+@triton.jit
+def _sigma(u, ACT: tl.constexpr):
+    if ACT == 0:
+        out = 2.0 * tl.sigmoid(2.0 * u) - 1.0
+    elif ACT == 1:
+        out = tl.sigmoid(u)
+    elif ACT == 2:
+        out = tl.maximum(u, 0.0)
+    elif ACT == 3:
+        out = tl.maximum(u, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(u)))
+    elif ACT == 4:
+        out = tl.math.erf(u)
+    else:
+        out = u
+    return out
+
+
+@triton.jit
+def _dsigma(u, ACT: tl.constexpr):
+    if ACT == 0:
+        s = tl.sigmoid(2.0 * u)
+        out = 4.0 * s * (1.0 - s)
+    elif ACT == 1:
+        s = tl.sigmoid(u)
+        out = s * (1.0 - s)
+    elif ACT == 2:
+        out = tl.where(u > 0.0, 1.0, 0.0).to(u.dtype)
+    elif ACT == 3:
+        out = tl.sigmoid(u)
+    elif ACT == 4:
+        out = 1.1283791670955126 * tl.exp(-u * u)
+    else:
+        out = u * 0.0 + 1.0
+    return out
+
+
+@triton.jit
+def forward_kernel(W, V, Z, Y, Rout, K, M, P: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
+                   BM: tl.constexpr):
+    rep = tl.program_id(0)
+    rm = tl.program_id(1) * BM + tl.arange(0, BM)
+    rp = tl.arange(0, P)
+    in_m = rm < M
+    z = tl.load(Z + rm[:, None] * P + rp[None, :], mask=in_m[:, None], other=0.0)  # (BM, P)
+    f = tl.zeros((BM,), dtype=z.dtype)
+    for n0 in range(0, K, BN):
+        rn = n0 + tl.arange(0, BN)
+        in_n = rn < K
+        w = tl.load(W + rep * K * P + rn[:, None] * P + rp[None, :], mask=in_n[:, None], other=0.0)  # (BN, P)
+        v = tl.load(V + rep * K + rn, mask=in_n, other=0.0)
+        u = tl.dot(w, tl.trans(z), input_precision="ieee")  # (BN, BM)
+        f += tl.sum(v[:, None] * _sigma(u, ACT), axis=0)
+    y = tl.load(Y + rm, mask=in_m, other=0.0)
+    tl.store(Rout + rep * M + rm, f - y, mask=in_m)
+
+
+@triton.jit
+def backward_kernel(W, A, Z, Rin, GA, GW, K, M, penalty, P: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
+                    BM: tl.constexpr):
+    rep = tl.program_id(0)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    rp = tl.arange(0, P)
+    in_n = rn < K
+    w = tl.load(W + rep * K * P + rn[:, None] * P + rp[None, :], mask=in_n[:, None], other=0.0)  # (BN, P)
+    a = tl.load(A + rep * K + rn, mask=in_n, other=0.0)
+    ga = tl.zeros((BN,), dtype=w.dtype)
+    gw = tl.zeros((BN, P), dtype=w.dtype)
+    for m0 in range(0, M, BM):
+        rm = m0 + tl.arange(0, BM)
+        in_m = rm < M
+        z = tl.load(Z + rm[:, None] * P + rp[None, :], mask=in_m[:, None], other=0.0)  # (BM, P)
+        r = tl.load(Rin + rep * M + rm, mask=in_m, other=0.0)
+        u = tl.dot(w, tl.trans(z), input_precision="ieee")  # (BN, BM)
+        s = _sigma(u, ACT)
+        e = tl.where(in_m[None, :], r[None, :] + penalty * a[:, None] * s, 0.0)
+        ga += tl.sum(e * s, axis=1)
+        gw += tl.dot((e * _dsigma(u, ACT)).to(z.dtype), z, input_precision="ieee")  # (BN, P)
+    tl.store(GA + rep * K + rn, ga / M, mask=in_n)
+    tl.store(GW + rep * K * P + rn[:, None] * P + rp[None, :], a[:, None] * gw / M, mask=in_n[:, None])

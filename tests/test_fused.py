@@ -1,0 +1,69 @@
+"""The fused Triton step against the reference closed forms: on a GPU when there is one,
+otherwise on the CPU under Triton's interpreter (so CI without a GPU checks the kernels)."""
+
+import pytest
+import torch
+
+import dropdyn
+from dropdyn import InputError
+from dropdyn.fused import check_fused, fused_descent
+from dropdyn.limits import simulate_limit
+from dropdyn.model import ACTIVATIONS, Design, descent
+
+pytest.importorskip("triton")  # conftest.py has set TRITON_INTERPRET=1 where there is no GPU
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def problem(R, n, m, d, bias, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Z = torch.randn(m, d, generator=g, dtype=torch.float64)
+    y = torch.randn(m, generator=g, dtype=torch.float64)
+    X = torch.randn(R, n, d + 1 + bias, generator=g, dtype=torch.float64)
+    return (t.to(DEVICE, dtype) for t in (X, Z, y))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_fused_descent_equals_reference(activation, bias, dtype):
+    # width and samples not multiples of the 64-blocks, two replicas, unequal forward weights, a penalty
+    X, Z, y = problem(2, 70, 90, 5, bias, dtype)
+    design = Design.build(Z, y, activation, bias)
+    a, W = design.pack(X)
+    weights = torch.rand(2, 70, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(a) / 70
+    for penalty in (0.0, 0.3):
+        ref = descent(design, a.clone(), W.clone(), weights, penalty)
+        out = fused_descent(design, a, W, weights, penalty)
+        for name, x, r in zip(("ga", "gW", "r"), out, ref, strict=True):
+            assert x.shape == r.shape and x.dtype == r.dtype
+            err = float((x - r).abs().max() / r.abs().max())
+            assert err < TOL[dtype], (name, penalty, err)
+
+
+@pytest.mark.parametrize("variant", dropdyn.VARIANTS)
+def test_every_variant_runs_the_same_with_the_fused_backend(variant):
+    X, Z, y = problem(2, 100, 40, 2, False, torch.float64, seed=3)
+    kw = dict(lr=0.5, keep=0.5, steps=10, seed=1, record_every=5)
+    ref = dropdyn.simulate(variant, X, Z, y, **kw)
+    fused = dropdyn.simulate(variant, X, Z, y, backend="fused", **kw)
+    assert fused.info["backend"] == "fused" and fused.diverged_at_step is None
+    assert float((fused.particles - ref.particles).abs().max()) < 1e-12
+    assert float((fused.risk - ref.risk).abs().max()) < 1e-12
+
+
+def test_limits_run_with_the_fused_backend():
+    X, Z, y = problem(1, 80, 30, 2, True, torch.float64, seed=4)
+    X, kw = X[0], dict(time=0.5, h=0.05, alpha=0.5, seed=2)
+    ref = simulate_limit("III", X, Z, y, **kw)
+    fused = simulate_limit("III", X, Z, y, backend="fused", **kw)
+    assert float((fused.particles - ref.particles).abs().max()) < 1e-12
+
+
+def test_fused_backend_is_refused_where_it_cannot_run(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(InputError, match="runs on CUDA devices"):
+        check_fused(torch.device("cpu"))
+    with pytest.raises(InputError, match="unknown backend .triton.; choose one of fused, torch"):
+        dropdyn.simulate("gd", torch.zeros(4, 3), torch.zeros(5, 2), torch.zeros(5), lr=0.1, keep=1.0, steps=1,
+                         backend="triton")
