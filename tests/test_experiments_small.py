@@ -108,6 +108,37 @@ def test_alignment_run(tmp_path):
         alignment.Config(model="resnet").resolved()
 
 
+def test_alignment_without_the_noise_comparison(tmp_path):
+    from dropdyn.experiments import alignment
+
+    cfg = alignment.Config(pairs="0.05:0.5", hidden=8, epochs=1, every=1, batch=50, samples=5, eigenvectors=3,
+                           noise_steps=0)
+    path = alignment.run(cfg, tmp_path / "a")
+    s = json.loads((path / "summary.json").read_text())
+    assert s["noise_comparison"] is None and not (path / "noise_comparison.png").exists()
+    assert (path / "alignment.png").exists()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_alignment_runs_on_cuda(tmp_path):
+    from dropdyn.experiments import alignment
+
+    cfg = alignment.Config(pairs="0.05:0.5", hidden=8, epochs=1, every=1, batch=50, samples=5, eigenvectors=3,
+                           noise_steps=3, device="cuda")
+    s = json.loads((alignment.run(cfg, tmp_path / "a") / "summary.json").read_text())
+    assert set(s["noise_comparison"]) == {"GD", "GD + dropout", "SGD", "GD + parameter noise"}
+
+
+def test_alignment_draws_its_randomness_on_the_run_device():
+    import torch
+
+    from dropdyn.experiments.alignment import Config, device_generator
+
+    g = device_generator(Config(seed=3).resolved(), 1)
+    assert g.device == torch.device("cpu")
+    assert torch.equal(torch.rand(5, generator=g), torch.rand(5, generator=torch.Generator().manual_seed(4)))
+
+
 def fake_cifar(folder, per_batch=12, seed=0):
     """A CIFAR-10 'python version' folder in the distributed format, with random images."""
     import pickle

@@ -51,7 +51,7 @@ class Config:
     eigenvectors: int = setting(10, "top Hessian eigenvectors for the variance-vs-curvature plot")
     direction_samples: int = setting(100, "dropout-gradient differences for the variance along each eigenvector")
     probes: int = setting(30, "Hutchinson probes for each solution's Hessian trace")
-    noise_steps: int = setting(400, "full-batch steps of the appendix-D noise comparison")
+    noise_steps: int = setting(400, "full-batch steps of the appendix-D noise comparison (0: leave it out)")
     noise_lr: float = setting(0.1, "learning rate of the noise comparison")
     noise_keep: float = setting(0.5, "keep rate of its GD + dropout run")
     noise_batch: int = setting(32, "batch of its SGD run")
@@ -76,7 +76,7 @@ class Config:
         check_int("samples", self.samples, 2)
         check_int("direction_samples", self.direction_samples, 2)
         check_int("probes", self.probes, 2)
-        check_int("noise_steps", self.noise_steps, 1)
+        check_int("noise_steps", self.noise_steps, 0)
         check_int("noise_batch", self.noise_batch, 1)
         check_positive("noise_lr", self.noise_lr)
         check_positive("noise_sigma", self.noise_sigma)
@@ -113,6 +113,14 @@ def load(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.model == "mlp":
         X = X.reshape(len(X), -1)
     return X.to(cfg.device), y.to(cfg.device)
+
+
+def device_generator(cfg: Config, offset: int) -> torch.Generator:
+    """A generator on the run's device, seeded from ``cfg.seed + offset``: dropout masks, batch
+    orders and parameter noise are drawn where the network is (on a GPU, drawing VGG16's
+    masks on the CPU and copying them over kept the GPU nearly idle). On the CPU it draws
+    exactly what ``torch.Generator().manual_seed(…)`` draws."""
+    return torch.Generator(device=cfg.device).manual_seed(cfg.seed + offset)
 
 
 def make_net(cfg: Config, keep: float, inputs: int) -> nn.Module:
@@ -161,7 +169,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
         measure(0)
         done = bar.n
         diverged = train(net, X, y, epochs=cfg.epochs, lr=lr, momentum=0.0, decay=1.0, batch_size=100,
-                         generator=torch.Generator().manual_seed(cfg.seed + 1), on_step=lambda _: bar.update(1),
+                         generator=device_generator(cfg, 1), on_step=lambda _: bar.update(1),
                          on_epoch=lambda e, measure=measure: measure(e + 1) if (e + 1) % cfg.every == 0 else None)
         bar.update(done + cfg.epochs * per_epoch - bar.n)  # the steps after a divergence
         name = f"lr={lr:g}, keep={keep:g}"
@@ -173,7 +181,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
             vf = noise_along_curvature(net, nn.functional.cross_entropy, xb, yb, k=cfg.eigenvectors,
                                        hessian_masks=4, samples=cfg.direction_samples, seed=cfg.seed)
             out[f"vf/{name}"] = np.stack([vf["curvature"], vf["variance"], vf["variance_se"]], 1)
-    out["noise_comparison"] = compare_noise(cfg, X, y, xb, yb, bar)
+    out["noise_comparison"] = compare_noise(cfg, X, y, xb, yb, bar) if cfg.noise_steps else None
     bar.close()
     return out
 
@@ -202,20 +210,20 @@ def compare_noise(cfg: Config, X, y, xb, yb, bar) -> dict:
         with seeded(cfg.seed):
             net = make_net(cfg, keep, X[0].numel())
         opt = torch.optim.SGD(net.parameters(), lr=cfg.noise_lr)
-        g = torch.Generator().manual_seed(cfg.seed + 7)
+        g = device_generator(cfg, 7)
         for d in net.dropouts():
             d.generator = g
         net.train()
         diverged = None
         for step in range(cfg.noise_steps):
             if noise == "SGD":
-                idx = torch.randint(0, len(X), (cfg.noise_batch,), generator=g).to(X.device)
+                idx = torch.randint(0, len(X), (cfg.noise_batch,), generator=g, device=X.device)
             saved = None
             if noise == "GD + parameter noise":  # gradient at θ + σε (Orvieto et al. 2023)
                 saved = [p.detach().clone() for p in net.parameters()]
                 with torch.no_grad():
                     for p in net.parameters():
-                        p.add_(cfg.noise_sigma * torch.randn(p.shape, generator=g).to(p.device))
+                        p.add_(cfg.noise_sigma * torch.randn(p.shape, generator=g, device=p.device, dtype=p.dtype))
             opt.zero_grad(set_to_none=True)
             if noise == "SGD":
                 nn.functional.cross_entropy(net(X[idx]), y[idx]).backward()
@@ -333,7 +341,8 @@ def write(folder, cfg: Config, res: dict) -> dict:
     vf_fig, slopes = variance_flatness_figure(res)
     folder.savefig(figure(curves, cfg), "alignment")
     folder.savefig(vf_fig, "variance_flatness")
-    folder.savefig(noise_figure(cmp), "noise_comparison")
+    if cmp is not None:
+        folder.savefig(noise_figure(cmp), "noise_comparison")
     return {"paper_alpha": PAPER[cfg.model][0], "paper_figure": PAPER[cfg.model][1], "setting": cfg.describe(),
             "diverged_at_step": diverged,
             "min_alpha": {n: float(r[:, 1].min()) for n, r in curves.items() if len(r)},
