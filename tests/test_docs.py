@@ -2,14 +2,17 @@
 command lines parse (arguments and experiment settings included), sweep files load, and every
 relative link points at a file of the repository."""
 
+import dataclasses
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dropdyn.cli import build_parser
+from dropdyn.experiment import get
 from dropdyn.sweep import make_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,9 +56,15 @@ def test_command_line_parses(page, line):
     if placeholder(argv):
         pytest.skip("a synopsis, not a command")
     try:
-        build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help exits 0; a wrong flag or value exits 2
         assert e.code == 0, f"{page.name}: {line}"
+        return
+    if args.command == "run" and (getattr(args, "device", None) != "cuda" or torch.cuda.is_available()):
+        # the settings are valid for the experiment, not only well-formed
+        exp = get(args.experiment)
+        exp.resolve({f.name: getattr(args, f.name) for f in dataclasses.fields(exp.Config)
+                     if getattr(args, f.name) is not None})
 
 
 @pytest.mark.parametrize(("page", "text"), YAML, ids=ids(YAML))
