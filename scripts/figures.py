@@ -78,6 +78,11 @@ def fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def cell(text: str) -> str:
+    """Text for a Markdown table cell: one line, its pipes escaped."""
+    return str(text).replace("\n", " ").replace("|", "\\|")
+
+
 def write_markdown(results: dict) -> str:
     lines = ["# Results of the committed figures",
              "",
@@ -95,16 +100,16 @@ def write_markdown(results: dict) -> str:
                   f"{r['threads']} thread(s). Figures: {figs}. Discussed in [{r['page']}]({r['page']}).", ""]
         if r["theory"]:
             lines += ["| quantity | theory | measured |", "|---|---|---|"]
-            lines += [f"| {q} | {t} | {m} |".replace("\n", " ") for q, t, m in r["theory"]] + [""]
+            lines += [f"| {cell(q)} | {cell(t)} | {cell(m)} |" for q, t, m in r["theory"]] + [""]
         lines += ["<details><summary>summary.json (scalars)</summary>", "", "| key | value |", "|---|---:|"]
-        lines += [f"| `{k}` | {fmt(v)} |" for k, v in r["summary"].items()] + ["", "</details>", ""]
+        lines += [f"| `{cell(k)}` | {cell(fmt(v))} |" for k, v in r["summary"].items()] + ["", "</details>", ""]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", nargs="*", default=None, choices=list(RECIPES), metavar="NAME",
-                   help=f"recipes to re-run (default: all): {', '.join(RECIPES)}")
+                   help=f"recipes to re-run (default: all; none: only rewrite results.md): {', '.join(RECIPES)}")
     p.add_argument("--store", default="runs/figures", help="store for the runs (default: runs/figures)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: dropdyn's choice)")
     args = p.parse_args(argv)
@@ -117,11 +122,12 @@ def main(argv=None) -> int:
     results = json.loads(record.read_text()) if record.exists() else {}
     from dropdyn.store import atomic_write_bytes
 
-    for name in args.only or list(RECIPES):
+    for name in list(RECIPES) if args.only is None else args.only:
         print(f"figures: {name}: {command(RECIPES[name])}", file=sys.stderr, flush=True)
         results[name] = run_recipe(name, RECIPES[name], Path(args.store))
         atomic_write_bytes(record, (json.dumps(results, indent=1) + "\n").encode())  # each recipe kept at once
         atomic_write_bytes(DOCS / "results.md", write_markdown(results).encode())
+    atomic_write_bytes(DOCS / "results.md", write_markdown(results).encode())
     return 0
 
 
