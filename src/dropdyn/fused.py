@@ -9,8 +9,9 @@ gives the residual r (R, m), a backward reduction over samples gives each neuron
 direction. Memory traffic is the particles, the inputs and r.
 
 It runs on CUDA devices with Triton installed, and on the CPU under Triton's interpreter
-(``TRITON_INTERPRET=1`` set before the first use), which is how the tests check it against
-the reference closed forms on machines without a GPU.
+(``TRITON_INTERPRET=1`` in the environment before Triton is first imported), which is how
+the tests check it against the reference closed forms on machines without a GPU. Not yet
+compiled or timed on a GPU: ``backend="torch"`` stays the default until it is.
 """
 
 from __future__ import annotations
