@@ -67,3 +67,15 @@ def test_fused_backend_is_refused_where_it_cannot_run(monkeypatch):
     with pytest.raises(InputError, match="unknown backend .triton.; choose one of fused, torch"):
         dropdyn.simulate("gd", torch.zeros(4, 3), torch.zeros(5, 2), torch.zeros(5), lr=0.1, keep=1.0, steps=1,
                          backend="triton")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("variant", dropdyn.VARIANTS)
+def test_fused_on_the_gpu_follows_the_cpu_reference_step_by_step(variant):
+    X, Z, y = (t.cpu() for t in problem(2, 300, 50, 3, True, torch.float64, seed=5))
+    masks = dropdyn.draw_masks(0.5, 20, (2, 300), seed=6)  # the same masks on both devices
+    kw = dict(lr=0.5, keep=0.5, steps=20, masks=masks, record_every=1)
+    cpu = dropdyn.simulate(variant, X, Z, y, **kw)
+    gpu = dropdyn.simulate(variant, X, Z, y, device="cuda", backend="fused", **kw)
+    assert float((gpu.risk - cpu.risk).abs().max()) < 1e-10  # every step's risk
+    assert float((gpu.particles - cpu.particles).abs().max()) < 1e-10
