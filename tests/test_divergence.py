@@ -125,3 +125,35 @@ def test_phase_cell_and_sharpness_record_divergence(tmp_path):
     s = _summary(sharpness.run(sharpness.Config(width=30, steps=50, points=3, lr_min=1.0, lr_max=1e4, keeps="0.5"),
                                tmp_path / "s"))
     assert isinstance(s["diverged_at_step"]["gd"]["lr=1e+04"], int)
+
+
+def _same_run(a, b):
+    assert a.diverged_at_step == b.diverged_at_step
+    for name in ("particles", "steps", "risk", "test_risk", "snapshots", "snapshot_steps"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None and y is None) or torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("variant", dropdyn.VARIANTS)
+@pytest.mark.parametrize("lr", [0.5, 20.0, 1e6])
+def test_checking_divergence_every_few_steps_changes_nothing(variant, lr):
+    # check_every > 1 keeps the last good state on the device and finds a divergence at the next check
+    # (here up to 24 steps late); the run must be the one that checks every step, bit for bit
+    g = torch.Generator().manual_seed(0)
+    X0 = torch.randn(2, 60, 3, generator=g, dtype=torch.float64)
+    Z, y = torch.randn(20, 2, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64)
+    kw = dict(lr=lr, keep=0.5, steps=50, seed=1, test_inputs=Z[:5], test_targets=y[:5])
+    for extra in (dict(record_every=25), dict(record_every=7, snapshot_every=5)):
+        every_step = dropdyn.simulate(variant, X0, Z, y, check_every=1, **kw, **extra)
+        for check_every in (8, 64):
+            _same_run(every_step, dropdyn.simulate(variant, X0, Z, y, check_every=check_every, **kw, **extra))
+
+
+def test_checking_divergence_every_few_steps_in_the_critical_limit():
+    g = torch.Generator().manual_seed(2)
+    X0, Z, y = torch.randn(80, 3, generator=g), torch.randn(15, 2, generator=g), torch.randn(15, generator=g)
+    for alpha, h, time in [(0.5, 0.05, 2.0), (500.0, 50.0, 2000.0)]:  # the second diverges at step 4
+        runs = [dropdyn.simulate_limit("IV", X0, Z, y, time=time, h=h, alpha=alpha, beta=0.25, seed=3,
+                                       record_every=1000, check_every=c) for c in (1, 8)]
+        _same_run(*runs)
+    assert runs[0].diverged_at_step == 4

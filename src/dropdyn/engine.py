@@ -362,8 +362,11 @@ class Recorder:
         if p.probe is not None:
             self.series["outputs"].append(forward(p.probe, a, W, torch.full_like(a, 1.0 / a.shape[-1]))[0])
 
+    def snapshot_due(self, k: int, last: int) -> bool:
+        return self.snapshot_every is not None and (k % self.snapshot_every == 0 or k == last)
+
     def snapshot(self, k: int, last: int, a: Tensor, W: Tensor) -> None:
-        if self.snapshot_every is not None and (k % self.snapshot_every == 0 or k == last):
+        if self.snapshot_due(k, last):
             self.snaps.append(self.prob.design.unpack(a, W))
             self.snap_steps.append(k)
 
@@ -406,6 +409,7 @@ def simulate(
     device=None,
     dtype=None,
     backend: str = "torch",
+    check_every: int | None = None,
     progress=False,
 ) -> SimulationResult:
     """Run ``steps`` steps of ``variant`` (one of :data:`VARIANTS`, or a :class:`Rule`) from
@@ -418,7 +422,10 @@ def simulate(
     ``divergence_threshold · (1 + R_0)`` or is non-finite, or whose update is non-finite.
     ``progress``: a bar of its own (True), or a tqdm bar of a larger run to advance.
     ``backend``: ``"torch"`` (the reference step) or ``"fused"`` (Triton kernels that never
-    form the (width × m) matrices, :mod:`dropdyn.fused`; CUDA only).
+    form the (width × m) matrices, :mod:`dropdyn.fused`; CUDA only). ``check_every``: the
+    host reads the divergence test every this many steps and at every record (default: 1 on
+    the CPU, 16 on a GPU, where each read stalls the stream); in between, the device keeps
+    the last good state and the first failing step, so the result is the same for any value.
 
     >>> import torch, dropdyn
     >>> g = torch.Generator().manual_seed(0)
@@ -453,19 +460,34 @@ def simulate(
     state = dict(zip(("a", "W"), design.pack(prob.X), strict=True))
     state["risk"] = full_risk(design, state["a"], state["W"])  # R_0: the divergence limit, and record 0
     limit = divergence_threshold * (1.0 + float(state["risk"].max()))
+    if check_every is None:
+        check_every = 16 if prob.X.device.type == "cuda" else 1
+    check_every = check_int("check_every", check_every, 1)
+    first_bad = torch.zeros((), dtype=torch.long, device=prob.X.device)  # 0: no failed step since the last check
 
-    def advance(k: int, due: bool) -> bool:
+    def advance(k: int, due: bool) -> int | None:
+        nonlocal first_bad
         a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel, direction)
         thinned = 0.5 * (r * r).mean(-1)
         ok = (torch.isfinite(thinned) & (thinned <= limit)).all() & torch.isfinite(a).all() & torch.isfinite(W).all()
         risk = full_risk(design, a, W) if due else None
         if due:  # the full network's risk can overflow where the thinned one did not
             ok &= torch.isfinite(risk).all()
-        if not bool(ok):
-            return False
+        if check_every > 1:  # on the device: keep the last good state, note the first failed step
+            clean = first_bad == 0
+            first_bad = torch.where(clean & ~ok, k, first_bad)
+            a, W = torch.where(clean & ok, a, state["a"]), torch.where(clean & ok, W, state["W"])
+            state.update(a=a, W=W)
+            if not (due or k % check_every == 0 or k == steps or rec.snapshot_due(k, steps)):
+                return None  # no host synchronisation until the next check
+            if int(first_bad):
+                state["risk"] = None
+                return int(first_bad)
+        elif not bool(ok):
+            return k
         state.update(a=a, W=W, risk=risk)
         rec.snapshot(k, steps, a, W)
-        return True
+        return None
 
     def record(k: int) -> None:
         rec.record(k, state["a"], state["W"], state.pop("risk", None))
@@ -479,5 +501,6 @@ def simulate(
     info = {"variant": name, "lr": lr, "keep": keep, "width": n, "replicas": R, "activation": activation,
             "backend": backend, "seed": seed, "alpha": lr / keep, "beta": 1.0 / (n * keep), "steps": steps,
             "penalty": rule.penalty, "kernel_beta": rule.beta, "dtype": str(prob.X.dtype).replace("torch.", ""),
-            "device": str(prob.X.device), "threshold": limit if math.isfinite(limit) else None}
+            "device": str(prob.X.device), "check_every": check_every,
+            "threshold": limit if math.isfinite(limit) else None}
     return rec.result(state["a"], state["W"], lr, diverged, info)

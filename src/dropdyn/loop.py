@@ -7,14 +7,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
-def run_loop(steps: int, advance: Callable[[int, bool], bool], record: Callable[[int], None], *,
+def run_loop(steps: int, advance: Callable[[int, bool], int | None], record: Callable[[int], None], *,
              record_every: int, progress: bool = False, desc: str = "") -> int | None:
     """Steps k = 1 … ``steps``. ``advance(k, due)`` computes step k (``due``: it will be
-    recorded) and returns False if it diverged, leaving the state at step k − 1.
-    ``record(k)`` runs at step 0, every ``record_every`` steps, at the last step, and at the
-    step before a divergence. ``progress``: False, True (a bar for this loop) or the tqdm bar
-    of a larger run to advance, whose postfix then names this loop (``desc``). Returns the
-    step that diverged, or None."""
+    recorded) and returns None, or the step b ≤ k that diverged, leaving the state at step
+    b − 1 (a simulator that checks the device only every few steps finds a divergence late;
+    no step b … k has been recorded then). ``record(k)`` runs at step 0, every
+    ``record_every`` steps, at the last step, and at the step before a divergence.
+    ``progress``: False, True (a bar for this loop) or the tqdm bar of a larger run to
+    advance, whose postfix then names this loop (``desc``). Returns the step that diverged,
+    or None."""
     record(0)
     last, diverged = 0, None
     shared = hasattr(progress, "update")  # a bar of a larger run, which owns it
@@ -23,10 +25,10 @@ def run_loop(steps: int, advance: Callable[[int, bool], bool], record: Callable[
         bar.set_postfix_str(desc, refresh=False)
     for k in range(1, steps + 1):
         due = k % record_every == 0 or k == steps
-        if not advance(k, due):
-            diverged = k
-            if last != k - 1:
-                record(k - 1)
+        diverged = advance(k, due)
+        if diverged is not None:
+            if last != diverged - 1:
+                record(diverged - 1)
             if bar is not None:  # the steps not taken: a larger run's bar still reaches its total
                 bar.update(steps - k + 1)
             break

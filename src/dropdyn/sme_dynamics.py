@@ -175,13 +175,13 @@ def simulate_sme(
 
     state = {"theta": theta}
 
-    def advance(k: int, due: bool) -> bool:
+    def advance(k: int, due: bool) -> int | None:
         new = sme_step(dynamics, state["theta"], inputs, targets, lr=lr, keep=keep, substeps=substeps,
                    activation=activation, diffusion=diffusion, generator=generator)
         if not bool(torch.isfinite(new).all()) or float(new.abs().max()) > limit:
-            return False
+            return k
         state["theta"] = new
-        return True
+        return None
 
     diverged = run_loop(steps, advance, lambda k: record(k, state["theta"]), record_every=record_every,
                         progress=progress, desc=dynamics)
