@@ -151,6 +151,29 @@ def test_float32_runs_and_stays_float32():
     torch.testing.assert_close(out.particles.double(), ref.particles, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_dropout_without_compaction_is_the_same_step(bias, activation):
+    # what a GPU runs at small widths (no host read of the kept count): all neurons, dropped
+    # ones with multiplier 0; per-replica masks, one replica with every neuron dropped
+    from dropdyn.engine import rule_for, step
+    from dropdyn.model import Design
+
+    X, Z, y = problem(14, n=9, R=3, bias=bias)
+    q, lr = 0.4, 0.3
+    mask = draw_masks(q, 1, (3, 9), seed=2)[0]
+    mask[2] = False
+    design = Design.build(Z, y, activation, bias)
+    a, W = design.pack(X)
+    rule = rule_for("dropout", 9, q)
+    compacted, full = (step(design, a, W, lr, rule, mask, q, compact=c) for c in (True, False))
+    want = reference_step("dropout", X, Z, y, lr, q, mask, activation)
+    for out in (compacted, full):
+        torch.testing.assert_close(design.unpack(out[0], out[1]), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(full[2][:2], compacted[2][:2], rtol=1e-12, atol=1e-12)
+    assert torch.equal(design.unpack(full[0], full[1])[2], X[2])  # nothing kept, nothing moves
+
+
 def test_all_neurons_dropped_moves_nothing():
     X, Z, y = problem(12, n=4)
     out = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=1, masks=torch.zeros(1, 4, dtype=torch.bool))
@@ -164,6 +187,7 @@ def test_cuda_matches_cpu():
     cpu = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=10, masks=masks)
     gpu = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=10, masks=masks, device="cuda")
     torch.testing.assert_close(gpu.particles, cpu.particles, rtol=1e-9, atol=1e-10)
+    assert cpu.info["compact"] and not gpu.info["compact"]  # a small GPU step skips compaction's host read
 
 
 def test_seed_or_generator_give_the_same_masks():

@@ -41,15 +41,35 @@ def test_fused_descent_equals_reference(activation, bias, dtype):
             assert err < TOL[dtype], (name, penalty, err)
 
 
+@pytest.mark.parametrize("m", [1, 10, 20, 130])
+def test_fused_residual_split_over_neuron_chunks(monkeypatch, m):
+    # the forward reduction in chunks of 128 neurons (the last one partial), sample tiles of
+    # 16, 32 and 64 (m = 1, 10, 20, 130); no neurons at all gives r = −y
+    from dropdyn import fused
+    from dropdyn.engine import reference_residual
+
+    monkeypatch.setattr(fused, "CHUNK_NEURONS", 128)
+    X, Z, y = problem(2, 300, m, 3, True, torch.float64, seed=7)
+    design = Design.build(Z, y, "tanh", True)
+    a, W = design.pack(X)
+    weights = torch.full_like(a, 1 / 300)
+    r = fused.fused_residual(design, a, W, weights)
+    assert float((r - reference_residual(design, a, W, weights)).abs().max()) < 1e-12
+    assert torch.equal(fused.fused_residual(design, a[:, :0], W[:, :0], weights[:, :0]), -y.expand(2, m))
+    ga, gW, r = fused_descent(design, a[:, :0], W[:, :0], weights[:, :0])
+    assert ga.shape == (2, 0) and gW.shape == (2, 0, W.shape[-1]) and torch.equal(r, -y.expand(2, m))
+
+
 @pytest.mark.parametrize("variant", dropdyn.VARIANTS)
 def test_every_variant_runs_the_same_with_the_fused_backend(variant):
     X, Z, y = problem(2, 100, 40, 2, False, torch.float64, seed=3)
-    kw = dict(lr=0.5, keep=0.5, steps=10, seed=1, record_every=5)
+    kw = dict(lr=0.5, keep=0.5, steps=10, seed=1, record_every=5, test_inputs=Z[:7], test_targets=y[:7],
+              probe_inputs=Z[:3])
     ref = dropdyn.simulate(variant, X, Z, y, **kw)
     fused = dropdyn.simulate(variant, X, Z, y, backend="fused", **kw)
     assert fused.info["backend"] == "fused" and fused.diverged_at_step is None
-    assert float((fused.particles - ref.particles).abs().max()) < 1e-12
-    assert float((fused.risk - ref.risk).abs().max()) < 1e-12
+    for name in ("particles", "risk", "test_risk", "outputs"):  # the records use the fused forward pass too
+        assert float((getattr(fused, name) - getattr(ref, name)).abs().max()) < 1e-12, name
 
 
 def test_limits_run_with_the_fused_backend():

@@ -190,3 +190,19 @@ def test_divergence_is_recorded_and_records_kept():
     assert tr.diverged_at_step is not None and tr.diverged_at_step <= 200
     assert len(tr.times) == len(tr.observed["train_risk"]) and torch.isfinite(tr.mean).all()
     assert tr.steps[-1] == tr.diverged_at_step - 1
+
+
+@pytest.mark.parametrize("dynamics", ["dropout", "sme1", "sme2", "gd"])
+@pytest.mark.parametrize("lr", [0.2, 50.0])
+def test_checking_divergence_every_few_steps_changes_nothing(dynamics, lr):
+    # the GPU default (the host reads the test every 16 steps, the device keeps the last good θ)
+    # must give the run that checks every step, bit for bit, diverging or not
+    theta, X, y = _problem(width=4, seed=11)
+    runs = [simulate_sme(dynamics, theta * 3, X, y, lr=lr, keep=0.3, steps=60, replicas=3, substep=lr / 2,
+                         record_every=7, seed=5, check_every=c) for c in (1, 8, 100)]
+    if lr == 50.0:
+        assert runs[0].diverged_at_step is not None
+    for other in runs[1:]:
+        assert other.diverged_at_step == runs[0].diverged_at_step
+        for name in ("steps", "times", "risk", "mean", "variance", "particles"):
+            assert torch.equal(getattr(other, name), getattr(runs[0], name)), name

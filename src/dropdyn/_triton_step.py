@@ -2,7 +2,7 @@
 
 Two kernels, neither of which forms a (width × m) matrix in memory:
 
-    forward   grid (R, ⌈m/BM⌉):  r_j = Σ_i v_i σ(w_i·z_j) − y_j             (v_i = a_i F_i / n)
+    forward   grid (R, ⌈m/BM⌉, ⌈K/C⌉):  f_cj = Σ_{i in chunk c} v_i σ(w_i·z_j)   (v_i = a_i F_i / n)
     backward  grid (R, ⌈K/BN⌉):  e_ij = r_j + c a_i σ(w_i·z_j)
                                  ga_i = Σ_j e_ij σ(w_i·z_j) / m
                                  gW_i = a_i Σ_j e_ij σ'(w_i·z_j) z_j / m
@@ -55,23 +55,22 @@ def _dsigma(u, ACT: tl.constexpr):
 
 
 @triton.jit
-def forward_kernel(W, V, Z, Y, Rout, K, M, P: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
+def forward_kernel(W, V, Z, Fout, K, M, C, P: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
                    BM: tl.constexpr):
-    rep = tl.program_id(0)
+    rep, chunk = tl.program_id(0), tl.program_id(2)
     rm = tl.program_id(1) * BM + tl.arange(0, BM)
     rp = tl.arange(0, P)
     in_m = rm < M
     z = tl.load(Z + rm[:, None] * P + rp[None, :], mask=in_m[:, None], other=0.0)  # (BM, P)
     f = tl.zeros((BM,), dtype=z.dtype)
-    for n0 in range(0, K, BN):
+    for n0 in range(chunk * C, tl.minimum(chunk * C + C, K), BN):
         rn = n0 + tl.arange(0, BN)
         in_n = rn < K
         w = tl.load(W + rep * K * P + rn[:, None] * P + rp[None, :], mask=in_n[:, None], other=0.0)  # (BN, P)
         v = tl.load(V + rep * K + rn, mask=in_n, other=0.0)
         u = tl.dot(w, tl.trans(z), input_precision="ieee")  # (BN, BM)
         f += tl.sum(v[:, None] * _sigma(u, ACT), axis=0)
-    y = tl.load(Y + rm, mask=in_m, other=0.0)
-    tl.store(Rout + rep * M + rm, f - y, mask=in_m)
+    tl.store(Fout + (rep * tl.num_programs(2) + chunk) * M + rm, f, mask=in_m)
 
 
 @triton.jit

@@ -14,8 +14,10 @@ penalty coefficient c (docs/theory.md §1, table of variants):
     penalty        1        1        (1 − q)/(n q)
     gd             1        1        0
 
-Dropout's forward and backward both vanish on dropped neurons, so its step is
-computed on the kept neurons only (cost ∝ q·width).
+Dropout's forward and backward both vanish on dropped neurons, so its step can be
+computed on the kept neurons only (cost ∝ q·width). Compacting them needs their count on
+the host, one synchronisation per step: a GPU skips it where a step is too small for the
+saved work to pay for the stall (:data:`COMPACT_MIN_WORK`).
 
 The limits of docs/theory.md §2 are rules of the same step (``dropdyn.limits``); the
 critical phase IV replaces the shared forward pass by one random forward pass per
@@ -41,7 +43,7 @@ from ._checks import (
     check_positive,
     check_seed,
 )
-from .loop import run_loop
+from .loop import DivergenceWatch, run_loop
 from .masks import MaskStream
 from .model import Design, descent, features, forward, grad_potential
 
@@ -70,6 +72,12 @@ class Rule:
 
 
 VARIANTS = ("dropout", "ram", "forward-only", "penalty", "gd")
+
+# On a GPU, dropout compacts its kept neurons only when a step handles at least this many
+# replica × neuron × sample entries: below it the step is launch- and sync-bound (a few µs of
+# work against a host stall of tens of µs). A reasoned guess, not yet measured on a GPU:
+# ``benchmarks/bench_step.py --device cuda`` times both ways. The CPU always compacts.
+COMPACT_MIN_WORK = 2**24
 
 
 def rule_for(variant: str, width: int, keep: float) -> Rule:
@@ -138,19 +146,21 @@ def _critical_step(design: Design, a: Tensor, W: Tensor, lr: float, beta: float,
 
 def step(
     design: Design, a: Tensor, W: Tensor, lr: float, rule: Rule, mask: Tensor | None, keep: float,
-    generator: torch.Generator | None = None, descent=descent,
+    generator: torch.Generator | None = None, descent=descent, compact: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Apply one step to neurons ``a (R, n)``, ``W (R, n, P)`` with keep-mask ``mask``
     (``(R, n)`` bool, or None for mask-free rules). Returns new ``a``, ``W`` and the
     residual ``r (R, m)`` of the step's (possibly thinned) forward pass (for a critical
     rule: the mean residual of the moving neurons). ``generator`` feeds the critical
     rule's random forward passes; ``descent`` is :func:`dropdyn.model.descent` or the
-    fused :func:`dropdyn.fused.fused_descent`."""
+    fused :func:`dropdyn.fused.fused_descent`. ``compact``: dropout computes on its kept
+    neurons only (reading their count on the host); otherwise on all, dropped ones with
+    multiplier 0 — the same step up to rounding, with no host synchronisation."""
     R, n = a.shape
     if rule.critical:
         return _critical_step(design, a, W, lr, rule.beta, mask, keep, generator)
     mult = None if mask is None else mask.to(a.dtype) * (1.0 / keep)
-    if rule.forward_masked and rule.backward_masked and not bool(mask.all()):
+    if compact and rule.forward_masked and rule.backward_masked and not bool(mask.all()):
         # Only kept neurons enter the forward pass or move: compact them, per replica
         # padded to the largest count with zero weight (padding rows are dropped
         # neurons, so every row index is unique).
@@ -273,11 +283,13 @@ class Problem:
 
 
 def prepare(particles, inputs, targets, *, activation: str = "tanh", test_inputs=None, test_targets=None,
-            probe_inputs=None, device=None, dtype=None) -> Problem:
+            probe_inputs=None, device=None, dtype=None, materialised: bool = True) -> Problem:
     """Check and convert the arrays of a run: shapes ``particles (width, p)`` or ``(R, width,
     p)`` with ``p = d + 1`` or ``d + 2``, ``inputs (m, d)``, ``targets (m,)``, m ≥ 1; real,
-    finite values; arrays that fit in memory. Computation uses ``dtype``/``device``
-    (default: the particles'; float64 if they are not floating point)."""
+    finite values; arrays that fit in memory — with the (width × m) matrices of the reference
+    step if ``materialised``, else (the fused step) the particles' few copies. Computation
+    uses ``dtype``/``device`` (default: the particles'; float64 if they are not floating
+    point)."""
     if not isinstance(particles, Tensor):
         particles = _as_tensor("particles", particles, torch.float64, "cpu")
     dtype = dtype or (particles.dtype if particles.is_floating_point() else torch.float64)
@@ -298,8 +310,9 @@ def prepare(particles, inputs, targets, *, activation: str = "tanh", test_inputs
                          f"p must be d+1 (a, w) or d+2 (a, w, b)")
     X3 = X if X.dim() == 3 else X[None]
     R, n = X3.shape[:2]
-    check_memory(f"a step at width {n} with {R} replica(s) and {m} samples", 4 * R * n * (m + X.shape[-1])
-                 * X.element_size(), device)
+    per_neuron = 4 * (m + X.shape[-1]) if materialised else 8 * 16 * math.ceil((d + 2) / 16)  # W: 16-padded
+    check_memory(f"a step at width {n} with {R} replica(s) and {m} samples", R * n * per_neuron * X.element_size(),
+                 device)
     bias = X.shape[-1] == d + 2
     if (test_inputs is None) != (test_targets is None):
         raise InputError("test_inputs and test_targets must be given together")
@@ -335,19 +348,25 @@ def mask_source(rule: Rule, keep: float, steps: int, prob: Problem, *, masks=Non
     return lambda k: stream.next()
 
 
-def full_risk(design: Design, a: Tensor, W: Tensor) -> Tensor:
+def reference_residual(design: Design, a: Tensor, W: Tensor, weights: Tensor) -> Tensor:
+    """``r = Σ_i weights_i φ(x_i) − y`` ``(R, m)`` by the reference forward pass (the fused
+    one is :func:`dropdyn.fused.fused_residual`)."""
+    return forward(design, a, W, weights)[0] - design.y
+
+
+def full_risk(design: Design, a: Tensor, W: Tensor, residual=reference_residual) -> Tensor:
     """R(μ) = ½ mean_j (f(z_j) − y_j)² of the full network, per replica ``(R,)``."""
-    n = a.shape[-1]
-    r = forward(design, a, W, torch.full_like(a, 1.0 / n))[0] - design.y
+    r = residual(design, a, W, torch.full_like(a, 1.0 / a.shape[-1]))
     return 0.5 * (r * r).mean(-1)
 
 
 class Recorder:
     """The records of a run: risks (and test risks, probe outputs) at record steps,
-    particle snapshots every ``snapshot_every`` steps."""
+    particle snapshots every ``snapshot_every`` steps. ``residual``: the forward pass
+    (reference or fused) that computes them."""
 
-    def __init__(self, prob: Problem, snapshot_every: int | None):
-        self.prob, self.snapshot_every = prob, snapshot_every
+    def __init__(self, prob: Problem, snapshot_every: int | None, residual=reference_residual):
+        self.prob, self.snapshot_every, self.residual = prob, snapshot_every, residual
         self.steps: list[int] = []
         self.series: dict[str, list[Tensor]] = {"risk": [], "test_risk": [], "outputs": []}
         self.snaps: list[Tensor] = []
@@ -356,11 +375,11 @@ class Recorder:
     def record(self, k: int, a: Tensor, W: Tensor, risk: Tensor | None = None) -> None:
         p = self.prob
         self.steps.append(k)
-        self.series["risk"].append(full_risk(p.design, a, W) if risk is None else risk)
+        self.series["risk"].append(full_risk(p.design, a, W, self.residual) if risk is None else risk)
         if p.test is not None:
-            self.series["test_risk"].append(full_risk(p.test, a, W))
-        if p.probe is not None:
-            self.series["outputs"].append(forward(p.probe, a, W, torch.full_like(a, 1.0 / a.shape[-1]))[0])
+            self.series["test_risk"].append(full_risk(p.test, a, W, self.residual))
+        if p.probe is not None:  # the probe's targets are zero: its residual is f
+            self.series["outputs"].append(self.residual(p.probe, a, W, torch.full_like(a, 1.0 / a.shape[-1])))
 
     def snapshot_due(self, k: int, last: int) -> bool:
         return self.snapshot_every is not None and (k % self.snapshot_every == 0 or k == last)
@@ -442,49 +461,45 @@ def simulate(
     seed, lr, keep = check_seed(0 if seed is None else seed), check_positive("lr", lr), check_keep(keep)
     steps, record_every = check_int("steps", steps, 0), check_int("record_every", record_every, 1)
     snapshot_every = None if snapshot_every is None else check_int("snapshot_every", snapshot_every, 1)
+    fused = check_choice("backend", backend, ("torch", "fused")) == "fused"
     prob = prepare(particles, inputs, targets, activation=activation, test_inputs=test_inputs,
-                   test_targets=test_targets, probe_inputs=probe_inputs, device=device, dtype=dtype)
+                   test_targets=test_targets, probe_inputs=probe_inputs, device=device, dtype=dtype,
+                   materialised=not fused)
     R, n = prob.shape
-    direction = descent
-    if check_choice("backend", backend, ("torch", "fused")) == "fused":
-        from .fused import check_fused, fused_descent
+    direction, residual = descent, reference_residual
+    if fused:
+        from .fused import check_fused, fused_descent, fused_residual
 
         check_fused(prob.X.device)
-        direction = fused_descent
+        direction, residual = fused_descent, fused_residual
     rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
     next_mask = mask_source(rule, keep, steps, prob, masks=masks, seed=seed, generator=generator)
     kernel = None
     if rule.critical:  # its own stream, so that given masks and drawn masks see the same kernel draws
         kernel = torch.Generator(device=prob.X.device).manual_seed(seed + 7919)
-    design, rec = prob.design, Recorder(prob, snapshot_every)
+    design, rec = prob.design, Recorder(prob, snapshot_every, residual)
     state = dict(zip(("a", "W"), design.pack(prob.X), strict=True))
-    state["risk"] = full_risk(design, state["a"], state["W"])  # R_0: the divergence limit, and record 0
+    state["risk"] = full_risk(design, state["a"], state["W"], residual)  # R_0: the divergence limit, and record 0
     limit = divergence_threshold * (1.0 + float(state["risk"].max()))
     if check_every is None:
         check_every = 16 if prob.X.device.type == "cuda" else 1
     check_every = check_int("check_every", check_every, 1)
-    first_bad = torch.zeros((), dtype=torch.long, device=prob.X.device)  # 0: no failed step since the last check
+    watch = DivergenceWatch(check_every, prob.X.device)
+
+    compact = prob.X.device.type == "cpu" or R * n * design.Z.shape[0] >= COMPACT_MIN_WORK  # dropout only
 
     def advance(k: int, due: bool) -> int | None:
-        nonlocal first_bad
-        a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel, direction)
+        a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel, direction, compact)
         thinned = 0.5 * (r * r).mean(-1)
         ok = (torch.isfinite(thinned) & (thinned <= limit)).all() & torch.isfinite(a).all() & torch.isfinite(W).all()
-        risk = full_risk(design, a, W) if due else None
+        risk = full_risk(design, a, W, residual) if due else None
         if due:  # the full network's risk can overflow where the thinned one did not
             ok &= torch.isfinite(risk).all()
-        if check_every > 1:  # on the device: keep the last good state, note the first failed step
-            clean = first_bad == 0
-            first_bad = torch.where(clean & ~ok, k, first_bad)
-            a, W = torch.where(clean & ok, a, state["a"]), torch.where(clean & ok, W, state["W"])
-            state.update(a=a, W=W)
-            if not (due or k % check_every == 0 or k == steps or rec.snapshot_due(k, steps)):
-                return None  # no host synchronisation until the next check
-            if int(first_bad):
-                state["risk"] = None
-                return int(first_bad)
-        elif not bool(ok):
-            return k
+        (a, W), diverged = watch.keep(k, ok, (a, W), (state["a"], state["W"]),
+                                      read=due or k == steps or rec.snapshot_due(k, steps))
+        if diverged is not None:
+            state.update(a=a, W=W, risk=None)
+            return diverged
         state.update(a=a, W=W, risk=risk)
         rec.snapshot(k, steps, a, W)
         return None
@@ -502,5 +517,6 @@ def simulate(
             "backend": backend, "seed": seed, "alpha": lr / keep, "beta": 1.0 / (n * keep), "steps": steps,
             "penalty": rule.penalty, "kernel_beta": rule.beta, "dtype": str(prob.X.dtype).replace("torch.", ""),
             "device": str(prob.X.device), "check_every": check_every,
+            "compact": compact and rule.forward_masked and rule.backward_masked,
             "threshold": limit if math.isfinite(limit) else None}
     return rec.result(state["a"], state["W"], lr, diverged, info)

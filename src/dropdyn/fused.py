@@ -6,7 +6,9 @@ slopes, each (width × m): at width 10⁶ and m = 1000 that is several GB of mem
 per step. The fused kernels (``_triton_step``) tile neurons × samples, recompute each tile's
 pre-activations in registers, and reduce them at once: a forward reduction over neurons
 gives the residual r (R, m), a backward reduction over samples gives each neuron's descent
-direction. Memory traffic is the particles, the inputs and r.
+direction. Memory traffic is the particles, the inputs and r. A run's records (risks,
+test risks, probe outputs) use the fused forward pass too, so no part of a fused run forms
+a (width × m) matrix, and ``simulate`` sizes its memory check accordingly.
 
 It runs on CUDA devices with Triton installed, and on the CPU under Triton's interpreter
 (``TRITON_INTERPRET=1`` in the environment before Triton is first imported), which is how
@@ -23,7 +25,11 @@ import torch
 from ._checks import InputError
 
 Tensor = torch.Tensor
-BLOCK_NEURONS, BLOCK_SAMPLES = 64, 64
+BLOCK_NEURONS = 64
+# The forward reduction over neurons is split into chunks of this many neurons, one program
+# each, whose partial sums (R, chunks, m) are added by torch (deterministic, unlike atomics):
+# at width 10⁸ with m = 10 a single program per sample block would run alone on the GPU.
+CHUNK_NEURONS = 32 * BLOCK_NEURONS
 
 
 def check_fused(device: torch.device) -> None:
@@ -37,25 +43,46 @@ def check_fused(device: torch.device) -> None:
                          f"not on {device.type!r}; use backend='torch'")
 
 
+def _block_samples(m: int) -> int:
+    """Sample tile: 64, or the power of two ≥ m for fewer samples (16 at least, tl.dot's floor)."""
+    from triton import next_power_of_2
+
+    return max(16, min(64, next_power_of_2(m)))
+
+
+def fused_residual(design, a: Tensor, W: Tensor, weights: Tensor) -> Tensor:
+    """``r = Σ_i weights_i φ(x_i) − y`` ``(R, m)`` for neurons ``a (R, K)``, ``W (R, K, P)``
+    (the contract of :func:`dropdyn.engine.reference_residual`)."""
+    from triton import cdiv
+
+    from ._triton_step import CODES, forward_kernel
+
+    R, K, P = W.shape
+    m = design.Z.shape[0]
+    bm, chunks = _block_samples(m), max(1, cdiv(K, CHUNK_NEURONS))
+    partial = torch.empty(R, chunks, m, dtype=W.dtype, device=W.device)
+    forward_kernel[(R, cdiv(m, bm), chunks)](W.contiguous(), (a * weights).contiguous(), design.Z.contiguous(),
+                                             partial, K, m, CHUNK_NEURONS, P=P, ACT=CODES[design.act.name],
+                                             BN=BLOCK_NEURONS, BM=bm)
+    return partial.sum(1) - design.y
+
+
 def fused_descent(design, a: Tensor, W: Tensor, weights: Tensor, penalty: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`dropdyn.model.descent`: for neurons ``a (R, K)``,
     ``W (R, K, P)`` and forward weights ``weights = F_i / n`` ``(R, K)``, the descent
     directions ``ga (R, K)``, ``gW (R, K, P)`` and the residual ``r (R, m)``."""
     from triton import cdiv
 
-    from ._triton_step import CODES, backward_kernel, forward_kernel
+    from ._triton_step import CODES, backward_kernel
 
+    r = fused_residual(design, a, W, weights)
     R, K, P = W.shape
-    Z, y = design.Z, design.y
-    m = Z.shape[0]
-    act = CODES[design.act.name]
-    W, Z = W.contiguous(), Z.contiguous()
-    v = (a * weights).contiguous()
-    r = torch.empty(R, m, dtype=W.dtype, device=W.device)
-    forward_kernel[(R, cdiv(m, BLOCK_SAMPLES))](W, v, Z, y.contiguous(), r, K, m, P=P, ACT=act,
-                                                  BN=BLOCK_NEURONS, BM=BLOCK_SAMPLES)
+    m = design.Z.shape[0]
     ga = torch.empty(R, K, dtype=W.dtype, device=W.device)
     gW = torch.empty(R, K, P, dtype=W.dtype, device=W.device)
-    backward_kernel[(R, cdiv(K, BLOCK_NEURONS))](W, a.contiguous(), Z, r, ga, gW, K, m, float(penalty), P=P,
-                                                   ACT=act, BN=BLOCK_NEURONS, BM=BLOCK_SAMPLES)
+    if K == 0:  # no neuron (every one dropped): nothing to launch
+        return ga, gW, r
+    backward_kernel[(R, cdiv(K, BLOCK_NEURONS))](W.contiguous(), a.contiguous(), design.Z.contiguous(), r, ga, gW,
+                                                 K, m, float(penalty), P=P, ACT=CODES[design.act.name],
+                                                 BN=BLOCK_NEURONS, BM=_block_samples(m))
     return ga, gW, r

@@ -1,10 +1,47 @@
 """The run loop that both simulators share (``engine.simulate``, ``sme_dynamics.simulate``):
 record at step 0, step, stop at a divergence keeping the state of the step before,
-record on a cadence, show progress."""
+record on a cadence, show progress; and the divergence watch that lets a GPU run read
+its divergence test only every few steps."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+import torch
+
+Tensor = torch.Tensor
+
+
+class DivergenceWatch:
+    """A simulator's divergence test, read by the host every ``every`` steps.
+
+    Each step hands :meth:`keep` its verdict ``ok`` (a 0-dim bool tensor) with the new and
+    the old state. With ``every == 1`` the host reads ``ok`` at once (one synchronisation per
+    step, free on the CPU). Otherwise the device keeps the last good state
+    (``torch.where``) and the first failed step, and the host reads them only when asked
+    (``read``) or every ``every`` steps; a run is then the same, bit for bit, for any
+    ``every``.
+    """
+
+    def __init__(self, every: int, device):
+        self.every = every
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)  # 0: no failed step yet
+
+    def keep(self, k: int, ok: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...],
+             read: bool) -> tuple[tuple[Tensor, ...] | None, int | None]:
+        """Step ``k``: returns the state to carry on with (``new`` while no step has failed,
+        else the last good one) and the step that diverged (None while the host knows of
+        none). ``read``: the host must look now (the step will be recorded)."""
+        if self.every == 1:
+            return (new, None) if bool(ok) else (old, k)
+        clean = self.first_bad == 0
+        self.first_bad = torch.where(clean & ~ok, k, self.first_bad)
+        good = clean & ok
+        state = tuple(torch.where(good, x, y) for x, y in zip(new, old, strict=True))
+        if not (read or k % self.every == 0):
+            return state, None
+        bad = int(self.first_bad)
+        return state, (bad or None)
 
 
 def run_loop(steps: int, advance: Callable[[int, bool], int | None], record: Callable[[int], None], *,

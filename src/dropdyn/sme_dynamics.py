@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._checks import InputError, check_choice, check_int, check_keep, check_positive, check_seed
-from .loop import run_loop
+from .loop import DivergenceWatch, run_loop
 from .sme import (
     NoiseCovariance,
     check_problem,
@@ -121,6 +121,7 @@ def simulate_sme(
     seed: int | None = None,
     observe: Callable[[Tensor], dict[str, Tensor]] | None = None,
     divergence_threshold: float = 1e6,
+    check_every: int | None = None,
     progress=False,
 ) -> SMETrajectory:
     """Simulate ``dynamics`` (one of ``DYNAMICS``) for ``steps`` dropout steps of size ``lr``
@@ -131,7 +132,9 @@ def simulate_sme(
     whose parameters become non-finite or exceed ``divergence_threshold · (1 + max|θ_0|)``
     stops; ``diverged_at_step`` is that step and the records up to the step before are kept.
     Randomness comes from ``generator``, or a fresh one seeded with ``seed`` (not both; with
-    neither, torch's default generator).
+    neither, torch's default generator). ``check_every``: the host reads the divergence test
+    every this many steps and at every record (default 1 on the CPU, 16 on a GPU), the device
+    keeping the last good state in between, so the result is the same for any value.
 
     >>> import torch
     >>> from dropdyn.sme_dynamics import simulate_sme
@@ -174,14 +177,17 @@ def simulate_sme(
             observed.setdefault(name, []).append(val.detach())
 
     state = {"theta": theta}
+    if check_every is None:
+        check_every = 16 if theta0.device.type == "cuda" else 1
+    check_every = check_int("check_every", check_every, 1)
+    watch = DivergenceWatch(check_every, theta0.device)
 
     def advance(k: int, due: bool) -> int | None:
         new = sme_step(dynamics, state["theta"], inputs, targets, lr=lr, keep=keep, substeps=substeps,
-                   activation=activation, diffusion=diffusion, generator=generator)
-        if not bool(torch.isfinite(new).all()) or float(new.abs().max()) > limit:
-            return k
-        state["theta"] = new
-        return None
+                       activation=activation, diffusion=diffusion, generator=generator)
+        ok = torch.isfinite(new).all() & (new.abs().max() <= limit)
+        (state["theta"],), diverged = watch.keep(k, ok, (new,), (state["theta"],), read=due or k == steps)
+        return diverged
 
     diverged = run_loop(steps, advance, lambda k: record(k, state["theta"]), record_every=record_every,
                         progress=progress, desc=dynamics)
@@ -191,5 +197,6 @@ def simulate_sme(
                          observed["train_risk"], torch.stack(means), torch.stack(variances), observed, theta, replicas,
                          diverged, {"dynamics": dynamics, "lr": lr, "keep": keep, "steps": steps,
                                     "replicas": replicas, "substeps": substeps, "activation": activation,
-                                    "seed": seed, "threshold": limit})
+                                    "seed": seed, "threshold": limit,
+                                    "check_every": check_every})
 
