@@ -1,6 +1,6 @@
 """Cost of one SME step: matrix-free exact diffusion vs a dense Σ, and vs a dropout step.
 
-    python benchmarks/bench_sme.py [--repeats 5]
+    python benchmarks/bench_sme.py [--repeats 5 --small-width 50 --width 1000]
 
 1. 7×7 MNIST (4 vs 9, 800 images, bias input), width 50: D = 2,550. One order-1 SME
    Euler–Maruyama step with the matrix-free diffusion (``F z``, the exact factor of Σ)
@@ -76,19 +76,20 @@ def _in_subprocess(kind: str, size: int, width: int, repeats: int) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--small-width", type=int, default=50, help="width of the 7×7 case (default 50)")
     ap.add_argument("--width", type=int, default=1000, help="width of the 28×28 case (default 1000)")
     ap.add_argument("--one", nargs=3, metavar=("KIND", "SIZE", "WIDTH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
         print(json.dumps(_one(args.one[0], int(args.one[1]), int(args.one[2]), args.repeats)))
         return
-    small = {k: _in_subprocess(k, 7, 50, args.repeats) for k in ("sme", "dense")}
+    small = {k: _in_subprocess(k, 7, args.small_width, args.repeats) for k in ("sme", "dense")}
     big = {k: _in_subprocess(k, 28, args.width, args.repeats) for k in ("dropout", "sme")}
     D = big["sme"]["D"]
     print(f"\n### One SME step, {torch.get_num_threads()} threads, median of {args.repeats}\n")
     print("| case | step | median time | peak RSS of the process | ratio |")
     print("|---|---|---:|---:|---:|")
-    print(f"| 7×7, width 50, D = {small['sme']['D']:,} | dense Σ, eigh, multiply | "
+    print(f"| 7×7, width {args.small_width}, D = {small['sme']['D']:,} | dense Σ, eigh, multiply | "
           f"{small['dense']['seconds'] * 1e3:.1f} ms | {small['dense']['peak_rss_gib']:.2f} GiB | 1 |")
     print(f"| | matrix-free exact factor | {small['sme']['seconds'] * 1e3:.2f} ms | "
           f"{small['sme']['peak_rss_gib']:.2f} GiB | **{small['dense']['seconds'] / small['sme']['seconds']:.0f}× "
@@ -98,7 +99,9 @@ def main(argv=None):
     print(f"| | SME step (drift + matrix-free diffusion) | {big['sme']['seconds'] * 1e3:.0f} ms | "
           f"{big['sme']['peak_rss_gib']:.2f} GiB | **{big['sme']['seconds'] / big['dropout']['seconds']:.1f}× "
           f"a dropout step** |")
-    print(f"\nA dense Σ at D = {D:,} would need {D * D * 8 / 1024**4:.1f} TiB in float64.")
+    dense = D * D * 8
+    size = f"{dense / 1024**4:.1f} TiB" if dense >= 1024**4 else f"{dense / 1024**3:.2g} GiB"
+    print(f"\nA dense Σ at D = {D:,} would need {size} in float64.")
 
 
 if __name__ == "__main__":

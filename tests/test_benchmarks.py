@@ -1,0 +1,37 @@
+"""Every benchmark script runs and prints its table, at toy sizes (no timing is checked here:
+speed is measured by running them, see docs/engine.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+CASES = {
+    "bench_step.py": (["--width", "300", "--samples", "50", "--repeats", "2", "--replicas", "2",
+                       "--replica-width", "50", "--replica-steps", "2"],
+                      ["torch.nn + autograd + SGD (a)", "| one call, (R, width, p) particles |"]),
+    "bench_width.py": (["--widths", "100,1e3", "--work", "2e4", "--steps", "2", "--repeats", "1"],
+                       ["| 1e+02 | 200 | dropout | torch |", "| 1e+03 | 20 | gd | torch |"]),
+    "bench_sme.py": (["--repeats", "1", "--width", "5", "--small-width", "5"],
+                     ["matrix-free exact factor", "A dense Σ at D = 3,930 would need 0.12 GiB"]),
+    "bench_alignment.py": (["--batch", "50", "--samples", "20", "--train-steps", "5"],
+                           ["α (matrix-free estimate)", "dense path: H and Σ in float64"]),
+    "bench_sweep.py": (["--widths", "10,20", "--replicas", "1"],
+                       ["16-point phase sweep", "store overhead per run"]),
+}
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_benchmark_runs_and_prints_its_table(script, tmp_path):
+    args, expected = CASES[script]
+    p = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for line in expected:
+        assert line in p.stdout, (line, p.stdout[-2000:])
+
+
+def test_every_benchmark_has_a_case():
+    assert sorted(CASES) == sorted(p.name for p in BENCH.glob("bench_*.py"))
