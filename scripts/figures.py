@@ -5,7 +5,8 @@
 Each recipe is one ``dropdyn run`` with the settings below. Its figures are copied into
 docs/ under the names the pages use, and its theory rows and scalar summary are recorded in
 docs/results.json, from which docs/results.md is written. ``--only`` re-runs some recipes
-and keeps the recorded results of the others.
+and keeps the recorded results of the others. Recipes marked ``gpu`` run with ``--device
+cuda``: without CUDA, a full run skips them (saying so) and ``--only`` refuses them.
 """
 
 import argparse
@@ -28,6 +29,7 @@ class Recipe:
     settings: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)  # run folder's file → docs/ file
     page: str = ""  # the docs page that discusses it
+    gpu: bool = False  # runs with --device cuda (its settings say so)
 
 
 RECIPES = {
@@ -48,6 +50,10 @@ RECIPES = {
                         {"sme_order.png": "sme_order.png"}, "sme.md"),
     "sme-generalisation": Recipe("sme-generalisation", {}, {"sme_generalisation.png": "sme_generalisation.png"},
                                  "sme.md"),
+    # on one GPU: the weak order resolved with 100,000 replicas, and phase II's timing beside the CPU's
+    "sme-order-gpu": Recipe("sme-order", {"device": "cuda", "replicas": 100000},
+                            {"sme_order.png": "sme_order_gpu.png"}, "sme.md", gpu=True),
+    "convergence-II-gpu": Recipe("convergence", {"phase": "II", "device": "cuda"}, {}, "phase-diagram.md", gpu=True),
 }
 
 
@@ -69,9 +75,18 @@ def run_recipe(name: str, recipe: Recipe, store: Path) -> dict:
         shutil.copyfile(path / src, DOCS / dst)
     return {"command": command(recipe), "page": recipe.page, "figures": sorted(recipe.figures.values()),
             "date": date.today().isoformat(), "seconds": round(seconds, 1), "threads": run.meta.get("threads"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs",
+            "machine": machine(recipe),
             "theory": [list(r) for r in theory_rows(recipe.experiment, run.config, run.summary)],
             "summary": {k: v for k, v in scalar_summary(run.summary).items() if not k.endswith("seconds")}}
+
+
+def machine(recipe: Recipe) -> str:
+    cpu = f"{platform.machine()}, {os.cpu_count()} logical CPUs"
+    if not recipe.gpu:
+        return cpu
+    import torch
+
+    return f"{torch.cuda.get_device_name()} ({cpu})"
 
 
 def fmt(v) -> str:
@@ -122,7 +137,15 @@ def main(argv=None) -> int:
     results = json.loads(record.read_text()) if record.exists() else {}
     from dropdyn.store import atomic_write_bytes
 
+    cuda = torch.cuda.is_available()
+    if args.only and not cuda and any(RECIPES[n].gpu for n in args.only):
+        print(f"figures: {', '.join(n for n in args.only if RECIPES[n].gpu)} need(s) CUDA, which is not available "
+              f"here", file=sys.stderr)
+        return 2
     for name in list(RECIPES) if args.only is None else args.only:
+        if RECIPES[name].gpu and not cuda:
+            print(f"figures: {name}: skipped (needs CUDA)", file=sys.stderr, flush=True)
+            continue
         print(f"figures: {name}: {command(RECIPES[name])}", file=sys.stderr, flush=True)
         results[name] = run_recipe(name, RECIPES[name], Path(args.store))
         atomic_write_bytes(record, (json.dumps(results, indent=1) + "\n").encode())  # each recipe kept at once

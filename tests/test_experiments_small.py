@@ -140,19 +140,15 @@ def test_alignment_draws_its_randomness_on_the_run_device():
 
 
 def fake_cifar(folder, per_batch=12, seed=0):
-    """A CIFAR-10 'python version' folder in the distributed format, with random images."""
-    import pickle
+    """A CIFAR-10 'python version' folder in the distributed format (scripts/synthetic_cifar.py)."""
+    import importlib.util
+    from pathlib import Path
 
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    folder = folder / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": rng.integers(0, 10, per_batch).tolist()}
-        (folder / name).write_bytes(pickle.dumps(batch))
-    return folder.parent
+    spec = importlib.util.spec_from_file_location(
+        "synthetic_cifar", Path(__file__).resolve().parents[1] / "scripts" / "synthetic_cifar.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write(folder, per_batch, seed).parent
 
 
 def test_alignment_vgg16_on_cifar_files(tmp_path):

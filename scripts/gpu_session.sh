@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/engine.md, in three calls of a GPU machine with no network
+# (each under 10 minutes), from the repository root there, with the wheels of
+# scripts/gpu_wheels.sh carried in .whl/ (see docs/development.md, "On a GPU machine"):
+#
+#   scripts/gpu_session.sh bench        the CUDA tests, bench_step at widths 5,000 and 10⁶, the width sweep
+#   scripts/gpu_session.sh vgg          alignment on VGG16 / synthetic CIFAR-10 (timed), in the background;
+#                                       waits for it up to $WAIT seconds (default 540)
+#   scripts/gpu_session.sh experiments  waits for the VGG16 run to end (if still running), then the
+#                                       sme-order-gpu and convergence-II-gpu recipes of scripts/figures.py
+#
+# Everything it measures lands in $OUT (default /tmp/gpu-out): *.md tables, logs, the recipe's
+# figure, docs/results.json and docs/results.md with the GPU entries added. $VGG_ARGS adds flags
+# to the VGG16 run (e.g. "--epochs 10"); DEVICE=cpu rehearses the vgg stage on a CPU machine.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+stage=${1:?usage: scripts/gpu_session.sh bench|vgg|experiments}
+
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null || exit 1
+DEVICE=${DEVICE:-cuda}
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__,
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" | tee "$OUT/versions.txt"
+
+case "$stage" in
+bench)
+  python3 -m pytest -q -rs -p no:cacheprovider tests/test_fused.py tests/test_engine.py tests/test_divergence.py \
+    tests/test_sme.py -k "not notebook" 2>&1 | tail -25 | tee "$OUT/tests.txt"
+  python3 -m pytest -q -rs -p no:cacheprovider tests/test_experiments_small.py -k "cuda or vgg" 2>&1 | tail -5 \
+    | tee -a "$OUT/tests.txt"
+  {
+    python3 benchmarks/bench_step.py --device cuda
+    python3 benchmarks/bench_step.py --device cuda --width 1000000 --repeats 10
+    python3 benchmarks/bench_width.py --device cuda --backends torch,fused --timeout 120
+  } 2>&1 | tee "$OUT/bench.md"
+  ;;
+vgg)
+  python3 scripts/synthetic_cifar.py /tmp/cifar >/dev/null
+  rm -rf /tmp/vgg && date +%s > /tmp/vgg.start
+  rm -f /tmp/vgg.end /tmp/vgg.rc
+  # shellcheck disable=SC2016
+  setsid nohup bash -c 'dropdyn run alignment --model vgg16 --dataset cifar10 --data-dir /tmp/cifar --device "$1" \
+      --noise-steps 0 --out /tmp/vgg $2 > /tmp/vgg.log 2>&1; echo $? > /tmp/vgg.rc; date +%s > /tmp/vgg.end' \
+      _ "$DEVICE" "${VGG_ARGS:-}" >/dev/null 2>&1 < /dev/null &
+  for _ in $(seq "${WAIT:-540}"); do [ -f /tmp/vgg.end ] && break; sleep 1; done
+  ;;
+experiments)
+  for _ in $(seq "${WAIT:-300}"); do [ -f /tmp/vgg.end ] || [ ! -f /tmp/vgg.start ] && break; sleep 1; done
+  ;;
+*)
+  echo "unknown stage $stage: bench, vgg or experiments" >&2
+  exit 2
+  ;;
+esac
+
+if [ "$stage" != bench ]; then  # the VGG16 run's state, whichever stage looks
+  if [ -f /tmp/vgg.end ]; then
+    echo "vgg16 alignment: exit $(cat /tmp/vgg.rc), $(( $(cat /tmp/vgg.end) - $(cat /tmp/vgg.start) )) s" \
+      | tee "$OUT/vgg.txt"
+    cp /tmp/vgg/summary.json "$OUT/vgg_summary.json" 2>/dev/null
+    cp /tmp/vgg/alignment.png "$OUT/vgg_alignment.png" 2>/dev/null
+  elif [ -f /tmp/vgg.start ]; then
+    echo "vgg16 alignment: still running after $(( $(date +%s) - $(cat /tmp/vgg.start) )) s" | tee "$OUT/vgg.txt"
+  else
+    echo "vgg16 alignment: not started on this machine (a fresh one?)" | tee "$OUT/vgg.txt"
+  fi
+  tail -c 3000 /tmp/vgg.log > "$OUT/vgg.log" 2>/dev/null
+fi
+
+if [ "$stage" = experiments ]; then
+  python3 scripts/figures.py --only sme-order-gpu convergence-II-gpu 2>&1 | tail -20 | tee "$OUT/figures.log"
+  cp docs/results.json docs/results.md docs/sme_order_gpu.png "$OUT/" 2>/dev/null
+fi
+ls -l "$OUT"
