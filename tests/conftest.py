@@ -23,3 +23,13 @@ def small_problem():
 def _in_tmp_dir(tmp_path, monkeypatch):
     """Every test runs in its own folder, so the default store ``runs/`` is private to it."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(params=["compacted", "not compacted"])
+def compaction(request, monkeypatch):
+    """Dropout's step both ways: on its kept neurons only, and on all (below
+    ``engine.COMPACT_MIN_WORK``, as the tests' small problems are by default)."""
+    from dropdyn import engine
+
+    monkeypatch.setitem(engine.COMPACT_MIN_WORK, "cpu", 0 if request.param == "compacted" else 2**62)
+    return request.param == "compacted"

@@ -136,7 +136,7 @@ def _same_run(a, b):
 
 @pytest.mark.parametrize("variant", dropdyn.VARIANTS)
 @pytest.mark.parametrize("lr", [0.5, 20.0, 1e6])
-def test_checking_divergence_every_few_steps_changes_nothing(variant, lr):
+def test_checking_divergence_every_few_steps_changes_nothing(variant, lr, compaction):
     # check_every > 1 keeps the last good state on the device and finds a divergence at the next check
     # (here up to 24 steps late); the run must be the one that checks every step, bit for bit
     g = torch.Generator().manual_seed(0)

@@ -34,12 +34,13 @@ def reference_step(variant, X, Z, y, lr, q, mask, act="tanh"):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("bias", [False, True])
-def test_one_step_matches_definition(variant, bias):
+def test_one_step_matches_definition(variant, bias, compaction):
     X, Z, y = problem(1, bias=bias)
     q, lr = 0.4, 0.3
     masks = draw_masks(q, 1, (6,), seed=4)
-    assert 0 < int(masks.sum()) < 6  # both kept and dropped neurons (compacted path)
+    assert 0 < int(masks.sum()) < 6  # both kept and dropped neurons
     out = simulate(variant, X, Z, y, lr=lr, keep=q, steps=1, masks=masks)
+    assert out.info["compact"] == (compaction and variant == "dropout")
     torch.testing.assert_close(out.particles, reference_step(variant, X, Z, y, lr, q, masks[0]),
                                rtol=1e-12, atol=1e-12)
 
@@ -79,7 +80,7 @@ def test_penalty_gd_is_the_monte_carlo_mask_average_of_dropout():
     assert torch.all((mean - penalty).abs() <= 5 * se + 1e-12)
 
 
-def test_same_seed_couples_variants_and_equals_explicit_masks():
+def test_same_seed_couples_variants_and_equals_explicit_masks(compaction):
     X, Z, y = problem(5, n=30)
     masks = draw_masks(0.5, 10, (30,), seed=9)
     for v in ("dropout", "ram", "forward-only"):
@@ -88,7 +89,7 @@ def test_same_seed_couples_variants_and_equals_explicit_masks():
         assert torch.equal(a.particles, b.particles), v
 
 
-def test_replicas_equal_sequential_runs():
+def test_replicas_equal_sequential_runs(compaction):
     X, Z, y = problem(6, n=20, R=4)
     masks = draw_masks(0.3, 15, (4, 20), seed=1)
     batched = simulate("dropout", X, Z, y, lr=0.2, keep=0.3, steps=15, masks=masks)
@@ -102,7 +103,7 @@ def test_replicas_equal_sequential_runs():
     torch.testing.assert_close(shared.particles[2], single.particles, rtol=1e-12, atol=1e-12)
 
 
-def test_deterministic_bit_for_bit():
+def test_deterministic_bit_for_bit(compaction):
     X, Z, y = problem(7, n=50)
     a = simulate("dropout", X, Z, y, lr=0.1, keep=0.6, steps=30, seed=3)
     b = simulate("dropout", X, Z, y, lr=0.1, keep=0.6, steps=30, seed=3)
@@ -174,7 +175,7 @@ def test_dropout_without_compaction_is_the_same_step(bias, activation):
     assert torch.equal(design.unpack(full[0], full[1])[2], X[2])  # nothing kept, nothing moves
 
 
-def test_all_neurons_dropped_moves_nothing():
+def test_all_neurons_dropped_moves_nothing(compaction):
     X, Z, y = problem(12, n=4)
     out = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=1, masks=torch.zeros(1, 4, dtype=torch.bool))
     assert torch.equal(out.particles, X)

@@ -15,9 +15,9 @@ penalty coefficient c (docs/theory.md §1, table of variants):
     gd             1        1        0
 
 Dropout's forward and backward both vanish on dropped neurons, so its step can be
-computed on the kept neurons only (cost ∝ q·width). Compacting them needs their count on
-the host, one synchronisation per step: a GPU skips it where a step is too small for the
-saved work to pay for the stall (:data:`COMPACT_MIN_WORK`).
+computed on the kept neurons only (cost ∝ q·width). Compacting them costs a gather and a
+scatter, and their count on the host (on a GPU, a stall): a step too small for the saved
+work to pay for that runs on all neurons instead (:data:`COMPACT_MIN_WORK`).
 
 The limits of docs/theory.md §2 are rules of the same step (``dropdyn.limits``); the
 critical phase IV replaces the shared forward pass by one random forward pass per
@@ -73,11 +73,13 @@ class Rule:
 
 VARIANTS = ("dropout", "ram", "forward-only", "penalty", "gd")
 
-# On a GPU, dropout compacts its kept neurons only when a step handles at least this many
-# replica × neuron × sample entries: below it the step is launch- and sync-bound (a few µs of
-# work against a host stall of tens of µs). A reasoned guess, not yet measured on a GPU:
-# ``benchmarks/bench_step.py --device cuda`` times both ways. The CPU always compacts.
-COMPACT_MIN_WORK = 2**24
+# Dropout compacts its kept neurons only when a step handles at least this many replica ×
+# neuron × sample entries; below it the gather/scatter (and on a GPU the host read of the
+# count) costs more than the half of the work it saves. CPU: measured crossover ≈ 3·10⁵
+# entries (2 cores, float32; at 10⁵ compaction is 1.4× slower, at 10⁶ 1.3× faster). GPU: a
+# reasoned guess (a few µs of work against a host stall of tens of µs), not yet measured:
+# ``benchmarks/bench_step.py --device cuda`` times both ways.
+COMPACT_MIN_WORK = {"cpu": 2**18, "cuda": 2**24}
 
 
 def rule_for(variant: str, width: int, keep: float) -> Rule:
@@ -486,7 +488,7 @@ def simulate(
     check_every = check_int("check_every", check_every, 1)
     watch = DivergenceWatch(check_every, prob.X.device)
 
-    compact = prob.X.device.type == "cpu" or R * n * design.Z.shape[0] >= COMPACT_MIN_WORK  # dropout only
+    compact = R * n * design.Z.shape[0] >= COMPACT_MIN_WORK.get(prob.X.device.type, 0)  # dropout only
 
     def advance(k: int, due: bool) -> int | None:
         a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel, direction, compact)
