@@ -41,6 +41,21 @@ def test_fused_descent_equals_reference(activation, bias, dtype):
             assert err < TOL[dtype], (name, penalty, err)
 
 
+@pytest.mark.parametrize("d", [3, 40, 100])
+def test_fused_step_for_input_dimensions_that_are_not_a_power_of_two(d):
+    # rows of P = 48 and 112 padded coordinates, loaded as blocks of 64 and 128
+    X, Z, y = problem(2, 70, 30, d, True, torch.float64, seed=8)
+    kw = dict(lr=0.3, keep=0.5, steps=3, seed=2)
+    ref, fused = (dropdyn.simulate("dropout", X, Z, y, backend=b, **kw) for b in ("torch", "fused"))
+    assert float((fused.particles - ref.particles).abs().max()) < 1e-12
+
+
+def test_fused_backend_refuses_wide_inputs():
+    X, Z, y = problem(1, 10, 5, 130, False, torch.float64)
+    with pytest.raises(InputError, match="backend 'fused' takes inputs of dimension d \\+ bias <= 128, got 130"):
+        dropdyn.simulate("gd", X, Z, y, lr=0.1, keep=1.0, steps=1, backend="fused")
+
+
 @pytest.mark.parametrize("m", [1, 10, 20, 130])
 def test_fused_residual_split_over_neuron_chunks(monkeypatch, m):
     # the forward reduction in chunks of 128 neurons (the last one partial), sample tiles of
@@ -83,7 +98,7 @@ def test_limits_run_with_the_fused_backend():
 def test_fused_backend_is_refused_where_it_cannot_run(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(InputError, match="runs on CUDA devices"):
-        check_fused(torch.device("cpu"))
+        check_fused(torch.device("cpu"), 10)
     with pytest.raises(InputError, match="unknown backend .triton.; choose one of fused, torch"):
         dropdyn.simulate("gd", torch.zeros(4, 3), torch.zeros(5, 2), torch.zeros(5), lr=0.1, keep=1.0, steps=1,
                          backend="triton")

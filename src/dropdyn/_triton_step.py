@@ -8,7 +8,9 @@ Two kernels, neither of which forms a (width × m) matrix in memory:
                                  gW_i = a_i Σ_j e_ij σ'(w_i·z_j) z_j / m
 
 Each program recomputes its tile of pre-activations w_i·z_j (a BN × BM block, in registers)
-from the neurons' rows and the inputs' rows, in the spirit of fused attention.
+from the neurons' rows and the inputs' rows, in the spirit of fused attention. A row has P
+coordinates (the padded input dimension), loaded as a block of BP, the power of two ≥ P.
+Offsets are int64: R·K·P passes 2³¹ at width 10⁸ with two replicas.
 """
 
 import triton
@@ -55,18 +57,19 @@ def _dsigma(u, ACT: tl.constexpr):
 
 
 @triton.jit
-def forward_kernel(W, V, Z, Fout, K, M, C, P: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
-                   BM: tl.constexpr):
-    rep, chunk = tl.program_id(0), tl.program_id(2)
+def forward_kernel(W, V, Z, Fout, K, M, C, P, ACT: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+                   BP: tl.constexpr):
+    rep, chunk = tl.program_id(0).to(tl.int64), tl.program_id(2).to(tl.int64)
     rm = tl.program_id(1) * BM + tl.arange(0, BM)
-    rp = tl.arange(0, P)
-    in_m = rm < M
-    z = tl.load(Z + rm[:, None] * P + rp[None, :], mask=in_m[:, None], other=0.0)  # (BM, P)
+    rp = tl.arange(0, BP)
+    in_m, in_p = rm < M, rp < P
+    z = tl.load(Z + rm[:, None] * P + rp[None, :], mask=in_m[:, None] & in_p[None, :], other=0.0)  # (BM, BP)
     f = tl.zeros((BM,), dtype=z.dtype)
     for n0 in range(chunk * C, tl.minimum(chunk * C + C, K), BN):
         rn = n0 + tl.arange(0, BN)
         in_n = rn < K
-        w = tl.load(W + rep * K * P + rn[:, None] * P + rp[None, :], mask=in_n[:, None], other=0.0)  # (BN, P)
+        w = tl.load(W + rep * K * P + rn[:, None] * P + rp[None, :], mask=in_n[:, None] & in_p[None, :],
+                    other=0.0)  # (BN, BP)
         v = tl.load(V + rep * K + rn, mask=in_n, other=0.0)
         u = tl.dot(w, tl.trans(z), input_precision="ieee")  # (BN, BM)
         f += tl.sum(v[:, None] * _sigma(u, ACT), axis=0)
@@ -74,25 +77,26 @@ def forward_kernel(W, V, Z, Fout, K, M, C, P: tl.constexpr, ACT: tl.constexpr, B
 
 
 @triton.jit
-def backward_kernel(W, A, Z, Rin, GA, GW, K, M, penalty, P: tl.constexpr, ACT: tl.constexpr, BN: tl.constexpr,
-                    BM: tl.constexpr):
-    rep = tl.program_id(0)
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)
-    rp = tl.arange(0, P)
-    in_n = rn < K
-    w = tl.load(W + rep * K * P + rn[:, None] * P + rp[None, :], mask=in_n[:, None], other=0.0)  # (BN, P)
+def backward_kernel(W, A, Z, Rin, GA, GW, K, M, penalty, P, ACT: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+                    BP: tl.constexpr):
+    rep = tl.program_id(0).to(tl.int64)
+    rn = tl.program_id(1).to(tl.int64) * BN + tl.arange(0, BN)
+    rp = tl.arange(0, BP)
+    in_n, in_p = rn < K, rp < P
+    w = tl.load(W + rep * K * P + rn[:, None] * P + rp[None, :], mask=in_n[:, None] & in_p[None, :],
+                other=0.0)  # (BN, BP)
     a = tl.load(A + rep * K + rn, mask=in_n, other=0.0)
     ga = tl.zeros((BN,), dtype=w.dtype)
-    gw = tl.zeros((BN, P), dtype=w.dtype)
+    gw = tl.zeros((BN, BP), dtype=w.dtype)
     for m0 in range(0, M, BM):
         rm = m0 + tl.arange(0, BM)
         in_m = rm < M
-        z = tl.load(Z + rm[:, None] * P + rp[None, :], mask=in_m[:, None], other=0.0)  # (BM, P)
+        z = tl.load(Z + rm[:, None] * P + rp[None, :], mask=in_m[:, None] & in_p[None, :], other=0.0)  # (BM, BP)
         r = tl.load(Rin + rep * M + rm, mask=in_m, other=0.0)
         u = tl.dot(w, tl.trans(z), input_precision="ieee")  # (BN, BM)
         s = _sigma(u, ACT)
         e = tl.where(in_m[None, :], r[None, :] + penalty * a[:, None] * s, 0.0)
         ga += tl.sum(e * s, axis=1)
-        gw += tl.dot((e * _dsigma(u, ACT)).to(z.dtype), z, input_precision="ieee")  # (BN, P)
+        gw += tl.dot((e * _dsigma(u, ACT)).to(z.dtype), z, input_precision="ieee")  # (BN, BP)
     tl.store(GA + rep * K + rn, ga / M, mask=in_n)
-    tl.store(GW + rep * K * P + rn[:, None] * P + rp[None, :], a[:, None] * gw / M, mask=in_n[:, None])
+    tl.store(GW + rep * K * P + rn[:, None] * P + rp[None, :], a[:, None] * gw / M, mask=in_n[:, None] & in_p[None, :])

@@ -472,7 +472,7 @@ def simulate(
     if fused:
         from .fused import check_fused, fused_descent, fused_residual
 
-        check_fused(prob.X.device)
+        check_fused(prob.X.device, prob.design.d + prob.design.bias)
         direction, residual = fused_descent, fused_residual
     rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
     next_mask = mask_source(rule, keep, steps, prob, masks=masks, seed=seed, generator=generator)

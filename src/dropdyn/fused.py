@@ -32,8 +32,17 @@ BLOCK_NEURONS = 64
 CHUNK_NEURONS = 32 * BLOCK_NEURONS
 
 
-def check_fused(device: torch.device) -> None:
-    """Refuse the fused backend where it cannot run, saying why."""
+# A neuron's row (its P padded input coordinates) is one block of registers: the kernels take
+# inputs of dimension d + bias ≤ MAX_DIM (the tiles would spill beyond it).
+MAX_DIM = 128
+
+
+def check_fused(device: torch.device, dim: int) -> None:
+    """Refuse the fused backend where it cannot run (no Triton, no CUDA, inputs of dimension
+    ``dim`` = d + bias above :data:`MAX_DIM`), saying why."""
+    if dim > MAX_DIM:
+        raise InputError(f"backend 'fused' takes inputs of dimension d + bias <= {MAX_DIM}, got {dim}; "
+                         f"use backend='torch'")
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -41,6 +50,13 @@ def check_fused(device: torch.device) -> None:
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise InputError(f"backend 'fused' runs on CUDA devices (or on the CPU under TRITON_INTERPRET=1), "
                          f"not on {device.type!r}; use backend='torch'")
+
+
+def _block_coords(P: int) -> int:
+    """Coordinate block: the power of two ≥ P (Triton's blocks are powers of two)."""
+    from triton import next_power_of_2
+
+    return next_power_of_2(P)
 
 
 def _block_samples(m: int) -> int:
@@ -62,8 +78,8 @@ def fused_residual(design, a: Tensor, W: Tensor, weights: Tensor) -> Tensor:
     bm, chunks = _block_samples(m), max(1, cdiv(K, CHUNK_NEURONS))
     partial = torch.empty(R, chunks, m, dtype=W.dtype, device=W.device)
     forward_kernel[(R, cdiv(m, bm), chunks)](W.contiguous(), (a * weights).contiguous(), design.Z.contiguous(),
-                                             partial, K, m, CHUNK_NEURONS, P=P, ACT=CODES[design.act.name],
-                                             BN=BLOCK_NEURONS, BM=bm)
+                                             partial, K, m, CHUNK_NEURONS, P, ACT=CODES[design.act.name],
+                                             BN=BLOCK_NEURONS, BM=bm, BP=_block_coords(P))
     return partial.sum(1) - design.y
 
 
@@ -83,6 +99,6 @@ def fused_descent(design, a: Tensor, W: Tensor, weights: Tensor, penalty: float 
     if K == 0:  # no neuron (every one dropped): nothing to launch
         return ga, gW, r
     backward_kernel[(R, cdiv(K, BLOCK_NEURONS))](W.contiguous(), a.contiguous(), design.Z.contiguous(), r, ga, gW,
-                                                 K, m, float(penalty), P=P, ACT=CODES[design.act.name],
-                                                 BN=BLOCK_NEURONS, BM=_block_samples(m))
+                                                 K, m, float(penalty), P, ACT=CODES[design.act.name],
+                                                 BN=BLOCK_NEURONS, BM=_block_samples(m), BP=_block_coords(P))
     return ga, gW, r

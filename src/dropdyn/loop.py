@@ -28,7 +28,7 @@ class DivergenceWatch:
         self.first_bad = torch.zeros((), dtype=torch.long, device=device)  # 0: no failed step yet
 
     def keep(self, k: int, ok: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...],
-             read: bool) -> tuple[tuple[Tensor, ...] | None, int | None]:
+             read: bool) -> tuple[tuple[Tensor, ...], int | None]:
         """Step ``k``: returns the state to carry on with (``new`` while no step has failed,
         else the last good one) and the step that diverged (None while the host knows of
         none). ``read``: the host must look now (the step will be recorded)."""
