@@ -32,7 +32,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" | tee
 case "$stage" in
 bench)
   python3 -m pytest -q -rs -p no:cacheprovider tests/test_fused.py tests/test_engine.py tests/test_divergence.py \
-    tests/test_sme.py -k "not notebook" 2>&1 | tail -25 | tee "$OUT/tests.txt"
+    tests/test_sme.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
   python3 -m pytest -q -rs -p no:cacheprovider tests/test_experiments_small.py -k "cuda or vgg" 2>&1 | tail -5 \
     | tee -a "$OUT/tests.txt"
   {
@@ -52,7 +52,7 @@ vgg)
   for _ in $(seq "${WAIT:-540}"); do [ -f /tmp/vgg.end ] && break; sleep 1; done
   ;;
 experiments)
-  for _ in $(seq "${WAIT:-300}"); do [ -f /tmp/vgg.end ] || [ ! -f /tmp/vgg.start ] && break; sleep 1; done
+  for _ in $(seq "${WAIT:-240}"); do [ -f /tmp/vgg.end ] || [ ! -f /tmp/vgg.start ] && break; sleep 1; done
   ;;
 *)
   echo "unknown stage $stage: bench, vgg or experiments" >&2
