@@ -7,7 +7,8 @@
 #   scripts/gpu_session.sh vgg          alignment on VGG16 / synthetic CIFAR-10 (timed), in the background;
 #                                       waits for it up to $WAIT seconds (default 540)
 #   scripts/gpu_session.sh experiments  waits for the VGG16 run to end (if still running), then the
-#                                       sme-order-gpu and convergence-II-gpu recipes of scripts/figures.py
+#                                       sme-order-gpu and convergence-II-gpu recipes of scripts/figures.py,
+#                                       and convergence II again on the fused step
 #
 # Everything it measures lands in $OUT (default /tmp/gpu-out): *.md tables, logs, the recipe's
 # figure, docs/results.json and docs/results.md with the GPU entries added. $VGG_ARGS adds flags
@@ -76,6 +77,8 @@ fi
 
 if [ "$stage" = experiments ]; then
   python3 scripts/figures.py --only sme-order-gpu convergence-II-gpu 2>&1 | tail -20 | tee "$OUT/figures.log"
+  dropdyn run convergence --phase II --device cuda --backend fused --out /tmp/conv-fused --no-progress 2>&1 \
+    | tail -8 | tee "$OUT/convergence_fused.txt"
   cp docs/results.json docs/results.md docs/sme_order_gpu.png "$OUT/" 2>/dev/null
 fi
 ls -l "$OUT"

@@ -92,3 +92,13 @@ def test_cuda_refused_cleanly_without_gpu(tmp_path):
         pytest.skip("a GPU is present")
     p = run_cli("run", "teacher-student", *SMALL, "--device", "cuda", "--out", str(tmp_path / "r"))
     assert p.returncode == 2 and "CUDA is not available" in p.stderr
+
+
+def test_fused_backend_needs_a_gpu_and_says_so(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the tests' interpreter flag off
+    for backend, why in (("fused", "backend 'fused' runs on CUDA devices"), ("triton", "unknown backend 'triton'")):
+        p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "run", "teacher-student", *SMALL, "--backend",
+                            backend, "--out", str(tmp_path / backend)], capture_output=True, text=True, env=env)
+        assert p.returncode == 2 and why in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -98,7 +98,7 @@ def test_limits_run_with_the_fused_backend():
 def test_fused_backend_is_refused_where_it_cannot_run(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(InputError, match="runs on CUDA devices"):
-        check_fused(torch.device("cpu"), 10)
+        check_fused(torch.device("cpu"))
     with pytest.raises(InputError, match="unknown backend .triton.; choose one of fused, torch"):
         dropdyn.simulate("gd", torch.zeros(4, 3), torch.zeros(5, 2), torch.zeros(5), lr=0.1, keep=1.0, steps=1,
                          backend="triton")
@@ -114,3 +114,27 @@ def test_fused_on_the_gpu_follows_the_cpu_reference_step_by_step(variant):
     gpu = dropdyn.simulate(variant, X, Z, y, device="cuda", backend="fused", **kw)
     assert float((gpu.risk - cpu.risk).abs().max()) < 1e-10  # every step's risk
     assert float((gpu.particles - cpu.particles).abs().max()) < 1e-10
+
+
+@pytest.mark.parametrize("name, settings", [
+    ("teacher-student", dict(width=60, steps=8, records=4, n_test=40)),
+    ("phase-cell", dict(a=0.5, b=0.5, widths="40,80", time=0.3, replicas=2)),
+    ("convergence", dict(phase="III", widths="100,200", time=0.3, replicas=2)),
+])
+def test_experiments_run_on_the_fused_backend(name, settings, tmp_path):
+    # `--backend fused` reaches every simulate call of an engine experiment: same summary as the reference
+    from dropdyn.runs import scalar_summary
+
+    summary = {}
+    for backend in ("torch", "fused"):
+        path = dropdyn.run(name, root=tmp_path / backend, backend=backend, device=DEVICE, **settings)
+        run = dropdyn.load(path)
+        assert run.config["backend"] == backend
+        summary[backend] = {k: v for k, v in scalar_summary(run.summary).items()
+                            if not k.endswith("seconds") and k != "sweep"}  # times, and the sweep's own key
+    assert summary["fused"].keys() == summary["torch"].keys()
+    for k, v in summary["torch"].items():
+        if isinstance(v, float):
+            assert summary["fused"][k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+        else:
+            assert summary["fused"][k] == v, k

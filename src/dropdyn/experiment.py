@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from ._checks import InputError, check_device_dtype, check_seed
+from ._checks import InputError, check_choice, check_device_dtype, check_seed
 
 
 @contextlib.contextmanager
@@ -95,6 +95,21 @@ class Runtime:
     def check_runtime(self) -> None:
         check_seed(self.seed)
         check_device_dtype(self.device, self.dtype)
+
+
+@dataclass
+class EngineRuntime(Runtime):
+    """:class:`Runtime` and the particle engine's step, for experiments that run
+    :func:`dropdyn.simulate` (its ``backend``)."""
+
+    backend: str = setting("torch", "engine step: torch (reference) or fused (Triton kernels; CUDA, d + bias ≤ 128)")
+
+    def check_runtime(self) -> None:
+        super().check_runtime()
+        if check_choice("backend", self.backend, ("torch", "fused")) == "fused":
+            from .fused import check_fused
+
+            check_fused(torch.device(self.device))
 
 
 @dataclass

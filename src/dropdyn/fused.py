@@ -37,10 +37,10 @@ CHUNK_NEURONS = 32 * BLOCK_NEURONS
 MAX_DIM = 128
 
 
-def check_fused(device: torch.device, dim: int) -> None:
+def check_fused(device: torch.device, dim: int | None = None) -> None:
     """Refuse the fused backend where it cannot run (no Triton, no CUDA, inputs of dimension
     ``dim`` = d + bias above :data:`MAX_DIM`), saying why."""
-    if dim > MAX_DIM:
+    if dim is not None and dim > MAX_DIM:
         raise InputError(f"backend 'fused' takes inputs of dimension d + bias <= {MAX_DIM}, got {dim}; "
                          f"use backend='torch'")
     try:

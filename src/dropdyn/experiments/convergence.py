@@ -30,7 +30,7 @@ import torch
 from .._checks import InputError, check_choice, check_int, check_positive, parse_widths
 from ..data import mean_field_init
 from ..engine import record_steps, simulate
-from ..experiment import Context, Experiment, Runtime, setting
+from ..experiment import Context, EngineRuntime, Experiment, setting
 from ..limits import MAX_THINNING, coupled_limit
 from ..masks import draw_masks
 from ..metrics import output_gap, particle_distance, wasserstein2
@@ -54,7 +54,7 @@ DEFAULT_WIDTHS = {"II": "125,250,500,1000"}
 
 
 @dataclass
-class Family(Task, Runtime):
+class Family(Task, EngineRuntime):
     """The settings of a convergence experiment other than its widths (shared with
     ``convergence_width``); a, b, c_lr, c_keep default to the phase's family."""
 
@@ -128,7 +128,7 @@ def run_width(cfg: Config, n: int, exact_max: int) -> dict:
     every = max(1, steps // cfg.records)
     masks = draw_masks(q, steps, (R, n), seed=cfg.seed + 1)
     common = dict(activation=cfg.activation, record_every=every, snapshot_every=every, probe_inputs=task.test_inputs,
-                  device=cfg.device, dtype=dtype)
+                  device=cfg.device, dtype=dtype, backend=cfg.backend)
     drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **common)
     T = steps * lr
     lim = coupled_limit(cfg.phase, X0, task.inputs, task.targets, time=T, lr=lr, masks=masks, alpha=lr / q,

@@ -25,7 +25,7 @@ import torch
 
 from .._checks import check_choice, check_int, check_keep, check_positive, parse_digit_pair
 from ..data import binary_mnist, mean_field_init
-from ..experiment import Context, Experiment, Runtime, setting
+from ..experiment import Context, EngineRuntime, Experiment, setting
 from ..phase import phase_line
 from ._variants import COLORS, COMPARED, LABELS, MARKERS, STYLES, grid, mark_divergence, run_variants
 
@@ -49,7 +49,7 @@ class MnistPair:
 
 
 @dataclass
-class Config(MnistPair, Runtime):
+class Config(MnistPair, EngineRuntime):
     width: int = setting(2000, "width of the practical regime")
     lr: float = setting(1.0, "τ of the practical regime")
     keep: float = setting(0.5, "q of the practical regime")
@@ -96,7 +96,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
         X0 = mean_field_init(r["width"], split.inputs.shape[1], generator=g)
         runs = run_variants(X0, split, lr=r["lr"], keep=r["keep"], steps=r["steps"], records=cfg.records,
                             activation=cfg.activation, seed=cfg.seed + 1, device=cfg.device, dtype=dtype,
-                            progress=bar)
+                            backend=cfg.backend, progress=bar)
         steps = grid(r["steps"], cfg.records)
         out[f"{name}/time"] = steps * r["lr"]
         for v, res in runs.items():  # as recorded (up to the step before a divergence) and on the common grid

@@ -12,7 +12,7 @@ import torch
 from .._checks import InputError, check_int, check_positive, parse_widths
 from ..data import mean_field_init
 from ..engine import simulate
-from ..experiment import Context, Experiment, Runtime, setting
+from ..experiment import Context, EngineRuntime, Experiment, setting
 from ..limits import coupled_limit
 from ..masks import draw_masks
 from ..metrics import output_gap
@@ -23,7 +23,7 @@ CANDIDATES = ("I", "II", "III", "IV", "V")
 
 
 @dataclass
-class CellSettings(Task, Runtime):
+class CellSettings(Task, EngineRuntime):
     """The settings of a cell other than its exponents (shared with ``phase_sweep``)."""
 
     widths: str = setting("500,1000", "comma-separated widths, at least two")
@@ -101,7 +101,7 @@ def measure_width(cfg: Config, n: int, task) -> tuple[dict[str, float], dict[str
     X0 = mean_field_init(n, cfg.dim, replicas=R, generator=torch.Generator().manual_seed(cfg.seed * 7_919 + n))
     masks = draw_masks(q, steps, (R, n), seed=cfg.seed + 1)
     kw = dict(activation=cfg.activation, record_every=steps, probe_inputs=task.test_inputs, device=cfg.device,
-              dtype=getattr(torch, cfg.dtype))
+              dtype=getattr(torch, cfg.dtype), backend=cfg.backend)
     drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **kw)
     p = limit_parameters(a, b, cfg.c_lr, cfg.c_keep)
     out, diverged = {}, {"dropout": drop.diverged_at_step}

@@ -19,7 +19,7 @@ import torch
 
 from .._checks import InputError, check_int, check_keep, check_positive
 from ..data import mean_field_init, teacher_student
-from ..experiment import Context, Experiment, Runtime, setting
+from ..experiment import Context, EngineRuntime, Experiment, setting
 from ..metrics import output_gap, particle_distance
 from ..phase import phase_line
 from ._variants import COLORS, COMPARED, LABELS, MARKERS, STYLES, finite_or_none, grid, mark_divergence, run_variants
@@ -51,7 +51,7 @@ class Task:
 
 
 @dataclass
-class Config(Task, Runtime):
+class Config(Task, EngineRuntime):
     width: int = setting(5000, "student width n")
     lr: float = setting(1.0, "learning rate τ")
     keep: float = setting(0.5, "keep probability q")
@@ -77,7 +77,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
     X0 = mean_field_init(cfg.width, cfg.dim, generator=g)
     runs = run_variants(X0, task, lr=cfg.lr, keep=cfg.keep, steps=cfg.steps, records=cfg.records,
                         activation=cfg.activation, seed=cfg.seed + 1, device=cfg.device, dtype=dtype,
-                        snapshots=True, progress=ctx.progress)
+                        backend=cfg.backend, snapshots=True, progress=ctx.progress)
     steps = grid(cfg.steps, cfg.records)
     out = {"steps": steps, "time": steps * cfg.lr, "teacher": task.teacher.numpy(), "initial_particles": X0.numpy()}
     snap = {v: torch.from_numpy(runs[v].on_grid("snapshots", steps)) for v in ("dropout", "ram")}
