@@ -7,6 +7,10 @@ Baselines, timed in the same run (medians over ``--repeats``):
 * ``torch.nn``: a plain module (``nn.Linear`` + tanh + readout, mean-field 1/n scale, one
   mask per step shared by all samples) with autograd and ``torch.optim.SGD`` at
   learning rate n·τ — the same update as docs/theory.md §1 eq. (3);
+* ``hand-fused``: the closed-form dropout step written by hand in plain torch (tanh
+  features, residual, both gradients, the update), eager and — with ``--compile``, the
+  default on CUDA — through ``torch.compile``; checked against dropdyn's step on one mask
+  before it is timed;
 * ``floor``: one ATen tanh over the (width × m) pre-activations plus the two GEMMs
   (``W Zᵀ`` and ``S Z``) that any implementation must do at this width.
 
@@ -47,6 +51,16 @@ def median_ms(fn, repeats: int, warmup: int = 3, device: str = "cpu") -> float:
     return 1e3 * statistics.median(times)
 
 
+def hand_fused_step(a, W, Z, y, mult, lr):
+    """One dropout step by hand: X_i ← X_i − τ B_i Dφ(X_i)ᵀ r / m with F = B = ``mult``, tanh."""
+    n, m = a.shape[0], Z.shape[0]
+    S = torch.tanh(W @ Z.T)  # (n, m)
+    r = (mult * a) @ S / n - y
+    ga = mult * (S @ r) / m
+    gW = (mult * a)[:, None] * (((1 - S * S) * r) @ Z) / m
+    return a - lr * ga, W - lr * gW
+
+
 class MeanField(torch.nn.Module):
     """The torch.nn baseline: f(z) = (1/n) Σ_i (mask_i/q) a_i tanh(w_i·z)."""
 
@@ -76,6 +90,8 @@ def main(argv=None):
     ap.add_argument("--replica-samples", type=int, default=100)
     ap.add_argument("--replica-steps", type=int, default=50)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time the hand-fused step through torch.compile (default: on CUDA only)")
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     dev = args.device
@@ -131,9 +147,23 @@ def main(argv=None):
 
     t_nn = median_ms(nn_step, args.repeats, device=dev)
 
-    # (b) the floor: tanh over (n, m) pre-activations + the two GEMMs
-    Wd = X[:, 1:].contiguous()
+    # (c) the same step fused by hand, eager and compiled; first checked against dropdyn's
+    Wd, ad = X[:, 1:].contiguous(), X[:, 0].contiguous()
+    mask = MaskStream(q, (1, n), seed=5, device=dev).next()
+    a1, W1, _ = step(design, a, W, lr, rule_for("dropout", n, q), mask, q)
+    a2, W2 = hand_fused_step(ad, Wd, Z, y, mask[0].to(dtype) / q, lr)
+    gap = max(float((a1[0] - a2).abs().max()), float((W1[0, :, :d] - W2).abs().max()))
+    scale = float(X.abs().max())
+    if not gap <= 1e-4 * scale:
+        raise SystemExit(f"the hand-fused baseline differs from dropdyn's step by {gap:.3g}")
+    stream = MaskStream(q, (n,), seed=0, device=dev)
+    hand = {"hand-fused step, eager (c)": hand_fused_step}
+    if args.compile if args.compile is not None else cuda:
+        hand["hand-fused step, torch.compile (d)"] = torch.compile(hand_fused_step)
+    t_hand = {name: median_ms(lambda fn=fn: fn(ad, Wd, Z, y, stream.next().to(dtype) / q, lr), args.repeats,
+                              device=dev) for name, fn in hand.items()}
 
+    # (b) the floor: tanh over (n, m) pre-activations + the two GEMMs
     def floor():
         S = torch.tanh(Wd @ Z.T)
         return S @ Z
@@ -148,6 +178,7 @@ def main(argv=None):
                 t = results[key + label]
                 rows.append((name + label, t, t_nn / t, t / t_floor))
     rows.append(("torch.nn + autograd + SGD (a)", t_nn, 1.0, t_nn / t_floor))
+    rows += [(name, t, t_nn / t, t / t_floor) for name, t in t_hand.items()]
     rows.append(("floor: tanh + 2 GEMMs (b)", t_floor, t_nn / t_floor, 1.0))
 
     where = torch.cuda.get_device_name(dev) if cuda else f"{torch.get_num_threads()} threads"

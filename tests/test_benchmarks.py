@@ -11,7 +11,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 CASES = {
     "bench_step.py": (["--width", "300", "--samples", "50", "--repeats", "2", "--replicas", "2",
                        "--replica-width", "50", "--replica-steps", "2"],
-                      ["torch.nn + autograd + SGD (a)", "| one call, (R, width, p) particles |"]),
+                      ["torch.nn + autograd + SGD (a)", "hand-fused step, eager (c)",
+                       "| one call, (R, width, p) particles |"]),
     "bench_width.py": (["--widths", "100,1e3", "--work", "2e4", "--steps", "2", "--repeats", "1"],
                        ["| 1e+02 | 200 | dropout | torch |", "| 1e+03 | 20 | gd | torch |"]),
     "bench_sme.py": (["--repeats", "1", "--width", "5", "--small-width", "5"],
