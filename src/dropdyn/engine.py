@@ -483,9 +483,6 @@ def simulate(
     state = dict(zip(("a", "W"), design.pack(prob.X), strict=True))
     state["risk"] = full_risk(design, state["a"], state["W"], residual)  # R_0: the divergence limit, and record 0
     limit = divergence_threshold * (1.0 + float(state["risk"].max()))
-    if check_every is None:
-        check_every = 16 if prob.X.device.type == "cuda" else 1
-    check_every = check_int("check_every", check_every, 1)
     watch = DivergenceWatch(check_every, prob.X.device)
 
     compact = R * n * design.Z.shape[0] >= COMPACT_MIN_WORK.get(prob.X.device.type, 0)  # dropout only
@@ -518,7 +515,7 @@ def simulate(
     info = {"variant": name, "lr": lr, "keep": keep, "width": n, "replicas": R, "activation": activation,
             "backend": backend, "seed": seed, "alpha": lr / keep, "beta": 1.0 / (n * keep), "steps": steps,
             "penalty": rule.penalty, "kernel_beta": rule.beta, "dtype": str(prob.X.dtype).replace("torch.", ""),
-            "device": str(prob.X.device), "check_every": check_every,
+            "device": str(prob.X.device), "check_every": watch.every,
             "compact": compact and rule.forward_masked and rule.backward_masked,
             "threshold": limit if math.isfinite(limit) else None}
     return rec.result(state["a"], state["W"], lr, diverged, info)

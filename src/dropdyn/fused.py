@@ -52,13 +52,6 @@ def check_fused(device: torch.device, dim: int | None = None) -> None:
                          f"not on {device.type!r}; use backend='torch'")
 
 
-def _block_coords(P: int) -> int:
-    """Coordinate block: the power of two ≥ P (Triton's blocks are powers of two)."""
-    from triton import next_power_of_2
-
-    return next_power_of_2(P)
-
-
 def _block_samples(m: int) -> int:
     """Sample tile: 64, or the power of two ≥ m for fewer samples (16 at least, tl.dot's floor)."""
     from triton import next_power_of_2
@@ -69,7 +62,7 @@ def _block_samples(m: int) -> int:
 def fused_residual(design, a: Tensor, W: Tensor, weights: Tensor) -> Tensor:
     """``r = Σ_i weights_i φ(x_i) − y`` ``(R, m)`` for neurons ``a (R, K)``, ``W (R, K, P)``
     (the contract of :func:`dropdyn.engine.reference_residual`)."""
-    from triton import cdiv
+    from triton import cdiv, next_power_of_2
 
     from ._triton_step import CODES, forward_kernel
 
@@ -79,7 +72,7 @@ def fused_residual(design, a: Tensor, W: Tensor, weights: Tensor) -> Tensor:
     partial = torch.empty(R, chunks, m, dtype=W.dtype, device=W.device)
     forward_kernel[(R, cdiv(m, bm), chunks)](W.contiguous(), (a * weights).contiguous(), design.Z.contiguous(),
                                              partial, K, m, CHUNK_NEURONS, P, ACT=CODES[design.act.name],
-                                             BN=BLOCK_NEURONS, BM=bm, BP=_block_coords(P))
+                                             BN=BLOCK_NEURONS, BM=bm, BP=next_power_of_2(P))
     return partial.sum(1) - design.y
 
 
@@ -87,7 +80,7 @@ def fused_descent(design, a: Tensor, W: Tensor, weights: Tensor, penalty: float 
     """Same contract as :func:`dropdyn.model.descent`: for neurons ``a (R, K)``,
     ``W (R, K, P)`` and forward weights ``weights = F_i / n`` ``(R, K)``, the descent
     directions ``ga (R, K)``, ``gW (R, K, P)`` and the residual ``r (R, m)``."""
-    from triton import cdiv
+    from triton import cdiv, next_power_of_2
 
     from ._triton_step import CODES, backward_kernel
 
@@ -100,5 +93,5 @@ def fused_descent(design, a: Tensor, W: Tensor, weights: Tensor, penalty: float 
         return ga, gW, r
     backward_kernel[(R, cdiv(K, BLOCK_NEURONS))](W.contiguous(), a.contiguous(), design.Z.contiguous(), r, ga, gW,
                                                  K, m, float(penalty), P, ACT=CODES[design.act.name],
-                                                 BN=BLOCK_NEURONS, BM=_block_samples(m), BP=_block_coords(P))
+                                                 BN=BLOCK_NEURONS, BM=_block_samples(m), BP=next_power_of_2(P))
     return ga, gW, r

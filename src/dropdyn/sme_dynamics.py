@@ -177,9 +177,6 @@ def simulate_sme(
             observed.setdefault(name, []).append(val.detach())
 
     state = {"theta": theta}
-    if check_every is None:
-        check_every = 16 if theta0.device.type == "cuda" else 1
-    check_every = check_int("check_every", check_every, 1)
     watch = DivergenceWatch(check_every, theta0.device)
 
     def advance(k: int, due: bool) -> int | None:
@@ -198,5 +195,5 @@ def simulate_sme(
                          diverged, {"dynamics": dynamics, "lr": lr, "keep": keep, "steps": steps,
                                     "replicas": replicas, "substeps": substeps, "activation": activation,
                                     "seed": seed, "threshold": limit,
-                                    "check_every": check_every})
+                                    "check_every": watch.every})
 
