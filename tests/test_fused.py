@@ -1,12 +1,18 @@
 """The fused Triton step against the reference closed forms: on a GPU when there is one,
 otherwise on the CPU under Triton's interpreter (so CI without a GPU checks the kernels)."""
 
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 import dropdyn
 from dropdyn import InputError
-from dropdyn.fused import check_fused, fused_descent
+from dropdyn.fused import CHUNK_NEURONS, MAX_DIM, check_fused, fused_descent, tiles
 from dropdyn.limits import simulate_limit
 from dropdyn.model import ACTIVATIONS, Design, descent
 
@@ -58,12 +64,13 @@ def test_fused_backend_refuses_wide_inputs():
 
 @pytest.mark.parametrize("m", [1, 10, 20, 130])
 def test_fused_residual_split_over_neuron_chunks(monkeypatch, m):
-    # the forward reduction in chunks of 128 neurons (the last one partial), sample tiles of
-    # 16, 32 and 64 (m = 1, 10, 20, 130); no neurons at all gives r = −y
+    # the forward reduction in chunks of 100 neurons (not a multiple of the 64-neuron tile; the
+    # last chunk partial), sample tiles of 16, 32 and 64 (m = 1, 10, 20, 130); no neurons at
+    # all gives r = −y
     from dropdyn import fused
     from dropdyn.engine import reference_residual
 
-    monkeypatch.setattr(fused, "CHUNK_NEURONS", 128)
+    monkeypatch.setattr(fused, "CHUNK_NEURONS", 100)
     X, Z, y = problem(2, 300, m, 3, True, torch.float64, seed=7)
     design = Design.build(Z, y, "tanh", True)
     a, W = design.pack(X)
@@ -73,6 +80,35 @@ def test_fused_residual_split_over_neuron_chunks(monkeypatch, m):
     assert torch.equal(fused.fused_residual(design, a[:, :0], W[:, :0], weights[:, :0]), -y.expand(2, m))
     ga, gW, r = fused_descent(design, a[:, :0], W[:, :0], weights[:, :0])
     assert ga.shape == (2, 0) and gW.shape == (2, 0, W.shape[-1]) and torch.equal(r, -y.expand(2, m))
+
+
+def test_tiles_fit_triton_dot_and_the_register_budget():
+    # every tile edge ≥ 16 (tl.dot's smallest on NVIDIA GPUs in every Triton from 3.2 on), the
+    # coordinate block a power of two covering the row, a (BN, BP) block of at most 2048 entries
+    for P, m, size in itertools.product(range(1, MAX_DIM + 1), (1, 16, 17, 64, 1000), (4, 8)):
+        t = tiles(P, m, size)
+        assert t.BP >= max(P, 16) and t.BP & (t.BP - 1) == 0 and t.BP < 2 * max(P, 16)
+        assert min(t.BN, t.BM) >= 16 and t.BN * t.BP <= 2048 and t.num_stages == 1
+        assert t.BM <= max(16, 2 * m) and CHUNK_NEURONS % t.BN == 0
+
+
+def test_kernels_compile_for_gpus_within_their_resources():
+    # compiled ahead of time for sm_80 and sm_90 by Triton's own ptxas, no GPU needed: each
+    # kernel compiles (float64 tl.dot included) and its shared memory fits 96 KiB; spills are
+    # reported by the script (a performance finding, which the default tiles avoid), not here
+    cuobjdump = Path(__import__("triton").__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        pytest.skip("this Triton ships no NVIDIA toolchain")
+    script = Path(__file__).parents[1] / "scripts" / "fused_compile.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, str(script), "--activation", "tanh,softplus", "--dim", "2,128"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    rows = [line.split("|")[1:-1] for line in p.stdout.splitlines() if line.startswith("| forward")
+            or line.startswith("| backward")]
+    assert len(rows) == 2 * 2 * 2 * 2 * 2, p.stdout[-2000:] + p.stderr[-2000:]
+    for kernel, arch, dtype, activation, dim, _, registers, _, shared, verdict in rows:
+        assert "does not compile" not in verdict and float(shared) <= 96, (kernel, arch, dtype, activation, dim)
+        assert 0 < int(registers) <= 255
 
 
 @pytest.mark.parametrize("variant", dropdyn.VARIANTS)

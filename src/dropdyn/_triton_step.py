@@ -65,9 +65,10 @@ def forward_kernel(W, V, Z, Fout, K, M, C, P, ACT: tl.constexpr, BN: tl.constexp
     in_m, in_p = rm < M, rp < P
     z = tl.load(Z + rm[:, None] * P + rp[None, :], mask=in_m[:, None] & in_p[None, :], other=0.0)  # (BM, BP)
     f = tl.zeros((BM,), dtype=z.dtype)
-    for n0 in range(chunk * C, tl.minimum(chunk * C + C, K), BN):
+    end = tl.minimum(chunk * C + C, K)  # this chunk's neurons: [chunk·C, end)
+    for n0 in range(chunk * C, end, BN):
         rn = n0 + tl.arange(0, BN)
-        in_n = rn < K
+        in_n = rn < end
         w = tl.load(W + rep * K * P + rn[:, None] * P + rp[None, :], mask=in_n[:, None] & in_p[None, :],
                     other=0.0)  # (BN, BP)
         v = tl.load(V + rep * K + rn, mask=in_n, other=0.0)

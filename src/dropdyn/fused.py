@@ -19,22 +19,55 @@ compiled or timed on a GPU: ``backend="torch"`` stays the default until it is.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 
 from ._checks import InputError
 
 Tensor = torch.Tensor
-BLOCK_NEURONS = 64
 # The forward reduction over neurons is split into chunks of this many neurons, one program
 # each, whose partial sums (R, chunks, m) are added by torch (deterministic, unlike atomics):
 # at width 10⁸ with m = 10 a single program per sample block would run alone on the GPU.
-CHUNK_NEURONS = 32 * BLOCK_NEURONS
-
-
+CHUNK_NEURONS = 2048
 # A neuron's row (its P padded input coordinates) is one block of registers: the kernels take
 # inputs of dimension d + bias ≤ MAX_DIM (the tiles would spill beyond it).
 MAX_DIM = 128
+
+
+class Tiles(NamedTuple):
+    """A launch of the fused kernels: tiles of BN neurons × BM samples × BP coordinates, on
+    ``num_warps`` warps, without software pipelining (``num_stages = 1``)."""
+
+    BN: int
+    BM: int
+    BP: int
+    num_warps: int
+    num_stages: int = 1
+
+
+# (bytes per element, BP) → (BN, BM, num_warps): the largest tiles whose compiled kernels keep
+# their tiles in registers (≤ 24 bytes a thread spilled, a few scalars) for every activation,
+# on sm_80 and sm_90, with Triton 3.6, 3.7 and 3.9 (scripts/fused_compile.py). Chosen from the
+# compiled kernels' resources, not from timings, which need a GPU.
+TILE_TABLE = {(4, 16): (64, 32, 4), (4, 32): (64, 32, 4), (4, 64): (32, 32, 4), (4, 128): (16, 32, 8),
+              (8, 16): (64, 32, 4), (8, 32): (32, 32, 4), (8, 64): (32, 32, 4), (8, 128): (16, 32, 8)}
+
+
+def tiles(P: int, m: int, element_size: int = 4) -> Tiles:
+    """The tiles for inputs of padded dimension ``P`` (d + bias ≤ :data:`MAX_DIM`), ``m``
+    samples and ``element_size`` bytes per number (4: float32, 8: float64).
+
+    BP is the power of two ≥ P, at least 16 (tl.dot's smallest inner dimension on NVIDIA
+    GPUs); BN, BM and the warps come from :data:`TILE_TABLE`, with BM shrunk to the power of
+    two ≥ m (at least 16) for few samples. The loops are not software-pipelined: Triton's
+    default 3 stages made the kernels spill, in float32 from BP = 64 on.
+    """
+    from triton import next_power_of_2
+
+    BP = max(16, next_power_of_2(P))
+    BN, BM, warps = TILE_TABLE[element_size, BP]
+    return Tiles(BN=BN, BM=max(16, min(BM, next_power_of_2(m))), BP=BP, num_warps=warps)
 
 
 def check_fused(device: torch.device, dim: int | None = None) -> None:
@@ -52,27 +85,20 @@ def check_fused(device: torch.device, dim: int | None = None) -> None:
                          f"not on {device.type!r}; use backend='torch'")
 
 
-def _block_samples(m: int) -> int:
-    """Sample tile: 64, or the power of two ≥ m for fewer samples (16 at least, tl.dot's floor)."""
-    from triton import next_power_of_2
-
-    return max(16, min(64, next_power_of_2(m)))
-
-
 def fused_residual(design, a: Tensor, W: Tensor, weights: Tensor) -> Tensor:
     """``r = Σ_i weights_i φ(x_i) − y`` ``(R, m)`` for neurons ``a (R, K)``, ``W (R, K, P)``
     (the contract of :func:`dropdyn.engine.reference_residual`)."""
-    from triton import cdiv, next_power_of_2
+    from triton import cdiv
 
     from ._triton_step import CODES, forward_kernel
 
     R, K, P = W.shape
     m = design.Z.shape[0]
-    bm, chunks = _block_samples(m), max(1, cdiv(K, CHUNK_NEURONS))
+    t, chunks = tiles(P, m, W.element_size()), max(1, cdiv(K, CHUNK_NEURONS))
     partial = torch.empty(R, chunks, m, dtype=W.dtype, device=W.device)
-    forward_kernel[(R, cdiv(m, bm), chunks)](W.contiguous(), (a * weights).contiguous(), design.Z.contiguous(),
-                                             partial, K, m, CHUNK_NEURONS, P, ACT=CODES[design.act.name],
-                                             BN=BLOCK_NEURONS, BM=bm, BP=next_power_of_2(P))
+    forward_kernel[(R, cdiv(m, t.BM), chunks)](W.contiguous(), (a * weights).contiguous(), design.Z.contiguous(),
+                                               partial, K, m, CHUNK_NEURONS, P, ACT=CODES[design.act.name],
+                                               **t._asdict())
     return partial.sum(1) - design.y
 
 
@@ -80,7 +106,7 @@ def fused_descent(design, a: Tensor, W: Tensor, weights: Tensor, penalty: float 
     """Same contract as :func:`dropdyn.model.descent`: for neurons ``a (R, K)``,
     ``W (R, K, P)`` and forward weights ``weights = F_i / n`` ``(R, K)``, the descent
     directions ``ga (R, K)``, ``gW (R, K, P)`` and the residual ``r (R, m)``."""
-    from triton import cdiv, next_power_of_2
+    from triton import cdiv
 
     from ._triton_step import CODES, backward_kernel
 
@@ -91,7 +117,7 @@ def fused_descent(design, a: Tensor, W: Tensor, weights: Tensor, penalty: float 
     gW = torch.empty(R, K, P, dtype=W.dtype, device=W.device)
     if K == 0:  # no neuron (every one dropped): nothing to launch
         return ga, gW, r
-    backward_kernel[(R, cdiv(K, BLOCK_NEURONS))](W.contiguous(), a.contiguous(), design.Z.contiguous(), r, ga, gW,
-                                                 K, m, float(penalty), P, ACT=CODES[design.act.name],
-                                                 BN=BLOCK_NEURONS, BM=_block_samples(m), BP=next_power_of_2(P))
+    t = tiles(P, m, W.element_size())
+    backward_kernel[(R, cdiv(K, t.BN))](W.contiguous(), a.contiguous(), design.Z.contiguous(), r, ga, gW, K, m,
+                                        float(penalty), P, ACT=CODES[design.act.name], **t._asdict())
     return ga, gW, r
