@@ -67,8 +67,6 @@ def check_problem(theta: Tensor, inputs: Tensor, targets: Tensor) -> None:
                          f"{targets.dtype}")
     if inputs.dim() != 2 or inputs.shape[0] < 1:
         raise InputError(f"inputs must be (N, d) with N >= 1, got shape {tuple(inputs.shape)}")
-    if inputs.dim() != 2:
-        raise InputError(f"inputs must be (N, d), got shape {tuple(inputs.shape)}")
     if targets.shape != inputs.shape[:1]:
         raise InputError(f"targets must be (N,) = ({inputs.shape[0]},), got shape {tuple(targets.shape)}")
     if theta.dim() < 2 or theta.shape[-1] != inputs.shape[1] + 1:
@@ -209,12 +207,15 @@ class NoiseCovariance:
 
     ``theta`` may carry replica dimensions ``(..., width, d + 1)``; then every method acts
     per replica. Vectors have the shape of ``theta`` (a flat ``(D,)`` vector is accepted
-    for an unbatched θ). ``Σ @ v`` is ``matvec(v)``.
+    for an unbatched θ). ``Σ @ v`` is ``matvec(v)``. ``validate=False`` skips the checks of
+    the problem (shapes, dtypes, finiteness), for a caller that made them once: the
+    simulators build one operator per step, and the finiteness checks read the device.
     """
 
     def __init__(self, theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, activation: str = "tanh",
-                 second: bool = False):
-        check_problem(theta, inputs, targets)
+                 second: bool = False, validate: bool = True):
+        if validate:
+            check_problem(theta, inputs, targets)
         self.c2, self.kappa = mask_moments(keep)
         self.theta_shape = tuple(theta.shape)
         self.width, self.cols = theta.shape[-2], theta.shape[-1]

@@ -84,7 +84,8 @@ def sme_step(dynamics: str, theta: Tensor, inputs: Tensor, targets: Tensor, *, l
          substeps: int = 1, activation: str = "tanh", diffusion: str = "factor",
          generator: torch.Generator | None = None) -> Tensor:
     """Advance ``theta`` ``(R, width, d + 1)`` by one dropout step of time η (``substeps``
-    Euler–Maruyama sub-steps for the SMEs)."""
+    Euler–Maruyama sub-steps for the SMEs). The problem is not checked here (each check
+    would read the device every sub-step): :func:`simulate_sme` checks it once."""
     if dynamics == "dropout":
         p = keep
         u = torch.rand(theta.shape[:-1], dtype=theta.dtype, device=theta.device, generator=generator)
@@ -95,7 +96,7 @@ def sme_step(dynamics: str, theta: Tensor, inputs: Tensor, targets: Tensor, *, l
     h = lr / substeps
     order = 2 if dynamics == "sme2" else 1
     for _ in range(substeps):
-        S = NoiseCovariance(theta, inputs, targets, keep, activation, second=order == 2)  # one feature pass
+        S = NoiseCovariance(theta, inputs, targets, keep, activation, second=order == 2, validate=False)
         b = drift(S.f, S.c2, lr, order)
         noise = S.sample(generator) if diffusion == "factor" else _dense_noise(theta, inputs, targets, keep,
                                                                              activation, generator)
