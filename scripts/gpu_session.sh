@@ -33,7 +33,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" | tee
 case "$stage" in
 bench)
   python3 -m pytest -q -rs -p no:cacheprovider tests/test_fused.py tests/test_engine.py tests/test_divergence.py \
-    tests/test_sme.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
+    tests/test_sme.py tests/test_host_reads.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
   python3 -m pytest -q -rs -p no:cacheprovider tests/test_experiments_small.py -k "cuda or vgg" 2>&1 | tail -5 \
     | tee -a "$OUT/tests.txt"
   {

@@ -86,6 +86,20 @@ def test_a_step_of_simulate_sme_reads_nothing_on_the_host(dynamics):
     assert sum(extra.values()) <= 3, extra
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["torch", "fused"])
+@pytest.mark.parametrize("variant", ["dropout", "gd"])
+def test_a_cuda_run_reads_the_host_only_at_its_checks(variant, backend):
+    # the defaults on a GPU: the divergence test read every 16 steps, dropout uncompacted at
+    # this size (engine.COMPACT_MIN_WORK); 64 more steps add 4 checks
+    X, Z, y = (t.cuda() for t in problem(width=5000, m=1000, replicas=1))
+    if backend == "fused":
+        pytest.importorskip("triton")
+    extra = extra_reads(lambda steps: dropdyn.simulate(variant, X, Z, y, lr=0.1, keep=0.6, steps=steps,
+                                                       record_every=steps, seed=3, backend=backend))
+    assert sum(extra.values()) <= 4 + 3, extra
+
+
 def test_the_count_sees_a_read_per_step(monkeypatch):
     # the check itself can fail: dropout that compacts its kept neurons reads their count on
     # the host every step (engine.COMPACT_MIN_WORK), and the count sees it; so does a run
