@@ -1,4 +1,4 @@
-"""No host synchronisation inside the run loops, counted on the CPU.
+"""No host synchronisation inside the run loops (and the alignment estimator), counted on the CPU.
 
 On a GPU every read of a device value by the host (``.item()``, ``float(t)``, ``bool(t)``,
 an output whose size depends on the data) stalls the stream until the device catches up.
@@ -71,7 +71,8 @@ def test_a_step_of_simulate_reads_nothing_on_the_host(variant):
                                              ("III", dict(h=0.05, alpha=0.5)), ("V", dict(lr=0.1, keep=0.6))])
 def test_a_step_of_a_limit_reads_nothing_on_the_host(phase, settings):
     X, Z, y = problem()
-    extra = extra_reads(lambda steps: simulate_limit(phase, X, Z, y, time=steps * settings.get("h", 0.1), **settings, record_every=steps,
+    h = settings.get("h", 0.1)  # V's step is its lr, 0.1
+    extra = extra_reads(lambda steps: simulate_limit(phase, X, Z, y, time=steps * h, **settings, record_every=steps,
                                                      check_every=64))
     assert sum(extra.values()) <= 3, extra
 
@@ -98,6 +99,30 @@ def test_a_cuda_run_reads_the_host_only_at_its_checks(variant, backend):
     extra = extra_reads(lambda steps: dropdyn.simulate(variant, X, Z, y, lr=0.1, keep=0.6, steps=steps,
                                                        record_every=steps, seed=3, backend=backend))
     assert sum(extra.values()) <= 4 + 3, extra
+
+
+def test_the_alignment_estimator_reads_the_host_once_per_call_not_per_sample():
+    # each sample is K gradients and two Hessian passes: reads between them would stall a GPU
+    from dropdyn.nets import DropoutMLP
+    from dropdyn.noise_geometry import alignment
+
+    torch.manual_seed(0)
+    net, g = DropoutMLP([20, 30, 10], keep_hidden=0.5), torch.Generator().manual_seed(0)
+    x, labels = torch.randn(50, 20, generator=g), torch.randint(0, 10, (50,), generator=g)
+    count = [sum(reads(lambda s: alignment(net, torch.nn.functional.cross_entropy, x, labels, samples=s, seed=1),
+                       s).values()) for s in (10, 40)]
+    assert count[1] == count[0], count
+
+
+def test_training_reads_the_host_once_per_step():
+    # nets.train's divergence test (loss and gradients finite) is one read per SGD step
+    from dropdyn.nets import DropoutMLP, train
+
+    net, g = DropoutMLP([20, 30, 10], keep_hidden=0.5), torch.Generator().manual_seed(0)
+    x, labels = torch.randn(80, 20, generator=g), torch.randint(0, 10, (80,), generator=g)
+    count = [sum(reads(lambda n: train(net, x[:n], labels[:n], epochs=1, batch_size=10, max_norm=3.0), n).values())
+             for n in (20, 80)]
+    assert count[1] - count[0] == 6, count
 
 
 def test_the_count_sees_a_read_per_step(monkeypatch):

@@ -243,8 +243,10 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
         return _exact(model, loss_fn, inputs, targets, subset)
     g = torch.Generator(device=inputs.device).manual_seed(seed)
     prob = _Problem(model, loss_fn, inputs, targets, g, subset)
-    T, A, trH, trS = (torch.zeros(samples, dtype=torch.float64) for _ in range(4))
-    pairs: list[tuple[int, int, float]] = []  # (i, j, B_ij)
+    # Per-sample statistics stay on the device until the end: a read per sample (or per pair)
+    # would stall a GPU's queue between the samples' gradient and HVP passes.
+    T, A, trH, trS = (torch.zeros(samples, dtype=torch.float64, device=inputs.device) for _ in range(4))
+    first, second, B = [], [], []  # the pairs (i, j) and their B_ij
     recent: deque[tuple[int, torch.Tensor]] = deque(maxlen=PARTNERS)  # (j, C_j) of the last PARTNERS samples
     for i in range(samples):
         grads = torch.stack([prob.grad() for _ in range(K)])
@@ -252,15 +254,17 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
         z = (torch.randint(0, 2, grads.shape[1:], generator=g, device=C.device) * 2 - 1).to(C.dtype)
         V = torch.cat([C, z[None]])
         H1, H2 = prob.hvps(V).double(), prob.hvps(V).double()
-        T[i] = float(((H1[:K] + H2[:K]) * C.double()).sum()) / (2 * (K - 1))
-        A[i] = float(H1[K] @ H2[K])
-        trH[i] = float(z.double() @ (H1[K] + H2[K])) / 2
-        trS[i] = float((C.double() ** 2).sum()) / (K - 1)
+        T[i] = ((H1[:K] + H2[:K]) * C.double()).sum() / (2 * (K - 1))
+        A[i] = H1[K] @ H2[K]
+        trH[i] = (z.double() @ (H1[K] + H2[K])) / 2
+        trS[i] = (C.double() ** 2).sum() / (K - 1)
         for j, Cj in recent:
-            pairs.append((i, j, float(((C @ Cj.T).double() ** 2).sum()) / (K - 1) ** 2))
+            first.append(i)
+            second.append(j)
+            B.append(((C @ Cj.T).double() ** 2).sum() / (K - 1) ** 2)
         recent.append((i, C))
-    first, second = (torch.tensor([p[k] for p in pairs]) for k in (0, 1))
-    Bij = torch.tensor([p[2] for p in pairs], dtype=torch.float64)
+    T, A, trH, trS, Bij = (x.cpu() for x in (T, A, trH, trS, torch.stack(B)))
+    first, second = torch.tensor(first), torch.tensor(second)
     t, a, b = float(T.mean()), float(A.mean()), float(Bij.mean())
     m = ((torch.bincount(first, Bij, samples) + torch.bincount(second, Bij, samples))  # m_i: mean B_ij over partners
          / (torch.bincount(first, minlength=samples) + torch.bincount(second, minlength=samples)))
