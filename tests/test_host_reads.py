@@ -125,6 +125,20 @@ def test_training_reads_the_host_once_per_step():
     assert count[1] - count[0] == 6, count
 
 
+def test_the_noise_comparison_reads_the_host_once_per_step(tmp_path):
+    # appendix D's full-batch steps: one read a step (its divergence test over all gradients),
+    # not one per parameter tensor and per chunk of images
+    from dropdyn.experiments import alignment
+
+    def run(steps):
+        cfg = alignment.Config(pairs="0.05:0.5", hidden=8, epochs=1, every=1, batch=50, samples=2, eigenvectors=2,
+                               direction_samples=2, probes=2, noise_steps=steps, chunk=100)
+        alignment.run(cfg, tmp_path / str(steps))
+
+    count = [sum(reads(run, steps).values()) for steps in (2, 6)]
+    assert count[1] - count[0] == 4 * len(alignment.NOISES), count
+
+
 def test_the_count_sees_a_read_per_step(monkeypatch):
     # the check itself can fail: dropout that compacts its kept neurons reads their count on
     # the host every step (engine.COMPACT_MIN_WORK), and the count sees it; so does a run

@@ -205,7 +205,7 @@ def train(model: DropoutMLP | VGG16, inputs: torch.Tensor, labels: torch.Tensor,
             opt.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(inputs[idx]), labels[idx])
             loss.backward()
-            if not _finite(loss, model):
+            if not all_finite(model, loss):
                 diverged = k + 1
                 break
             opt.step()
@@ -225,10 +225,12 @@ def train(model: DropoutMLP | VGG16, inputs: torch.Tensor, labels: torch.Tensor,
     return diverged
 
 
-def _finite(loss: torch.Tensor, model: nn.Module) -> bool:
-    """Loss and every gradient finite (one device-to-host sync)."""
-    checks = [torch.isfinite(loss)] + [torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]
-    return bool(torch.stack(checks).all())
+def all_finite(model: nn.Module, *tensors: torch.Tensor) -> bool:
+    """Every gradient of ``model`` and every entry of ``tensors`` (a loss) finite, in one
+    device-to-host read (a read per parameter would stall a GPU's queue that many times)."""
+    checks = [torch.isfinite(t).all() for t in tensors]
+    checks += [torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ from .._checks import InputError, check_device_dtype, check_int, check_keep, che
 from ..curvature import flatness
 from ..data import cifar10, mnist
 from ..experiment import Context, Experiment, seeded, setting
-from ..nets import VGG16, DropoutMLP, train
+from ..nets import VGG16, DropoutMLP, all_finite, train
 from ..noise_geometry import alignment, noise_along_curvature
 
 PAPER = {"mlp": (0.85, "Fig. 3a"), "vgg16": (0.7, "Fig. 3b")}  # model -> (α the SME paper reports, figure)
@@ -131,15 +131,16 @@ def make_net(cfg: Config, keep: float, inputs: int) -> nn.Module:
     return DropoutMLP([inputs, cfg.hidden, cfg.hidden, 10], keep_hidden=[keep, 1.0]).to(cfg.device)
 
 
-def full_batch_loss(net: nn.Module, X: torch.Tensor, y: torch.Tensor, chunk: int, backward: bool) -> float:
-    """Mean cross-entropy over all of (X, y), ``chunk`` examples per forward pass; with
-    ``backward`` its gradient is accumulated into the parameters' ``.grad``."""
-    total = 0.0
+def full_batch_loss(net: nn.Module, X: torch.Tensor, y: torch.Tensor, chunk: int, backward: bool) -> torch.Tensor:
+    """Mean cross-entropy over all of (X, y), ``chunk`` examples per forward pass, summed in
+    float64 on the device (a 0-dim tensor: no read per chunk); with ``backward`` its gradient
+    is accumulated into the parameters' ``.grad``."""
+    total = torch.zeros((), dtype=torch.float64, device=X.device)
     for s in range(0, len(X), chunk):
         part = nn.functional.cross_entropy(net(X[s:s + chunk]), y[s:s + chunk], reduction="sum") / len(X)
         if backward:
             part.backward()
-        total += float(part.detach())
+        total += part.detach().double()
     return total
 
 
@@ -233,7 +234,7 @@ def compare_noise(cfg: Config, X, y, xb, yb, bar) -> dict:
                 with torch.no_grad():
                     for p, s0 in zip(net.parameters(), saved, strict=True):
                         p.copy_(s0)
-            if not all(bool(torch.isfinite(p.grad).all()) for p in net.parameters() if p.grad is not None):
+            if not all_finite(net):
                 diverged = step + 1
                 bar.update(cfg.noise_steps - step)
                 break
@@ -245,7 +246,7 @@ def compare_noise(cfg: Config, X, y, xb, yb, bar) -> dict:
                           "train_loss": math.nan, "diverged_at_step": diverged}
             continue
         with torch.no_grad():
-            loss = full_batch_loss(net, X, y, cfg.chunk, backward=False)
+            loss = float(full_batch_loss(net, X, y, cfg.chunk, backward=False))
         bar.set_postfix_str("flatness of the solution")
         out[noise] = {**flatness(net, nn.functional.cross_entropy, xb, yb, probes=cfg.probes, seed=cfg.seed),
                       "train_loss": loss, "diverged_at_step": None}
