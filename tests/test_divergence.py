@@ -2,6 +2,7 @@
 the divergence and says in ``summary.json`` at which step each dynamics diverged."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -157,3 +158,22 @@ def test_checking_divergence_every_few_steps_in_the_critical_limit():
                                        record_every=1000, check_every=c) for c in (1, 8)]
         _same_run(*runs)
     assert runs[0].diverged_at_step == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_loops_finiteness_tests_agree_with_isfinite(dtype):
+    # loop.finite and loop.within take fewer kernels than torch.isfinite; on every combination
+    # of special values (the extremes of the dtype, subnormals, ±inf, NaN) they agree with it,
+    # within on the non-negative tensors it is given (a mean of squares, absolute values)
+    import itertools
+
+    from dropdyn.loop import finite, within
+
+    info = torch.finfo(dtype)
+    special = [0.0, -0.0, 1.0, -2.5, info.max, -info.max, info.tiny / 4, math.inf, -math.inf, math.nan]
+    for pair in itertools.product(special, repeat=2):
+        x = torch.tensor(pair, dtype=dtype)
+        assert bool(finite(x)) == bool(torch.isfinite(x).all()), pair
+        for limit in (1.0, float(info.max), math.inf):
+            y = x.abs()
+            assert bool(within(y, limit)) == bool((torch.isfinite(y) & (y <= limit)).all()), (pair, limit)

@@ -335,6 +335,10 @@ Z, Y = torch.randn(10, 2, dtype=torch.float64), torch.randn(10, dtype=torch.floa
     (lambda: dropdyn.sme_dynamics.simulate_sme("sme1", X, Z[:0], Y[:0], lr=0.1, keep=0.5, steps=1), "N >= 1"),
     (lambda: dropdyn.sme_dynamics.simulate_sme("sme1", X.tolist(), Z, Y, lr=0.1, keep=0.5, steps=1), "torch tensor"),
     (lambda: dropdyn.sme_dynamics.simulate_sme("sme1", X, Z, Y, lr=0.1, keep=0.5, steps=1, generator=3), "Generator"),
+    (lambda: dropdyn.simulate("gd", X, Z, Y, lr=0.1, keep=1, steps=1, divergence_threshold=-1.0),
+     "divergence_threshold must be a finite positive number, got -1.0"),
+    (lambda: dropdyn.sme_dynamics.simulate_sme("gd", X, Z, Y, lr=0.1, keep=0.5, steps=1,
+                                               divergence_threshold=float("nan")), "divergence_threshold must be"),
 ])
 def test_api_bad_input_names_the_argument(call, match):
     import dropdyn.data

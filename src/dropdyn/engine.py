@@ -43,7 +43,7 @@ from ._checks import (
     check_positive,
     check_seed,
 )
-from .loop import DivergenceWatch, run_loop
+from .loop import DivergenceWatch, finite, run_loop, within
 from .masks import MaskStream
 from .model import Design, descent, features, forward, grad_potential
 
@@ -462,6 +462,7 @@ def simulate(
                          f"generator must be a torch.Generator, got {type(generator).__name__}")
     seed, lr, keep = check_seed(0 if seed is None else seed), check_positive("lr", lr), check_keep(keep)
     steps, record_every = check_int("steps", steps, 0), check_int("record_every", record_every, 1)
+    divergence_threshold = check_positive("divergence_threshold", divergence_threshold)
     snapshot_every = None if snapshot_every is None else check_int("snapshot_every", snapshot_every, 1)
     fused = check_choice("backend", backend, ("torch", "fused")) == "fused"
     prob = prepare(particles, inputs, targets, activation=activation, test_inputs=test_inputs,
@@ -490,7 +491,7 @@ def simulate(
     def advance(k: int, due: bool) -> int | None:
         a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel, direction, compact)
         thinned = 0.5 * (r * r).mean(-1)
-        ok = (torch.isfinite(thinned) & (thinned <= limit)).all() & torch.isfinite(a).all() & torch.isfinite(W).all()
+        ok = within(thinned, limit) & finite(a) & finite(W)
         risk = full_risk(design, a, W, residual) if due else None
         if due:  # the full network's risk can overflow where the thinned one did not
             ok &= torch.isfinite(risk).all()

@@ -5,6 +5,7 @@ its divergence test only every few steps."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -47,6 +48,21 @@ class DivergenceWatch:
             return state, None
         bad = int(self.first_bad)
         return state, (bad or None)
+
+
+def within(x: Tensor, limit: float) -> Tensor:
+    """0-dim bool: every entry of ``x`` — a tensor with no negative entries (squares,
+    absolute values), so no −inf — finite and ≤ ``limit``. NaN ≤ limit is false and a finite
+    limit excludes +inf, so one comparison does it (a GPU runs ``torch.isfinite`` as four
+    kernels, and a small step's time is its kernel launches)."""
+    ok = (x <= limit).all()
+    return ok if math.isfinite(limit) else ok & torch.isfinite(x).all()
+
+
+def finite(x: Tensor) -> Tensor:
+    """0-dim bool: every entry of ``x`` finite. x − x is 0 exactly for finite x (inf − inf
+    and NaN − NaN are NaN): three kernels, where ``torch.isfinite(x).all()`` takes five."""
+    return ((x - x) == 0).all()
 
 
 def run_loop(steps: int, advance: Callable[[int, bool], int | None], record: Callable[[int], None], *,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._checks import InputError, check_choice, check_int, check_keep, check_positive, check_seed
-from .loop import DivergenceWatch, run_loop
+from .loop import DivergenceWatch, run_loop, within
 from .sme import (
     NoiseCovariance,
     check_problem,
@@ -160,6 +160,7 @@ def simulate_sme(
     lr, keep = check_positive("lr", lr), check_keep(keep)
     steps, replicas = check_int("steps", steps, 1), check_int("replicas", replicas, 1)
     record_every = check_int("record_every", record_every, 1)
+    divergence_threshold = check_positive("divergence_threshold", divergence_threshold)
     substeps = check_substeps(lr, lr / 10 if substep is None else substep) if dynamics in ("sme1", "sme2") else 1
 
     theta = theta0.expand(replicas, *theta0.shape).clone()
@@ -183,7 +184,7 @@ def simulate_sme(
     def advance(k: int, due: bool) -> int | None:
         new = sme_step(dynamics, state["theta"], inputs, targets, lr=lr, keep=keep, substeps=substeps,
                        activation=activation, diffusion=diffusion, generator=generator)
-        ok = torch.isfinite(new).all() & (new.abs().max() <= limit)
+        ok = within(new.abs(), limit)
         (state["theta"],), diverged = watch.keep(k, ok, (new,), (state["theta"],), read=due or k == steps)
         return diverged
 
