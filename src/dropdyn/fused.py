@@ -12,8 +12,9 @@ a (width × m) matrix, and ``simulate`` sizes its memory check accordingly.
 
 It runs on CUDA devices with Triton installed, and on the CPU under Triton's interpreter
 (``TRITON_INTERPRET=1`` in the environment before Triton is first imported), which is how
-the tests check it against the reference closed forms on machines without a GPU. Not yet
-compiled or timed on a GPU: ``backend="torch"`` stays the default until it is.
+the tests check it against the reference closed forms on machines without a GPU; the
+tests also compile it for sm_80 and sm_90 without one (``scripts/fused_compile.py``). Not
+yet run or timed on a GPU: ``backend="torch"`` stays the default until it is.
 """
 
 from __future__ import annotations
