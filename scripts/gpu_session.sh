@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU measurements of docs/engine.md, in three calls of a GPU machine with no network
+# The GPU measurements of docs/engine.md, in four calls of a GPU machine with no network
 # (each under 10 minutes), from the repository root there, with the wheels of
 # scripts/gpu_wheels.sh carried in .whl/ (see docs/development.md, "On a GPU machine"):
 #
-#   scripts/gpu_session.sh bench        the CUDA tests, bench_step at widths 5,000 and 10⁶, the width sweep
+#   scripts/gpu_session.sh tests        the CUDA tests (the fused kernels compiled for real, GPU against CPU)
+#   scripts/gpu_session.sh bench        bench_step at widths 5,000 and 10⁶, the width sweep
 #   scripts/gpu_session.sh vgg          alignment on VGG16 / synthetic CIFAR-10 (timed), in the background;
 #                                       waits for it up to $WAIT seconds (default 540)
 #   scripts/gpu_session.sh experiments  waits for the VGG16 run to end (if still running), then the
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-stage=${1:?usage: scripts/gpu_session.sh bench|vgg|experiments}
+stage=${1:?usage: scripts/gpu_session.sh tests|bench|vgg|experiments}
 
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -31,11 +32,13 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" | tee "$OUT/versions.txt"
 
 case "$stage" in
-bench)
+tests)
   python3 -m pytest -q -rs -p no:cacheprovider tests/test_fused.py tests/test_engine.py tests/test_divergence.py \
     tests/test_sme.py tests/test_host_reads.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
   python3 -m pytest -q -rs -p no:cacheprovider tests/test_experiments_small.py -k "cuda or vgg" 2>&1 | tail -5 \
     | tee -a "$OUT/tests.txt"
+  ;;
+bench)
   {
     python3 benchmarks/bench_step.py --device cuda
     python3 benchmarks/bench_step.py --device cuda --width 1000000 --repeats 10
@@ -56,12 +59,12 @@ experiments)
   for _ in $(seq "${WAIT:-240}"); do [ -f /tmp/vgg.end ] || [ ! -f /tmp/vgg.start ] && break; sleep 1; done
   ;;
 *)
-  echo "unknown stage $stage: bench, vgg or experiments" >&2
+  echo "unknown stage $stage: tests, bench, vgg or experiments" >&2
   exit 2
   ;;
 esac
 
-if [ "$stage" != bench ]; then  # the VGG16 run's state, whichever stage looks
+if [ "$stage" = vgg ] || [ "$stage" = experiments ]; then  # the VGG16 run's state
   if [ -f /tmp/vgg.end ]; then
     echo "vgg16 alignment: exit $(cat /tmp/vgg.rc), $(( $(cat /tmp/vgg.end) - $(cat /tmp/vgg.start) )) s" \
       | tee "$OUT/vgg.txt"
