@@ -28,7 +28,7 @@ os.environ.pop("TRITON_INTERPRET", None)  # compile for real: under the interpre
 
 SHARED_LIMIT = 96 * 1024
 SPILL_LIMIT = 64
-SCALARS = {"K": "i32", "M": "i32", "C": "i32", "P": "i32", "penalty": None}  # None: the run's float type
+SCALARS = {"K": "i32", "M": "i32", "C": "i32", "P": "i32"}
 TYPES = {"float32": "fp32", "float64": "fp64"}
 SIZES = {"float32": 4, "float64": 8}
 
@@ -37,7 +37,7 @@ def arg_type(name: str, constexpr: bool, dtype: str) -> str:
     """A kernel argument's type in Triton's signature: tensors are pointers to ``dtype``."""
     if constexpr:
         return "constexpr"
-    return SCALARS[name] or TYPES[dtype] if name in SCALARS else f"*{TYPES[dtype]}"
+    return SCALARS.get(name, f"*{TYPES[dtype]}")
 
 
 def compile_one(kernel_name: str, arch: int, dtype: str, activation: str, dim: int, m: int) -> dict:
@@ -50,7 +50,9 @@ def compile_one(kernel_name: str, arch: int, dtype: str, activation: str, dim: i
     from dropdyn.fused import tiles
 
     kernel, t = getattr(_triton_step, kernel_name), tiles(dim, m, SIZES[dtype])
-    constants = {"ACT": _triton_step.CODES[activation], "BN": t.BN, "BM": t.BM, "BP": t.BP}
+    constants = {"ACT": _triton_step.CODES[activation], "BN": t.BN, "BM": t.BM, "BP": t.BP, "PREC": t.PREC,
+                 "PENALTY": True}  # the backward kernel's costlier case
+    constants = {k: v for k, v in constants.items() if k in kernel.arg_names}
     signature = {name: arg_type(name, param.is_constexpr, dtype)
                  for name, param in zip(kernel.arg_names, kernel.params, strict=True)}
     row = {"kernel": kernel_name.removesuffix("_kernel"), "arch": arch, "dtype": dtype, "activation": activation,

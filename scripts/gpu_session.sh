@@ -3,8 +3,9 @@
 # (each under 10 minutes), from the repository root there, with the wheels of
 # scripts/gpu_wheels.sh carried in .whl/ (see docs/development.md, "On a GPU machine"):
 #
-#   scripts/gpu_session.sh tests        the CUDA tests (the fused kernels compiled for real, GPU against CPU)
-#   scripts/gpu_session.sh bench        bench_step at widths 5,000 and 10⁶, the width sweep
+#   scripts/gpu_session.sh tests        the CUDA tests (the fused kernels compiled for real, GPU against CPU),
+#                                       then the alignment estimator's HVPs on a full VGG16 (bench_alignment)
+#   scripts/gpu_session.sh bench        bench_step at widths 5,000 and 10⁶, the fused kernels' tiles, the width sweep
 #   scripts/gpu_session.sh vgg          alignment on VGG16 / synthetic CIFAR-10 (timed), in the background;
 #                                       waits for it up to $WAIT seconds (default 540)
 #   scripts/gpu_session.sh experiments  waits for the VGG16 run to end (if still running), then the
@@ -33,16 +34,20 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" | tee
 
 case "$stage" in
 tests)
-  python3 -m pytest -q -rs -p no:cacheprovider tests/test_fused.py tests/test_engine.py tests/test_divergence.py \
-    tests/test_sme.py tests/test_host_reads.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
-  python3 -m pytest -q -rs -p no:cacheprovider tests/test_experiments_small.py -k "cuda or vgg" 2>&1 | tail -5 \
-    | tee -a "$OUT/tests.txt"
+  # (pyproject's addopts has -q already: a second one would drop pytest's summary line)
+  python3 -m pytest -rs -p no:cacheprovider --durations=5 tests/test_fused.py tests/test_engine.py \
+    tests/test_divergence.py tests/test_sme.py tests/test_host_reads.py tests/test_benchmarks.py > "$OUT/tests.log" 2>&1
+  python3 -m pytest -rs -p no:cacheprovider tests/test_experiments_small.py -k "cuda or vgg" >> "$OUT/tests.log" 2>&1
+  grep -E "passed|failed|Error|FAILED" "$OUT/tests.log" | tail -30 | tee "$OUT/tests.txt"
+  python3 benchmarks/bench_alignment.py --samples 20 --device cuda --vgg-width 1 --vgg-batch 1000 2>&1 \
+    | tail -6 | tee "$OUT/hvp.md"
   ;;
 bench)
   {
     python3 benchmarks/bench_step.py --device cuda
     python3 benchmarks/bench_step.py --device cuda --width 1000000 --repeats 10
-    python3 benchmarks/bench_width.py --device cuda --backends torch,fused --timeout 120
+    python3 benchmarks/bench_tiles.py --BN 64,128 --BM 32,64 --warps 4 --stages 1
+    python3 benchmarks/bench_width.py --device cuda --backends torch,fused --steps 30 --timeout 120
   } 2>&1 | tee "$OUT/bench.md"
   ;;
 vgg)
@@ -51,7 +56,7 @@ vgg)
   rm -f /tmp/vgg.end /tmp/vgg.rc
   # shellcheck disable=SC2016
   setsid nohup bash -c 'dropdyn run alignment --model vgg16 --dataset cifar10 --data-dir /tmp/cifar --device "$1" \
-      --noise-steps 0 --out /tmp/vgg $2 > /tmp/vgg.log 2>&1; echo $? > /tmp/vgg.rc; date +%s > /tmp/vgg.end' \
+      --noise-steps 0 --progress --out /tmp/vgg $2 > /tmp/vgg.log 2>&1; echo $? > /tmp/vgg.rc; date +%s > /tmp/vgg.end' \
       _ "$DEVICE" "${VGG_ARGS:-}" >/dev/null 2>&1 < /dev/null &
   for _ in $(seq "${WAIT:-540}"); do [ -f /tmp/vgg.end ] && break; sleep 1; done
   ;;
@@ -75,7 +80,7 @@ if [ "$stage" = vgg ] || [ "$stage" = experiments ]; then  # the VGG16 run's sta
   else
     echo "vgg16 alignment: not started on this machine (a fresh one?)" | tee "$OUT/vgg.txt"
   fi
-  tail -c 3000 /tmp/vgg.log > "$OUT/vgg.log" 2>/dev/null
+  tr '\r' '\n' < /tmp/vgg.log 2>/dev/null | tail -40 > "$OUT/vgg.log"  # the bar's last states: which part, how far
 fi
 
 if [ "$stage" = experiments ]; then

@@ -47,6 +47,16 @@ def test_interval_coverage_and_component_errors():
     assert (z.mean(0).abs() < 0.5).all() and ((z.std(0) > 0.7) & (z.std(0) < 1.4)).all(), (z.mean(0), z.std(0))
 
 
+def test_progress_is_called_once_per_sample_and_changes_nothing():
+    torch.manual_seed(2)
+    model = DropoutMLP([3, 4, 2], keep_hidden=0.5).double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1])
+    seen = []
+    with_progress = alignment(model, nn.functional.cross_entropy, x, y, samples=6, seed=3, on_sample=seen.append)
+    assert seen == [1, 2, 3, 4, 5, 6]
+    assert with_progress == alignment(model, nn.functional.cross_entropy, x, y, samples=6, seed=3)
+
+
 def test_dropdyn_dropout_layers_work_too():
     torch.manual_seed(2)
     model = DropoutMLP([3, 4, 2], keep_hidden=0.5).double()

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 CASES = {
@@ -17,15 +18,22 @@ CASES = {
                        ["| 1e+02 | 200 | dropout | torch |", "| 1e+03 | 20 | gd | torch |"]),
     "bench_sme.py": (["--repeats", "1", "--width", "5", "--small-width", "5"],
                      ["matrix-free exact factor", "A dense Σ at D = 3,930 would need 0.12 GiB"]),
-    "bench_alignment.py": (["--batch", "50", "--samples", "20", "--train-steps", "5"],
-                           ["α (matrix-free estimate)", "dense path: H and Σ in float64"]),
+    "bench_alignment.py": (["--batch", "50", "--samples", "20", "--train-steps", "5", "--vgg-batch", "4",
+                            "--hvp-repeats", "1"],
+                           ["α (matrix-free estimate)", "dense path: H and Σ in float64",
+                            "| VGG16 width 0.125, batch 4 |"]),
     "bench_sweep.py": (["--widths", "10,20", "--replicas", "1"],
                        ["16-point phase sweep", "store overhead per run"]),
+    "bench_tiles.py": (["--width", "3000", "--samples", "40", "--BN", "32", "--BM", "32", "--warps", "4",
+                        "--stages", "1"], ["| 64×32×16 (default) | 4 | 1 | tf32x3 |", "| 32×32×16 | 4 | 1 | ieee |"]),
 }
+CUDA_ONLY = {"bench_tiles.py"}  # times Triton kernels on a GPU
 
 
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_benchmark_runs_and_prints_its_table(script, tmp_path):
+    if script in CUDA_ONLY and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     args, expected = CASES[script]
     p = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
                        cwd=tmp_path, timeout=300)

@@ -102,3 +102,14 @@ def test_fused_backend_needs_a_gpu_and_says_so(tmp_path):
         p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "run", "teacher-student", *SMALL, "--backend",
                             backend, "--out", str(tmp_path / backend)], capture_output=True, text=True, env=env)
         assert p.returncode == 2 and why in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_progress_bar_goes_to_a_log_with_progress_only(tmp_path):
+    # stderr is a pipe here, as in a batch job: no bar by default, the bar with --progress
+    args = ["run", "teacher-student", "--width", "40", "--steps", "6"]
+    quiet = run_cli(*args, "--out", str(tmp_path / "a"))
+    shown = run_cli(*args, "--progress", "--out", str(tmp_path / "b"))
+    assert quiet.returncode == shown.returncode == 0
+    assert "step/s" not in quiet.stderr and "step/s" in shown.stderr
+    both = run_cli(*args, "--progress", "--no-progress", "--out", str(tmp_path / "c"))
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr

@@ -152,6 +152,19 @@ def test_fused_on_the_gpu_follows_the_cpu_reference_step_by_step(variant):
     assert float((gpu.particles - cpu.particles).abs().max()) < 1e-10
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_step_beyond_the_grid_limit_of_a_second_axis():
+    # 5·10⁶ neurons are 78,125 tiles of 64: more than a CUDA grid's second axis holds (65,535),
+    # where the backward kernel's tiles once were (width 10⁷ failed with "invalid argument")
+    n = 5_000_000
+    X, Z, y = problem(1, n, 16, 2, False, torch.float64, seed=9)
+    design = Design.build(Z, y, "tanh", False)
+    a, W = design.pack(X)
+    weights = torch.full_like(a, 1.0 / n)
+    for x, r in zip(fused_descent(design, a, W, weights), descent(design, a, W, weights, 0.0), strict=True):
+        assert float((x - r).abs().max() / r.abs().max()) < 1e-12
+
+
 @pytest.mark.parametrize("name, settings", [
     ("teacher-student", dict(width=60, steps=8, records=4, n_test=40)),
     ("phase-cell", dict(a=0.5, b=0.5, widths="40,80", time=0.3, replicas=2)),

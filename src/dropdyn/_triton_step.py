@@ -2,15 +2,20 @@
 
 Two kernels, neither of which forms a (width × m) matrix in memory:
 
-    forward   grid (R, ⌈m/BM⌉, ⌈K/C⌉):  f_cj = Σ_{i in chunk c} v_i σ(w_i·z_j)   (v_i = a_i F_i / n)
-    backward  grid (R, ⌈K/BN⌉):  e_ij = r_j + c a_i σ(w_i·z_j)
+    forward   grid (R·⌈K/C⌉·⌈m/BM⌉,):  f_cj = Σ_{i in chunk c} v_i σ(w_i·z_j)   (v_i = a_i F_i / n)
+    backward  grid (R·⌈K/BN⌉,):  e_ij = r_j + c a_i σ(w_i·z_j)
                                  ga_i = Σ_j e_ij σ(w_i·z_j) / m
                                  gW_i = a_i Σ_j e_ij σ'(w_i·z_j) z_j / m
 
 Each program recomputes its tile of pre-activations w_i·z_j (a BN × BM block, in registers)
 from the neurons' rows and the inputs' rows, in the spirit of fused attention. A row has P
 coordinates (the padded input dimension), loaded as a block of BP, the power of two ≥ P.
-Offsets are int64: R·K·P passes 2³¹ at width 10⁸ with two replicas.
+Offsets are int64: R·K·P passes 2³¹ at width 10⁸ with two replicas. Each grid is flat (a
+CUDA grid's second and third axes end at 65,535 blocks: width 4.2·10⁶ in 64-neuron tiles). PREC is tl.dot's
+input precision ("ieee": FMAs in float32, the tensor cores in float64; "tf32x3": float32 on
+the tensor cores in three passes). The penalty c is read from memory (``Pen``), and only
+where PENALTY: Triton passes a Python float as a float32, which rounded c to 8 digits in
+float64 runs (found on the first GPU run).
 """
 
 import triton
@@ -58,9 +63,10 @@ def _dsigma(u, ACT: tl.constexpr):
 
 @triton.jit
 def forward_kernel(W, V, Z, Fout, K, M, C, P, ACT: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
-                   BP: tl.constexpr):
-    rep, chunk = tl.program_id(0).to(tl.int64), tl.program_id(2).to(tl.int64)
-    rm = tl.program_id(1) * BM + tl.arange(0, BM)
+                   BP: tl.constexpr, PREC: tl.constexpr):
+    pid, blocks, chunks = tl.program_id(0).to(tl.int64), tl.cdiv(M, BM), tl.maximum(tl.cdiv(K, C), 1)
+    rep, chunk = pid // (blocks * chunks), pid // blocks % chunks
+    rm = pid % blocks * BM + tl.arange(0, BM)
     rp = tl.arange(0, BP)
     in_m, in_p = rm < M, rp < P
     z = tl.load(Z + rm[:, None] * P + rp[None, :], mask=in_m[:, None] & in_p[None, :], other=0.0)  # (BM, BP)
@@ -72,16 +78,17 @@ def forward_kernel(W, V, Z, Fout, K, M, C, P, ACT: tl.constexpr, BN: tl.constexp
         w = tl.load(W + rep * K * P + rn[:, None] * P + rp[None, :], mask=in_n[:, None] & in_p[None, :],
                     other=0.0)  # (BN, BP)
         v = tl.load(V + rep * K + rn, mask=in_n, other=0.0)
-        u = tl.dot(w, tl.trans(z), input_precision="ieee")  # (BN, BM)
+        u = tl.dot(w, tl.trans(z), input_precision=PREC)  # (BN, BM)
         f += tl.sum(v[:, None] * _sigma(u, ACT), axis=0)
-    tl.store(Fout + (rep * tl.num_programs(2) + chunk) * M + rm, f, mask=in_m)
+    tl.store(Fout + (rep * chunks + chunk) * M + rm, f, mask=in_m)
 
 
 @triton.jit
-def backward_kernel(W, A, Z, Rin, GA, GW, K, M, penalty, P, ACT: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
-                    BP: tl.constexpr):
-    rep = tl.program_id(0).to(tl.int64)
-    rn = tl.program_id(1).to(tl.int64) * BN + tl.arange(0, BN)
+def backward_kernel(W, A, Z, Rin, GA, GW, K, M, Pen, P, ACT: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+                    BP: tl.constexpr, PREC: tl.constexpr, PENALTY: tl.constexpr):
+    pid, blocks = tl.program_id(0).to(tl.int64), tl.cdiv(K, BN)
+    rep = pid // blocks
+    rn = pid % blocks * BN + tl.arange(0, BN)
     rp = tl.arange(0, BP)
     in_n, in_p = rn < K, rp < P
     w = tl.load(W + rep * K * P + rn[:, None] * P + rp[None, :], mask=in_n[:, None] & in_p[None, :],
@@ -89,15 +96,21 @@ def backward_kernel(W, A, Z, Rin, GA, GW, K, M, penalty, P, ACT: tl.constexpr, B
     a = tl.load(A + rep * K + rn, mask=in_n, other=0.0)
     ga = tl.zeros((BN,), dtype=w.dtype)
     gw = tl.zeros((BN, BP), dtype=w.dtype)
+    if PENALTY:
+        ca = tl.load(Pen) * a  # c a_i
     for m0 in range(0, M, BM):
         rm = m0 + tl.arange(0, BM)
         in_m = rm < M
         z = tl.load(Z + rm[:, None] * P + rp[None, :], mask=in_m[:, None] & in_p[None, :], other=0.0)  # (BM, BP)
         r = tl.load(Rin + rep * M + rm, mask=in_m, other=0.0)
-        u = tl.dot(w, tl.trans(z), input_precision="ieee")  # (BN, BM)
+        u = tl.dot(w, tl.trans(z), input_precision=PREC)  # (BN, BM)
         s = _sigma(u, ACT)
-        e = tl.where(in_m[None, :], r[None, :] + penalty * a[:, None] * s, 0.0)
+        if PENALTY:
+            e = r[None, :] + ca[:, None] * s
+        else:
+            e = tl.broadcast_to(r[None, :], (BN, BM))
+        e = tl.where(in_m[None, :], e, 0.0)
         ga += tl.sum(e * s, axis=1)
-        gw += tl.dot((e * _dsigma(u, ACT)).to(z.dtype), z, input_precision="ieee")  # (BN, BP)
+        gw += tl.dot((e * _dsigma(u, ACT)).to(z.dtype), z, input_precision=PREC)  # (BN, BP)
     tl.store(GA + rep * K + rn, ga / M, mask=in_n)
     tl.store(GW + rep * K * P + rn[:, None] * P + rp[None, :], a[:, None] * gw / M, mask=in_n[:, None] & in_p[None, :])

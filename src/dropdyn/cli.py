@@ -36,7 +36,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default: STORE/<experiment>/<time>-<hash>)")
     p.add_argument("--store", metavar="DIR", default="runs", help="run store: folders and index (default runs)")
     p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _progress_flags(p)
+
+
+def _progress_flags(p: argparse.ArgumentParser) -> None:
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    bar.add_argument("--progress", action="store_true",
+                     help="show the progress bar even where stderr is no terminal (a batch job's log)")
+
+
+def _show_progress(args) -> bool:
+    """The bar is shown on a terminal unless --no-progress, and anywhere with --progress."""
+    return args.progress or (not args.no_progress and sys.stderr.isatty())
 
 
 def _config_flags(p: argparse.ArgumentParser, config_cls) -> None:
@@ -96,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--threads", type=int, default=1, help="torch threads per point (default 1)")
     sw.add_argument("--collect", action="store_true",
                     help="write the points' summary metrics to STORE/sweeps/NAME/results.{csv,parquet}")
-    sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _progress_flags(sw)
     rs = sub.add_parser("runs", help="list, show or remove runs of a store; rebuild its index from the folders")
     _threads_flag(rs)
     rs.add_argument("action", choices=("list", "show", "rm", "reindex"))
@@ -132,7 +144,7 @@ def _run_experiment(args) -> int:
     execution = {k: getattr(args, k) for k in EXECUTION if getattr(args, k, None) is not None}
     cfg = exp.resolve(settings, args.config)
     path = exp.run(cfg, args.out, root=args.store, force=args.force, index=True,
-                   progress=not args.no_progress and sys.stderr.isatty(), **execution)
+                   progress=_show_progress(args), **execution)
     print(path)
     _headline(exp, path)
     return 0
@@ -160,7 +172,7 @@ def _sweep(args) -> int:
 
     sweep = load_sweep(args.file)
     result = run_sweep(sweep, args.store, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
-                       threads=args.threads, progress=not args.no_progress and sys.stderr.isatty())
+                       threads=args.threads, progress=_show_progress(args))
     done, failed = result.count("complete", skipped=False), result.count("failed")
     print(f"sweep {sweep.name}: {len(sweep.keys)} points, {done} run, {result.count('complete', skipped=True)} "
           f"already complete, {failed} failed")

@@ -13,8 +13,9 @@ a (width × m) matrix, and ``simulate`` sizes its memory check accordingly.
 It runs on CUDA devices with Triton installed, and on the CPU under Triton's interpreter
 (``TRITON_INTERPRET=1`` in the environment before Triton is first imported), which is how
 the tests check it against the reference closed forms on machines without a GPU; the
-tests also compile it for sm_80 and sm_90 without one (``scripts/fused_compile.py``). Not
-yet run or timed on a GPU: ``backend="torch"`` stays the default until it is.
+tests also compile it for sm_80 and sm_90 without one (``scripts/fused_compile.py``).
+Timed on an H100 (docs/engine.md, "On a GPU"), it is the backend to use there, though
+``backend="torch"`` stays the default until a second GPU session has confirmed it.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ class Tiles(NamedTuple):
     BP: int
     num_warps: int
     num_stages: int = 1
+    PREC: str = "ieee"  # tl.dot's input precision
 
 
 # (bytes per element, BP) → (BN, BM, num_warps): the largest tiles whose compiled kernels keep
 # their tiles in registers (≤ 24 bytes a thread spilled, a few scalars) for every activation,
-# on sm_80 and sm_90, with Triton 3.6, 3.7 and 3.9 (scripts/fused_compile.py). Chosen from the
-# compiled kernels' resources, not from timings, which need a GPU.
+# on sm_80 and sm_90, with Triton 3.6, 3.7 and 3.9 (scripts/fused_compile.py). At BP = 16 they
+# were also the fastest of 49 configurations timed on an H100 (benchmarks/bench_tiles.py);
+# the other rows are untimed. float32 contracts as "tf32x3" (3.5× the FMAs there, and closer
+# to the float64 step), float64 as "ieee" (the tensor cores' mma.f64).
 TILE_TABLE = {(4, 16): (64, 32, 4), (4, 32): (64, 32, 4), (4, 64): (32, 32, 4), (4, 128): (16, 32, 8),
               (8, 16): (64, 32, 4), (8, 32): (32, 32, 4), (8, 64): (32, 32, 4), (8, 128): (16, 32, 8)}
 
@@ -68,7 +72,8 @@ def tiles(P: int, m: int, element_size: int = 4) -> Tiles:
 
     BP = max(16, next_power_of_2(P))
     BN, BM, warps = TILE_TABLE[element_size, BP]
-    return Tiles(BN=BN, BM=max(16, min(BM, next_power_of_2(m))), BP=BP, num_warps=warps)
+    return Tiles(BN=BN, BM=max(16, min(BM, next_power_of_2(m))), BP=BP, num_warps=warps,
+                 PREC="tf32x3" if element_size == 4 else "ieee")
 
 
 def check_fused(device: torch.device, dim: int | None = None) -> None:
@@ -86,39 +91,43 @@ def check_fused(device: torch.device, dim: int | None = None) -> None:
                          f"not on {device.type!r}; use backend='torch'")
 
 
-def fused_residual(design, a: Tensor, W: Tensor, weights: Tensor) -> Tensor:
+def fused_residual(design, a: Tensor, W: Tensor, weights: Tensor, t: Tiles | None = None) -> Tensor:
     """``r = Σ_i weights_i φ(x_i) − y`` ``(R, m)`` for neurons ``a (R, K)``, ``W (R, K, P)``
-    (the contract of :func:`dropdyn.engine.reference_residual`)."""
+    (the contract of :func:`dropdyn.engine.reference_residual`); ``t`` replaces the tiles
+    of :func:`tiles` (benchmarks/bench_tiles.py)."""
     from triton import cdiv
 
     from ._triton_step import CODES, forward_kernel
 
     R, K, P = W.shape
     m = design.Z.shape[0]
-    t, chunks = tiles(P, m, W.element_size()), max(1, cdiv(K, CHUNK_NEURONS))
+    t, chunks = t or tiles(P, m, W.element_size()), max(1, cdiv(K, CHUNK_NEURONS))
     partial = torch.empty(R, chunks, m, dtype=W.dtype, device=W.device)
-    forward_kernel[(R, cdiv(m, t.BM), chunks)](W.contiguous(), (a * weights).contiguous(), design.Z.contiguous(),
+    forward_kernel[(R * chunks * cdiv(m, t.BM),)](W.contiguous(), (a * weights).contiguous(), design.Z.contiguous(),
                                                partial, K, m, CHUNK_NEURONS, P, ACT=CODES[design.act.name],
                                                **t._asdict())
     return partial.sum(1) - design.y
 
 
-def fused_descent(design, a: Tensor, W: Tensor, weights: Tensor, penalty: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+def fused_descent(design, a: Tensor, W: Tensor, weights: Tensor, penalty: float = 0.0,
+                  t: Tiles | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`dropdyn.model.descent`: for neurons ``a (R, K)``,
     ``W (R, K, P)`` and forward weights ``weights = F_i / n`` ``(R, K)``, the descent
-    directions ``ga (R, K)``, ``gW (R, K, P)`` and the residual ``r (R, m)``."""
+    directions ``ga (R, K)``, ``gW (R, K, P)`` and the residual ``r (R, m)``; ``t`` replaces
+    the tiles of :func:`tiles`."""
     from triton import cdiv
 
     from ._triton_step import CODES, backward_kernel
 
-    r = fused_residual(design, a, W, weights)
+    r = fused_residual(design, a, W, weights, t)
     R, K, P = W.shape
     m = design.Z.shape[0]
     ga = torch.empty(R, K, dtype=W.dtype, device=W.device)
     gW = torch.empty(R, K, P, dtype=W.dtype, device=W.device)
     if K == 0:  # no neuron (every one dropped): nothing to launch
         return ga, gW, r
-    t = tiles(P, m, W.element_size())
-    backward_kernel[(R, cdiv(K, t.BN))](W.contiguous(), a.contiguous(), design.Z.contiguous(), r, ga, gW, K, m,
-                                        float(penalty), P, ACT=CODES[design.act.name], **t._asdict())
+    t = t or tiles(P, m, W.element_size())
+    pen = W.new_full((1,), penalty) if penalty else W  # a device scalar, read only where PENALTY
+    backward_kernel[(R * cdiv(K, t.BN),)](W.contiguous(), a.contiguous(), design.Z.contiguous(), r, ga, gW, K, m,
+                                        pen, P, ACT=CODES[design.act.name], PENALTY=bool(penalty), **t._asdict())
     return ga, gW, r

@@ -41,6 +41,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -212,13 +213,14 @@ PARTNERS = 32  # each sample's Ŝ_i is paired with this many predecessors' in th
 
 def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, samples: int = 100,
               gradients: int = 4, seed: int = 0, confidence: float = 0.95, exact: bool = False,
-              parameters=None) -> Alignment:
+              parameters=None, on_sample: Callable[[int], None] | None = None) -> Alignment:
     """Estimate α(θ) = Tr(HΣ)/(‖H‖_F‖Σ‖_F) (module docstring) over all parameters, or over
     the subset ``parameters`` — names from ``model.named_parameters()`` or the parameter
     tensors themselves — where H and Σ are the blocks of that subset (the SME paper
     measures "a subset of parameters"; pooling blocks of different scale lowers the cosine).
     Each of the ``samples`` costs ``gradients`` gradients and two Hessian graphs applied to
-    ``gradients`` + 1 vectors.
+    ``gradients`` + 1 vectors. ``on_sample(i)`` is called after the i-th sample (a progress
+    readout; it is given no device value, so it makes the host wait for nothing).
 
     >>> from torch import nn
     >>> torch.manual_seed(0) and None
@@ -263,6 +265,8 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
             second.append(j)
             B.append(((C @ Cj.T).double() ** 2).sum() / (K - 1) ** 2)
         recent.append((i, C))
+        if on_sample is not None:
+            on_sample(i + 1)
     T, A, trH, trS, Bij = (x.cpu() for x in (T, A, trH, trS, torch.stack(B)))
     first, second = torch.tensor(first), torch.tensor(second)
     t, a, b = float(T.mean()), float(A.mean()), float(Bij.mean())

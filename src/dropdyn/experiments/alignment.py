@@ -161,9 +161,11 @@ def compute(cfg: Config, ctx: Context) -> dict:
             if keep == 1.0:
                 return
             for label, names in groups.items():
-                bar.set_postfix_str(f"α at epoch {epoch}, {label or 'all parameters'}")
+                part = f"α at epoch {epoch}, {label or 'all parameters'}"
+                bar.set_postfix_str(part)
                 res = alignment(net, nn.functional.cross_entropy, xb, yb, samples=cfg.samples, seed=cfg.seed + epoch,
-                                parameters=names)
+                                parameters=names,
+                                on_sample=lambda i, part=part: bar.set_postfix_str(f"{part}: sample {i}/{cfg.samples}"))
                 rows[label].append((epoch, res.alpha, res.ci[0], res.ci[1], res.baseline))
             bar.set_postfix_str("")
 
