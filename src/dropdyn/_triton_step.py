@@ -10,12 +10,12 @@ Two kernels, neither of which forms a (width × m) matrix in memory:
 Each program recomputes its tile of pre-activations w_i·z_j (a BN × BM block, in registers)
 from the neurons' rows and the inputs' rows, in the spirit of fused attention. A row has P
 coordinates (the padded input dimension), loaded as a block of BP, the power of two ≥ P.
-Offsets are int64: R·K·P passes 2³¹ at width 10⁸ with two replicas. Each grid is flat (a
-CUDA grid's second and third axes end at 65,535 blocks: width 4.2·10⁶ in 64-neuron tiles). PREC is tl.dot's
-input precision ("ieee": FMAs in float32, the tensor cores in float64; "tf32x3": float32 on
-the tensor cores in three passes). The penalty c is read from memory (``Pen``), and only
-where PENALTY: Triton passes a Python float as a float32, which rounded c to 8 digits in
-float64 runs (found on the first GPU run).
+Offsets are int64: R·K·P passes 2³¹ at width 10⁸ with two replicas. Each grid is flat: a
+CUDA grid's second and third axes end at 65,535 blocks (width 4.2·10⁶ in 64-neuron tiles).
+PREC is tl.dot's input precision ("ieee": FMAs in float32, the tensor cores in float64;
+"tf32x3": float32 on the tensor cores in three passes). The penalty c is read from memory
+(``Pen``), and only where PENALTY: Triton passes a Python float as a float32, which rounded
+c to 8 digits in float64 runs (found on the first GPU run).
 """
 
 import triton
