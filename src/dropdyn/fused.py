@@ -119,14 +119,14 @@ def fused_descent(design, a: Tensor, W: Tensor, weights: Tensor, penalty: float 
 
     from ._triton_step import CODES, backward_kernel
 
-    r = fused_residual(design, a, W, weights, t)
     R, K, P = W.shape
     m = design.Z.shape[0]
+    t = t or tiles(P, m, W.element_size())  # once, for both kernels
+    r = fused_residual(design, a, W, weights, t)
     ga = torch.empty(R, K, dtype=W.dtype, device=W.device)
     gW = torch.empty(R, K, P, dtype=W.dtype, device=W.device)
     if K == 0:  # no neuron (every one dropped): nothing to launch
         return ga, gW, r
-    t = t or tiles(P, m, W.element_size())
     pen = W.new_full((1,), penalty) if penalty else W  # a device scalar, read only where PENALTY
     backward_kernel[(R * cdiv(K, t.BN),)](W.contiguous(), a.contiguous(), design.Z.contiguous(), r, ga, gW, K, m,
                                         pen, P, ACT=CODES[design.act.name], PENALTY=bool(penalty), **t._asdict())
