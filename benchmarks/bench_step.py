@@ -15,7 +15,10 @@ Baselines, timed in the same run (medians over ``--repeats``):
   (``W Zᵀ`` and ``S Z``) that any implementation must do at this width.
 
 On CUDA with Triton installed it also times the fused step (``backend="fused"``,
-:mod:`dropdyn.fused`). Also: R replicas in one ``simulate`` call against R sequential calls.
+:mod:`dropdyn.fused`); on CUDA also whole ``simulate`` calls of ``--run-steps`` steps,
+recorded at their end only, per step, with and without ``graph=True`` (the unrecorded steps
+replayed as one CUDA graph, :mod:`dropdyn.graph`). Also: R replicas in one ``simulate`` call
+against R sequential calls.
 Prints a Markdown table; ratios > 1 mean dropdyn is faster. ``--device cuda`` runs
 everything on the GPU (masks drawn there too) and synchronises around each timed call.
 """
@@ -89,6 +92,7 @@ def main(argv=None):
     ap.add_argument("--replica-width", type=int, default=1000)
     ap.add_argument("--replica-samples", type=int, default=100)
     ap.add_argument("--replica-steps", type=int, default=50)
+    ap.add_argument("--run-steps", type=int, default=200, help="steps of each timed simulate call (CUDA)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="also time the hand-fused step through torch.compile (default: on CUDA only)")
@@ -187,6 +191,20 @@ def main(argv=None):
     print("|---|---:|---:|---:|")
     for name, ms, sp, fl in rows:
         print(f"| {name} | {ms:.2f} | {sp:.2f}× | {fl:.2f} |")
+
+    if cuda:  # whole runs: the loop, the divergence checks, and the graph
+        steps = args.run_steps
+        print(f"\n### Whole runs: per step of one {steps}-step simulate call (recorded at its end)\n")
+        print("| what | median ms per step | speed-up vs (a) |")
+        print("|---|---:|---:|")
+        for label in backends:
+            backend = "fused" if label else "torch"
+            for variant in ("dropout", "gd"):
+                for graph in (False, True):
+                    t = median_ms(lambda v=variant, b=backend, g=graph: simulate(
+                        v, X, Z, y, lr=lr, keep=q, steps=steps, record_every=steps, backend=b, graph=g),
+                        max(3, args.repeats // 5), 1, dev) / steps
+                    print(f"| {variant}, backend={backend}, graph={graph} | {t:.3f} | {t_nn / t:.2f}× |")
 
     # replicas: one batched call vs sequential calls
     R, nr, mr, steps = args.replicas, args.replica_width, args.replica_samples, args.replica_steps

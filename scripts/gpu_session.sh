@@ -37,7 +37,8 @@ case "$stage" in
 tests)
   # (pyproject's addopts has -q already: a second one would drop pytest's summary line)
   python3 -m pytest -rs -p no:cacheprovider --durations=5 tests/test_fused.py tests/test_engine.py \
-    tests/test_divergence.py tests/test_sme.py tests/test_host_reads.py tests/test_benchmarks.py > "$OUT/tests.log" 2>&1
+    tests/test_divergence.py tests/test_sme.py tests/test_host_reads.py tests/test_graph.py tests/test_benchmarks.py \
+    > "$OUT/tests.log" 2>&1
   python3 -m pytest -rs -p no:cacheprovider tests/test_experiments_small.py -k "cuda or vgg" >> "$OUT/tests.log" 2>&1
   grep -E "passed|failed|Error|FAILED" "$OUT/tests.log" | tail -30 | tee "$OUT/tests.txt"
   python3 benchmarks/bench_alignment.py --samples 20 --device cuda --vgg-width 1 --vgg-batch 1000 2>&1 \
@@ -46,7 +47,7 @@ tests)
 bench)
   {
     python3 benchmarks/bench_step.py --device cuda
-    python3 benchmarks/bench_step.py --device cuda --width 1000000 --repeats 10
+    python3 benchmarks/bench_step.py --device cuda --width 1000000 --repeats 10 --run-steps 30
     python3 benchmarks/bench_tiles.py --BN 64,128 --BM 32,64 --warps 4 --stages 1
     python3 benchmarks/bench_width.py --device cuda --backends torch,fused --steps 30 --timeout 120
   } 2>&1 | tee "$OUT/bench.md"

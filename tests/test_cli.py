@@ -104,6 +104,13 @@ def test_fused_backend_needs_a_gpu_and_says_so(tmp_path):
         assert p.returncode == 2 and why in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+def test_graph_needs_a_gpu_and_says_so(tmp_path, capsys):
+    assert main(["run", "teacher-student", *SMALL, "--graph", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "graph=True captures CUDA graphs: it needs a CUDA device, not 'cpu'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
 def test_progress_bar_goes_to_a_log_with_progress_only(tmp_path):
     # stderr is a pipe here, as in a batch job: no bar by default, the bar with --progress
     args = ["run", "teacher-student", "--width", "40", "--steps", "6"]

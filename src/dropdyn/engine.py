@@ -339,15 +339,16 @@ def mask_source(rule: Rule, keep: float, steps: int, prob: Problem, *, masks=Non
                 generator: torch.Generator | None = None):
     """``k ↦`` the keep-mask ``(R, n)`` of step k (None for mask-free rules): the given
     ``masks``, or the stream of ``generator``, or the stream seeded with ``seed`` (one seed,
-    one stream: runs are coupled)."""
+    one stream: runs are coupled); and the generators it draws from. ``k`` is an int, or a
+    0-dim long tensor on the device (a step captured in a CUDA graph counts there)."""
     if not rule.uses_masks:
-        return lambda k: None
+        return (lambda k: None), ()
     R, n = prob.shape
     if masks is not None:
         given = _check_masks(masks, steps, R, n, prob.batched, prob.X.device)
-        return lambda k: given[k - 1]
+        return (lambda k: given[k - 1] if isinstance(k, int) else given.index_select(0, k.view(1) - 1)[0]), ()
     stream = MaskStream(keep, (R, n), seed, prob.X.device, generator=generator)
-    return lambda k: stream.next()
+    return (lambda k: stream.next()), (stream.generator,)
 
 
 def reference_residual(design: Design, a: Tensor, W: Tensor, weights: Tensor) -> Tensor:
@@ -431,6 +432,7 @@ def simulate(
     dtype=None,
     backend: str = "torch",
     check_every: int | None = None,
+    graph: bool = False,
     progress=False,
 ) -> SimulationResult:
     """Run ``steps`` steps of ``variant`` (one of :data:`VARIANTS`, or a :class:`Rule`) from
@@ -447,6 +449,10 @@ def simulate(
     host reads the divergence test every this many steps and at every record (default: 1 on
     the CPU, 16 on a GPU, where each read stalls the stream); in between, the device keeps
     the last good state and the first failing step, so the result is the same for any value.
+    ``graph``: replay the steps that are not recorded as one captured CUDA graph
+    (:mod:`dropdyn.graph`; CUDA only, not the critical rule): the same run with one launch
+    per step instead of dozens, for small widths, where launches are the step's cost.
+    Dropout then does not compact its kept neurons.
 
     >>> import torch, dropdyn
     >>> g = torch.Generator().manual_seed(0)
@@ -476,7 +482,16 @@ def simulate(
         check_fused(prob.X.device, prob.design.d + prob.design.bias)
         direction, residual = fused_descent, fused_residual
     rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
-    next_mask = mask_source(rule, keep, steps, prob, masks=masks, seed=seed, generator=generator)
+    if not isinstance(graph, bool):
+        raise InputError(f"graph must be True or False, got {graph!r}")
+    if graph:
+        from .graph import StepGraph, check_graph
+
+        check_graph(prob.X.device)
+        if rule.critical:
+            raise InputError("graph=True cannot replay the critical rule of phase IV (its number of forward "
+                             "passes per step is random); use graph=False")
+    next_mask, generators = mask_source(rule, keep, steps, prob, masks=masks, seed=seed, generator=generator)
     kernel = None
     if rule.critical:  # its own stream, so that given masks and drawn masks see the same kernel draws
         kernel = torch.Generator(device=prob.X.device).manual_seed(seed + 7919)
@@ -484,19 +499,39 @@ def simulate(
     state = dict(zip(("a", "W"), design.pack(prob.X), strict=True))
     state["risk"] = full_risk(design, state["a"], state["W"], residual)  # R_0: the divergence limit, and record 0
     limit = divergence_threshold * (1.0 + float(state["risk"].max()))
-    watch = DivergenceWatch(check_every, prob.X.device)
+    watch = DivergenceWatch(check_every, prob.X.device, on_device=graph)
+    # dropout only; a graphed step may not read the kept count on the host
+    compact = not graph and R * n * design.Z.shape[0] >= COMPACT_MIN_WORK.get(prob.X.device.type, 0)
 
-    compact = R * n * design.Z.shape[0] >= COMPACT_MIN_WORK.get(prob.X.device.type, 0)  # dropout only
-
-    def advance(k: int, due: bool) -> int | None:
+    def compute(k: int | Tensor, due: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Step k from the state: new a, W, the divergence verdict and (if due) the full risk."""
         a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel, direction, compact)
         thinned = 0.5 * (r * r).mean(-1)
         ok = within(thinned, limit) & finite(a) & finite(W)
         risk = full_risk(design, a, W, residual) if due else None
         if due:  # the full network's risk can overflow where the thinned one did not
             ok &= torch.isfinite(risk).all()
-        (a, W), diverged = watch.keep(k, ok, (a, W), (state["a"], state["W"]),
-                                      read=due or k == steps or rec.snapshot_due(k, steps))
+        return a, W, ok, risk
+
+    clock = torch.zeros((), dtype=torch.long, device=prob.X.device)  # steps taken, counted on the device
+
+    def graph_step(due: bool) -> Tensor | None:
+        """The next step on the device alone, written into the state's tensors in place."""
+        a, W, ok, risk = compute(clock.add_(1), due)
+        for name, x in zip(("a", "W"), watch.update(clock, ok, (a, W), (state["a"], state["W"])), strict=True):
+            state[name].copy_(x)
+        return risk
+
+    replay = StepGraph(lambda: graph_step(False), generators) if graph else None
+
+    def advance(k: int, due: bool) -> int | None:
+        read = due or k == steps or rec.snapshot_due(k, steps)
+        if graph:  # steps to be read, and step 1 (it loads the kernels before the capture), run eagerly
+            risk = graph_step(due) if read or k == 1 else replay()  # a replay returns None: no risk
+            a, W, diverged = state["a"], state["W"], watch.read(k, read)
+        else:
+            a, W, ok, risk = compute(k, due)
+            (a, W), diverged = watch.keep(k, ok, (a, W), (state["a"], state["W"]), read=read)
         if diverged is not None:
             state.update(a=a, W=W, risk=None)
             return diverged
@@ -516,7 +551,7 @@ def simulate(
     info = {"variant": name, "lr": lr, "keep": keep, "width": n, "replicas": R, "activation": activation,
             "backend": backend, "seed": seed, "alpha": lr / keep, "beta": 1.0 / (n * keep), "steps": steps,
             "penalty": rule.penalty, "kernel_beta": rule.beta, "dtype": str(prob.X.dtype).replace("torch.", ""),
-            "device": str(prob.X.device), "check_every": watch.every,
+            "device": str(prob.X.device), "check_every": watch.every, "graph": graph,
             "compact": compact and rule.forward_masked and rule.backward_masked,
             "threshold": limit if math.isfinite(limit) else None}
     return rec.result(state["a"], state["W"], lr, diverged, info)

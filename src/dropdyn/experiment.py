@@ -103,6 +103,7 @@ class EngineRuntime(Runtime):
     :func:`dropdyn.simulate` (its ``backend``)."""
 
     backend: str = setting("torch", "engine step: torch (reference) or fused (Triton kernels; CUDA, d + bias ≤ 128)")
+    graph: bool = setting(False, "replay the unrecorded steps as one CUDA graph (CUDA; not phase IV's limit)")
 
     def check_runtime(self) -> None:
         super().check_runtime()
@@ -110,6 +111,15 @@ class EngineRuntime(Runtime):
             from .fused import check_fused
 
             check_fused(torch.device(self.device))
+        if self.graph:
+            from .graph import check_graph
+
+            check_graph(torch.device(self.device))
+
+    @property
+    def engine(self) -> dict:
+        """The :func:`dropdyn.simulate` arguments these settings fix: ``backend`` and ``graph``."""
+        return dict(backend=self.backend, graph=self.graph)
 
 
 @dataclass

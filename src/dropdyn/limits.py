@@ -67,7 +67,9 @@ def simulate_limit(phase: str, particles, inputs, targets, *, time: float, h: fl
     (bool ``(steps, N)`` or ``(steps, replicas, N)``) are the ring indicators, e.g. the
     masks of a coupled dropout run; otherwise they are drawn from ``seed``. Other
     keyword arguments go to :func:`dropdyn.simulate` (``seed``, ``activation``,
-    ``record_every``, ``test_inputs`` …). ``result.times`` are physical times.
+    ``record_every``, ``test_inputs`` …), except that phase IV runs without ``graph``
+    (its forward passes are random in number: no CUDA graph replays them).
+    ``result.times`` are physical times.
 
     >>> import torch
     >>> g = torch.Generator().manual_seed(0)
@@ -81,6 +83,8 @@ def simulate_limit(phase: str, particles, inputs, targets, *, time: float, h: fl
     steps = max(1, round(time / step))
     if not math.isclose(steps * step, time, rel_tol=1e-6):
         raise InputError(f"time {time:g} is not a multiple of the step {step:g}")
+    if rule.critical:
+        kwargs["graph"] = False
     res = simulate(rule, particles, inputs, targets, lr=step, keep=q, steps=steps, masks=clocks, **kwargs)
     res.info.update(phase=phase, h=step, alpha=alpha, beta=beta)
     return res

@@ -24,13 +24,17 @@ class DivergenceWatch:
     (``torch.where``) and the first failed step, and the host reads them only when asked
     (``read``) or every ``every`` steps; a run is then the same, bit for bit, for any
     ``every``. Default ``every``: 16 on a GPU, where each read stalls the stream; 1 elsewhere.
+    ``on_device``: keep the test on the device even with ``every == 1`` (a step captured in
+    a CUDA graph may not read anything on the host; it calls :meth:`update` alone, and the
+    host calls :meth:`read` after it).
     """
 
-    def __init__(self, every: int | None, device):
+    def __init__(self, every: int | None, device, on_device: bool = False):
         device = torch.device(device)
         if every is None:
             every = 16 if device.type == "cuda" else 1
         self.every = check_int("check_every", every, 1)
+        self.on_device = on_device or self.every > 1
         self.first_bad = torch.zeros((), dtype=torch.long, device=device)  # 0: no failed step yet
 
     def keep(self, k: int, ok: Tensor, new: tuple[Tensor, ...], old: tuple[Tensor, ...],
@@ -38,16 +42,26 @@ class DivergenceWatch:
         """Step ``k``: returns the state to carry on with (``new`` while no step has failed,
         else the last good one) and the step that diverged (None while the host knows of
         none). ``read``: the host must look now (the step will be recorded)."""
-        if self.every == 1:
+        if not self.on_device:
             return (new, None) if bool(ok) else (old, k)
+        return self.update(k, ok, new, old), self.read(k, read)
+
+    def update(self, k: int | Tensor, ok: Tensor, new: tuple[Tensor, ...],
+               old: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The device's half of :meth:`keep`, with no host read: note step ``k`` (an int, or
+        a 0-dim long tensor counted on the device) if it is the first to fail, and return
+        the state to carry on with."""
         clean = self.first_bad == 0
-        self.first_bad = torch.where(clean & ~ok, k, self.first_bad)
+        self.first_bad.copy_(torch.where(clean & ~ok, k, self.first_bad))
         good = clean & ok
-        state = tuple(torch.where(good, x, y) for x, y in zip(new, old, strict=True))
+        return tuple(torch.where(good, x, y) for x, y in zip(new, old, strict=True))
+
+    def read(self, k: int, read: bool) -> int | None:
+        """The host's half: the first failed step (None if none), looked up if ``read`` or
+        ``k`` is a multiple of ``every``, else None."""
         if not (read or k % self.every == 0):
-            return state, None
-        bad = int(self.first_bad)
-        return state, (bad or None)
+            return None
+        return int(self.first_bad) or None
 
 
 def within(x: Tensor, limit: float) -> Tensor:

@@ -195,8 +195,9 @@ class Design:
         return Design(Z, (Z * act.prescale).T.contiguous(), targets, act, d, bias)
 
     def pack(self, particles: Tensor) -> tuple[Tensor, Tensor]:
-        """``(R, n, p) → a (R, n), W (R, n, P)`` (contiguous, zero-padded)."""
-        a = particles[..., 0].contiguous()
+        """``(R, n, p) → a (R, n), W (R, n, P)`` (contiguous, zero-padded; new tensors, never
+        views of ``particles``, so a run may update them in place)."""
+        a = particles[..., 0].clone(memory_format=torch.contiguous_format)
         W = particles.new_zeros(*particles.shape[:-1], self.Z.shape[1])
         W[..., : particles.shape[-1] - 1] = particles[..., 1:]
         return a, W

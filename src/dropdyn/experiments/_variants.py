@@ -32,11 +32,12 @@ def grid(steps: int, records: int) -> np.ndarray:
 
 
 def run_variants(X0: torch.Tensor, split, *, lr: float, keep: float, steps: int, records: int, activation: str,
-                 seed: int, device: str, dtype: torch.dtype, backend: str = "torch", snapshots: bool = False,
+                 seed: int, device: str, dtype: torch.dtype, engine: dict | None = None, snapshots: bool = False,
                  progress: bool = False) -> dict[str, SimulationResult]:
     """Each variant from ``X0`` on ``split`` (``inputs``, ``targets``, ``test_inputs``,
     ``test_targets``); dropout and RaM share one mask stream (``seed``). Outputs are
     recorded on the test inputs; with ``snapshots``, dropout's and RaM's particles too.
+    ``engine``: simulate's ``backend`` and ``graph`` (:attr:`dropdyn.experiment.EngineRuntime.engine`).
     ``progress``: True (one bar for the comparison) or the bar of a larger run."""
     every = record_every(steps, records)
     snap = every if snapshots else None
@@ -46,7 +47,7 @@ def run_variants(X0: torch.Tensor, split, *, lr: float, keep: float, steps: int,
         v: simulate(v, X0, split.inputs, split.targets, lr=lr, keep=keep, steps=steps, activation=activation,
                     seed=seed, record_every=every, test_inputs=split.test_inputs, test_targets=split.test_targets,
                     probe_inputs=split.test_inputs, snapshot_every=snap if v in ("dropout", "ram") else None,
-                    device=device, dtype=dtype, backend=backend, progress=bar if bar is not None else False)
+                    device=device, dtype=dtype, progress=bar if bar is not None else False, **(engine or {}))
         for v in COMPARED
     }
     if bar is not None and not shared:

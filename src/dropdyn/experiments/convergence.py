@@ -128,7 +128,7 @@ def run_width(cfg: Config, n: int, exact_max: int) -> dict:
     every = max(1, steps // cfg.records)
     masks = draw_masks(q, steps, (R, n), seed=cfg.seed + 1)
     common = dict(activation=cfg.activation, record_every=every, snapshot_every=every, probe_inputs=task.test_inputs,
-                  device=cfg.device, dtype=dtype, backend=cfg.backend)
+                  device=cfg.device, dtype=dtype, **cfg.engine)
     drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **common)
     T = steps * lr
     lim = coupled_limit(cfg.phase, X0, task.inputs, task.targets, time=T, lr=lr, masks=masks, alpha=lr / q,

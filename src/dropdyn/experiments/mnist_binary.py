@@ -96,7 +96,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
         X0 = mean_field_init(r["width"], split.inputs.shape[1], generator=g)
         runs = run_variants(X0, split, lr=r["lr"], keep=r["keep"], steps=r["steps"], records=cfg.records,
                             activation=cfg.activation, seed=cfg.seed + 1, device=cfg.device, dtype=dtype,
-                            backend=cfg.backend, progress=bar)
+                            engine=cfg.engine, progress=bar)
         steps = grid(r["steps"], cfg.records)
         out[f"{name}/time"] = steps * r["lr"]
         for v, res in runs.items():  # as recorded (up to the step before a divergence) and on the common grid

@@ -101,7 +101,7 @@ def measure_width(cfg: Config, n: int, task) -> tuple[dict[str, float], dict[str
     X0 = mean_field_init(n, cfg.dim, replicas=R, generator=torch.Generator().manual_seed(cfg.seed * 7_919 + n))
     masks = draw_masks(q, steps, (R, n), seed=cfg.seed + 1)
     kw = dict(activation=cfg.activation, record_every=steps, probe_inputs=task.test_inputs, device=cfg.device,
-              dtype=getattr(torch, cfg.dtype), backend=cfg.backend)
+              dtype=getattr(torch, cfg.dtype), **cfg.engine)
     drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **kw)
     p = limit_parameters(a, b, cfg.c_lr, cfg.c_keep)
     out, diverged = {}, {"dropout": drop.diverged_at_step}

@@ -77,7 +77,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
     X0 = mean_field_init(cfg.width, cfg.dim, generator=g)
     runs = run_variants(X0, task, lr=cfg.lr, keep=cfg.keep, steps=cfg.steps, records=cfg.records,
                         activation=cfg.activation, seed=cfg.seed + 1, device=cfg.device, dtype=dtype,
-                        backend=cfg.backend, snapshots=True, progress=ctx.progress)
+                        engine=cfg.engine, snapshots=True, progress=ctx.progress)
     steps = grid(cfg.steps, cfg.records)
     out = {"steps": steps, "time": steps * cfg.lr, "teacher": task.teacher.numpy(), "initial_particles": X0.numpy()}
     snap = {v: torch.from_numpy(runs[v].on_grid("snapshots", steps)) for v in ("dropout", "ram")}
