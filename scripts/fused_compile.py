@@ -1,6 +1,8 @@
 """Compile the fused step's Triton kernels for NVIDIA GPUs, on a machine without one, and
 report what each compiled kernel uses: registers per thread, bytes spilled to local memory
-and shared memory, for the tiles that ``dropdyn.fused.tiles`` chooses.
+and shared memory, for the tiles that ``dropdyn.fused.tiles`` chooses; and the machine
+instructions its inner loop issues per (neuron, sample) entry of a tile (from ``nvdisasm``:
+the loop's SASS length × threads ÷ the tile's entries), a cost that needs no GPU to compare.
 
     python scripts/fused_compile.py [--arch 80,90] [--dtype float32,float64]
                                     [--activation tanh,...|all] [--dim 11,17,33,128] [--m 1000]
@@ -60,17 +62,37 @@ def compile_one(kernel_name: str, arch: int, dtype: str, activation: str, dim: i
     try:
         compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants),
                                   target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": t.num_warps, "num_stages": t.num_stages})
+                                  options={"num_warps": t.num_warps, "num_stages": t.num_stages,
+                                           "enable_fp_fusion": t.enable_fp_fusion})
     except Exception as error:  # a compile error is this script's finding, reported in its row
         return row | {"error": str(error).strip().splitlines()[-1][:120]}
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
-        usage = subprocess.run([cuobjdump, "--dump-resource-usage", cubin.name], capture_output=True, text=True,
-                               check=True).stdout
+        usage = subprocess.run([os.path.join(tools, "cuobjdump"), "--dump-resource-usage", cubin.name],
+                               capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([os.path.join(tools, "nvdisasm"), "-c", cubin.name], capture_output=True, text=True,
+                              check=True).stdout
     found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    return row | {"registers": int(found[1]), "spilled": int(found[2]), "shared": compiled.metadata.shared}
+    per_entry = loop_length(sass) * 32 * t.num_warps / (t.BN * t.BM)
+    return row | {"registers": int(found[1]), "spilled": int(found[2]), "shared": compiled.metadata.shared,
+                  "per_entry": per_entry}
+
+
+def loop_length(sass: str) -> int:
+    """Instructions of the longest loop in ``nvdisasm -c`` output: from a label to the last
+    branch back to it."""
+    labels, count, longest = {}, 0, 0
+    for line in sass.splitlines():
+        if label := re.match(r"\s*(\.L_x_\d+):", line):
+            labels[label[1]] = count
+        elif re.match(r"\s*/\*[0-9a-f]+\*/\s+\S", line):
+            count += 1
+            back = re.search(r"BRA\W+(\.L_x_\d+)", line)
+            if back and back[1] in labels:
+                longest = max(longest, count - labels[back[1]])
+    return longest
 
 
 def verdict(row: dict) -> str:
@@ -97,11 +119,12 @@ def main(argv=None) -> int:
     with ProcessPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
         rows = list(pool.map(compile_one, *zip(*jobs, strict=True)))
     print("| kernel | sm | dtype | activation | d + bias | tiles BN×BM×BP/warps | registers | spilled B | "
-          "shared KiB | verdict |\n|---|---|---|---|---:|---|---:|---:|---:|---|")
+          "shared KiB | loop instr. per entry | verdict |\n|---|---|---|---|---:|---|---:|---:|---:|---:|---|")
     for row in rows:
         cells = [row["kernel"], row["arch"], row["dtype"], row["activation"], row["dim"], row["tiles"],
                  row.get("registers", "-"), row.get("spilled", "-"),
-                 f"{row['shared'] / 1024:.1f}" if "shared" in row else "-", verdict(row)]
+                 f"{row['shared'] / 1024:.1f}" if "shared" in row else "-",
+                 f"{row['per_entry']:.1f}" if "per_entry" in row else "-", verdict(row)]
         print("| " + " | ".join(map(str, cells)) + " |")
     bad = sum(verdict(row) != "ok" for row in rows)
     print(f"{len(rows)} kernels compiled for sm_{args.arch.replace(',', ', sm_')}: "

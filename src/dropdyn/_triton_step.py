@@ -26,11 +26,18 @@ CODES = {"tanh": 0, "sigmoid": 1, "relu": 2, "softplus": 3, "erf": 4, "identity"
 
 
 @triton.jit
+def _logistic(u, k: tl.constexpr):
+    """1 / (1 + e^(−k·u)), its exponential an exp2 of one product (``tl.sigmoid(k * u)``
+    multiplies twice before the exp2: by k, then by log₂e)."""
+    return 1.0 / (1.0 + tl.math.exp2(u * (-1.4426950408889634 * k)))
+
+
+@triton.jit
 def _sigma(u, ACT: tl.constexpr):
     if ACT == 0:
-        out = 2.0 * tl.sigmoid(2.0 * u) - 1.0
+        out = 2.0 * _logistic(u, 2.0) - 1.0  # tanh u
     elif ACT == 1:
-        out = tl.sigmoid(u)
+        out = _logistic(u, 1.0)
     elif ACT == 2:
         out = tl.maximum(u, 0.0)
     elif ACT == 3:
@@ -45,15 +52,15 @@ def _sigma(u, ACT: tl.constexpr):
 @triton.jit
 def _dsigma(u, ACT: tl.constexpr):
     if ACT == 0:
-        s = tl.sigmoid(2.0 * u)
+        s = _logistic(u, 2.0)
         out = 4.0 * s * (1.0 - s)
     elif ACT == 1:
-        s = tl.sigmoid(u)
+        s = _logistic(u, 1.0)
         out = s * (1.0 - s)
     elif ACT == 2:
         out = tl.where(u > 0.0, 1.0, 0.0).to(u.dtype)
     elif ACT == 3:
-        out = tl.sigmoid(u)
+        out = _logistic(u, 1.0)
     elif ACT == 4:
         out = 1.1283791670955126 * tl.exp(-u * u)
     else:
@@ -70,7 +77,7 @@ def forward_kernel(W, V, Z, Fout, K, M, C, P, ACT: tl.constexpr, BN: tl.constexp
     rp = tl.arange(0, BP)
     in_m, in_p = rm < M, rp < P
     z = tl.load(Z + rm[:, None] * P + rp[None, :], mask=in_m[:, None] & in_p[None, :], other=0.0)  # (BM, BP)
-    f = tl.zeros((BM,), dtype=z.dtype)
+    acc = tl.zeros((BN, BM), dtype=z.dtype)
     end = tl.minimum(chunk * C + C, K)  # this chunk's neurons: [chunk·C, end)
     for n0 in range(chunk * C, end, BN):
         rn = n0 + tl.arange(0, BN)
@@ -79,8 +86,8 @@ def forward_kernel(W, V, Z, Fout, K, M, C, P, ACT: tl.constexpr, BN: tl.constexp
                     other=0.0)  # (BN, BP)
         v = tl.load(V + rep * K + rn, mask=in_n, other=0.0)
         u = tl.dot(w, tl.trans(z), input_precision=PREC)  # (BN, BM)
-        f += tl.sum(v[:, None] * _sigma(u, ACT), axis=0)
-    tl.store(Fout + (rep * chunks + chunk) * M + rm, f, mask=in_m)
+        acc += v[:, None] * _sigma(u, ACT)
+    tl.store(Fout + (rep * chunks + chunk) * M + rm, tl.sum(acc, axis=0), mask=in_m)
 
 
 @triton.jit
@@ -105,11 +112,10 @@ def backward_kernel(W, A, Z, Rin, GA, GW, K, M, Pen, P, ACT: tl.constexpr, BN: t
         r = tl.load(Rin + rep * M + rm, mask=in_m, other=0.0)
         u = tl.dot(w, tl.trans(z), input_precision=PREC)  # (BN, BM)
         s = _sigma(u, ACT)
-        if PENALTY:
-            e = r[None, :] + ca[:, None] * s
-        else:
+        if PENALTY:  # samples past M: r = 0 but c a_i σ(0) need not be
+            e = tl.where(in_m[None, :], r[None, :] + ca[:, None] * s, 0.0)
+        else:  # r = 0 on samples past M
             e = tl.broadcast_to(r[None, :], (BN, BM))
-        e = tl.where(in_m[None, :], e, 0.0)
         ga += tl.sum(e * s, axis=1)
         gw += tl.dot((e * _dsigma(u, ACT)).to(z.dtype), z, input_precision=PREC)  # (BN, BP)
     tl.store(GA + rep * K + rn, ga / M, mask=in_n)

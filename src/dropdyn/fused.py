@@ -39,7 +39,8 @@ MAX_DIM = 128
 
 class Tiles(NamedTuple):
     """A launch of the fused kernels: tiles of BN neurons × BM samples × BP coordinates, on
-    ``num_warps`` warps, without software pipelining (``num_stages = 1``)."""
+    ``num_warps`` warps, without software pipelining (``num_stages = 1``), with multiplies and
+    adds contracted to FMAs (Triton's default up to 3.9, which warns that 3.10 turns it off)."""
 
     BN: int
     BM: int
@@ -47,6 +48,7 @@ class Tiles(NamedTuple):
     num_warps: int
     num_stages: int = 1
     PREC: str = "ieee"  # tl.dot's input precision
+    enable_fp_fusion: bool = True
 
 
 # (bytes per element, BP) → (BN, BM, num_warps): the largest tiles whose compiled kernels keep
