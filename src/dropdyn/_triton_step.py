@@ -8,7 +8,10 @@ Two kernels, neither of which forms a (width × m) matrix in memory:
                                  gW_i = a_i Σ_j e_ij σ'(w_i·z_j) z_j / m
 
 Each program recomputes its tile of pre-activations w_i·z_j (a BN × BM block, in registers)
-from the neurons' rows and the inputs' rows, in the spirit of fused attention. A row has P
+from the neurons' rows and the inputs' rows, in the spirit of fused attention. The forward
+program adds its tiles into one BN × BM block and sums it over neurons once, at its end:
+summed per tile, the reduction across threads was a third of the loop's instructions
+(``scripts/fused_compile.py`` counts them). The logistic is one exp2 of one product. A row has P
 coordinates (the padded input dimension), loaded as a block of BP, the power of two ≥ P.
 Offsets are int64: R·K·P passes 2³¹ at width 10⁸ with two replicas. Each grid is flat: a
 CUDA grid's second and third axes end at 65,535 blocks (width 4.2·10⁶ in 64-neuron tiles).
