@@ -513,7 +513,7 @@ def simulate(
             ok &= torch.isfinite(risk).all()
         return a, W, ok, risk
 
-    clock = torch.zeros((), dtype=torch.long, device=prob.X.device)  # steps taken, counted on the device
+    clock = torch.zeros((), dtype=torch.long, device=prob.X.device) if graph else None  # steps taken, on the device
 
     def graph_step(due: bool) -> Tensor | None:
         """The next step on the device alone, written into the state's tensors in place."""
