@@ -8,12 +8,12 @@ for bit, and that its body could be captured. The CUDA tests capture and replay 
 
 import pytest
 import torch
-from test_host_reads import HostReads
 
 import dropdyn
 from dropdyn import InputError, graph
 from dropdyn.engine import Rule
 from dropdyn.masks import draw_masks
+from test_host_reads import HostReads
 
 aten = torch.ops.aten
 
