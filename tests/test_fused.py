@@ -16,7 +16,9 @@ from dropdyn.fused import CHUNK_NEURONS, MAX_DIM, check_fused, fused_descent, ti
 from dropdyn.limits import simulate_limit
 from dropdyn.model import ACTIVATIONS, Design, descent
 
-pytest.importorskip("triton")  # conftest.py has set TRITON_INTERPRET=1 where there is no GPU
+triton = pytest.importorskip("triton")  # conftest.py has set TRITON_INTERPRET=1 where there is no GPU
+tl = pytest.importorskip("triton.language")
+step = pytest.importorskip("dropdyn._triton_step")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
@@ -80,6 +82,35 @@ def test_fused_residual_split_over_neuron_chunks(monkeypatch, m):
     assert torch.equal(fused.fused_residual(design, a[:, :0], W[:, :0], weights[:, :0]), -y.expand(2, m))
     ga, gW, r = fused_descent(design, a[:, :0], W[:, :0], weights[:, :0])
     assert ga.shape == (2, 0) and gW.shape == (2, 0, W.shape[-1]) and torch.equal(r, -y.expand(2, m))
+
+
+@triton.jit
+def _split_and_reciprocal(X, HI, LO, INV, N, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    x = tl.load(X + i, mask=i < N, other=1.0)
+    hi, lo = step._split(x, "tf32x3")
+    tl.store(HI + i, hi, mask=i < N)
+    tl.store(LO + i, lo, mask=i < N)
+    tl.store(INV + i, step._reciprocal(x), mask=i < N)
+
+
+def test_tf32_split_is_exact_and_the_reciprocal_within_an_ulp():
+    # x = hi + lo exactly, hi a TF32 number (its low 13 bits clear) rounded to nearest (ties
+    # away: 1 + 2⁻¹¹ is one), so |lo| ≤ 2⁻¹¹|x| and the hardware's TF32 reading of lo
+    # (truncation at worst) costs at most 2⁻²¹|x|; the reciprocal (rcp.approx on a GPU, a
+    # division under the interpreter) within 1 ulp of the float64 one, magnitudes 2⁻¹²⁰…2¹²⁰
+    g = torch.Generator().manual_seed(0)
+    ties = torch.tensor([1 + 2.0**-11, -(1 + 2.0**-11), 1 + 3 * 2.0**-11, 2.0**-120, 2.0**120])
+    x = torch.randn(4000, generator=g) * 2.0 ** torch.randint(-100, 100, (4000,), generator=g)
+    x = torch.cat([ties, x]).to(DEVICE, torch.float32)
+    hi, lo, inv = (torch.empty_like(x) for _ in range(3))
+    _split_and_reciprocal[(1,)](x, hi, lo, inv, x.numel(), BLOCK=triton.next_power_of_2(x.numel()))
+    assert torch.equal(hi + lo, x)
+    assert int((hi.view(torch.int32) & 0x1FFF).abs().max()) == 0
+    assert bool((lo.abs() <= 2.0**-11 * x.abs()).all())
+    assert hi[:3].tolist() == [1 + 2.0**-10, -(1 + 2.0**-10), 1 + 2 * 2.0**-10]  # ties away from zero
+    exact = 1 / x[x != 0].double()
+    assert bool(((inv[x != 0].double() - exact).abs() <= torch.finfo(torch.float32).eps * exact.abs()).all())
 
 
 def test_tiles_fit_triton_dot_and_the_register_budget():
