@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from dropdyn import InputError
 from dropdyn.store import RunFolder, atomic_write_bytes, config_key
 
 
@@ -27,6 +28,16 @@ def test_failure_leaves_nothing(tmp_path):
             run.write_json("config.json", {})
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_place_is_named_by_the_run_folder(tmp_path, monkeypatch):
+    # the error names the folder asked for, not the hidden partial folder beside it
+    def refuse(dir, prefix):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}xyz")
+
+    monkeypatch.setattr("tempfile.mkdtemp", refuse)
+    with pytest.raises(InputError, match=f"cannot create run folder '{tmp_path / 'run'}': Permission denied$"):
+        RunFolder(tmp_path / "run").__enter__()
 
 
 def test_existing_folder_is_kept_unless_forced(tmp_path):

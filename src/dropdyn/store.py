@@ -183,7 +183,10 @@ class RunFolder:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         clean_partials(self.path.parent, ".*.partial-*")  # this folder's siblings only: nothing outside it
-        self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-{os.getpid()}-"))
+        try:
+            self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-{os.getpid()}-"))
+        except OSError as e:  # named by the folder asked for, not by its hidden partial sibling
+            raise InputError(f"cannot create run folder {str(self.path)!r}: {e.strerror or e}") from e
         self.tmp.chmod(0o755)
         if self.on_enter is not None:
             self.on_enter(self)
