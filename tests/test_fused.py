@@ -113,6 +113,23 @@ def test_tf32_split_is_exact_and_the_reciprocal_within_an_ulp():
     assert bool(((inv[x != 0].double() - exact).abs() <= torch.finfo(torch.float32).eps * exact.abs()).all())
 
 
+def test_three_tf32_products_of_split_operands_are_float32_accurate():
+    # the products the tensor cores form from _split's parts, emulated: TF32 products exact,
+    # lo read as TF32 by truncation (the worst reading), lo·lo left out; against the float64
+    # product, at most 2⁻²⁰ of Σ|a||b| (the bound is 2⁻²¹ + 2⁻²¹ + 2⁻²²)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(200, 11, generator=g), torch.randn(11, 50, generator=g)
+    x = torch.cat([a.flatten(), b.flatten()]).to(DEVICE)
+    hi, lo, inv = (torch.empty_like(x) for _ in range(3))
+    _split_and_reciprocal[(1,)](x, hi, lo, inv, x.numel(), BLOCK=triton.next_power_of_2(x.numel()))
+    tf32 = (lo.cpu().view(torch.int32) & ~0x1FFF).view(torch.float32).double()  # lo, truncated
+    hi = hi.cpu().double()
+    (a_hi, b_hi), (a_lo, b_lo) = ((t[:a.numel()].view(200, 11), t[a.numel():].view(11, 50)) for t in (hi, tf32))
+    product = a_lo @ b_hi + a_hi @ b_lo + a_hi @ b_hi
+    exact, scale = a.double() @ b.double(), a.double().abs() @ b.double().abs()
+    assert float(((product - exact).abs() / scale).max()) < 2.0**-20
+
+
 def test_tiles_fit_triton_dot_and_the_register_budget():
     # every tile edge ≥ 16 (tl.dot's smallest on NVIDIA GPUs in Triton 3.6; 3.9 takes 8), the
     # coordinate block a power of two covering the row, a (BN, BP) block of at most 2048 entries
