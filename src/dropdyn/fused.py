@@ -47,7 +47,7 @@ class Tiles(NamedTuple):
     BP: int
     num_warps: int
     num_stages: int = 1
-    PREC: str = "ieee"  # tl.dot's input precision
+    PREC: str = "ieee"  # the contractions' precision ("ieee", "tf32", or "tf32x3": _triton_step._dot)
     enable_fp_fusion: bool = True
 
 
