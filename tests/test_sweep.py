@@ -90,6 +90,51 @@ def test_sigkill_of_the_driver_loses_and_repeats_nothing(tmp_path):
     assert len([p for p in (store / "phase-cell").iterdir() if not p.name.startswith(".")]) == 12
 
 
+@pytest.mark.parametrize("executor", ["processes", "dask"])
+@pytest.mark.parametrize("to", ["driver", "group"])
+def test_ctrl_c_stops_a_parallel_sweep_at_once_and_a_rerun_resumes(tmp_path, executor, to):
+    """SIGINT to the driver alone (``kill -INT``, a notebook's interrupt) or to its process
+    group (a terminal's Ctrl-C, which reaches the workers too): the driver exits 130 with one
+    line, runs no point that had not started, leaves no process behind; a re-run computes
+    exactly the rest."""
+    f = _sweep_file(tmp_path / "slow.yaml", experiment="phase-cell", name="slow", base=SLOW, grid=GRID12)
+    store = tmp_path / "store"
+    index = RunIndex(store)
+    proc = _dropdyn("sweep", str(f), "--store", str(store), "--no-progress", "--executor", executor,
+                    "--workers", "2", start_new_session=True)
+    deadline = time.time() + 120
+    while len(index.rows(status="complete")) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the sweep made no progress"
+        time.sleep(0.05)
+    started = len(index.rows(status="complete")) + 2  # and at most one point a worker in flight
+    (os.killpg if to == "group" else os.kill)(proc.pid, signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"the interrupted driver did not exit: {proc.communicate()}") from None
+    assert proc.returncode == 130, (out, err)
+    assert err.startswith("dropdyn: interrupted: sweep slow: ") and err.count("\n") == 1, err
+    assert "the same command resumes" in err and "Traceback" not in err
+    for _ in range(100):  # (multiprocessing's resource tracker ends a moment after the driver)
+        left = subprocess.run(["pgrep", "-a", "-s", str(proc.pid)], capture_output=True, text=True).stdout
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, f"processes left running: {left}"
+    complete = {p.name for p in (store / "phase-cell").iterdir() if (p / "summary.json").is_file()}
+    assert f" {len(complete)} of 12 points complete" in err
+    assert 2 <= len(complete) <= started < 12  # the queued points were not run
+    before = {r["id"]: r["finished"] for r in index.rows(status="complete")}
+    out, err = _dropdyn("sweep", str(f), "--store", str(store), "--no-progress").communicate()
+    assert f"{12 - len(complete)} run, {len(complete)} already complete, 0 failed" in out, (out, err)
+    rows = index.rows()
+    assert len(rows) == 12 and {r["status"] for r in rows} == {"complete"}
+    assert {r["id"]: r["finished"] for r in rows if r["id"] in before} == before  # not recomputed
+    assert not list((store / "phase-cell").glob(".*"))  # the ended workers' partial folders are gone
+
+
 def test_a_killed_dask_worker_does_not_lose_its_point(tmp_path):
     from distributed import Client, LocalCluster
 

@@ -302,8 +302,8 @@ def main(argv=None) -> int:
     except sqlite3.OperationalError as e:  # the store's index: read-only, disk full, locked
         print(f"dropdyn: error: the run index: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("dropdyn: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a sweep's says how far it got
+        print(f"dropdyn: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
 
 

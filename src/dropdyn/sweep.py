@@ -25,11 +25,13 @@ across executors on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import os
 import shutil
+import signal
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -188,6 +190,10 @@ def run_point(task: dict) -> dict:
     return {"key": key, "status": "complete", "skipped": False, "seconds": seconds}
 
 
+class Interrupted(KeyboardInterrupt):
+    """A sweep stopped by Ctrl-C (SIGINT): its message says how far it got."""
+
+
 @dataclass
 class SweepResult:
     sweep: Sweep
@@ -218,10 +224,14 @@ def _serial(tasks, **_):
         yield t, run_point(t)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Pool worker initialiser: a watchdog thread ends this worker once its driver is gone
+def _worker_init(parent: int) -> None:
+    """Pool worker initialiser. The driver owns interruption: a Ctrl-C, which the terminal
+    sends to the whole process group, is ignored here, and the driver ends its workers
+    itself (``_processes``). A watchdog thread ends this worker once its driver is gone
     (killed with SIGKILL, say), instead of leaving it waiting for work forever."""
     import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch():
         while os.getppid() == parent:
@@ -232,17 +242,29 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _processes(tasks, *, workers: int, **_):
+    """Points on a pool of spawned processes. Interrupted (Ctrl-C, or closed before its end),
+    it cancels the points not started and ends the workers at once: their points' partial
+    folders go with the next run in the store, and those points are computed again then."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(os.getpid(),))
+    try:
         futures = {pool.submit(run_point, t): t for t in tasks}
         for fut in as_completed(futures):
             try:
                 yield futures[fut], fut.result()
             except Exception as e:  # noqa: BLE001 - a broken pool fails each lost point, recorded below
                 yield futures[fut], _failed(futures[fut], e)
+    except BaseException:
+        # Left alone, the pool would run every queued point before the interpreter could exit.
+        # ProcessPoolExecutor.terminate_workers() does this from Python 3.14.
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _dask(tasks, *, workers: int, scheduler: str | None, **_):
@@ -255,6 +277,8 @@ def _dask(tasks, *, workers: int, scheduler: str | None, **_):
     import dask
     import torch
     from distributed import Client, LocalCluster, as_completed
+
+    from ._dask_worker import IgnoreInterrupt
 
     cluster = None
     try:
@@ -277,7 +301,8 @@ def _dask(tasks, *, workers: int, scheduler: str | None, **_):
                                   "distributed.worker.profile.enabled": False,
                                   "distributed.scheduler.worker-saturation": 1.0}):
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+                                       dashboard_address=None, silence_logs=logging.ERROR,
+                                       plugins=(IgnoreInterrupt(),))
             client = Client(cluster)
     except OSError as e:
         raise InputError(f"cannot reach the Dask scheduler {scheduler or 'LocalCluster'}: {e}") from None
@@ -316,16 +341,23 @@ def run_sweep(sweep: Sweep, root: Path | str = "runs", *, executor: str = "seria
     index = RunIndex(root)
     runner = {"serial": _serial, "processes": _processes, "dask": _dask}[executor]
     outcomes: dict[str, dict] = {}
-    with tqdm(total=len(sweep.keys), desc=f"sweep {sweep.name}", unit="point", disable=not progress) as bar:
-        for task, outcome in runner(_tasks(sweep, root, threads), workers=workers, scheduler=scheduler):
-            if outcome.get("lost"):
-                if _summary_of(root / task["experiment"] / task["key"]) is not None:  # it finished after all
-                    outcome = {"key": task["key"], "status": "complete", "skipped": False}
-                else:
-                    index.fail(f"{task['experiment']}/{task['key']}", task["key"], task["experiment"],
-                               task["config"], outcome["error"], sweep=sweep.name)
-            outcomes[task["key"]] = outcome
-            bar.update()
+    try:
+        # closing(): an interrupt raised here rather than inside the runner still stops its workers at once
+        with tqdm(total=len(sweep.keys), desc=f"sweep {sweep.name}", unit="point", disable=not progress) as bar, \
+                contextlib.closing(runner(_tasks(sweep, root, threads), workers=workers, scheduler=scheduler)) as run:
+            for task, outcome in run:
+                if outcome.get("lost"):
+                    if _summary_of(root / task["experiment"] / task["key"]) is not None:  # it finished after all
+                        outcome = {"key": task["key"], "status": "complete", "skipped": False}
+                    else:
+                        index.fail(f"{task['experiment']}/{task['key']}", task["key"], task["experiment"],
+                                   task["config"], outcome["error"], sweep=sweep.name)
+                outcomes[task["key"]] = outcome
+                bar.update()
+    except KeyboardInterrupt:
+        complete = sum(_summary_of(root / sweep.experiment / key) is not None for key in sweep.keys)
+        raise Interrupted(f"sweep {sweep.name}: {complete} of {len(sweep.keys)} points complete in '{root}'; "
+                          "the same command resumes") from None
     return SweepResult(sweep, root, outcomes)
 
 
