@@ -1,6 +1,7 @@
 """Run folders appear whole or not at all."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -38,6 +39,29 @@ def test_an_unwritable_place_is_named_by_the_run_folder(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.mkdtemp", refuse)
     with pytest.raises(InputError, match=f"cannot create run folder '{tmp_path / 'run'}': Permission denied$"):
         RunFolder(tmp_path / "run").__enter__()
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),  # names no file
+                                   PermissionError(13, "Permission denied", "PARTIAL/figure.png")])
+def test_a_failed_write_is_named_by_the_run_folder_and_leaves_nothing(tmp_path, monkeypatch, error):
+    real_fsync = os.fsync
+
+    def fail(fd):
+        if error.filename:
+            error.filename = error.filename.replace("PARTIAL", str(run.tmp))
+        raise error
+
+    with pytest.raises(InputError, match=f"cannot write run folder '{tmp_path / 'run'}': {error.strerror}$"):
+        with RunFolder(tmp_path / "run") as run:
+            run.write_json("config.json", {})
+            monkeypatch.setattr("os.fsync", fail)
+            run.write_json("summary.json", {})
+    monkeypatch.setattr("os.fsync", real_fsync)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError):  # an input's error keeps its own name
+        with RunFolder(tmp_path / "run"):
+            open(tmp_path / "no-such-data.csv")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_folder_is_kept_unless_forced(tmp_path):

@@ -195,6 +195,10 @@ class RunFolder:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                                             or str(exc.filename or "").startswith(str(self.tmp))):
+                # a full disk names no file, and a write names the hidden partial folder: name the one asked for
+                raise InputError(f"cannot write run folder {str(self.path)!r}: {exc.strerror or exc}") from exc
             return
         if self.force and self.path.exists() and is_run_folder(self.path):
             old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
