@@ -164,6 +164,32 @@ def test_a_killed_dask_worker_does_not_lose_its_point(tmp_path):
     assert res.count("complete") >= 5
 
 
+@pytest.mark.parametrize("damage", ['{"trunc', "[1, 2]", None])  # cut short, not an object, deleted
+def test_a_damaged_point_is_reported_failed_and_never_overwritten(tmp_path, capsys, damage):
+    spec = {"experiment": "phase-cell", "name": "dmg", "base": TINY, "grid": {"a": [0, 1]}}
+    store = tmp_path / "store"
+    sweep = make_sweep(spec)
+    run_sweep(sweep, store)
+    summary = store / sweep.run_id(0) / "summary.json"
+    if damage is None:
+        summary.unlink()
+    else:
+        summary.write_text(damage)
+    res = run_sweep(make_sweep(spec), store)
+    assert res.count("complete", skipped=True) == 1 and res.count("failed") == 1
+    error = res.outcomes[sweep.keys[0]]["error"]
+    assert f"'{store / sweep.run_id(0)}' has no readable summary.json" in error
+    assert f"dropdyn runs rm {sweep.run_id(0)} --store {store}" in error
+    assert not summary.exists() if damage is None else summary.read_text() == damage  # kept as found
+    rows = collect(sweep, store)
+    assert [r["status"] for r in rows] == ["failed", "complete"] and rows[0]["error"] == error
+    assert main(["report", str(store / "sweeps" / "dmg")]) == 0
+    capsys.readouterr()
+    assert main(["runs", "rm", sweep.run_id(0), "--store", str(store)]) == 0  # the command the error gives
+    res = run_sweep(make_sweep(spec), store)
+    assert res.count("complete", skipped=False) == 1 and res.count("complete", skipped=True) == 1
+
+
 def test_two_sweeps_on_one_store_keep_the_index_consistent(tmp_path):
     store = tmp_path / "store"
     f1 = _sweep_file(tmp_path / "one.yaml", experiment="phase-cell", name="one", base=TINY,

@@ -30,6 +30,7 @@ import dataclasses
 import itertools
 import json
 import os
+import shlex
 import shutil
 import signal
 import time
@@ -41,7 +42,7 @@ from ._checks import InputError
 from .config import read_config_file
 from .experiment import Context, get, registry
 from .runs import RunIndex, scalar_summary
-from .store import RunFolder, atomic_write_bytes, run_key
+from .store import RunFolder, atomic_write_bytes, read_json, run_key
 
 EXECUTORS = ("serial", "processes", "dask")
 WORKER_ENV = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}  # LocalCluster workers
@@ -140,10 +141,9 @@ def load_sweep(path) -> Sweep:
 
 
 def _summary_of(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "summary.json").read_text())
-    except FileNotFoundError:
-        return None
+    """A point's summary; None if it has none, or none that reads as a JSON object."""
+    summary = read_json(folder / "summary.json")
+    return summary if isinstance(summary, dict) else None
 
 
 def run_point(task: dict) -> dict:
@@ -162,6 +162,11 @@ def run_point(task: dict) -> dict:
             if index.status(run_id) != "complete":
                 index.finish(run_id, key, exp, cfg, summary, sweep=task.get("sweep"))
             return {"key": key, "status": "complete", "skipped": True}
+        if folder.is_dir() and any(folder.iterdir()):  # folders appear whole: this one was damaged or edited since
+            error = (f"{str(folder)!r} has no readable summary.json; remove it (dropdyn runs rm {run_id} --store "
+                     f"{shlex.quote(str(root))}) to compute the point again")
+            index.fail(run_id, key, exp, cfg, error, sweep=task.get("sweep"))
+            return {"key": key, "status": "failed", "error": error}
         same = index.complete_with_key(key)  # this configuration already run by `dropdyn run` or a notebook
         if same is not None and same != folder.resolve():
             with RunFolder(folder) as copy:
