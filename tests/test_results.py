@@ -1,6 +1,7 @@
 """Results in one line: a run, the index and a sweep as pandas objects; threads set and recorded."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -27,6 +28,13 @@ def test_load_a_run_and_the_index(tmp_path, capsys):
     assert t.loc[0, "params.width"] == 30 and t.loc[0, "started"] is not None
     with pytest.raises(ValueError, match="is not a run folder"):
         dropdyn.load(tmp_path)
+    for name, damage in [("metrics.csv", b"\x00\xff"), ("arrays.npz", b"PK\x03\x04cut"), ("arrays.npz", b"")]:
+        good = (Path(path) / name).read_bytes()
+        (Path(path) / name).write_bytes(damage)
+        with pytest.raises(dropdyn.InputError, match=f"^'{Path(path) / name}' cannot be read \\("):
+            dropdyn.load(path)
+        (Path(path) / name).write_bytes(good)
+    assert dropdyn.load(path).arrays["initial_particles"].shape == (30, 11)
 
 
 def test_a_sweeps_results_as_a_frame(tmp_path):

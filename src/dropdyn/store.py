@@ -22,6 +22,7 @@ import platform
 import secrets
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -103,13 +104,26 @@ def load(path) -> Run:
         raise InputError(f"{str(path)!r} is not a run folder (no config.json naming an experiment)")
     meta = read_json(path / "config.json")
     summary = read_json(path / "summary.json") or {}
-    tables = {p.stem: pd.read_csv(p) for p in sorted(path.glob("*.csv"))}
+    tables = {p.stem: _read(p, pd.read_csv) for p in sorted(path.glob("*.csv"))}
     arrays = {}
     if (path / "arrays.npz").is_file():
-        with np.load(path / "arrays.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = _read(path / "arrays.npz", _read_npz)
     return Run(path, meta["experiment"], meta["config"], summary, tables, arrays,
                {k: v for k, v in meta.items() if k not in ("experiment", "config")})
+
+
+def _read_npz(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _read(path: Path, reader):
+    """``reader(path)``; a damaged file (cut short, edited, not what its name says) is an
+    ``InputError`` that names it."""
+    try:
+        return reader(path)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:  # pandas' and decoding errors are ValueErrors
+        raise InputError(f"{str(path)!r} cannot be read ({type(e).__name__}: {' '.join(str(e).split())})") from e
 
 
 def config_key(config: dict) -> str:
