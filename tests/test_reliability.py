@@ -295,6 +295,44 @@ def test_user_errors_are_one_line(args, match, tmp_path):
     one_line(cli(*args, cwd=tmp_path), match)
 
 
+def _alias_bomb(levels: int) -> str:
+    """A YAML list whose last item holds 9^levels strings through aliases (a few hundred bytes)."""
+    items = ['&l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    items += [f"&l{k} [" + ", ".join([f"*l{k - 1}"] * 9) + "]" for k in range(1, levels)]
+    return "[" + ", ".join(items) + "]"
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("bomb.yaml", f"width: {_alias_bomb(7)}\n", "setting 'width' must be an integer, got [["),
+    ("sweep.yaml", f"experiment: teacher-student\ngrid: {{width: [{_alias_bomb(7)}]}}\n",
+     "setting 'width' must be an integer, got [["),
+    ("deep.yaml", "width: " + "[" * 100_000 + "]" * 100_000 + "\n", "deep.yaml: nested too deeply"),
+    ("deep.toml", "width = " + "[" * 100_000 + "]" * 100_000 + "\n", "deep.toml: nested too deeply"),
+    ("listkey.yaml", "? [a, b]\n: 1\n", "a key must be a name, got ['a', 'b']"),
+    ("numberkey.yaml", "width: 5\n1: 2\n", "a key must be a name, got 1"),
+])
+def test_hostile_config_files_get_one_short_line(tmp_path, capsys, name, text, match):
+    """Nesting that YAML aliases make exponential (9^7 strings: its repr alone is ~30 MB),
+    nesting deeper than the parsers recurse, keys that are not names."""
+    (tmp_path / name).write_text(text)
+    command = ["sweep", str(tmp_path / name), "--store", str(tmp_path / "s")] if name == "sweep.yaml" else \
+        ["run", "teacher-student", "--config", str(tmp_path / name), "--out", str(tmp_path / "r")]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1 and len(err) < 600, err[:2000]
+
+
+def test_yaml_merge_keys_work_and_duplicates_are_still_refused(tmp_path, capsys):
+    base = "experiment: teacher-student\nbase: &b {width: 20, steps: 5}\nlist:\n"
+    (tmp_path / "merge.yaml").write_text(base + "  - {<<: *b, steps: 4}\n")
+    assert main(["sweep", str(tmp_path / "merge.yaml"), "--store", str(tmp_path / "s"), "--no-progress"]) == 0
+    config = json.loads(next((tmp_path / "s" / "teacher-student").glob("*/config.json")).read_text())["config"]
+    assert (config["width"], config["steps"]) == (20, 4)  # merged, and overridden
+    (tmp_path / "dup.yaml").write_text(base + "  - {<<: *b, steps: 4, steps: 3}\n")
+    assert main(["sweep", str(tmp_path / "dup.yaml"), "--store", str(tmp_path / "s")]) == 2
+    assert "duplicate key 'steps'" in capsys.readouterr().err
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
     """The CLI catches the input-error type, not every ValueError: a genuine bug is not hidden."""
     import dropdyn.phase

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 
 import torch
 
@@ -14,29 +15,41 @@ class InputError(ValueError):
     """Bad input that a user can cause and fix: the CLI prints it in one line (exit code 2)."""
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 2, 80, 80
+
+
+def shown(value) -> str:
+    """``repr(value)`` cut to a readable size (at most 200 characters) for an error message.
+    A value from a file can be huge, or nested exponentially through YAML aliases (its full
+    repr would exhaust memory)."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def check_keep(keep) -> float:
     """Keep probability q ∈ (0, 1]."""
     q = _real("keep", keep, "a number in (0, 1]")
     if not (0.0 < q <= 1.0):
-        raise InputError(f"keep must be in (0, 1], got {keep!r}")
+        raise InputError(f"keep must be in (0, 1], got {shown(keep)}")
     return q
 
 
 def _real(name: str, value, what: str) -> float:
     """``value`` as a float; bools, complex numbers and non-numbers are refused."""
     if isinstance(value, (bool, complex)) or (isinstance(value, torch.Tensor) and value.numel() != 1):
-        raise InputError(f"{name} must be {what}, got {value!r}")
+        raise InputError(f"{name} must be {what}, got {shown(value)}")
     try:
         return float(value)
     except (TypeError, ValueError, OverflowError):
-        raise InputError(f"{name} must be {what}, got {value!r}") from None
+        raise InputError(f"{name} must be {what}, got {shown(value)}") from None
 
 
 def check_positive(name: str, value) -> float:
     """A finite, strictly positive real (learning rates, time steps)."""
     v = _real(name, value, "a finite positive number")
     if not (math.isfinite(v) and v > 0.0):
-        raise InputError(f"{name} must be a finite positive number, got {value!r}")
+        raise InputError(f"{name} must be a finite positive number, got {shown(value)}")
     return v
 
 
@@ -45,10 +58,10 @@ def check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int,)) and not (
         isinstance(value, float) and value.is_integer()
     ):
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InputError(f"{name} must be an integer >= {minimum}, got {shown(value)}")
     v = int(value)
     if v < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InputError(f"{name} must be an integer >= {minimum}, got {shown(value)}")
     return v
 
 
@@ -56,7 +69,7 @@ def check_seed(seed) -> int:
     """A seed: an integer in [0, 2⁶³) (what ``torch.Generator.manual_seed`` accepts)."""
     v = check_int("seed", seed, 0)
     if v >= 2**63:
-        raise InputError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+        raise InputError(f"seed must be an integer in [0, 2^63), got {shown(seed)}")
     return v
 
 
@@ -85,7 +98,7 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
 def check_choice(name: str, value, choices) -> str:
     """``value`` must be one of ``choices``."""
     if value not in choices:
-        raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(sorted(choices))}")
+        raise InputError(f"unknown {name} {shown(value)}; choose one of {', '.join(sorted(choices))}")
     return value
 
 
@@ -100,9 +113,9 @@ def check_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
+        raise InputError(f"unknown device {shown(device)}; use 'cpu' or 'cuda'") from None
     if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+        raise InputError(f"unknown device {shown(device)}; use 'cpu' or 'cuda'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {str(device)!r} requested but CUDA is not available on this machine")
     return dev
@@ -113,9 +126,9 @@ def parse_floats(name: str, text) -> list[float]:
     try:
         vals = [float(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise InputError(f"{name} must be a comma-separated list of numbers, got {text!r}") from None
+        raise InputError(f"{name} must be a comma-separated list of numbers, got {shown(text)}") from None
     if not vals:
-        raise InputError(f"{name} must not be empty, got {text!r}")
+        raise InputError(f"{name} must not be empty, got {shown(text)}")
     return vals
 
 
@@ -126,7 +139,7 @@ def parse_pairs(name: str, text) -> list[tuple[float, float]]:
         try:
             lr, keep = (float(v) for v in item.split(":"))
         except ValueError:
-            raise InputError(f"{name} must be LR:KEEP pairs like '0.05:0.9,1:0.3', got {text!r}") from None
+            raise InputError(f"{name} must be LR:KEEP pairs like '0.05:0.9,1:0.3', got {shown(text)}") from None
         pairs.append((check_positive("learning rate", lr), check_keep(keep)))
     return pairs
 
@@ -136,9 +149,9 @@ def parse_widths(text) -> list[int]:
     try:
         widths = [int(w) for w in str(text).split(",") if w.strip()]
     except ValueError:
-        raise InputError(f"widths must be a comma-separated list of integers, got {text!r}") from None
+        raise InputError(f"widths must be a comma-separated list of integers, got {shown(text)}") from None
     if len(set(widths)) < 2:
-        raise InputError(f"a rate fit needs at least two distinct widths, got {text!r}")
+        raise InputError(f"a rate fit needs at least two distinct widths, got {shown(text)}")
     for w in widths:
         check_int("width", w, 2)
     return sorted(set(widths))
@@ -149,7 +162,7 @@ def parse_digit_pair(text) -> tuple[int, int]:
     try:
         d = tuple(int(x) for x in str(text).split(","))
     except ValueError:
-        raise InputError(f"digits must be two digits like '4,9', got {text!r}") from None
+        raise InputError(f"digits must be two digits like '4,9', got {shown(text)}") from None
     if len(d) != 2:
-        raise InputError(f"digits must be two digits like '4,9', got {text!r}")
+        raise InputError(f"digits must be two digits like '4,9', got {shown(text)}")
     return d

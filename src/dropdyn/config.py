@@ -9,7 +9,7 @@ import sys
 import typing
 from pathlib import Path
 
-from ._checks import InputError
+from ._checks import InputError, shown
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,11 +33,15 @@ def read_config_file(path) -> dict:
             data = yaml.load(text, Loader=_unique_key_loader())
         except yaml.YAMLError as e:
             raise InputError(f"config file {path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        except RecursionError:  # both parsers recurse on nesting
+            raise InputError(f"config file {path}: nested too deeply") from None
     elif path.suffix == ".toml":
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise InputError(f"config file {path}: invalid TOML ({e})") from None
+        except RecursionError:
+            raise InputError(f"config file {path}: nested too deeply") from None
     else:
         raise InputError(f"config file {path}: use a .yaml, .yml or .toml file")
     data = data or {}
@@ -50,12 +54,18 @@ def _unique_key_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+        """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)
+        and a key that is not a name (a number, a list); merge keys (``<<: *base``) work."""
 
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
+                if key_node.tag == "tag:yaml.org,2002:merge":  # merged by SafeLoader; its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)  # (a list key shows its items)
+                if not isinstance(key, str):
+                    raise yaml.constructor.ConstructorError(None, None, f"a key must be a name, got {shown(key)}",
+                                                            key_node.start_mark)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
                                                             key_node.start_mark)
@@ -75,20 +85,20 @@ def _coerce(name: str, value, typ):
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise InputError(f"setting {name!r} must be true or false, got {value!r}")
+        raise InputError(f"setting {name!r} must be true or false, got {shown(value)}")
     if typ is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise InputError(f"setting {name!r} must be an integer, got {value!r}")
+            raise InputError(f"setting {name!r} must be an integer, got {shown(value)}")
         if not -(2**63) <= int(value) < 2**63:
-            raise InputError(f"setting {name!r} must fit in 64 bits, got {value!r}")
+            raise InputError(f"setting {name!r} must fit in 64 bits, got {shown(value)}")
         return int(value)
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"setting {name!r} must be a number, got {value!r}")
+            raise InputError(f"setting {name!r} must be a number, got {shown(value)}")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
-            raise InputError(f"setting {name!r} must be a string, got {value!r}")
+            raise InputError(f"setting {name!r} must be a string, got {shown(value)}")
         return value
     return value
 

@@ -38,7 +38,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._checks import InputError
+from ._checks import InputError, shown
 from .config import read_config_file
 from .experiment import Context, get, registry
 from .runs import RunIndex, scalar_summary
@@ -86,13 +86,13 @@ def _points(spec: dict, where: str) -> list[dict]:
             raise InputError(f"{where}: list must be a non-empty list of mappings")
         for i, p in enumerate(body):
             if not isinstance(p, dict):
-                raise InputError(f"{where}: list entry {i} must be a mapping of settings, got {p!r}")
+                raise InputError(f"{where}: list entry {i} must be a mapping of settings, got {shown(p)}")
         return [dict(p) for p in body]
     if not isinstance(body, dict) or not body:
         raise InputError(f"{where}: {kind} must be a non-empty mapping of setting: [values]")
     for k, v in body.items():
         if not isinstance(v, list) or not v:
-            raise InputError(f"{where}: {kind}.{k} must be a non-empty list of values, got {v!r}")
+            raise InputError(f"{where}: {kind}.{k} must be a non-empty list of values, got {shown(v)}")
     names = list(body)
     if kind == "grid":
         return [dict(zip(names, vals, strict=True)) for vals in itertools.product(*body.values())]
@@ -116,16 +116,16 @@ def make_sweep(spec: dict, *, name: str = "sweep", where: str = "sweep") -> Swee
     get(str(experiment))
     base = spec.get("base") or {}
     if not isinstance(base, dict):
-        raise InputError(f"{where}: base must be a mapping of settings, got {base!r}")
+        raise InputError(f"{where}: base must be a mapping of settings, got {shown(base)}")
     sweep_name = str(spec.get("name") or name)
     if not sweep_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise InputError(f"{where}: name must be letters, digits, '-', '_' or '.', got {sweep_name!r}")
+        raise InputError(f"{where}: name must be letters, digits, '-', '_' or '.', got {shown(sweep_name)}")
     sweep = Sweep(experiment, sweep_name, base, [])
     for i, point in enumerate(_points(spec, where)):
         try:
             cfg = resolve(experiment, {**base, **point})
         except (TypeError, ValueError) as e:
-            raise InputError(f"{where}: point {i} {point}: {e}") from None
+            raise InputError(f"{where}: point {i} {shown(point)}: {e}") from None
         key = run_key(experiment, cfg)
         if key not in sweep.keys:
             sweep.points.append(point)
@@ -336,7 +336,7 @@ def run_sweep(sweep: Sweep, root: Path | str = "runs", *, executor: str = "seria
     check_int("workers", workers, 1)
     check_int("threads", threads, 1)
     if scheduler and executor != "dask":
-        raise InputError(f"--scheduler needs --executor dask, got executor {executor!r}")
+        raise InputError(f"--scheduler needs --executor dask, got executor {shown(executor)}")
     root = Path(root)
     folder = root / "sweeps" / sweep.name
     folder.mkdir(parents=True, exist_ok=True)
