@@ -222,6 +222,8 @@ def test_two_sweeps_on_one_store_keep_the_index_consistent(tmp_path):
     ({"experiment": "phase-cell", "grid": {"depth": [1]}}, "unknown setting(s) depth"),
     ({"experiment": "phase-cell", "grid": {"c_keep": [2.0]}}, "c_keep must be <= 1"),
     ({"experiment": "phase-cell", "list": [3]}, "list entry 0 must be a mapping"),
+    ({"experiment": "phase-cell", "grid": {"a": [0] * 1000, "b": [0] * 1001}},
+     "the grid makes 1,001,000 points, more than 1,000,000: split it"),  # refused before it is expanded
 ])
 def test_malformed_sweep_files_get_one_line(tmp_path, capsys, spec, match):
     f = _sweep_file(tmp_path / "bad.yaml", **spec)

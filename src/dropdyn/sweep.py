@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import os
 import shlex
 import shutil
@@ -47,6 +48,7 @@ from .store import RunFolder, atomic_write_bytes, read_json, run_key
 EXECUTORS = ("serial", "processes", "dask")
 WORKER_ENV = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}  # LocalCluster workers
 SWEEP_KEYS = {"experiment", "name", "base", "grid", "zip", "list"}
+MAX_POINTS = 1_000_000  # per sweep file
 
 
 @dataclass
@@ -95,6 +97,10 @@ def _points(spec: dict, where: str) -> list[dict]:
             raise InputError(f"{where}: {kind}.{k} must be a non-empty list of values, got {shown(v)}")
     names = list(body)
     if kind == "grid":
+        count = math.prod(len(v) for v in body.values())
+        if count > MAX_POINTS:  # a few lines of grid can ask for more points than a store can hold
+            raise InputError(f"{where}: the grid makes {count:,} points, more than {MAX_POINTS:,}: split it into "
+                             "several sweeps")
         return [dict(zip(names, vals, strict=True)) for vals in itertools.product(*body.values())]
     lengths = {k: len(v) for k, v in body.items()}
     if len(set(lengths.values())) != 1:
@@ -121,13 +127,15 @@ def make_sweep(spec: dict, *, name: str = "sweep", where: str = "sweep") -> Swee
     if not sweep_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise InputError(f"{where}: name must be letters, digits, '-', '_' or '.', got {shown(sweep_name)}")
     sweep = Sweep(experiment, sweep_name, base, [])
+    seen = set()
     for i, point in enumerate(_points(spec, where)):
         try:
             cfg = resolve(experiment, {**base, **point})
         except (TypeError, ValueError) as e:
             raise InputError(f"{where}: point {i} {shown(point)}: {e}") from None
         key = run_key(experiment, cfg)
-        if key not in sweep.keys:
+        if key not in seen:
+            seen.add(key)
             sweep.points.append(point)
             sweep.configs.append(cfg)
             sweep.keys.append(key)
