@@ -28,6 +28,37 @@ def test_mnist_bad_source(kw, match):
         mnist(**kw)
 
 
+def _idx(folder, images: bytes, labels: bytes, n_images=3, n_labels=3):
+    (folder / "train-images-idx3-ubyte").write_bytes((2051).to_bytes(4, "big") + n_images.to_bytes(4, "big")
+                                                     + (28).to_bytes(4, "big") * 2 + images)
+    (folder / "train-labels-idx1-ubyte").write_bytes((2049).to_bytes(4, "big") + n_labels.to_bytes(4, "big") + labels)
+
+
+def test_full_mnist_from_idx_files_and_damaged_ones(tmp_path):
+    import gzip
+
+    pixels = bytes(range(256)) * 9 + bytes(784 * 3 - 256 * 9)
+    _idx(tmp_path, pixels, bytes([1, 4, 9]))
+    X, y = mnist("idx", str(tmp_path))  # as distributed: read by mlxtend's loader
+    assert X.shape == (3, 784) and y.tolist() == [1, 4, 9]
+    assert X.flatten()[:256].mul(255).round().tolist() == list(range(256))
+    _idx(tmp_path, pixels[:784 * 2], bytes([1, 4, 9]))  # one image short
+    with pytest.raises(ValueError, match="do not hold one set of 28×28 images and its labels"):
+        mnist("idx", str(tmp_path))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes((2049).to_bytes(4, "big"))  # cut short
+    with pytest.raises(ValueError, match="do not hold one set"):
+        mnist("idx", str(tmp_path))
+    _idx(tmp_path, pixels, bytes([1, 4, 9]))
+    images = tmp_path / "train-images-idx3-ubyte"
+    images.write_bytes(gzip.compress(images.read_bytes()))
+    with pytest.raises(ValueError, match="is not an MNIST IDX file \\(it is gzip-compressed: gunzip it\\)"):
+        mnist("idx", str(tmp_path))
+    _idx(tmp_path, pixels, b"")
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"<html>not found</html>")
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte' is not an MNIST IDX file$"):
+        mnist("idx", str(tmp_path))
+
+
 def test_mnist_binary_run(tmp_path):
     cfg = mnist_binary.Config(input_size=7, width=100, time=5.0, small_width=50, small_time=1.0, records=5)
     path = mnist_binary.run(cfg, tmp_path / "m")

