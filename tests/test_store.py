@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dropdyn import InputError
-from dropdyn.store import RunFolder, atomic_write_bytes, config_key
+from dropdyn.store import RunFolder, atomic_write_bytes, config_key, load, read_json
 
 
 def test_run_folder_appears_only_when_complete(tmp_path):
@@ -92,3 +92,20 @@ def test_atomic_write_replaces(tmp_path):
 
 def test_config_key_is_stable_and_order_free():
     assert config_key({"a": 1, "b": 2}) == config_key({"b": 2, "a": 1}) != config_key({"a": 2, "b": 2})
+
+
+def test_json_nested_deeper_than_the_parser_recurses_reads_as_unreadable(tmp_path, capsys):
+    from dropdyn.cli import main
+
+    deep = "[" * 200_000 + "]" * 200_000
+    (tmp_path / "deep.json").write_text(deep)
+    assert read_json(tmp_path / "deep.json") is None
+    with RunFolder(tmp_path / "run") as run:
+        run.write_json("config.json", {"experiment": "teacher-student", "config": {}})
+    (tmp_path / "run" / "summary.json").write_text(deep)
+    assert load(tmp_path / "run").summary == {}
+    assert main(["report", str(tmp_path / "run")]) == 0
+    (tmp_path / "run" / "config.json").write_text('{"experiment": "x", "config": ' + deep + "}")
+    assert main(["report", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "not a dropdyn run config" in err and err.count("\n") == 1

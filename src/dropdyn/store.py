@@ -140,10 +140,11 @@ def run_key(experiment: str, config: dict) -> str:
 
 
 def read_json(path: Path):
-    """The JSON document at ``path``, or None if it is missing or unreadable."""
+    """The JSON document at ``path``, or None if it is missing or unreadable (nested deeper
+    than the parser recurses, too)."""
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
 
 
