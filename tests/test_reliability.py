@@ -117,6 +117,23 @@ def test_force_replaces_only_run_folders(tmp_path):
 
 # --- the index is a cache of the folders ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("params, summary", [("garbage", "{}"), ("[1]", "{}"), ("{}", "[" * 100_000)])
+def test_an_index_with_damaged_rows_is_rebuilt(store, tmp_path, capsys, params, summary):
+    """A readable SQLite file whose rows do not decode (edited by hand, or by another tool)."""
+    shutil.copytree(store, tmp_path / "s")
+    with sqlite3.connect(tmp_path / "s" / "index.sqlite") as con:
+        con.execute("UPDATE runs SET params = ?, summary = ?", (params, summary))
+    con.close()
+    rows = RunIndex(tmp_path / "s").rows()
+    assert len(rows) == 1 and rows[0]["status"] == "complete" and rows[0]["params"]["width"] == 20
+    err = capsys.readouterr().err
+    assert "holds an unreadable row" in err and "rebuilt the index" in err and err.count("\n") == 1
+    assert list((tmp_path / "s").glob("index.sqlite.corrupt-*"))
+    again = RunIndex(tmp_path / "s").rows()  # from the rebuilt index, with no notice
+    assert [(r["id"], r["status"], r["params"]) for r in again] == [(r["id"], r["status"], r["params"]) for r in rows]
+    assert capsys.readouterr().err == ""
+
+
 def test_missing_or_corrupt_index_is_rebuilt(store):
     for f in store.glob("index.sqlite*"):
         f.unlink()

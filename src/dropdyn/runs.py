@@ -233,8 +233,15 @@ class RunIndex:
                  if v is not None}
         where = " WHERE " + " AND ".join(f"{c} = ?" for c in given) if given else ""
         raw = self._read("SELECT * FROM runs" + where, tuple(given.values()))
-        rows = ([_decoded(r) for r in raw] if raw is not None else
-                [r for r in scan_folders(self.root) if all(r[c] == v for c, v in given.items())])
+        try:
+            rows = None if raw is None else [_decoded(r) for r in raw]
+        except (TypeError, ValueError, RecursionError) as e:  # rows edited or damaged: rebuild the cache
+            rows = None
+            if os.access(self.root, os.W_OK):
+                self._set_aside(f"the run index {self.path} holds an unreadable row ({e})")
+                self._connect().close()
+        if rows is None:
+            rows = [r for r in scan_folders(self.root) if all(r[c] == v for c, v in given.items())]
         for r in rows:
             if r["status"] == "running" and not _alive(r.get("pid"), r.get("host")):
                 r["status"] = "failed"
@@ -319,8 +326,11 @@ def _alive(pid, host) -> bool:
 
 
 def _decoded(r: dict) -> dict:
+    """A row with ``params`` and ``summary`` decoded; ValueError if either is not a JSON object."""
     r["params"] = json.loads(r["params"])
     r["summary"] = json.loads(r["summary"]) if r["summary"] else {}
+    if not (isinstance(r["params"], dict) and isinstance(r["summary"], dict)):
+        raise ValueError(f"row {r['id']!r} does not hold JSON objects")
     return r
 
 
