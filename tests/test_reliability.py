@@ -350,6 +350,44 @@ def test_yaml_merge_keys_work_and_duplicates_are_still_refused(tmp_path, capsys)
     assert "duplicate key 'steps'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, match", [
+    (["sme-order", "--replicas", "1000000000"], "1,000,000,000 replicas of 1,020 parameters needs about"),
+    (["teacher-student", "--n-train", "1000000000"], "1,000,001,000 samples of dimension 10 needs about"),
+    (["convergence", "--phase", "I", "--widths", "20,100000000000", "--replicas", "1", "--time", "0.1",
+      "--n-train", "10", "--n-test", "10"], "1 of 2 widths failed (first: InputError: width 100000000000"),
+])
+def test_sizes_beyond_the_machine_are_refused_before_allocating(tmp_path, capsys, args, match):
+    """Named by the setting, checked against this machine's memory (24 GiB here: each asks for ≥ 89 GiB);
+    a child run refused so fails its parent in one line too."""
+    assert main(["run", *args, "--out", str(tmp_path / "r"), "--no-progress", "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "GiB, more than the" in err and err.count("\n") == 1
+
+
+def test_an_allocation_that_fails_anyway_gets_one_line(monkeypatch, capsys):
+    """What no check foresaw: torch's CPU allocator raises a RuntimeError, CUDA's an OutOfMemoryError."""
+    import dropdyn.phase
+
+    for error, match in [
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                      "you tried to allocate 4080000000000 bytes. Error code 12 (Cannot allocate memory)"),
+         "out of memory: an allocation of 3.8e+03 GiB failed; the settings ask for more than this machine holds"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
+                                "79.1 GiB"), "out of memory: CUDA out of memory. Tried to allocate 20.00 GiB."),
+        (MemoryError(), "out of memory: an allocation failed; the settings"),
+    ]:
+        def fail(*a, error=error, **k):
+            raise error
+
+        monkeypatch.setattr(dropdyn.phase, "classify", fail)
+        assert main(["phase", "--width", "100", "--lr", "1", "--keep", "0.5"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"dropdyn: error: {match}") and err.count("\n") == 1, err
+    monkeypatch.setattr(dropdyn.phase, "classify", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError is a bug: its traceback stays
+        main(["phase", "--width", "100", "--lr", "1", "--keep", "0.5"])
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
     """The CLI catches the input-error type, not every ValueError: a genuine bug is not hidden."""
     import dropdyn.phase

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sqlite3
 import sys
 import types
@@ -302,6 +303,11 @@ def main(argv=None) -> int:
     except sqlite3.OperationalError as e:  # the store's index: read-only, disk full, locked
         print(f"dropdyn: error: the run index: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError, CUDA's a subclass of it
+        if not _out_of_memory(e):
+            raise
+        print(f"dropdyn: error: {_out_of_memory(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:  # a sweep's says how far it got
         print(f"dropdyn: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
@@ -322,6 +328,18 @@ def _set_threads(args) -> None:
 
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """For an allocation that failed (settings too large for the machine: replicas, samples,
+    data set size), what to print; None for any other error."""
+    text = _one_line(e)
+    if not (isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)  # the CPU allocator's words; CUDA's say it in GiB already
+    detail = (f"an allocation of {int(asked[1]) / 2**30:.3g} GiB failed" if asked
+              else text[:200] or "an allocation failed")
+    return f"out of memory: {detail}; the settings ask for more than this machine holds (lower the sizes)"
 
 
 if __name__ == "__main__":

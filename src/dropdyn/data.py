@@ -52,6 +52,8 @@ def teacher_student(
     check_positive("teacher_scale", teacher_scale)
     if not (math.isfinite(float(label_noise)) and label_noise >= 0):
         raise InputError(f"label_noise must be a finite number >= 0, got {label_noise!r}")
+    check_memory(f"{n_train + n_test:,} samples of dimension {dim}",
+                 (n_train + n_test) * (dim + 2) * torch.empty((), dtype=dtype).element_size())
     w = torch.randn(k, dim, generator=generator, dtype=dtype)
     w = teacher_scale * w / w.norm(dim=1, keepdim=True)
     a = teacher_scale * torch.tensor([(-1.0) ** i for i in range(k)], dtype=dtype)

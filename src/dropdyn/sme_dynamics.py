@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import InputError, check_choice, check_int, check_keep, check_positive, check_seed
+from ._checks import InputError, check_choice, check_int, check_keep, check_memory, check_positive, check_seed
 from .loop import DivergenceWatch, run_loop, within
 from .sme import (
     NoiseCovariance,
@@ -163,6 +163,8 @@ def simulate_sme(
     divergence_threshold = check_positive("divergence_threshold", divergence_threshold)
     substeps = check_substeps(lr, lr / 10 if substep is None else substep) if dynamics in ("sme1", "sme2") else 1
 
+    check_memory(f"{replicas:,} replicas of {theta0.numel():,} parameters",  # θ, its noise and its gradient
+                 3 * replicas * theta0.numel() * theta0.element_size(), theta0.device)
     theta = theta0.expand(replicas, *theta0.shape).clone()
     limit = divergence_threshold * (1.0 + float(theta0.abs().max()))
     times, means, variances, steps_rec = [], [], [], []

@@ -382,8 +382,11 @@ def run_children(sweep: Sweep, ctx, noun: str = "points") -> tuple[list[dict], i
                        progress=ctx.progress)
     failed = [o for o in result.outcomes.values() if o["status"] == "failed"]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(sweep.keys)} {noun} failed (first: {failed[0]['error']}); "
-                           "the others are kept in the store and a re-run resumes")
+        # refused settings (a width too large, say) are the user's to fix: one line, as for the parent's own
+        refused = all(o["error"].startswith(f"{InputError.__name__}: ") for o in failed)
+        raise (InputError if refused else RuntimeError)(
+            f"{len(failed)} of {len(sweep.keys)} {noun} failed (first: {failed[0]['error']}); "
+            "the others are kept in the store and a re-run resumes")
     rows = [json.loads((Path(ctx.store) / sweep.run_id(i) / "summary.json").read_text())
             for i in range(len(sweep.keys))]
     return rows, result.count("complete", skipped=False)
