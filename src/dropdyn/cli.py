@@ -304,9 +304,10 @@ def main(argv=None) -> int:
         print(f"dropdyn: error: the run index: {e}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError, CUDA's a subclass of it
-        if not _out_of_memory(e):
+        message = _out_of_memory(e)
+        if message is None:
             raise
-        print(f"dropdyn: error: {_out_of_memory(e)}", file=sys.stderr)
+        print(f"dropdyn: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # a sweep's says how far it got
         print(f"dropdyn: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)

@@ -157,7 +157,8 @@ def _summary_of(folder: Path) -> dict | None:
 def run_point(task: dict) -> dict:
     """Run one point (in any process): skip it if complete, else run the experiment into its
     folder and record it in the index. Never raises for a failing experiment: the failure
-    is recorded and returned. ``task``: experiment, config, key, root, sweep, threads."""
+    is recorded and returned (``refused``: its settings were refused, an InputError).
+    ``task``: experiment, config, key, root, sweep, threads."""
     import torch
 
     root, exp, cfg, key = Path(task["root"]), task["experiment"], task["config"], task["key"]
@@ -195,7 +196,8 @@ def run_point(task: dict) -> dict:
         if summary is None:  # a concurrent sweep may have completed the same point meanwhile
             error = f"{type(e).__name__}: {e}".strip()
             index.fail(run_id, key, exp, cfg, error, sweep=task.get("sweep"))
-            return {"key": key, "status": "failed", "error": error, "traceback": traceback.format_exc()}
+            return {"key": key, "status": "failed", "error": error, "traceback": traceback.format_exc(),
+                    "refused": isinstance(e, InputError)}
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
@@ -383,8 +385,7 @@ def run_children(sweep: Sweep, ctx, noun: str = "points") -> tuple[list[dict], i
     failed = [o for o in result.outcomes.values() if o["status"] == "failed"]
     if failed:
         # refused settings (a width too large, say) are the user's to fix: one line, as for the parent's own
-        refused = all(o["error"].startswith(f"{InputError.__name__}: ") for o in failed)
-        raise (InputError if refused else RuntimeError)(
+        raise (InputError if all(o.get("refused") for o in failed) else RuntimeError)(
             f"{len(failed)} of {len(sweep.keys)} {noun} failed (first: {failed[0]['error']}); "
             "the others are kept in the store and a re-run resumes")
     rows = [json.loads((Path(ctx.store) / sweep.run_id(i) / "summary.json").read_text())
