@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dropdyn import draw_masks, simulate
-from dropdyn.limits import simulate_limit
+from dropdyn.limits import coupled_limit, simulate_limit
 from dropdyn.metrics import particle_distance
 from dropdyn.model import grad_penalty, grad_potential, predict
 
@@ -61,10 +61,40 @@ def test_coarse_poisson_clocks_are_refused_with_the_bound():
     X, Z, y = problem()
     with pytest.raises(ValueError, match=r"h=0.2 is too coarse .* h ≤ α·0.1 = 0.1"):
         simulate_limit("III", X, Z, y, time=1.0, h=0.2, alpha=1.0)
+    with pytest.raises(ValueError, match=r"h=0.05 is too coarse .* h ≤ α·0.1 = 0.01"):  # h/α, not h·α
+        simulate_limit("IV", X, Z, y, time=1.0, h=0.05, alpha=0.1, beta=1.0)
+    assert simulate_limit("III", X, Z, y, time=1.0, h=0.01, alpha=0.1).info["h"] == 0.01  # h/α = 0.1: allowed
     with pytest.raises(ValueError, match="phase III needs alpha"):
         simulate_limit("III", X, Z, y, time=1.0, h=0.01)
     with pytest.raises(ValueError, match="unknown phase 'VI'"):
         simulate_limit("VI", X, Z, y, time=1.0, h=0.01)
+
+
+def test_coupled_limit_maps_each_phase_to_its_engine_arguments():
+    """I, II at h = lr (II with β); III, IV on the dropout masks themselves when lr/α ≤ 0.1
+    (IV with β), else on their own clocks at the coarsest admissible step, recorded at the
+    end only; V on the masks at (τ̄, q̄)."""
+    X, Z, y = problem(5)
+    lr, T = 0.02, 0.2
+    masks = draw_masks(0.3, 10, (30,), seed=4)
+
+    def same(a, b):
+        assert torch.equal(a.particles, b.particles) and torch.equal(a.times, b.times)
+        assert a.info["h"] == b.info["h"]
+
+    kw = dict(time=T, lr=lr, masks=masks, alpha=0.5, beta=0.7, tau=0.04, keep=0.3, seed=3)
+    same(coupled_limit("I", X, Z, y, **kw), simulate_limit("I", X, Z, y, time=T, h=lr))
+    same(coupled_limit("II", X, Z, y, **kw), simulate_limit("II", X, Z, y, time=T, h=lr, beta=0.7))
+    same(coupled_limit("III", X, Z, y, **kw), simulate_limit("III", X, Z, y, time=T, h=lr, alpha=0.5, clocks=masks))
+    same(coupled_limit("IV", X, Z, y, **kw),
+         simulate_limit("IV", X, Z, y, time=T, h=lr, alpha=0.5, beta=0.7, clocks=masks, seed=3))
+    same(coupled_limit("V", X, Z, y, **{**kw, "time": 0.4}),
+         simulate_limit("V", X, Z, y, time=0.4, lr=0.04, keep=0.3, clocks=masks))
+    # lr/α = 0.2 > 0.1: own clocks at h = T / ⌈T/(0.1 α)⌉ = 0.01, recorded at 0 and T only
+    own = coupled_limit("III", X, Z, y, **{**kw, "alpha": 0.1})
+    assert own.info["h"] == pytest.approx(0.01) and own.times.tolist() == pytest.approx([0.0, T])
+    assert torch.equal(own.particles, simulate_limit("III", X, Z, y, time=T, h=0.01, alpha=0.1, seed=3).particles)
+    assert not torch.equal(own.particles, simulate_limit("III", X, Z, y, time=T, h=0.01, alpha=0.1, seed=4).particles)
 
 
 def test_phase_III_poisson_ring_rate():

@@ -31,6 +31,7 @@ def test_stream_is_replayable_and_seeded():
     assert not torch.equal(a, c)
     # successive draws differ
     assert not torch.equal(a[0], a[1])
+    assert MaskStream(0.5, (3, 100)).take(0).shape == (0, 3, 100)  # zero steps: an empty stack
 
 
 def test_keep_one_keeps_everything():
