@@ -105,18 +105,12 @@ def get_activation(name: str) -> Activation:
 
 
 # --------------------------------------------------------------------------- reference
-def split(particles: Tensor, d: int) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(…, width, p) → a (…, width), w (…, width, d), b (…, width) or None``."""
-    a, w = particles[..., 0], particles[..., 1 : 1 + d]
-    b = particles[..., 1 + d] if particles.shape[-1] == d + 2 else None
-    return a, w, b
-
-
 def preactivations(particles: Tensor, inputs: Tensor) -> Tensor:
-    """``u_ij = w_i·z_j [+ b_i]``: ``(…, width, p), (m, d) → (…, width, m)``."""
-    _, w, b = split(particles, inputs.shape[-1])
-    u = w @ inputs.T
-    return u if b is None else u + b[..., None]
+    """``u_ij = w_i·z_j [+ b_i]``: ``(…, width, p), (m, d) → (…, width, m)``, where a row is
+    ``(a, w[, b])``: ``w = x[1 : 1 + d]``, ``b = x[1 + d]`` when ``p = d + 2``."""
+    d = inputs.shape[-1]
+    u = particles[..., 1 : 1 + d] @ inputs.T
+    return u + particles[..., 1 + d, None] if particles.shape[-1] == d + 2 else u
 
 
 def features(particles: Tensor, inputs: Tensor, activation: str = "tanh") -> Tensor:
