@@ -48,3 +48,29 @@ def test_largest_algebraic_and_largest_magnitude_eigenvalue():
     x = torch.ones(3, dtype=torch.float64)
     assert abs(top_eigenvalue(fn, x) - 1.0) < 1e-8
     assert abs(top_eigenvalue(fn, x, which="magnitude") + 3.0) < 1e-8
+
+
+def test_top_eigenvalue_of_one_parameter_and_of_a_zero_hessian():
+    """N = 1, where ARPACK cannot run: the Hessian is its own eigenvalue (−2.5 at x = 0.7 for
+    f = x⁴/4 − 2x², since f'' = 3x² − 4). A zero Hessian, where ARPACK cannot start: 0."""
+    x = torch.tensor([0.7], dtype=torch.float64)
+    assert abs(top_eigenvalue(lambda t: (t**4 / 4 - 2 * t**2).sum(), x) - (3 * 0.49 - 4)) < 1e-12
+    assert top_eigenvalue(lambda t: t.sum(), torch.ones(5, dtype=torch.float64)) == 0.0
+
+
+def test_flatness_trace_and_its_standard_error_on_a_known_hessian():
+    """Loss ½(θ₁ + θ₂ − y)²: H = [[1, 1], [1, 1]], top eigenvalue 2, trace 2. A Rademacher
+    probe gives zᵀHz = (z₁ + z₂)² ∈ {0, 4}, each with probability ½: standard deviation 2,
+    so the standard error over 400 probes is 2/√400 = 0.1: within ±10% unless the share of
+    4s strays beyond 0.5 ± 0.1, four standard deviations (the probes are seeded; every
+    zᵀHz is exact, so no rounding can move the verdict)."""
+    from torch import nn
+
+    from dropdyn.curvature import flatness
+
+    net = nn.Linear(2, 1, bias=False).double()
+    x, y = torch.ones(1, 2, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    res = flatness(net, lambda out, t: 0.5 * ((out - t) ** 2).sum(), x, y, probes=400)
+    assert abs(res["top_eigenvalue"] - 2.0) < 1e-10
+    assert 0.09 < res["trace_se"] < 0.11
+    assert abs(res["trace"] - 2.0) < 5 * res["trace_se"]

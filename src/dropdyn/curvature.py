@@ -72,11 +72,6 @@ def mean_field_sharpness(particles: torch.Tensor, inputs: torch.Tensor, targets:
     return top_eigenvalue(lambda X: n * risk(X, inputs, targets, activation), particles, **kw)
 
 
-def _mean_se(xs: list[float]) -> tuple[float, float]:
-    t = torch.tensor(xs, dtype=torch.float64)
-    return float(t.mean()), (float(t.std() / math.sqrt(len(t))) if len(t) > 1 else float("nan"))
-
-
 def flatness(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, probes: int = 50,
              seed: int = 0, which: str = "largest") -> dict:
     """Sharpness of a solution: the top eigenvalue (Lanczos; ``which`` as in
@@ -104,5 +99,5 @@ def flatness(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Ten
             tr.append(float(z @ hvp(fn, flat, z)))
     finally:
         model.train(was)
-    mean, se = _mean_se(tr)
-    return {"top_eigenvalue": top, "trace": mean, "trace_se": se}
+    tr = torch.tensor(tr, dtype=torch.float64)
+    return {"top_eigenvalue": top, "trace": float(tr.mean()), "trace_se": float(tr.std() / math.sqrt(probes))}
