@@ -164,6 +164,20 @@ def test_simulation_deterministic_and_limits():
     assert torch.allclose(sde, flow, atol=1e-13)
 
 
+def test_trajectory_records_the_replica_mean_variance_and_monte_carlo_error():
+    """mean = (1/R) Σ_r θ_r, variance = Σ_coords (1/(R−1)) Σ_r (θ_r − mean)², and
+    mean_error = √(variance / R), at the last record (the final θ)."""
+    theta, X, y = _problem(width=3, seed=12)
+    R = 7
+    tr = simulate_sme("dropout", theta, X, y, lr=0.1, keep=0.5, steps=4, replicas=R, seed=2)
+    th = tr.particles.reshape(R, -1).tolist()
+    mean = [sum(t[k] for t in th) / R for k in range(len(th[0]))]
+    var = sum(sum((t[k] - mean[k]) ** 2 for t in th) / (R - 1) for k in range(len(mean)))
+    torch.testing.assert_close(tr.mean[-1].reshape(-1), torch.tensor(mean, dtype=f64), rtol=1e-12, atol=1e-14)
+    assert var > 0 and abs(float(tr.variance[-1]) - var) < 1e-12 * var
+    assert abs(float(tr.mean_error[-1]) - (var / R) ** 0.5) < 1e-12 * (var / R) ** 0.5
+
+
 def test_one_step_moments_of_sme_match_dropout():
     """With one Euler–Maruyama step per dropout step, the SME increment has exactly the
     dropout increment's mean −η∇L_S and covariance η²Σ; check both by Monte Carlo, for
