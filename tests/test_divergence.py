@@ -160,6 +160,29 @@ def test_checking_divergence_every_few_steps_in_the_critical_limit():
     assert runs[0].diverged_at_step == 4
 
 
+@pytest.mark.parametrize("simulator", ["engine", "sme"])
+def test_a_divergence_at_the_last_step_is_found_between_checks(simulator):
+    # the run's last step is always read: a run of exactly s steps that diverges at step s,
+    # recorded only at 0 and checked every 100 steps, still says so and keeps step s − 1
+    from dropdyn.sme_dynamics import simulate_sme
+
+    g = torch.Generator().manual_seed(0)
+    X0, Z, y = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((4, 4), (7, 3), (7,)))
+
+    def run(steps, every):
+        if simulator == "engine":
+            return dropdyn.simulate("dropout", 3 * X0, Z, y, lr=10.0, keep=0.3, steps=steps, seed=0,
+                                    record_every=1000, check_every=every)
+        return simulate_sme("dropout", 3 * X0, Z, y, lr=10.0, keep=0.3, steps=steps, replicas=3, seed=0,
+                            record_every=1000, check_every=every)
+
+    s = run(300, 1).diverged_at_step
+    assert s is not None and s > 2
+    last, between = run(s, 1), run(s, 100)
+    assert between.diverged_at_step == last.diverged_at_step == s
+    assert between.steps.tolist() == [0, s - 1] and torch.equal(between.particles, last.particles)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_loops_finiteness_tests_agree_with_isfinite(dtype):
     # loop.finite and loop.within take fewer kernels than torch.isfinite; on every combination

@@ -525,7 +525,7 @@ def simulate(
     replay = StepGraph(lambda: graph_step(False), generators) if graph else None
 
     def advance(k: int, due: bool) -> int | None:
-        read = due or k == steps or rec.snapshot_due(k, steps)
+        read = due or rec.snapshot_due(k, steps)  # due: recorded, as the last step always is
         if graph:  # steps to be read, and step 1 (it loads the kernels before the capture), run eagerly
             risk = graph_step(due) if read or k == 1 else replay()  # a replay returns None: no risk
             a, W, diverged = state["a"], state["W"], watch.read(k, read)

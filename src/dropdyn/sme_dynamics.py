@@ -187,7 +187,7 @@ def simulate_sme(
         new = sme_step(dynamics, state["theta"], inputs, targets, lr=lr, keep=keep, substeps=substeps,
                        activation=activation, diffusion=diffusion, generator=generator)
         ok = within(new.abs(), limit)
-        (state["theta"],), diverged = watch.keep(k, ok, (new,), (state["theta"],), read=due or k == steps)
+        (state["theta"],), diverged = watch.keep(k, ok, (new,), (state["theta"],), read=due)
         return diverged
 
     diverged = run_loop(steps, advance, lambda k: record(k, state["theta"]), record_every=record_every,
