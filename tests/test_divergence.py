@@ -160,6 +160,21 @@ def test_checking_divergence_every_few_steps_in_the_critical_limit():
     assert runs[0].diverged_at_step == 4
 
 
+def test_a_run_stops_at_the_first_step_whose_risk_exceeds_the_threshold():
+    # step k diverges when the risk of its forward pass (for GD: of the state after k − 1
+    # steps) is above divergence_threshold · (1 + R_0); the run keeps the state after k − 1.
+    # The two thresholds tell (1 + R_0) from 1/(1 + R_0) and from (2 + R_0): the risks here
+    # (R_0 = 0.45, …, R_13 = 368, R_14 = 2148, R_15 = 1.2·10⁴) sit far from every limit
+    g = torch.Generator().manual_seed(0)
+    X0, Z, y = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((30, 4), (10, 3), (10,)))
+    R = dropdyn.simulate("gd", X0, Z, y, lr=8.0, keep=1.0, steps=30, divergence_threshold=1e300).risk.tolist()
+    for t in (300.0, 1000.0):
+        first = next(k for k in range(1, 31) if R[k - 1] > t * (1 + R[0]))
+        run = dropdyn.simulate("gd", X0, Z, y, lr=8.0, keep=1.0, steps=30, divergence_threshold=t)
+        assert run.diverged_at_step == first and run.steps[-1] == first - 1
+        assert run.risk[-1] == R[first - 1]
+
+
 @pytest.mark.parametrize("simulator", ["engine", "sme"])
 def test_a_divergence_at_the_last_step_is_found_between_checks(simulator):
     # the run's last step is always read: a run of exactly s steps that diverges at step s,
