@@ -141,3 +141,33 @@ def test_phase_IV_mean_jump_is_the_penalty_corrected_drift():
     se = jump.std(0) / math.sqrt(R)
     assert torch.all((jump.mean(0) - drift).abs() <= 5 * se + 1e-12)
     assert float(jump.std(0).max()) > 0  # the forward pass is random
+
+
+def test_phase_IV_with_clocks_that_differ_across_replicas():
+    """Replicas whose clocks ring for different neurons, and different numbers of them (the
+    kernel pads every replica to the largest count): a neuron that did not ring stays put,
+    one that rang jumps by −α(∇V[μ] + β∇P) on average; one ring alone moves its neuron."""
+    X, Z, y = problem(7, n=12)
+    R, alpha, beta, h = 20_000, 0.5, 0.7, 0.05
+    clocks = draw_masks(0.3, 1, (R, 12), seed=8)
+    out = simulate_limit("IV", X.expand(R, 12, 4).clone(), Z, y, time=h, h=h, alpha=alpha, beta=beta,
+                         clocks=clocks, seed=4).particles
+    rang = clocks[0]
+    assert len(set(rang.sum(-1).tolist())) > 5  # many different counts per replica
+    jump = out - X
+    assert torch.all(jump[~rang] == 0) and torch.all((jump[rang] != 0).any(-1))
+    drift = -alpha * (grad_potential(X, Z, predict(X, Z) - y) + beta * grad_penalty(X, Z))
+    for i in range(12):
+        ji = jump[rang[:, i], i]
+        assert torch.all((ji.mean(0) - drift[i]).abs() <= 5 * ji.std(0) / math.sqrt(len(ji)) + 1e-12), i
+    # each replica draws the Y_l of its own population: in one whose output weights a are all
+    # 0, φ ≡ 0 there, so its residual is −y and its jump −α∇V(x; −y), whatever is drawn
+    silent = X.clone()
+    silent[:, 0] = 0
+    both = simulate_limit("IV", torch.stack([X, silent]), Z, y, time=h, h=h, alpha=alpha, beta=beta,
+                          clocks=torch.ones(1, 2, 12, dtype=torch.bool), seed=4).particles
+    torch.testing.assert_close(both[1] - silent, -alpha * grad_potential(silent, Z, -y), rtol=1e-12, atol=1e-14)
+    one = torch.zeros(1, 1, 12, dtype=torch.bool)
+    one[0, 0, 3] = True
+    moved = simulate_limit("IV", X[None], Z, y, time=h, h=h, alpha=alpha, beta=beta, clocks=one, seed=4).particles[0]
+    assert not torch.equal(moved[3], X[3]) and torch.equal(moved[torch.arange(12) != 3], X[torch.arange(12) != 3])
