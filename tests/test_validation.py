@@ -79,3 +79,22 @@ def test_bad_masks(ok):
 def test_test_data_must_come_in_pairs(ok):
     with pytest.raises(ValueError, match="test_inputs and test_targets"):
         call(ok, test_inputs=ok["inputs"])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_smallest_valid_problems_run(bias):
+    """The boundary's other side: width 1, one sample, d = 1, keep = 1 and a tiny lr are
+    accepted by every simulator, and zero steps return the initial state."""
+    from dropdyn.limits import simulate_limit
+    from dropdyn.sme_dynamics import simulate_sme
+
+    X = torch.tensor([[0.5, -1.0] + [0.3] * bias], dtype=torch.float64)
+    Z, y = torch.tensor([[2.0]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    for variant in ("dropout", "ram", "gd"):
+        res = simulate(variant, X, Z, y, lr=1e-300, keep=1.0, steps=2)
+        assert res.diverged_at_step is None and res.particles.shape == X.shape
+    assert torch.equal(simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=0).particles, X)
+    assert simulate_limit("IV", X, Z, y, time=0.1, h=0.1, alpha=1.0, beta=1.0).particles.shape == X.shape
+    if not bias:  # the SME's θ has no bias coordinate
+        tr = simulate_sme("sme2", X, Z, y, lr=0.1, keep=0.5, steps=1, replicas=1)
+        assert tr.diverged_at_step is None and tr.particles.shape == (1, *X.shape)
