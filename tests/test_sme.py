@@ -36,6 +36,24 @@ def _enumerate(theta, X, y, keep):
     return mean, (W[:, None, None] * C[:, :, None] * C[:, None, :]).sum(0)
 
 
+@pytest.mark.parametrize("keep", [0.3, 1.0])
+def test_risk_and_modified_loss_against_sums_and_the_mask_average(keep):
+    """R_S(θ) = (1/2N) Σ_i (Σ_r a_r σ(w_r·x_i) − y_i)², by explicit sums; L_S (eq. 7) is the
+    exact average of the dropout risk R_S^drop(θ; δ) over all 2^width masks (= R_S at p = 1)."""
+    theta, X, y = _problem(width=5, seed=13)
+    N = len(y)
+    f = [sum(float(theta[r, 0]) * math.tanh(float(theta[r, 1:] @ X[i])) for r in range(5)) for i in range(N)]
+    R = sum((f[i] - float(y[i])) ** 2 for i in range(N)) / (2 * N)
+    assert abs(float(sme.risk_standard(theta, X, y)) - R) < 1e-13
+    L = 0.0
+    for bits in itertools.product([0.0, 1.0], repeat=5):
+        b = torch.tensor(bits, dtype=f64)
+        r_drop = sme.predict_standard(theta, X, mask=b / keep) - y
+        L += float(keep ** b.sum() * (1 - keep) ** (5 - b.sum())) * float(0.5 * r_drop.square().mean())
+    assert abs(float(sme.modified_loss(theta, X, y, keep)) - L) < 1e-12 * L
+    assert (keep == 1.0) == (abs(L - R) < 1e-13)
+
+
 def test_mask_moments():
     for p in (0.1, 0.5, 0.9, 1.0):
         eps = torch.tensor([1 / p - 1, -1.0], dtype=f64)
