@@ -163,6 +163,18 @@ def test_bad_input_errors():
         simulate_sme("sgd", theta, X, y, lr=0.1, keep=0.5, steps=1)
 
 
+def test_dense_limits_are_the_bytes_of_sigma_and_of_its_factor():
+    """width 5, d = 3: D = 20; F is D × (5 + 10) = 300 entries, Σ is D × D = 400 (float64:
+    2,400 and 3,200 bytes). Each is built at exactly its size and refused one byte below."""
+    theta, X, y = _problem(width=5, d=3, seed=14)
+    S = sme.noise_covariance(theta, X, y, 0.5)
+    assert S.factor_dense(limit_bytes=2400).shape == (20, 15) and S.to_dense(limit_bytes=3200).shape == (20, 20)
+    with pytest.raises(ValueError, match=r"dense F for D = 20 would need"):
+        S.factor_dense(limit_bytes=2399)
+    with pytest.raises(ValueError, match=r"dense Σ for D = 20 would need"):
+        S.to_dense(limit_bytes=3199)
+
+
 def test_simulation_deterministic_and_limits():
     theta, X, y = _problem(width=6, seed=8)
     run = [simulate_sme("sme2", theta, X, y, lr=0.1, keep=0.5, steps=5, replicas=4, substep=0.025,
