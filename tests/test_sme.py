@@ -157,6 +157,9 @@ def test_bad_input_errors():
         sme.noise_covariance(theta, X, y, 0.5).to_dense(limit_bytes=100)
     with pytest.raises(ValueError, match="substep 0.03 must divide the learning rate 0.1"):
         sme.check_substeps(0.1, 0.03)
+    with pytest.raises(ValueError, match=r"substep 0.3 must divide the learning rate 0.1 \(lr / substep = 0.333333\)"):
+        sme.check_substeps(0.1, 0.3)
+    assert [sme.check_substeps(0.1, h) for h in (0.1, 0.025, 0.1 / 3)] == [1, 4, 3]
     with pytest.raises(ValueError, match="lr must be a finite positive number"):
         simulate_sme("sme1", theta, X, y, lr=-0.1, keep=0.5, steps=1)
     with pytest.raises(ValueError, match="unknown dynamics 'sgd'"):
