@@ -68,6 +68,26 @@ def test_distances_are_zero_on_their_sets():
     assert set_distances(1.0, 0.2)["I"] == 0 and set_distances(1.0, 0.2)["degenerate"] > 0
 
 
+@pytest.mark.parametrize("a, b, expected", [
+    # every distance by hand: V is the origin, IV the point (1, 1), III the diagonal segment
+    # from 0 to (1, 1), II the ray b = 1 from (1, 1) rightwards, I the region
+    # 0 ≤ b ≤ min(a, 1), the degenerate set b ≥ a or b ≥ 1
+    (0.5, 0.2, dict(V=math.hypot(0.5, 0.2), IV=math.hypot(0.5, 0.8), III=0.3 / math.sqrt(2),
+                    II=math.hypot(0.5, 0.8), I=0.0, degenerate=0.3 / math.sqrt(2))),
+    (2.0, 0.9, dict(V=math.hypot(2.0, 0.9), IV=math.hypot(1.0, 0.1), III=math.hypot(1.0, 0.1), II=0.1, I=0.0,
+                    degenerate=0.1)),
+    (-1.0, 0.5, dict(V=math.hypot(1.0, 0.5), IV=math.hypot(2.0, 0.5), III=math.hypot(1.0, 0.5),
+                     II=math.hypot(2.0, 0.5), I=math.hypot(1.0, 0.5), degenerate=0.0)),
+    (3.0, -2.0, dict(V=math.hypot(3.0, 2.0), IV=math.hypot(2.0, 3.0), III=2.5 * math.sqrt(2), II=3.0, I=2.0,
+                     degenerate=3.0)),
+])
+def test_set_distances_against_hand_computed_values(a, b, expected):
+    d = set_distances(a, b)
+    assert d.keys() == expected.keys()
+    for name, value in expected.items():
+        assert abs(d[name] - value) < 1e-12, (name, d[name], value)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(width=1), "width must be an integer >= 2"),
     (dict(lr=0), "lr must be a finite positive"),
