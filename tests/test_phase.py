@@ -57,6 +57,14 @@ def test_boundaries_warn_and_tolerance_shrinks_with_width():
     assert p.phase == "I" and any("not decided" in w and "III" in w for w in p.warnings)
     # deep inside I: no warning
     assert at(10**8, 1.5, 0.3).warnings == []
+    # the "not decided" band is 2·tol wide (tol = log 3 / log 10⁴ = 0.119 here): points of I at
+    # 0.2 and 0.3 from the III segment, on either side of 0.239
+    for off, warns in ((0.2, True), (0.3, False)):
+        d = off / math.sqrt(2)
+        p = at(10**4, 0.5 + d, 0.5 - d)
+        assert p.phase == "I" and any("within 0.239 of III" in w for w in p.warnings) == warns, p.warnings
+    # the small-width warning starts below width 100
+    assert [any("is small" in w for w in classify(n, 0.5, 0.5).warnings) for n in (99, 100)] == [True, False]
     # practical constants (τ = q = 0.5) at width 1000 are "order one": phase V
     assert classify(1000, 0.5, 0.5).phase == "V"
 
