@@ -135,6 +135,31 @@ def test_ctrl_c_stops_a_parallel_sweep_at_once_and_a_rerun_resumes(tmp_path, exe
     assert not list((store / "phase-cell").glob(".*"))  # the ended workers' partial folders are gone
 
 
+def test_an_interrupted_dask_sweep_in_python_gives_back_sigint_and_logging(tmp_path):
+    """From Python (a notebook): the Dask executor silences logging from the interrupt until
+    its cluster is closed (the cancellation's own error logs), then puts the SIGINT handler
+    and the logging level back as they were."""
+    import logging
+    import threading
+
+    from dropdyn.sweep import Interrupted
+
+    sweep = make_sweep({"experiment": "phase-cell", "name": "py", "base": SLOW, "grid": GRID12})
+    store = tmp_path / "store"
+    index = RunIndex(store)
+
+    def interrupt():
+        while len(index.rows(status="complete")) < 1:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(Interrupted, match=r"sweep py: \d+ of 12 points complete"):
+        run_sweep(sweep, store, executor="dask", workers=2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert logging.root.manager.disable == logging.NOTSET
+
+
 def test_a_killed_dask_worker_does_not_lose_its_point(tmp_path):
     from distributed import Client, LocalCluster
 
