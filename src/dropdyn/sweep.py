@@ -29,11 +29,13 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import os
 import shlex
 import shutil
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -244,8 +246,6 @@ def _worker_init(parent: int) -> None:
     sends to the whole process group, is ignored here, and the driver ends its workers
     itself (``_processes``). A watchdog thread ends this worker once its driver is gone
     (killed with SIGKILL, say), instead of leaving it waiting for work forever."""
-    import threading
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch():
@@ -286,7 +286,6 @@ def _dask(tasks, *, workers: int, scheduler: str | None, **_):
     """Points as Dask tasks. A worker that dies mid-point is replaced and its point rerun
     by the scheduler (up to ``distributed.scheduler.allowed-failures`` times, then
     ``KilledWorker``, which is recorded as the point's failure)."""
-    import logging
     import sys
 
     import dask
@@ -351,10 +350,6 @@ class _QuietAfterInterrupt:
     closed."""
 
     def __init__(self):
-        import logging
-        import signal
-        import threading
-
         self.previous = None
         self.disabled = logging.root.manager.disable
         # only over a Python handler (normally the one that raises KeyboardInterrupt): an
@@ -363,15 +358,10 @@ class _QuietAfterInterrupt:
             self.previous = signal.signal(signal.SIGINT, self._interrupted)
 
     def _interrupted(self, signum, frame):
-        import logging
-
         logging.disable(logging.CRITICAL)
         self.previous(signum, frame)
 
     def restore(self) -> None:
-        import logging
-        import signal
-
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
         logging.disable(self.disabled)
