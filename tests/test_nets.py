@@ -75,7 +75,121 @@ def test_mc_average_converges_to_weight_scaling_for_linear_nets():
 
 
 def test_error_rate():
-    assert error_rate(torch.tensor([[2.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 0])) == 0.5
+    logits = torch.tensor([[2.0, 1.0], [0.0, 1.0], [3.0, -1.0]])
+    assert error_rate(logits, torch.tensor([0, 0, 0])) == pytest.approx(1 / 3)
+    assert error_rate(logits, torch.tensor([0, 1, 0])) == 0.0
+
+
+def test_layers_keep_rates_masks_and_activations_in_order():
+    """The forward pass against one written out: the input mask at keep_input, hidden layer l's
+    at keep_hidden[l] (drawn in that order, u < keep), the activation after every hidden Linear
+    and none after the last; in eval mode the original convention scales by each keep."""
+    torch.manual_seed(0)
+    keeps = (0.8, 0.5, 0.7)
+    x = torch.randn(9, 4, dtype=torch.float64)
+    for inverted in (False, True):
+        net = DropoutMLP([4, 6, 5, 3], keep_input=keeps[0], keep_hidden=keeps[1:], activation="tanh",
+                         inverted=inverted).double()
+        assert [d.keep for d in net.dropouts()] == list(keeps)
+        L1, L2, L3 = net.linears()
+        net.train()
+        shared = torch.Generator().manual_seed(5)
+        for d in net.dropouts():
+            d.generator = shared
+        g = torch.Generator().manual_seed(5)
+
+        def drop(h, keep, g=g, inverted=inverted):
+            mask = (torch.rand(h.shape, generator=g, dtype=h.dtype) < keep).double()
+            return h * mask / keep if inverted else h * mask
+
+        want = L3(drop(torch.tanh(L2(drop(torch.tanh(L1(drop(x, keeps[0]))), keeps[1]))), keeps[2]))
+        torch.testing.assert_close(net(x), want, rtol=0, atol=1e-14)
+        net.eval()
+        s = (1.0, 1.0, 1.0) if inverted else keeps
+        want = L3(s[2] * torch.tanh(L2(s[1] * torch.tanh(L1(s[0] * x)))))
+        torch.testing.assert_close(net(x), want, rtol=0, atol=1e-14)
+    # the smallest nets: no hidden layer (input dropout only), and layers of one unit
+    assert DropoutMLP([4, 3], keep_input=0.8)(torch.zeros(2, 4)).shape == (2, 3)
+    assert DropoutMLP([1, 1, 1], keep_hidden=0.5)(torch.zeros(2, 1)).shape == (2, 1)
+    assert not DropoutMLP([4, 3]).dropouts()[0].keep < 1  # keep_input defaults to 1: no input dropout
+    with pytest.raises(ValueError, match="an input and an output size"):
+        DropoutMLP([4])
+
+
+def test_mc_predict_averages_the_thinned_outputs_or_their_probabilities():
+    torch.manual_seed(3)
+    net = DropoutMLP([4, 6, 3], keep_input=0.8, keep_hidden=0.5).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    net.train()
+    for probabilities in (False, True):
+        g = torch.Generator().manual_seed(7)
+        for d in net.dropouts():
+            d.generator = g
+        outs = torch.stack([net(x) for _ in range(6)])
+        want = (outs.softmax(-1) if probabilities else outs).mean(0)
+        got = net.mc_predict(x, 6, torch.Generator().manual_seed(7), probabilities=probabilities)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+    torch.testing.assert_close(got.sum(-1), torch.ones(5, dtype=torch.float64))
+    assert all(d.generator is None for d in net.dropouts()) and net.training  # released, mode restored
+
+
+def test_max_norm_projects_only_the_rows_outside_the_ball():
+    """A row with ‖w‖ > c becomes c·w/‖w‖ (same direction); a row inside is left as it is; the
+    output layer is never touched."""
+    torch.manual_seed(4)
+    net = DropoutMLP([5, 6, 4, 3], keep_hidden=0.5).double()
+    with torch.no_grad():
+        for lin in net.linears():
+            lin.weight.mul_(torch.linspace(0.1, 3.0, len(lin.weight), dtype=torch.float64)[:, None])
+    before = [lin.weight.detach().clone() for lin in net.linears()]
+    c = 1.0
+    apply_max_norm(net, c)
+    for lin, w in zip(net.linears()[:-1], before[:-1], strict=True):
+        norms = w.norm(dim=1)
+        assert bool((norms > c).any() and (norms < c).any())  # both kinds of row are present
+        want = torch.where((norms > c)[:, None], c * w / norms[:, None], w)
+        torch.testing.assert_close(lin.weight.detach(), want, rtol=0, atol=1e-15)
+    assert torch.equal(net.linears()[-1].weight.detach(), before[-1])
+
+
+def test_train_is_minibatch_sgd_with_momentum_and_decay_written_out():
+    """train() with its defaults (lr 0.1, momentum 0.9, decay 0.98 an epoch, batches of 100)
+    against the loop written out: a fresh permutation each epoch, v ← 0.9v + ∇ℓ, θ ← θ − lr·v,
+    the masks and the permutations from the one generator; 250 examples give batches of 100,
+    100 and 50. Zero epochs change nothing."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(250, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (250,), generator=g)
+    torch.manual_seed(1)
+    net = DropoutMLP([4, 8, 3], keep_hidden=0.5).double()
+    ref = DropoutMLP([4, 8, 3], keep_hidden=0.5).double()
+    ref.load_state_dict(net.state_dict())
+    start = [p.detach().clone() for p in net.parameters()]
+    assert train(net, x, y, epochs=0) is None
+    assert all(torch.equal(p, s) for p, s in zip(net.parameters(), start, strict=True))
+    steps, epochs = [], []
+    out = train(net, x, y, epochs=2, generator=torch.Generator().manual_seed(3), on_step=steps.append,
+                on_epoch=epochs.append)
+    assert out is None and steps == [1, 2, 3, 4, 5, 6] and epochs == [0, 1]
+
+    g = torch.Generator().manual_seed(3)
+    for d in ref.dropouts():
+        d.generator = g
+    params = list(ref.parameters())
+    velocity = [torch.zeros_like(p) for p in params]
+    lr = 0.1
+    ref.train()
+    for _ in range(2):
+        perm = torch.randperm(250, generator=g)
+        for s in range(0, 250, 100):
+            idx = perm[s:s + 100]
+            grads = torch.autograd.grad(torch.nn.functional.cross_entropy(ref(x[idx]), y[idx]), params)
+            with torch.no_grad():
+                for p, v, gr in zip(params, velocity, grads, strict=True):
+                    v.mul_(0.9).add_(gr)
+                    p.sub_(lr * v)
+        lr *= 0.98
+    for p, q in zip(net.parameters(), params, strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -87,6 +201,19 @@ def test_error_rate():
 def test_bad_construction(kw, match):
     with pytest.raises(ValueError, match=match):
         DropoutMLP([4, 5, 5, 2], **kw)
+
+
+def test_all_finite_reads_the_gradients_as_well_as_the_loss():
+    from dropdyn.nets import all_finite
+
+    net = DropoutMLP([4, 5, 2])
+    loss = torch.tensor(1.0)
+    assert all_finite(net, loss)  # no gradient yet
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    assert all_finite(net, loss) and not all_finite(net, torch.tensor(float("inf")))
+    net.linears()[1].bias.grad[0] = float("nan")
+    assert not all_finite(net, loss)
 
 
 def test_bad_training_and_inference_input():
@@ -111,7 +238,7 @@ def test_vgg16_layout_parameters_and_training():
     statistics, and passed or failed with the CPU's SIMD path and thread count."""
     from dropdyn.nets import VGG16
 
-    full = VGG16(0.5)
+    full = VGG16()  # keep 0.5 by default, as in the paper
     conv = sum(p.numel() for m in full.net if isinstance(m, torch.nn.Conv2d) for p in m.parameters())
     assert conv == 14_714_688
     assert sum(p.numel() for p in full.parameters()) == conv + 512 * 512 * 2 + 512 * 10 + 512 * 2 + 10 + 2 * 4224
@@ -125,6 +252,10 @@ def test_vgg16_layout_parameters_and_training():
     X = torch.randn(64, 3, 32, 32, generator=g) + patterns[y]
     torch.manual_seed(0)
     net = VGG16(0.9, width=1 / 16)
+    assert [lin.out_features for lin in net.linears()] == [32, 32, 10]  # the classifier narrowed too
+    thinnest = VGG16(width=1e-4)  # every layer rounds to at least one channel and one unit
+    assert {m.out_channels for m in thinnest.net if isinstance(m, torch.nn.Conv2d)} == {1}
+    assert [lin.out_features for lin in thinnest.linears()] == [1, 1, 10]
     params = list(net.parameters())
 
     def loss_under_masks(seed):
@@ -155,6 +286,8 @@ def test_vgg16_layout_parameters_and_training():
     assert all(float(lin.weight.detach().norm(dim=1).max()) <= 0.5 + 1e-6 for lin in net.linears()[:-1])
     with pytest.raises(ValueError, match=r"images of shape \(N, 3, 32, 32\), got \(2, 784\)"):
         net(torch.randn(2, 784))
+    with pytest.raises(ValueError, match=r"got \(2, 1, 28, 28\)"):
+        net(torch.randn(2, 1, 28, 28))
     with pytest.raises(ValueError, match="keep"):
         VGG16(1.5)
 
