@@ -215,3 +215,62 @@ def test_the_loops_finiteness_tests_agree_with_isfinite(dtype):
         for limit in (1.0, float(info.max), math.inf):
             y = x.abs()
             assert bool(within(y, limit)) == bool((torch.isfinite(y) & (y <= limit)).all()), (pair, limit)
+
+
+@pytest.mark.parametrize("steps, every, found, diverged, want", [
+    (10, 3, None, None, [0, 3, 6, 9, 10]),  # no divergence: every 3 steps and the last
+    (10, 3, 1, 1, [0]),                     # the first step diverges: step 0 once, not twice
+    (10, 2, 4, 4, [0, 2, 3]),               # the step before the divergence, not recorded on the cadence
+    (10, 3, 6, 5, [0, 3, 4]),               # found late (at a check): the state before step 5
+    (10, 3, 5, 4, [0, 3]),                  # found late, the step before already recorded
+    (10, 1, 5, 5, [0, 1, 2, 3, 4]),
+])
+def test_run_loop_records_on_its_cadence_and_before_a_divergence(steps, every, found, diverged, want):
+    from dropdyn.loop import run_loop
+
+    advanced, recorded = [], []
+
+    def advance(k, due):
+        advanced.append((k, due))
+        return diverged if k == found else None
+
+    assert run_loop(steps, advance, recorded.append, record_every=every) == diverged
+    assert recorded == want
+    last = found or steps
+    assert advanced == [(k, k % every == 0 or k == steps) for k in range(1, last + 1)]
+
+
+def test_the_divergence_watch_reads_the_host_on_its_cadence():
+    """Default: every step on the CPU, read at once; with every = 4 the device keeps the last
+    good state and the first failed step, and the host learns of it at the next multiple of 4
+    or when it asks."""
+    from dropdyn.loop import DivergenceWatch
+
+    watch = DivergenceWatch(None, "cpu")
+    assert watch.every == 1 and not watch.on_device
+    assert not DivergenceWatch(1, "cpu").on_device and DivergenceWatch(1, "cpu", on_device=True).on_device
+    assert DivergenceWatch(2, "cpu").on_device
+    yes, no = torch.tensor(True), torch.tensor(False)
+    old, new = (torch.tensor([1.0]),), (torch.tensor([2.0]),)
+    assert watch.keep(1, yes, new, old, read=False) == (new, None)
+    assert watch.keep(2, no, new, old, read=False) == (old, 2)
+    watch = DivergenceWatch(4, "cpu")
+    assert watch.on_device
+    state, seen = watch.keep(1, yes, new, old, read=False)
+    assert torch.equal(state[0], new[0]) and seen is None
+    state, seen = watch.keep(2, no, (torch.tensor([3.0]),), state, read=False)
+    assert torch.equal(state[0], new[0]) and seen is None  # the last good state, kept on the device
+    state, seen = watch.keep(3, yes, (torch.tensor([4.0]),), state, read=False)
+    assert torch.equal(state[0], new[0]) and seen is None  # a later good step does not clear it
+    assert watch.read(3, read=True) == 2 and watch.read(5, read=False) is None and watch.read(4, read=False) == 2
+
+
+def test_progress_bars_only_when_asked_for(capsys):
+    from dropdyn.loop import run_loop
+
+    def go(steps, progress):
+        run_loop(steps, lambda k, due: None, lambda k: None, record_every=1, progress=progress)
+        return capsys.readouterr().err
+
+    assert go(5, False) == "" and go(0, True) == ""
+    assert "/1 [" in go(1, True) and "/5 [" in go(5, True)
