@@ -98,3 +98,47 @@ def test_the_smallest_valid_problems_run(bias):
     if not bias:  # the SME's θ has no bias coordinate
         tr = simulate_sme("sme2", X, Z, y, lr=0.1, keep=0.5, steps=1, replicas=1)
         assert tr.diverged_at_step is None and tr.particles.shape == (1, *X.shape)
+
+
+def test_the_boundary_checks_at_their_edges():
+    """The checks in ``_checks`` directly, on either side of each edge they draw."""
+    import os
+
+    from dropdyn import _checks as c
+
+    assert c.shown([1.5, "a"]) == "[1.5, 'a']"  # short values as they are
+    long = c.shown("x" * 1000)
+    assert len(long) == 80 and long.startswith("'xxx") and "..." in long  # a long string cut inside, to 80
+    nested = c.shown([[[[1]]]])
+    assert nested == "[[[...]]]"  # two levels shown
+    many = c.shown({f"key{i}": "v" * 70 for i in range(40)})
+    assert len(many) == 200 and many.endswith("…")  # at most 200 characters in all
+    assert c.check_positive("lr", torch.tensor(0.5)) == 0.5  # a one-element tensor is a number
+    for bad in (torch.tensor([0.5, 0.5]), True, 1j):
+        with pytest.raises(ValueError, match="lr must be a finite positive number"):
+            c.check_positive("lr", bad)
+    assert c.check_seed(2**63 - 1) == 2**63 - 1
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\^63\)"):
+        c.check_seed(2**63)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    c.check_memory("a run", ram)  # exactly the machine's memory passes
+    with pytest.raises(ValueError, match=f"a run needs about {3 * ram / 2**30:.3g} GiB, more than the "
+                                         f"{ram / 2**30:.3g} GiB of memory on this machine"):
+        c.check_memory("a run", 3 * ram)
+    assert c.check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'meta'"):
+        c.check_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            c.check_device("cuda")
+    assert c.parse_floats("name", "0.5,,2") == [0.5, 2.0]
+    with pytest.raises(ValueError, match="name must not be empty"):
+        c.parse_floats("name", " , ")
+    assert c.parse_widths("5,2,5") == [2, 5]
+    for bad, match in (("5,5", "two distinct widths"), ("1,5", "width must be an integer >= 2, got 1")):
+        with pytest.raises(ValueError, match=match):
+            c.parse_widths(bad)
+    assert c.parse_digit_pair("4,9") == (4, 9)
+    for bad in ("4", "4,9,1"):
+        with pytest.raises(ValueError, match="digits must be two digits"):
+            c.parse_digit_pair(bad)
