@@ -237,3 +237,39 @@ def test_experiments_run_on_the_fused_backend(name, settings, tmp_path):
             assert summary["fused"][k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
         else:
             assert summary["fused"][k] == v, k
+
+
+def test_the_kernels_write_only_within_their_outputs():
+    # 70 neurons and 90 samples, not multiples of the tiles (64 × 32): every store past K or m must
+    # be masked off. A write past the end of an output lands in memory that a GPU program of
+    # another tile may be writing (a race; the interpreter runs the programs in order, so it
+    # shows only at the end): a sentinel after each output catches it
+    from triton import cdiv
+
+    from dropdyn.engine import reference_residual
+
+    X, Z, y = problem(2, 70, 90, 5, True, torch.float64, seed=3)
+    design = Design.build(Z, y, "tanh", True)
+    a, W = design.pack(X)
+    R, K, P = W.shape
+    m, t, sentinel = 90, tiles(P, 90, 8), 12345.0
+    assert K % t.BN and m % t.BM
+
+    def guarded(n):
+        return torch.full((n + 64,), sentinel, dtype=W.dtype, device=W.device)
+
+    weights = torch.full_like(a, 1 / K)
+    f = guarded(R * m)
+    step.forward_kernel[(R * cdiv(m, t.BM),)](W, a * weights, design.Z, f, K, m, CHUNK_NEURONS, P, ACT=0,
+                                              **t._asdict())
+    r = f[:R * m].view(R, m) - design.y
+    assert float((r - reference_residual(design, a, W, weights)).abs().max()) < 1e-12
+    ga, gW = guarded(R * K), guarded(R * K * P)
+    pen = W.new_full((1,), 0.3)
+    step.backward_kernel[(R * cdiv(K, t.BN),)](W, a, design.Z, r.contiguous(), ga, gW, K, m, pen, P, ACT=0,
+                                               PENALTY=True, **t._asdict())
+    want = descent(design, a.clone(), W.clone(), weights, 0.3)
+    assert float((ga[:R * K].view(R, K) - want[0]).abs().max()) < 1e-12
+    assert float((gW[:R * K * P].view(R, K, P) - want[1]).abs().max()) < 1e-12
+    for out, n in ((f, R * m), (ga, R * K), (gW, R * K * P)):
+        assert bool((out[n:] == sentinel).all())
