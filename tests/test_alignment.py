@@ -23,6 +23,7 @@ def test_estimate_agrees_with_exact_enumeration():
     ex = alignment(model, nn.functional.cross_entropy, x, y, exact=True)
     est = alignment(model, nn.functional.cross_entropy, x, y, samples=400, seed=1, confidence=0.99)
     assert ex.exact and ex.samples == 2**8 and ex.parameters == 26
+    assert ex.ci == (ex.alpha, ex.alpha) and ex.trace_HS[1] == ex.fro_H_sq[1] == ex.fro_S_sq[1] == 0.0
     assert est.ci[0] <= ex.alpha <= est.ci[1], (est, ex.alpha)
     for got, want in ((est.trace_HS, ex.trace_HS), (est.fro_H_sq, ex.fro_H_sq), (est.fro_S_sq, ex.fro_S_sq)):
         assert abs(got[0] - want[0]) <= 4 * got[1] + 1e-12
@@ -100,6 +101,9 @@ def test_bad_input():
     with pytest.raises(ValueError, match="2\\^20 masks"):
         alignment(model, nn.functional.cross_entropy, torch.randn(5, 3, dtype=torch.float64),
                   torch.zeros(5, dtype=torch.long), exact=True)
+    wide = nn.Sequential(nn.Linear(3, 17), nn.Tanh(), nn.Dropout(0.5), nn.Linear(17, 2)).double()
+    with pytest.raises(ValueError, match="2\\^17 masks \\(dropout units × batch\\), more than 65536"):
+        alignment(wide, nn.functional.cross_entropy, x[:1], y[:1], exact=True)  # one unit past the limit
 
 
 def test_noise_along_curvature_matches_dense():

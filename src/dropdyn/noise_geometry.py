@@ -288,7 +288,7 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
                      (b, 2 * float(m.std()) / root_n), samples, D, gradients=K, baseline=baseline)
 
 
-MAX_EXACT_MASKS = 2**16
+MAX_EXACT_UNITS = 16  # exact=True enumerates 2^units masks: at most 2¹⁶
 
 
 def _exact(model, loss_fn, inputs, targets, subset: torch.Tensor | None = None) -> Alignment:
@@ -317,9 +317,9 @@ def exact_matrices(model, loss_fn, inputs, targets) -> tuple[torch.Tensor, torch
         model(inputs)
     sizes = [math.prod(s) for _, s in shapes]
     total = sum(sizes)
-    if total > 16:
+    if total > MAX_EXACT_UNITS:
         raise InputError(f"exact alignment enumerates 2^{total} masks (dropout units × batch), more than "
-                         f"{MAX_EXACT_MASKS}; use the estimator (exact=False) or a smaller model or batch")
+                         f"{2**MAX_EXACT_UNITS}; use the estimator (exact=False) or a smaller model or batch")
     prob = _Problem(model, loss_fn, inputs, targets, None)
     D = sum(p.numel() for p in prob.params)
     grads, hess, weights = [], torch.zeros(D, D, dtype=torch.float64), []
