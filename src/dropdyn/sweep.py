@@ -320,25 +320,23 @@ def _dask(tasks, *, workers: int, scheduler: str | None, **_):
             client = Client(cluster)
     except OSError as e:
         raise InputError(f"cannot reach the Dask scheduler {scheduler or 'LocalCluster'}: {e}") from None
-    quiet = _QuietAfterInterrupt()
-    try:
-        futures = {client.submit(run_point, t, key=f"dropdyn-{t['experiment']}-{t['key']}", pure=False): t
-                   for t in tasks}
-        for fut in as_completed(futures):
-            try:
-                yield futures[fut], fut.result()
-            except Exception as e:  # noqa: BLE001 - KilledWorker and the like: the point is recorded failed
-                yield futures[fut], _failed(futures[fut], e)
-    finally:
+    with _quiet_after_interrupt():
         try:
+            futures = {client.submit(run_point, t, key=f"dropdyn-{t['experiment']}-{t['key']}", pure=False): t
+                       for t in tasks}
+            for fut in as_completed(futures):
+                try:
+                    yield futures[fut], fut.result()
+                except Exception as e:  # noqa: BLE001 - KilledWorker and the like: the point is recorded failed
+                    yield futures[fut], _failed(futures[fut], e)
+        finally:
             client.close()
             if cluster is not None:
                 cluster.close()
-        finally:
-            quiet.restore()
 
 
-class _QuietAfterInterrupt:
+@contextlib.contextmanager
+def _quiet_after_interrupt():
     """While a Dask sweep runs in this (main) thread: on SIGINT, silence logging before the
     KeyboardInterrupt is raised. The client's event loop then logs the cancellation it was
     asked for as errors — at times a NameError from ``distributed.utils.sync`` when the
@@ -346,25 +344,25 @@ class _QuietAfterInterrupt:
     keys" — noise about the interrupt itself, which the one line ``interrupted: …`` already
     reports. A handler, not an ``except``: the loop's thread logs as soon as the interrupt
     reaches ``sync``, before any ``except`` here could run. The handler then calls the one it
-    replaced; :meth:`restore` puts that back, and the logging level, once the cluster is
-    closed."""
+    replaced; on leaving the block (after the cluster is closed) that handler and the logging
+    level are put back. Only over a Python handler (normally the one that raises
+    KeyboardInterrupt): an ignored or default SIGINT stays as it was."""
+    disabled = logging.root.manager.disable
+    previous = signal.getsignal(signal.SIGINT)
+    replace = threading.current_thread() is threading.main_thread() and callable(previous)
 
-    def __init__(self):
-        self.previous = None
-        self.disabled = logging.root.manager.disable
-        # only over a Python handler (normally the one that raises KeyboardInterrupt): an
-        # ignored or default SIGINT stays as it was
-        if threading.current_thread() is threading.main_thread() and callable(signal.getsignal(signal.SIGINT)):
-            self.previous = signal.signal(signal.SIGINT, self._interrupted)
-
-    def _interrupted(self, signum, frame):
+    def interrupted(signum, frame):
         logging.disable(logging.CRITICAL)
-        self.previous(signum, frame)
+        previous(signum, frame)
 
-    def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        logging.disable(self.disabled)
+    if replace:
+        signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        if replace:
+            signal.signal(signal.SIGINT, previous)
+        logging.disable(disabled)
 
 
 def run_sweep(sweep: Sweep, root: Path | str = "runs", *, executor: str = "serial", workers: int = 2,
