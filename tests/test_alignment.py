@@ -106,6 +106,23 @@ def test_bad_input():
         alignment(wide, nn.functional.cross_entropy, x[:1], y[:1], exact=True)  # one unit past the limit
 
 
+def test_the_exact_limit_admits_exactly_its_unit_count(monkeypatch):
+    """``MAX_EXACT_UNITS`` units are enumerated and one more is refused. The limit is
+    lowered to 3 so that the edge costs 8 masks instead of 65536."""
+    from dropdyn import noise_geometry
+
+    monkeypatch.setattr(noise_geometry, "MAX_EXACT_UNITS", 3)
+    torch.manual_seed(0)
+    x, y = torch.randn(1, 2, dtype=torch.float64), torch.zeros(1, dtype=torch.long)
+    for units in (3, 4):
+        net = nn.Sequential(nn.Linear(2, units), nn.Tanh(), nn.Dropout(0.5), nn.Linear(units, 2)).double()
+        if units == 3:
+            assert noise_geometry.exact_matrices(net, nn.functional.cross_entropy, x, y)[2] == 8
+        else:
+            with pytest.raises(ValueError, match="2\\^4 masks"):
+                noise_geometry.exact_matrices(net, nn.functional.cross_entropy, x, y)
+
+
 def test_noise_along_curvature_matches_dense():
     """The variance along each returned direction equals vᵀΣv for the exact Σ (within
     5 s.e.), and the top curvature approaches the exact H's (64 mask draws average the
@@ -121,6 +138,68 @@ def test_noise_along_curvature_matches_dense():
     V = torch.as_tensor(out["directions"])
     exact_var = torch.einsum("dk,de,ek->k", V, S, V).numpy()
     assert (abs(out["variance"] - exact_var) <= 5 * out["variance_se"]).all(), (out["variance"], exact_var)
+
+
+def test_the_noise_measurements_refuse_bad_input_by_name():
+    """Each bound of ``noise_along_curvature`` (k < D, hessian_masks >= 1, samples >= 2, a
+    valid seed, a batch the model takes) and of the dense helpers (square matrices of one
+    size, finite, samples >= 1) refuses the value past it and admits the value on it."""
+    from dropdyn.noise_geometry import noise_along_curvature
+
+    model, x, y = tiny()  # D = 26 parameters
+    ce = nn.functional.cross_entropy
+
+    def nac(**kw):
+        return noise_along_curvature(model, ce, kw.pop("x", x), kw.pop("y", y),
+                                     **{"k": 1, "hessian_masks": 1, "samples": 2, **kw})
+
+    for kw, message in (({"k": 0}, "k must be an integer >= 1, got 0"),
+                        ({"k": 26}, "k must be less than the number of parameters \\(26\\) for Lanczos, got 26"),
+                        ({"hessian_masks": 0}, "hessian_masks must be an integer >= 1, got 0"),
+                        ({"samples": 1}, "samples must be an integer >= 2, got 1"),
+                        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+                        ({"x": x * float("inf")}, "inputs must be finite"),
+                        ({"y": y[:1]}, "inputs and targets must hold the same number")):
+        with pytest.raises(ValueError, match=message):
+            nac(**kw)
+    assert nac(k=25)["directions"].shape == (26, 25)
+    assert nac()["variance"].shape == (1,)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        alignment(model, ce, x, y, samples=2, seed=-1)
+
+    eye = torch.eye(3, dtype=torch.float64)
+    for H, S, message in ((eye, torch.eye(4), "H and S must have the same size, got \\(3, 3\\) and \\(4, 4\\)"),
+                          (torch.ones(3), eye, "H must be a non-empty square matrix, got \\(3,\\)"),
+                          (eye, torch.ones(3, 4), "S must be a non-empty square matrix, got \\(3, 4\\)"),
+                          (eye * float("nan"), eye, "H contains 9 non-finite")):
+        for f in (matrix_alignment, random_baseline):
+            with pytest.raises(ValueError, match=message):
+                f(H, S)
+    with pytest.raises(ValueError, match="samples must be an integer >= 1, got 0"):
+        random_baseline(eye, eye, samples=0)
+    assert random_baseline(eye, eye, samples=1) == pytest.approx(1.0, abs=1e-12)  # Q I Qᵀ = I: any eigenvectors
+
+
+def test_the_noise_measurements_defaults_are_their_documented_values():
+    """The defaults (random_baseline: 100 samples, seed 0; noise_along_curvature: k = 10,
+    8 Hessian masks, 100 samples, seed 0) are pinned: a changed default changes the
+    numbers a default call reproduces."""
+    from dropdyn.noise_geometry import noise_along_curvature
+
+    model, x, y = tiny()
+    ce = nn.functional.cross_entropy
+    H = torch.diag(torch.arange(1.0, 5.0, dtype=torch.float64))
+    S = torch.diag(torch.tensor([1.0, 0.0, 2.0, 0.5], dtype=torch.float64))
+    assert random_baseline(H, S) == random_baseline(H, S, samples=100, seed=0)
+    assert random_baseline(H, S) != random_baseline(H, S, samples=101, seed=0) != random_baseline(H, S, seed=1)
+    default = noise_along_curvature(model, ce, x, y)
+    explicit = noise_along_curvature(model, ce, x, y, k=10, hessian_masks=8, samples=100, seed=0)
+    for key in default:
+        assert (default[key] == explicit[key]).all(), key
+    assert default["curvature"].shape == (10,)
+    for change in ({"hessian_masks": 9}, {"samples": 101}, {"seed": 1}):
+        other = noise_along_curvature(model, ce, x, y, **{"k": 10, "hessian_masks": 8, "samples": 100, **change})
+        assert not (other["variance"] == default["variance"]).all(), change
 
 
 def test_flatness_matches_dense_hessian():

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._checks import InputError, check_int
+from ._checks import InputError, check_finite, check_int, check_seed
 from .curvature import _top_eigs
 from .nets import Dropout as NetsDropout
 
@@ -80,6 +80,19 @@ def check_batch(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.
                          f"shape {tuple(targets.shape)}: {' '.join(str(e).split())}") from None
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise InputError("loss_fn must return a scalar (use a mean- or sum-reduced loss)")
+
+
+def check_problem(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """What every noise measurement needs: finite inputs (and finite real targets), finite
+    trainable parameters, and a batch on which the loss is a scalar."""
+    if not isinstance(inputs, torch.Tensor) or not torch.is_floating_point(inputs) or not bool(
+            torch.isfinite(inputs).all()):
+        raise InputError("inputs must be finite floating-point values (NaN or inf found)")
+    if isinstance(targets, torch.Tensor) and torch.is_floating_point(targets) and not bool(
+            torch.isfinite(targets).all()):
+        raise InputError("targets contain non-finite values (NaN or inf)")
+    check_parameters(model)
+    check_batch(model, loss_fn, inputs, targets)
 
 
 def _dropout_layers(model: nn.Module) -> list[tuple[nn.Module, float, bool]]:
@@ -230,16 +243,12 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
     >>> res.parameters, res.ci[0] <= res.alpha <= res.ci[1]
     (51, True)
     """
-    if not torch.is_floating_point(inputs) or not bool(torch.isfinite(inputs).all()):
-        raise InputError("inputs must be finite floating-point values (NaN or inf found)")
-    if torch.is_floating_point(targets) and not bool(torch.isfinite(targets).all()):
-        raise InputError("targets contain non-finite values (NaN or inf)")
     samples = check_int("samples", samples, 2)
     K = check_int("gradients", gradients, 2)
+    seed = check_seed(seed)
     if not 0 < confidence < 1:
         raise InputError(f"confidence must be in (0, 1), got {confidence!r}")
-    check_parameters(model)
-    check_batch(model, loss_fn, inputs, targets)
+    check_problem(model, loss_fn, inputs, targets)
     subset = parameter_subset(model, parameters)
     if exact:
         return _exact(model, loss_fn, inputs, targets, subset)
@@ -345,8 +354,21 @@ def exact_matrices(model, loss_fn, inputs, targets) -> tuple[torch.Tensor, torch
     return 0.5 * (hess + hess.T), S, len(W)
 
 
+def _check_pair(H: torch.Tensor, S: torch.Tensor) -> None:
+    """Two finite square matrices of one size."""
+    for name, M in (("H", H), ("S", S)):
+        if not isinstance(M, torch.Tensor) or M.dim() != 2 or M.shape[0] != M.shape[1] or M.numel() == 0:
+            raise InputError(f"{name} must be a non-empty square matrix, got "
+                             f"{tuple(M.shape) if isinstance(M, torch.Tensor) else type(M).__name__}")
+        check_finite(name, M)
+    if H.shape != S.shape:
+        raise InputError(f"H and S must have the same size, got {tuple(H.shape)} and {tuple(S.shape)}")
+
+
 def matrix_alignment(H: torch.Tensor, S: torch.Tensor) -> float:
-    """α = Tr(HS)/(‖H‖_F‖S‖_F) for dense symmetric matrices."""
+    """α = Tr(HS)/(‖H‖_F‖S‖_F) for dense symmetric matrices (NaN if either is zero, where α
+    is undefined)."""
+    _check_pair(H, S)
     return float((H * S).sum() / (H.norm() * S.norm()))
 
 
@@ -355,7 +377,9 @@ def random_baseline(H: torch.Tensor, S: torch.Tensor, samples: int = 100, seed: 
     independent random (Haar) eigenvectors. The SME paper builds its random matrices from
     normalised Gaussian vectors instead; both constructions are rotation-invariant, so both
     have the same expected Tr(HΣ) = Tr H·Tr Σ/D (:attr:`Alignment.baseline`)."""
-    g = torch.Generator().manual_seed(seed)
+    _check_pair(H, S)
+    samples = check_int("samples", samples, 1)
+    g = torch.Generator().manual_seed(check_seed(seed))
     eh, es = torch.linalg.eigvalsh(H.double()), torch.linalg.eigvalsh(S.double())
     D = len(eh)
     vals = []
@@ -380,9 +404,13 @@ def noise_along_curvature(model: nn.Module, loss_fn, inputs: torch.Tensor, targe
     k = check_int("k", k, 1)
     hessian_masks = check_int("hessian_masks", hessian_masks, 1)
     samples = check_int("samples", samples, 2)
+    seed = check_seed(seed)
+    check_problem(model, loss_fn, inputs, targets)
     g = torch.Generator(device=inputs.device)
     prob = _Problem(model, loss_fn, inputs, targets, g)
     N = sum(p.numel() for p in prob.params)
+    if k >= N:
+        raise InputError(f"k must be less than the number of parameters ({N}) for Lanczos, got {k}")
     dtype = prob.params[0].dtype
 
     def matvec(v):
