@@ -90,6 +90,32 @@ def test_atomic_write_replaces(tmp_path):
     assert f.read_bytes() == b"two" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_written_files_and_folders_are_readable_by_others(tmp_path):
+    """mkstemp and mkdtemp make private (0600, 0700) files and folders; a run folder is
+    shared results, so its files are 0644 and the folder 0755, whatever the umask."""
+    atomic_write_bytes(tmp_path / "x.txt", b"one")
+    with RunFolder(tmp_path / "run") as run:
+        run.write_json("config.json", {"experiment": "e", "config": {}})
+    assert (tmp_path / "x.txt").stat().st_mode & 0o7777 == 0o644
+    assert (tmp_path / "run" / "config.json").stat().st_mode & 0o7777 == 0o644
+    assert (tmp_path / "run").stat().st_mode & 0o7777 == 0o755
+
+
+@pytest.mark.parametrize("tables, main", [(["a", "metrics", "z"], "metrics"), (["only"], "only"),
+                                          (["a", "b"], None), ([], None)])
+def test_the_main_table_is_metrics_or_the_only_one(tmp_path, tables, main):
+    with RunFolder(tmp_path / "run") as run:
+        run.write_json("config.json", {"experiment": "e", "config": {}})
+        for i, name in enumerate(tables):
+            run.write_csv(f"{name}.csv", {"x": np.arange(i + 1)})
+    got = load(tmp_path / "run")
+    assert sorted(got.tables) == sorted(tables)
+    if main is None:
+        assert got.metrics is None
+    else:
+        assert got.metrics is got.tables[main]
+
+
 def test_config_key_is_stable_and_order_free():
     assert config_key({"a": 1, "b": 2}) == config_key({"b": 2, "a": 1}) != config_key({"a": 2, "b": 2})
 
