@@ -191,12 +191,14 @@ def test_the_noise_measurements_refuse_bad_input_by_name():
     for H, S, message in ((eye, torch.eye(4), "H and S must have the same size, got \\(3, 3\\) and \\(4, 4\\)"),
                           (torch.ones(3), eye, "H must be a non-empty square matrix, got \\(3,\\)"),
                           (eye, torch.ones(3, 4), "S must be a non-empty square matrix, got \\(3, 4\\)"),
-                          (eye * float("nan"), eye, "H contains 9 non-finite")):
+                          (eye * float("nan"), eye, "H contains 9 non-finite"),
+                          (torch.zeros(0, 0), torch.zeros(0, 0), "H must be a non-empty square matrix, got \\(0, 0\\)")):
         for f in (matrix_alignment, random_baseline):
             with pytest.raises(ValueError, match=message):
                 f(H, S)
     with pytest.raises(ValueError, match="samples must be an integer >= 1, got 0"):
         random_baseline(eye, eye, samples=0)
+    assert matrix_alignment(2 * eye[:1, :1], eye[:1, :1]) == 1.0  # the smallest problem: D = 1
     assert random_baseline(eye, eye, samples=1) == pytest.approx(1.0, abs=1e-12)  # Q I Qᵀ = I: any eigenvectors
 
 
