@@ -81,6 +81,22 @@ def test_existing_folder_is_kept_unless_forced(tmp_path):
     (other / "v.json").write_text("1")
     with pytest.raises(ValueError, match="replaces only run folders"):
         RunFolder(other, force=True)
+    for fresh in (tmp_path / "new", tmp_path / "empty"):  # --force where there is nothing to replace
+        if fresh.name == "empty":
+            fresh.mkdir()
+        with RunFolder(fresh, force=True) as run:
+            run.write_json("config.json", {"experiment": "x", "config": {}})
+        assert [p.name for p in fresh.iterdir()] == ["config.json"]
+
+
+@pytest.mark.parametrize("name, pid", [(".run.partial-1234-ab_c", 1234), (".a.partial-b.partial-99-x-y", 99),
+                                       (".run.partial-x12-ab", None), ("run", None), (".run.partial-", None)])
+def test_a_partial_folder_names_its_owner(name, pid):
+    """``.NAME.partial-<pid>-<random>``: the pid after the last ``.partial-`` (a NAME may
+    hold one too); any other name has no owner (and is never cleaned)."""
+    from dropdyn.store import partial_owner
+
+    assert partial_owner(name) == pid
 
 
 def test_atomic_write_replaces(tmp_path):
