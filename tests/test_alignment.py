@@ -192,7 +192,7 @@ def test_the_noise_measurements_refuse_bad_input_by_name():
                           (torch.ones(3), eye, "H must be a non-empty square matrix, got \\(3,\\)"),
                           (eye, torch.ones(3, 4), "S must be a non-empty square matrix, got \\(3, 4\\)"),
                           (eye * float("nan"), eye, "H contains 9 non-finite"),
-                          (torch.zeros(0, 0), torch.zeros(0, 0), "H must be a non-empty square matrix, got \\(0, 0\\)")):
+                          (torch.zeros(0, 0), eye[:0, :0], "H must be a non-empty square matrix, got \\(0, 0\\)")):
         for f in (matrix_alignment, random_baseline):
             with pytest.raises(ValueError, match=message):
                 f(H, S)

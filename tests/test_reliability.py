@@ -162,6 +162,70 @@ def test_read_only_store_can_be_listed(store):
             p.chmod(p.stat().st_mode | 0o200)
 
 
+def test_an_index_it_may_not_write_is_read_read_only(store, monkeypatch):
+    """Where the index file is not writable, rows come from a read-only connection and the
+    read-write one (which would create, migrate or rebuild the file) is never opened; where
+    no index exists yet, a writable store gets one."""
+    import dropdyn.runs as runs
+
+    index = store / "index.sqlite"
+    assert RunIndex(store).rows() and index.exists()
+    real_access = os.access
+    monkeypatch.setattr(runs.os, "access", lambda p, mode: mode != os.W_OK and real_access(p, mode)
+                        if Path(p) == index else real_access(p, mode))
+
+    def no_writes(self):
+        raise AssertionError("opened the index read-write")
+
+    with monkeypatch.context() as m:
+        m.setattr(RunIndex, "_connect", no_writes)
+        rows = RunIndex(store).rows()
+    assert len(rows) == 1 and rows[0]["status"] == "complete"
+    index.unlink()
+    assert len(RunIndex(store).rows()) == 1 and index.exists()  # a missing index is no obstacle: it is built
+
+
+@pytest.mark.parametrize("fails, error, expect", [(2, "database is locked", "written"),
+                                                  (1, "database table is busy", "written"),
+                                                  (5, "database is locked", "raised"),
+                                                  (1, "disk I/O error", "raised")])
+def test_a_locked_index_is_retried_and_anything_else_raised(store, monkeypatch, fails, error, expect):
+    """A write whose transaction cannot begin because the database is locked or busy is
+    retried after 0.2 s, 0.4 s, … up to 5 attempts; any other error is raised at once."""
+    waits = []
+    monkeypatch.setattr("dropdyn.runs.time.sleep", waits.append)
+    real = RunIndex._connect
+    attempts = []
+
+    class Refusing:
+        def __init__(self, con):
+            self.con = con
+
+        def execute(self, sql, *args):
+            if sql == "BEGIN IMMEDIATE" and len(attempts) < fails:
+                attempts.append(sql)
+                raise sqlite3.OperationalError(error)
+            return self.con.execute(sql, *args)
+
+        def close(self):
+            self.con.close()
+
+    monkeypatch.setattr(RunIndex, "_connect", lambda self: Refusing(real(self)))
+    index = RunIndex(store)
+    if expect == "written":
+        index.fail("x/1", "k", "x", {}, "boom")
+        assert waits == pytest.approx([0.2 * (i + 1) for i in range(fails)])
+        monkeypatch.setattr(RunIndex, "_connect", real)
+        assert index.status("x/1") == "failed"
+    else:
+        with pytest.raises(sqlite3.OperationalError, match=error):
+            index.fail("x/1", "k", "x", {}, "boom")
+        retried = 4 if "locked" in error else 0
+        assert waits == pytest.approx([0.2 * (i + 1) for i in range(retried)])
+        monkeypatch.setattr(RunIndex, "_connect", real)
+        assert index.status("x/1") is None
+
+
 def test_reads_fall_back_to_the_folders(store, monkeypatch):
     """Where no index can be read (read-only store, say), the folders answer."""
     monkeypatch.setattr(RunIndex, "_read", lambda self, sql, args=(): None)

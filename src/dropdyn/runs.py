@@ -52,6 +52,7 @@ CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep);
 STATUSES = ("running", "complete", "failed")
 COLUMNS = ("id", "key", "experiment", "params", "sweep", "status", "error", "started", "finished", "seconds",
            "summary", "pid", "host")
+LOCK_ATTEMPTS = 5  # a transaction that finds the index locked is tried this often, 0.2 s, 0.4 s, … apart
 
 
 def now() -> str:
@@ -152,7 +153,7 @@ class RunIndex:
     def _transaction(self, body):
         """``body(con)`` inside one ``BEGIN IMMEDIATE`` transaction (committed unless it raises),
         retried when the database is locked; returns what ``body`` returns."""
-        for attempt in range(5):  # busy_timeout covers ordinary contention; this covers WAL recovery races
+        for attempt in range(LOCK_ATTEMPTS):  # busy_timeout covers ordinary contention; this, WAL recovery races
             try:
                 with closing(self._connect()) as con:
                     con.execute("BEGIN IMMEDIATE")
@@ -164,7 +165,7 @@ class RunIndex:
                     con.execute("COMMIT")
                 return out
             except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e) or attempt == 4:
+                if "locked" not in str(e) and "busy" not in str(e) or attempt == LOCK_ATTEMPTS - 1:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 
