@@ -37,6 +37,15 @@ def test_load_a_run_and_the_index(tmp_path, capsys):
     assert dropdyn.load(path).arrays["initial_particles"].shape == (30, 11)
 
 
+def test_the_index_keeps_a_summarys_scalars_by_dotted_name():
+    from dropdyn.runs import scalar_summary
+
+    summary = {"alpha": 2.0, "n": 3, "ok": True, "name": "x", "missing": None, "curve": [1, 2],
+               "fit": {"slope": 1.1, "ci": [1.0, 1.2], "inner": {"r2": 0.9}}}
+    assert scalar_summary(summary) == {"alpha": 2.0, "n": 3, "ok": True, "name": "x", "missing": None,
+                                       "fit.slope": 1.1, "fit.inner.r2": 0.9}
+
+
 def test_a_sweeps_results_as_a_frame(tmp_path):
     sweep = make_sweep({"experiment": "teacher-student", "base": {"width": 20, "steps": 5},
                         "grid": {"keep": [0.5, 1.0]}})
