@@ -34,7 +34,7 @@ def index(tmp_path):
     idx = RunIndex(tmp_path)
     assert idx.rows() == []  # the index exists before the folders (else it would be built from them)
     for i, (rid, key) in enumerate((("e/aa-1", "k1abc"), ("e/ab-2", "k2abc"), ("f/b-3", "k3abc"))):
-        folder(tmp_path, rid, {"i": i}, {"seconds": 1.0})
+        folder(tmp_path, rid, {"i": i}, {"seconds": 1.0}, experiment=rid.split("/")[0])
         idx.start(rid, key, rid.split("/")[0], {"i": i})
         idx.finish(rid, key, rid.split("/")[0], {"i": i}, {"v": i})
     return idx
@@ -68,6 +68,24 @@ def test_rows_filter_order_and_status(index):
     assert [r["id"] for r in index.rows(status="failed")] == ["f/b-3"]
     assert index.rows(run_id="f/b-3")[0]["error"] == "boom"
     assert index.rows(run_id="e/aa-1")[0]["summary"] == {"v": 0} and index.integrity() == "ok"
+
+
+def test_without_a_readable_index_the_folders_answer_the_same_filters(index, monkeypatch):
+    monkeypatch.setattr(RunIndex, "_read", lambda self, sql, args=(): None)
+    assert [r["id"] for r in index.rows(experiment="e")] == ["e/aa-1", "e/ab-2"]
+    assert [r["id"] for r in index.rows(run_id="f/b-3")] == ["f/b-3"]
+
+
+def test_a_store_it_may_not_write_is_read_read_only(index, tmp_path, monkeypatch):
+    """Where the store folder is not writable, the read-write connection (which may create
+    or rebuild the index) is never opened, even if the index file itself is writable."""
+    import dropdyn.runs as runs
+
+    real_access = os.access
+    monkeypatch.setattr(runs.os, "access", lambda p, mode: (mode != os.W_OK and real_access(p, mode))
+                        if p == tmp_path else real_access(p, mode))
+    monkeypatch.setattr(RunIndex, "_connect", lambda self: pytest.fail("opened the index read-write"))
+    assert len(index.rows()) == 3
 
 
 def test_a_running_row_whose_process_is_gone_reads_as_failed(index):
