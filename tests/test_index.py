@@ -88,6 +88,14 @@ def test_a_store_it_may_not_write_is_read_read_only(index, tmp_path, monkeypatch
     assert len(index.rows()) == 3
 
 
+@pytest.mark.parametrize("params, summary", [("[1]", "{}"), ("{}", "[1]"), ("1", "2")])
+def test_a_row_that_does_not_hold_json_objects_rebuilds_the_index(index, capsys, params, summary):
+    index._write("UPDATE runs SET params = ?, summary = ? WHERE id = 'e/aa-1'", (params, summary))
+    rows = index.rows()
+    assert [r["id"] for r in rows] == ["e/aa-1", "e/ab-2", "f/b-3"] and rows[0]["params"] == {"i": 0}
+    assert "holds an unreadable row (row 'e/aa-1' does not hold JSON objects)" in capsys.readouterr().err
+
+
 def test_a_running_row_whose_process_is_gone_reads_as_failed(index):
     index.start("e/aa-1", "k1abc", "e", {"i": 0})
     assert index.status("e/aa-1") == "running"  # this process
@@ -156,7 +164,9 @@ def test_the_rows_rebuilt_from_the_folders(tmp_path):
     (tmp_path / "e" / "noexp" / "config.json").write_text('{"experiment": "", "config": {}}')
     (tmp_path / "sweeps" / "s" / "sweep.json").write_text(json.dumps({"experiment": "e", "keys": ["done"]}))
     (tmp_path / "sweeps" / "t").mkdir()
-    (tmp_path / "sweeps" / "t" / "sweep.json").write_text(json.dumps({"experiment": "e", "keys": "cut"}))
+    (tmp_path / "sweeps" / "t" / "sweep.json").write_text(json.dumps({"experiment": "e", "keys": {"cut": 1}}))
+    (tmp_path / "sweeps" / "u").mkdir()
+    (tmp_path / "sweeps" / "u" / "sweep.json").write_text(json.dumps(["e/cut"]))  # neither is a sweep file
     rows = {r["id"]: r for r in scan_folders(tmp_path)}
     assert sorted(rows) == ["e/cut", "e/done"]
     done, cut = rows["e/done"], rows["e/cut"]
