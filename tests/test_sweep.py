@@ -247,6 +247,8 @@ def test_two_sweeps_on_one_store_keep_the_index_consistent(tmp_path):
     ({"experiment": "phase-cell", "grid": {"depth": [1]}}, "unknown setting(s) depth"),
     ({"experiment": "phase-cell", "grid": {"c_keep": [2.0]}}, "c_keep must be <= 1"),
     ({"experiment": "phase-cell", "list": [3]}, "list entry 0 must be a mapping"),
+    ({"experiment": "phase-cell", "list": []}, "list must be a non-empty list of mappings"),
+    ({"experiment": "phase-cell", "list": {"a": 1}}, "list must be a non-empty list of mappings"),
     ({"experiment": "phase-cell", "grid": {"a": [0] * 1000, "b": [0] * 1001}},
      "the grid makes 1,001,000 points, more than 1,000,000: split it"),  # refused before it is expanded
 ])
@@ -255,6 +257,33 @@ def test_malformed_sweep_files_get_one_line(tmp_path, capsys, spec, match):
     assert main(["sweep", str(f), "--store", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_grid_of_exactly_the_limit_is_expanded(monkeypatch):
+    import dropdyn.sweep
+
+    monkeypatch.setattr(dropdyn.sweep, "MAX_POINTS", 6)
+    grid = {"a": [0, 1], "b": [0, 0.5, 1]}
+    assert len(make_sweep({"experiment": "phase-cell", "base": TINY, "grid": grid}).points) == 6
+    with pytest.raises(ValueError, match="the grid makes 8 points, more than 6"):
+        make_sweep({"experiment": "phase-cell", "base": TINY, "grid": {"a": [0, 1], "b": [0, 0.25, 0.5, 1]}})
+
+
+def test_points_run_costliest_first_and_record_their_time(tmp_path):
+    """Longest-processing-time-first: phase-cell's cost grows with the widths; a point's
+    recorded time lies within the wall time of its run."""
+    from dropdyn.experiments.phase_cell import cost
+    from dropdyn.sweep import _tasks, run_point
+
+    sweep = make_sweep({"experiment": "phase-cell", "base": TINY, "list": [{"widths": w} for w in ("20,30", "80,90", "40,50")]})
+    tasks = _tasks(sweep, tmp_path, threads=1)
+    assert [t["config"]["widths"] for t in tasks] == ["80,90", "40,50", "20,30"]
+    assert cost(tasks[0]["config"]) > cost(tasks[1]["config"]) > cost(tasks[2]["config"])
+    t0 = time.perf_counter()
+    out = run_point(tasks[2])
+    wall = time.perf_counter() - t0
+    assert out["status"] == "complete" and 0 < out["seconds"] <= wall
+    assert RunIndex(tmp_path).rows(run_id=f"phase-cell/{tasks[2]['key']}")[0]["seconds"] == out["seconds"]
 
 
 def test_sweep_cli_errors(tmp_path, capsys):
