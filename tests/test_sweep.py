@@ -275,7 +275,8 @@ def test_points_run_costliest_first_and_record_their_time(tmp_path):
     from dropdyn.experiments.phase_cell import cost
     from dropdyn.sweep import _tasks, run_point
 
-    sweep = make_sweep({"experiment": "phase-cell", "base": TINY, "list": [{"widths": w} for w in ("20,30", "80,90", "40,50")]})
+    widths = [{"widths": w} for w in ("20,30", "80,90", "40,50")]
+    sweep = make_sweep({"experiment": "phase-cell", "base": TINY, "list": widths})
     tasks = _tasks(sweep, tmp_path, threads=1)
     assert [t["config"]["widths"] for t in tasks] == ["80,90", "40,50", "20,30"]
     assert cost(tasks[0]["config"]) > cost(tasks[1]["config"]) > cost(tasks[2]["config"])
@@ -284,6 +285,23 @@ def test_points_run_costliest_first_and_record_their_time(tmp_path):
     wall = time.perf_counter() - t0
     assert out["status"] == "complete" and 0 < out["seconds"] <= wall
     assert RunIndex(tmp_path).rows(run_id=f"phase-cell/{tasks[2]['key']}")[0]["seconds"] == out["seconds"]
+
+
+def test_run_sweep_bounds_defaults_and_progress(tmp_path, capsys):
+    """workers and threads of 1 are accepted and 0 refused; a point runs on 1 thread by
+    default; the progress bar is drawn only when asked for."""
+    import dropdyn
+
+    sweep = make_sweep({"experiment": "phase-cell", "name": "one", "base": TINY, "list": [{"a": 0}]})
+    for kw, message in (({"workers": 0}, "workers must be an integer >= 1, got 0"),
+                        ({"threads": 0}, "threads must be an integer >= 1, got 0")):
+        with pytest.raises(ValueError, match=message):
+            run_sweep(sweep, tmp_path, **kw)
+    res = run_sweep(sweep, tmp_path, workers=1)
+    assert res.count("complete", skipped=False) == 1 and "sweep one" not in capsys.readouterr().err
+    assert dropdyn.load(tmp_path / sweep.run_id(0)).meta["threads"] == 1
+    assert run_sweep(sweep, tmp_path, threads=1, progress=True).count("complete", skipped=True) == 1
+    assert "sweep one: 100%" in capsys.readouterr().err
 
 
 def test_sweep_cli_errors(tmp_path, capsys):
