@@ -68,6 +68,17 @@ def test_executors_give_the_same_table_bit_for_bit(tmp_path):
     assert len(csv_path.read_text().splitlines()) == 13
 
 
+def test_a_results_table_gives_each_column_one_type(tmp_path):
+    """Integers beside floats become floats; numbers beside text become text; a missing
+    value is an empty CSV cell and a parquet null; a row may lack a column."""
+    rows = [{"point": 0, "x": 1, "mixed": 2, "gap": None}, {"point": 1, "x": 2.5, "mixed": "n/a", "gap": 0.1},
+            {"point": 2, "x": None, "mixed": None}]
+    csv_path, pq_path = write_table(rows, tmp_path)
+    frame = pq.read_table(pq_path).to_pydict()
+    assert frame == {"point": [0, 1, 2], "x": [1.0, 2.5, None], "mixed": ["2", "n/a", None], "gap": [None, 0.1, None]}
+    assert csv_path.read_text().splitlines() == ["point,x,mixed,gap", "0,1.0,2,", "1,2.5,n/a,0.1", "2,,,"]
+
+
 def test_sigkill_of_the_driver_loses_and_repeats_nothing(tmp_path):
     f = _sweep_file(tmp_path / "slow.yaml", experiment="phase-cell", name="slow", base=SLOW, grid=GRID12)
     store = tmp_path / "store"
