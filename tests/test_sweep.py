@@ -315,6 +315,30 @@ def test_run_sweep_bounds_defaults_and_progress(tmp_path, capsys):
     assert "sweep one: 100%" in capsys.readouterr().err
 
 
+def test_a_point_its_executor_lost_is_failed_unless_it_finished(tmp_path, monkeypatch):
+    """An executor that loses points (a killed worker, a broken pool): one that wrote its
+    folder before it was lost counts as complete, the other is recorded failed with the error."""
+    import dropdyn.sweep as sw
+
+    sweep = make_sweep({"experiment": "phase-cell", "name": "lossy", "base": TINY, "list": [{"a": 0}, {"a": 0.5}]})
+    done = sw._tasks(sweep, tmp_path, threads=1)[0]
+    assert sw.run_point(done)["status"] == "complete"
+
+    def losing(tasks, **_):
+        for t in tasks:
+            yield t, sw._failed(t, RuntimeError("worker died"))
+
+    monkeypatch.setattr(sw, "_serial", losing)
+    res = run_sweep(sweep, tmp_path)
+    lost = next(k for k in sweep.keys if k != done["key"])
+    assert res.outcomes[done["key"]]["status"] == "complete"
+    assert res.outcomes[lost] == {"key": lost, "status": "failed", "error": "RuntimeError: worker died", "lost": True}
+    index = RunIndex(tmp_path)
+    assert index.status(f"phase-cell/{done['key']}") == "complete"
+    row = index.rows(run_id=f"phase-cell/{lost}")[0]
+    assert (row["status"], row["error"], row["sweep"]) == ("failed", "RuntimeError: worker died", "lossy")
+
+
 def test_sweep_cli_errors(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("experiment: [unclosed")
     assert main(["sweep", str(tmp_path / "bad.yaml")]) == 2
