@@ -131,12 +131,49 @@ def test_alignment_run(tmp_path):
     import numpy as np
 
     assert np.load(path / "arrays.npz", allow_pickle=False)["lr0.05_keep0.5"].shape == (3, 5)  # epochs 0, 1, 2
+    counts = {name: p["count"] for name, p in s["parts"].items()}
+    assert counts == {"SGD epoch": 2, "α, all parameters": 3, "α, layer 1": 3, "α, layer 2": 3, "α, layer 3": 3,
+                      "noise along the top Hessian directions": 1, "noise comparison": 1}
+    assert all(p["seconds"] > 0 for p in s["parts"].values())
+    assert sum(p["seconds"] for p in s["parts"].values()) <= s["seconds"]  # the parts do not overlap
     with pytest.raises(ValueError, match="pairs must be LR:KEEP pairs like"):
         alignment.Config(pairs="0.1").resolved()
     with pytest.raises(ValueError, match="vgg16 takes 3×32×32 images: use dataset cifar10"):
         alignment.Config(model="vgg16").resolved()
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         alignment.Config(model="resnet").resolved()
+
+
+def test_part_clock_times_each_part_apart(monkeypatch):
+    # a lap counts from the end of the last part or lap; a part from its own start
+    from dropdyn.experiments import alignment
+
+    now = iter([0.0, 1.0, 3.0, 4.0, 10.0, 11.0, 12.0, 20.0, 25.0])
+    monkeypatch.setattr(alignment.time, "perf_counter", lambda: next(now))
+    clock = alignment.PartClock("cpu")  # 0
+    clock.lap("epoch")                  # 1: 1 s
+    with clock.part("α"):               # 3 … 4: 1 s (the 2 s before it belong to no part)
+        pass
+    clock.lap("epoch")                  # 10: 6 s
+    clock.start()                       # 11
+    clock.lap("epoch")                  # 12: 1 s
+    with pytest.raises(KeyError), clock.part("α"):  # 20 … 25: a part that fails is timed too
+        raise KeyError
+    assert clock.parts == {"epoch": {"count": 3, "seconds": 8.0}, "α": {"count": 2, "seconds": 6.0}}
+
+
+def test_a_longer_run_is_projected_from_the_parts_of_a_shorter_one():
+    from dropdyn.experiments.alignment import projected_seconds
+
+    parts = {"SGD epoch": {"count": 2, "seconds": 4.0}, "α, all parameters": {"count": 3, "seconds": 3.0},
+             "α, layer 1": {"count": 3, "seconds": 6.0}, "noise along the top Hessian directions": {"count": 1,
+             "seconds": 5.0}, "noise comparison": {"count": 1, "seconds": 7.0}}
+    got = projected_seconds(parts, epochs=20, every=5, pairs=3)
+    assert got == {"SGD epoch": 120.0, "α, all parameters": 15.0, "α, layer 1": 30.0,  # 3 pairs × (20 // 5 + 1)
+                   "noise along the top Hessian directions": 15.0, "noise comparison": 7.0, "total": 187.0}
+    assert projected_seconds(parts, epochs=7, every=3)["α, all parameters"] == 3.0  # epochs 0, 3, 6
+    with pytest.raises(ValueError, match="every must be an integer >= 1, got 0"):
+        projected_seconds(parts, epochs=20, every=0)
 
 
 def test_alignment_without_the_noise_comparison(tmp_path):

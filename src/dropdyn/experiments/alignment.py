@@ -23,6 +23,8 @@ network ``chunk`` examples at a time.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,9 +146,69 @@ def full_batch_loss(net: nn.Module, X: torch.Tensor, y: torch.Tensor, chunk: int
     return total
 
 
+class PartClock:
+    """Wall time of each part of a run: ``parts[name] = {"count": times it ran, "seconds":
+    their total}``. A part is timed by :meth:`part` (a block) or by :meth:`lap` (the time
+    since the end of the last part or lap). The device is synchronised at every boundary,
+    so a GPU's queued work counts in the part that queued it. A longer run of the same
+    settings costs about Σ count × seconds/count over its parts (:func:`projected_seconds`)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.parts: dict[str, dict] = {}
+        self.mark = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        """Laps count from now."""
+        self.mark = self._now()
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        entry = self.parts.setdefault(name, {"count": 0, "seconds": 0.0})
+        entry["count"] += 1
+        entry["seconds"] += now - self.mark
+        self.mark = now
+
+    @contextmanager
+    def part(self, name: str):
+        self.start()
+        try:
+            yield
+        finally:
+            self.lap(name)
+
+
+def projected_seconds(parts: dict, epochs: int, every: int, pairs: int = 1) -> dict[str, float]:
+    """The wall time of a run of ``pairs`` LR:KEEP pairs over ``epochs`` epochs with α every
+    ``every``, projected from the summary ``parts`` of a shorter run of the same other
+    settings: per part, its count in the longer run × its seconds per count in the shorter
+    (``pairs × epochs`` SGD epochs, ``pairs × (epochs // every + 1)`` of each α, ``pairs``
+    top-direction parts, one noise comparison). Returns ``{part: seconds, "total": Σ}``
+    over the parts the shorter run had; set-up and data loading are not in it."""
+    check_int("epochs", epochs, 1)
+    check_int("every", every, 1)
+    check_int("pairs", pairs, 1)
+
+    def count(name: str) -> int:
+        if name == "SGD epoch":
+            return pairs * epochs
+        if name.startswith("α"):
+            return pairs * (epochs // every + 1)
+        return 1 if name == "noise comparison" else pairs
+
+    out = {name: count(name) * p["seconds"] / p["count"] for name, p in parts.items()}
+    return {**out, "total": sum(out.values())}
+
+
 def compute(cfg: Config, ctx: Context) -> dict:
     X, y = load(cfg)
     xb, yb = X[: cfg.batch], y[: cfg.batch]
+    clock = PartClock(cfg.device)
     out = {}
     per_epoch = math.ceil(len(X) / 100)  # SGD steps of batch 100
     bar = ctx.bar(len(cfg.lr_keep()) * cfg.epochs * per_epoch + len(NOISES) * cfg.noise_steps, "alignment")
@@ -163,17 +225,24 @@ def compute(cfg: Config, ctx: Context) -> dict:
             for label, names in groups.items():
                 part = f"α at epoch {epoch}, {label or 'all parameters'}"
                 bar.set_postfix_str(part)
-                res = alignment(net, nn.functional.cross_entropy, xb, yb, samples=cfg.samples, seed=cfg.seed + epoch,
-                                parameters=names,
-                                on_sample=lambda i, part=part: bar.set_postfix_str(f"{part}: sample {i}/{cfg.samples}"))
+                with clock.part(f"α, {label or 'all parameters'}"):
+                    res = alignment(net, nn.functional.cross_entropy, xb, yb, samples=cfg.samples,
+                                    seed=cfg.seed + epoch, parameters=names,
+                                    on_sample=lambda i, part=part: bar.set_postfix_str(
+                                        f"{part}: sample {i}/{cfg.samples}"))
                 rows[label].append((epoch, res.alpha, res.ci[0], res.ci[1], res.baseline))
             bar.set_postfix_str("")
 
+        def on_epoch(e, measure=measure):
+            clock.lap("SGD epoch")
+            if (e + 1) % cfg.every == 0:
+                measure(e + 1)
+
         measure(0)
         done = bar.n
+        clock.start()
         diverged = train(net, X, y, epochs=cfg.epochs, lr=lr, momentum=0.0, decay=1.0, batch_size=100,
-                         generator=device_generator(cfg, 1), on_step=lambda _: bar.update(1),
-                         on_epoch=lambda e, measure=measure: measure(e + 1) if (e + 1) % cfg.every == 0 else None)
+                         generator=device_generator(cfg, 1), on_step=lambda _: bar.update(1), on_epoch=on_epoch)
         bar.update(done + cfg.epochs * per_epoch - bar.n)  # the steps after a divergence
         name = f"lr={lr:g}, keep={keep:g}"
         for label, rr in rows.items():
@@ -181,10 +250,15 @@ def compute(cfg: Config, ctx: Context) -> dict:
         out.setdefault("diverged_at_step", {})[name] = diverged  # α is measured up to the epoch before
         if keep < 1.0 and diverged is None:
             bar.set_postfix_str("noise along the top Hessian directions")
-            vf = noise_along_curvature(net, nn.functional.cross_entropy, xb, yb, k=cfg.eigenvectors,
-                                       hessian_masks=4, samples=cfg.direction_samples, seed=cfg.seed)
+            with clock.part("noise along the top Hessian directions"):
+                vf = noise_along_curvature(net, nn.functional.cross_entropy, xb, yb, k=cfg.eigenvectors,
+                                           hessian_masks=4, samples=cfg.direction_samples, seed=cfg.seed)
             out[f"vf/{name}"] = np.stack([vf["curvature"], vf["variance"], vf["variance_se"]], 1)
-    out["noise_comparison"] = compare_noise(cfg, X, y, xb, yb, bar) if cfg.noise_steps else None
+    out["noise_comparison"] = None
+    if cfg.noise_steps:
+        with clock.part("noise comparison"):
+            out["noise_comparison"] = compare_noise(cfg, X, y, xb, yb, bar)
+    out["parts"] = clock.parts
     bar.close()
     return out
 
@@ -333,6 +407,7 @@ def figure(res: dict, cfg: Config):
 
 def write(folder, cfg: Config, res: dict) -> dict:
     cmp = res.pop("noise_comparison")
+    parts = res.pop("parts")
     diverged = res.pop("diverged_at_step")
     curves = {k: v for k, v in res.items() if not k.startswith("vf/")}
     rows = [(name, *r) for name, rr in curves.items() for r in rr]
@@ -352,7 +427,8 @@ def write(folder, cfg: Config, res: dict) -> dict:
             "alpha_range_trained": {n: [float(r[1:, 1].min()), float(r[1:, 1].max())] for n, r in curves.items()
                                     if len(r) > 1},
             "max_baseline": {n: float(r[:, 4].max()) for n, r in curves.items() if len(r)},
-            "variance_vs_curvature_slope": slopes, "noise_comparison": cmp}
+            "variance_vs_curvature_slope": slopes, "noise_comparison": cmp,
+            "parts": {name: {"count": p["count"], "seconds": round(p["seconds"], 3)} for name, p in parts.items()}}
 
 
 def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
