@@ -23,6 +23,7 @@ def test_estimate_agrees_with_exact_enumeration():
     ex = alignment(model, nn.functional.cross_entropy, x, y, exact=True)
     est = alignment(model, nn.functional.cross_entropy, x, y, samples=400, seed=1, confidence=0.99)
     assert ex.exact and ex.samples == 2**8 and ex.parameters == 26
+    assert (ex.gradients, est.gradients, est.exact) == (0, 4, False)  # the exact α samples no gradient
     assert ex.ci == (ex.alpha, ex.alpha) and ex.trace_HS[1] == ex.fro_H_sq[1] == ex.fro_S_sq[1] == 0.0
     assert est.ci[0] <= ex.alpha <= est.ci[1], (est, ex.alpha)
     for got, want in ((est.trace_HS, ex.trace_HS), (est.fro_H_sq, ex.fro_H_sq), (est.fro_S_sq, ex.fro_S_sq)):
@@ -71,6 +72,49 @@ def test_dropdyn_dropout_layers_work_too():
     ex = alignment(model, nn.functional.cross_entropy, x, y, exact=True)
     est = alignment(model, nn.functional.cross_entropy, x, y, samples=400, seed=3, confidence=0.99)
     assert est.ci[0] <= ex.alpha <= est.ci[1]
+
+
+@pytest.mark.parametrize("layer, inverted", [("torch", True), ("dropdyn", True), ("dropdyn", False)])
+def test_the_estimator_applies_a_mask_as_the_model_s_own_dropout_does(layer, inverted):
+    """α's masks replace the model's dropout draws, in its convention: with the draw the layer
+    itself makes, the output is the model's own training-mode output (x·mask/keep inverted,
+    x·mask not). The estimator and the exact enumeration share this hook, so comparing them
+    cannot see a wrong scaling (found by mutation)."""
+    from dropdyn.nets import Dropout
+    from dropdyn.noise_geometry import _masks
+
+    keep = 0.3
+    drop = nn.Dropout(1 - keep) if layer == "torch" else Dropout(keep, inverted=inverted)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), drop, nn.Linear(6, 2)).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    h = torch.tanh(model[0](x))
+    mask = (torch.rand(h.shape, generator=torch.Generator().manual_seed(5), dtype=h.dtype) < keep).double()
+    assert 0 < mask.sum() < mask.numel()
+    with _masks(model, lambda i, shape: mask) as layers:
+        replayed = model(x)
+    assert [(m, k) for m, k, _ in layers] == [(drop, pytest.approx(keep))]
+    scale = 1 / keep if inverted else 1.0
+    assert torch.allclose(replayed, model[3](h * mask * scale), rtol=1e-13, atol=1e-13)
+    if layer == "dropdyn":  # the layer's own draw, replayed through its generator
+        drop.generator = torch.Generator().manual_seed(5)
+        model.train()
+        assert torch.allclose(model(x), replayed, rtol=1e-13, atol=1e-13)
+
+
+def test_layers_that_drop_nothing_are_not_dropout_noise():
+    """``nn.Dropout(0)`` and a keep of 1 add no noise: a model with only such layers is refused,
+    and beside a real dropout layer they add no units to the exact enumeration."""
+    from dropdyn.nets import Dropout
+
+    x, y = torch.randn(2, 3, dtype=torch.float64), torch.tensor([0, 1])
+    for quiet in (nn.Dropout(0.0), Dropout(1.0)):
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), quiet, nn.Linear(4, 2)).double()
+        with pytest.raises(ValueError, match="no dropout layer \\(or only keep = 1\\)"):
+            alignment(model, nn.functional.cross_entropy, x, y)
+    torch.manual_seed(1)
+    model = DropoutMLP([3, 4, 4, 2], keep_hidden=[0.5, 1.0]).double()
+    assert alignment(model, nn.functional.cross_entropy, x, y, exact=True).samples == 2 ** (4 * 2)
 
 
 def test_alpha_is_one_when_sigma_is_proportional_to_H_and_random_baseline_is_near_zero():
