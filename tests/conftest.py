@@ -1,4 +1,5 @@
 import os
+import subprocess
 
 import pytest
 import torch
@@ -33,3 +34,22 @@ def compaction(request, monkeypatch):
 
     monkeypatch.setitem(engine.COMPACT_MIN_WORK, "cpu", 0 if request.param == "compacted" else 2**62)
     return request.param == "compacted"
+
+
+@pytest.fixture
+def dropdyn_cli(capsys):
+    """``dropdyn ARGS`` run in this process, as a ``CompletedProcess`` (exit code, stdout,
+    stderr): the same ``main`` without a 2–3 s interpreter and torch start per call. The
+    entry point itself (``python -m dropdyn.cli``) keeps its own subprocess tests."""
+    from dropdyn.cli import main
+
+    def call(*args):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's --help
+            code = e.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+    return call

@@ -34,8 +34,8 @@ def test_help_lists_experiments():
         (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(args, match, tmp_path):
-    p = run_cli("run", "teacher-student", *SMALL, "--out", str(tmp_path / "r"), *args)
+def test_bad_input_is_one_line_exit_2(args, match, tmp_path, dropdyn_cli):
+    p = dropdyn_cli("run", "teacher-student", *SMALL, "--out", str(tmp_path / "r"), *args)
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert match in p.stderr
@@ -111,12 +111,12 @@ def test_graph_needs_a_gpu_and_says_so(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_progress_bar_goes_to_a_log_with_progress_only(tmp_path):
+def test_progress_bar_goes_to_a_log_with_progress_only(tmp_path, dropdyn_cli):
     # stderr is a pipe here, as in a batch job: no bar by default, the bar with --progress
     args = ["run", "teacher-student", "--width", "40", "--steps", "6"]
-    quiet = run_cli(*args, "--out", str(tmp_path / "a"))
-    shown = run_cli(*args, "--progress", "--out", str(tmp_path / "b"))
+    quiet = dropdyn_cli(*args, "--out", str(tmp_path / "a"))
+    shown = dropdyn_cli(*args, "--progress", "--out", str(tmp_path / "b"))
     assert quiet.returncode == shown.returncode == 0
     assert "step/s" not in quiet.stderr and "step/s" in shown.stderr
-    both = run_cli(*args, "--progress", "--no-progress", "--out", str(tmp_path / "c"))
+    both = dropdyn_cli(*args, "--progress", "--no-progress", "--out", str(tmp_path / "c"))
     assert both.returncode == 2 and "not allowed with argument" in both.stderr

@@ -3,8 +3,6 @@ the divergence and says in ``summary.json`` at which step each dynamics diverged
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -46,10 +44,10 @@ def test_on_grid_lines_up_runs_that_stopped_at_different_steps():
 
 
 @pytest.mark.parametrize("lr", ["20", "100", "1e6"])
-def test_teacher_student_cli_finishes_a_diverging_run(tmp_path, lr):
+def test_teacher_student_cli_finishes_a_diverging_run(tmp_path, lr, dropdyn_cli):
     out = tmp_path / "r"
-    p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "run", "teacher-student", "--width", "50", "--steps",
-                        "200", "--lr", lr, "--out", str(out), "--no-progress"], capture_output=True, text=True)
+    p = dropdyn_cli("run", "teacher-student", "--width", "50", "--steps", "200", "--lr", lr, "--out", out,
+                    "--no-progress")
     assert p.returncode == 0, p.stderr
     s = json.loads((out / "summary.json").read_text())
     steps = s["diverged_at_step"]

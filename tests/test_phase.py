@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
@@ -144,19 +142,15 @@ def test_scaling_family():
         scaling(100, 0.5, 0.1, c_keep=3.0)
 
 
-def test_cli_json_and_diagram(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "phase", "--width", "10000", "--lr", "0.01",
-                        "--keep", "0.01", "--json"], capture_output=True, text=True)
+def test_cli_json_and_diagram(tmp_path, dropdyn_cli):
+    p = dropdyn_cli("phase", "--width", "10000", "--lr", "0.01", "--keep", "0.01", "--json")
     assert p.returncode == 0
     out = json.loads(p.stdout)
     assert out["phase"] == "III" and {"alpha", "beta", "a", "b", "phase"} <= set(out)
-    p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "phase", "--width", "10", "--lr", "0",
-                        "--keep", "0.5"], capture_output=True, text=True)
+    p = dropdyn_cli("phase", "--width", "10", "--lr", "0", "--keep", "0.5")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "lr" in p.stderr
     png = tmp_path / "d.png"
-    p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "phase-diagram", "--out", str(png),
-                        "--mark", "1000,0.01,0.5", "--mark", "10000,0.01,0.01"], capture_output=True, text=True)
+    p = dropdyn_cli("phase-diagram", "--out", png, "--mark", "1000,0.01,0.5", "--mark", "10000,0.01,0.01")
     assert p.returncode == 0 and png.stat().st_size > 10_000
-    p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "phase-diagram", "--out", str(png),
-                        "--mark", "1000,0.01"], capture_output=True, text=True)
+    p = dropdyn_cli("phase-diagram", "--out", png, "--mark", "1000,0.01")
     assert p.returncode == 2 and "--mark must be WIDTH,LR,KEEP" in p.stderr

@@ -24,10 +24,6 @@ TS = ["--width", "20", "--steps", "5", "--no-progress"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "dropdyn.cli", *args], capture_output=True, text=True, **kw)
-
-
 def one_line(p, match):
     assert p.returncode == 2, (p.returncode, p.stderr)
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr and match in p.stderr, p.stderr
@@ -84,7 +80,7 @@ def test_cifar_loader_executes_nothing(tmp_path):
         cifar10(str(bad))
 
 
-def test_runs_rm_and_report_stay_inside_the_store(store, tmp_path):
+def test_runs_rm_and_report_stay_inside_the_store(store, tmp_path, dropdyn_cli):
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "precious").write_text("keep me")
@@ -92,7 +88,7 @@ def test_runs_rm_and_report_stay_inside_the_store(store, tmp_path):
     with sqlite3.connect(store / "index.sqlite") as con:
         con.execute("INSERT INTO runs (id, key, experiment, params, status, summary) VALUES "
                     "('../victim', 'k', 'teacher-student', '{}', 'complete', '{}')")
-    p = cli("runs", "rm", "../victim", "--store", str(store))
+    p = dropdyn_cli("runs", "rm", "../victim", "--store", str(store))
     assert p.returncode == 0 and "index row only" in p.stdout
     assert (victim / "precious").read_text() == "keep me"
     assert "victim" not in dropdyn.report.write_report(store).read_text()
@@ -100,18 +96,18 @@ def test_runs_rm_and_report_stay_inside_the_store(store, tmp_path):
     spec.mkdir(parents=True)
     (spec / "sweep.json").write_text(json.dumps({"experiment": "teacher-student", "name": "evil", "base": {},
                                                  "points": [{}], "keys": ["../../victim"]}))
-    one_line(cli("report", str(spec)), "not a dropdyn sweep file")
+    one_line(dropdyn_cli("report", str(spec)), "not a dropdyn sweep file")
 
 
-def test_force_replaces_only_run_folders(tmp_path):
+def test_force_replaces_only_run_folders(tmp_path, dropdyn_cli):
     v = tmp_path / "V"
     (v / "sub").mkdir(parents=True)
     (v / "sub" / "f").write_text("x")
-    one_line(cli("run", "teacher-student", *TS, "--out", str(v), "--force"), "not one")
+    one_line(dropdyn_cli("run", "teacher-student", *TS, "--out", str(v), "--force"), "not one")
     assert (v / "sub" / "f").read_text() == "x"
     run = tmp_path / "R"
-    assert cli("run", "teacher-student", *TS, "--out", str(run)).returncode == 0
-    assert cli("run", "teacher-student", *TS, "--out", str(run), "--force", "--seed", "3").returncode == 0
+    assert dropdyn_cli("run", "teacher-student", *TS, "--out", str(run)).returncode == 0
+    assert dropdyn_cli("run", "teacher-student", *TS, "--out", str(run), "--force", "--seed", "3").returncode == 0
     assert json.loads((run / "config.json").read_text())["config"]["seed"] == 3
 
 
@@ -134,28 +130,28 @@ def test_an_index_with_damaged_rows_is_rebuilt(store, tmp_path, capsys, params, 
     assert capsys.readouterr().err == ""
 
 
-def test_missing_or_corrupt_index_is_rebuilt(store):
+def test_missing_or_corrupt_index_is_rebuilt(store, dropdyn_cli):
     for f in store.glob("index.sqlite*"):
         f.unlink()
-    p = cli("runs", "list", "--store", str(store))
+    p = dropdyn_cli("runs", "list", "--store", str(store))
     assert p.returncode == 0 and "1 run(s)" in p.stdout
     (store / "index.sqlite").write_bytes(os.urandom(4096))
-    p = cli("runs", "list", "--store", str(store))
+    p = dropdyn_cli("runs", "list", "--store", str(store))
     assert p.returncode == 0 and "1 run(s)" in p.stdout and p.stderr.count("\n") == 1 and "rebuilt" in p.stderr
     assert list(store.glob("index.sqlite.corrupt-*"))
     (store / "index.sqlite").write_bytes(os.urandom(4096))
-    p = cli("run", "teacher-student", *TS, "--store", str(store))
+    p = dropdyn_cli("run", "teacher-student", *TS, "--store", str(store))
     assert p.returncode == 0 and len(RunIndex(store).rows(status="complete")) == 2
-    p = cli("runs", "reindex", "--store", str(store))
+    p = dropdyn_cli("runs", "reindex", "--store", str(store))
     assert p.returncode == 0 and "reindexed 2 run(s)" in p.stdout
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes read-only folders anyway")
-def test_read_only_store_can_be_listed(store):
+def test_read_only_store_can_be_listed(store, dropdyn_cli):
     try:
         for p in [store, *store.rglob("*")]:
             p.chmod(p.stat().st_mode & ~0o222)
-        p = cli("runs", "list", "--store", str(store))
+        p = dropdyn_cli("runs", "list", "--store", str(store))
         assert p.returncode == 0 and "1 run(s)" in p.stdout
     finally:
         for p in [store, *store.rglob("*")]:
@@ -233,7 +229,7 @@ def test_reads_fall_back_to_the_folders(store, monkeypatch):
     assert len(rows) == 1 and rows[0]["status"] == "complete" and rows[0]["summary"]["alpha"] == 2.0
 
 
-def test_states_are_true_and_partials_of_dead_processes_go(tmp_path):
+def test_states_are_true_and_partials_of_dead_processes_go(tmp_path, dropdyn_cli):
     """A killed `dropdyn run`: its row is running while it runs, failed once its process is gone, and
     its hidden partial folder is removed by the next run."""
     store = tmp_path / "S"
@@ -249,7 +245,7 @@ def test_states_are_true_and_partials_of_dead_processes_go(tmp_path):
     rows = RunIndex(store).rows()
     assert rows[0]["status"] == "failed" and "ended without finishing" in rows[0]["error"]
     assert list(store.glob("teacher-student/.*.partial-*"))
-    assert cli("run", "teacher-student", *TS, "--store", str(store)).returncode == 0
+    assert dropdyn_cli("run", "teacher-student", *TS, "--store", str(store)).returncode == 0
     assert not list(store.glob("teacher-student/.*.partial-*"))
     assert main(["run", "teacher-student", *TS, "--store", str(store / "x"), "--out", str(tmp_path / "bad"),
                  "--lr", "-1"]) == 2  # refused before any row is written
@@ -363,7 +359,7 @@ def _alive(pid):
     (["report", "--out", "nodir/r.html", "run"], "folder 'nodir' does not exist"),
     (["report", "--out", "emptydir", "run"], "'emptydir' is a folder"),
 ])
-def test_user_errors_are_one_line(args, match, tmp_path):
+def test_user_errors_are_one_line(args, match, tmp_path, dropdyn_cli):
     (tmp_path / "afile").write_text("x")
     (tmp_path / "dup.yaml").write_text("width: 10\nwidth: 20\n")
     (tmp_path / "latin.yaml").write_bytes("width: 1 # é\n".encode("latin-1"))
@@ -372,8 +368,8 @@ def test_user_errors_are_one_line(args, match, tmp_path):
     (tmp_path / "emptyconfig" / "config.json").write_text("{}")
     (tmp_path / "listconfig" / "config.json").write_text("[1, 2]")
     if args[0] == "report" and "run" in args:
-        assert cli("run", "teacher-student", *TS, "--out", "run", cwd=tmp_path).returncode == 0
-    one_line(cli(*args, cwd=tmp_path), match)
+        assert dropdyn_cli("run", "teacher-student", *TS, "--out", "run").returncode == 0
+    one_line(dropdyn_cli(*args), match)
 
 
 def _alias_bomb(levels: int) -> str:

@@ -1,8 +1,6 @@
 """SME experiments end to end on small settings, and the weak-error estimator."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -75,7 +73,6 @@ def test_sme_trajectories_and_generalisation_runs(tmp_path):
     (["--width", "0"], "width must be an integer >= 1, got 0"),
     (["--train-size", "100000"], "train_size 100000 exceeds the 800 training images"),
 ])
-def test_sme_cli_bad_input(args, match, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "dropdyn.cli", "run", "sme-trajectories", "--out", str(tmp_path / "r"),
-                        "--time", "0.1", *args], capture_output=True, text=True)
+def test_sme_cli_bad_input(args, match, tmp_path, dropdyn_cli):
+    p = dropdyn_cli("run", "sme-trajectories", "--out", tmp_path / "r", "--time", "0.1", *args)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and match in p.stderr, p.stderr
