@@ -57,14 +57,48 @@ def test_boundaries_warn_and_tolerance_shrinks_with_width():
     assert at(10**8, 1.5, 0.3).warnings == []
     # the "not decided" band is 2·tol wide (tol = log 3 / log 10⁴ = 0.119 here): points of I at
     # 0.2 and 0.3 from the III segment, on either side of 0.239
+    # 0.2 and 0.3 from the III segment, on either side of 0.239; the segment is I's border with
+    # the degenerate region too, so both are named
     for off, warns in ((0.2, True), (0.3, False)):
         d = off / math.sqrt(2)
         p = at(10**4, 0.5 + d, 0.5 - d)
-        assert p.phase == "I" and any("within 0.239 of III" in w for w in p.warnings) == warns, p.warnings
+        assert p.phase == "I" and any("within 0.239 of III, degenerate:" in w for w in p.warnings) == warns
+        assert len(p.warnings) == warns, p.warnings
     # the small-width warning starts below width 100
     assert [any("is small" in w for w in classify(n, 0.5, 0.5).warnings) for n in (99, 100)] == [True, False]
     # practical constants (τ = q = 0.5) at width 1000 are "order one": phase V
     assert classify(1000, 0.5, 0.5).phase == "V"
+
+
+def test_points_on_a_set_get_no_warning_unless_other_sets_end_there():
+    for a, b, phase in ((0.5, 0.5, "III"), (2.0, 1.0, "II")):
+        p = at(10**8, a, b)
+        assert p.phase == phase and p.warnings == [], p.warnings
+    # II and III end at IV, and III and I's border at V: their points are all within 2·tol
+    for a, near in ((1.0, "II, III"), (0.0, "III")):
+        p = at(10**8, a, a)
+        assert [w.split(": at")[0] for w in p.warnings] == [f"(a, b) = ({a:.3f}, {a:.3f}) is within 0.119 of {near}"]
+
+
+def test_the_III_segment_is_open_at_IV():
+    """(1.005, 0.93) at width 10⁸ (tol 0.060): 0.053 from the III segment, but past its end
+    at (1, 1) in a (a ≥ 1) and 0.070 from IV and II, so it is in I (b < min(a, 1))."""
+    p = at(10**8, 1.005, 0.93)
+    assert p.phase == "I" and p.distances["III"] < 0.06 < min(p.distances["IV"], p.distances["II"]), p.distances
+
+
+def test_exponents_of_unit_lr_and_keep_are_plus_zero():
+    p = classify(100, 1.0, 1.0)
+    assert p.phase == "V" and math.copysign(1, p.a) == math.copysign(1, p.b) == 1  # 0.0, not -0.0
+    assert '"a": 0.0' in json.dumps(p.to_dict())
+
+
+def test_width_and_factor_limits():
+    assert classify(2, 0.5, 0.5).width == 2
+    assert classify(2**53, 1e-3, 0.5).phase == "I"
+    with pytest.raises(ValueError, match="width must be at most 2\\^53, got 9007199254740993"):
+        classify(2**53 + 1, 1e-3, 0.5)
+    assert classify(10**6, 1e-3, 0.5, factor=1.01).phase == "I"  # any factor above 1
 
 
 def test_distances_are_zero_on_their_sets():
@@ -125,8 +159,9 @@ def test_bad_input(bad, match):
         classify(**args)
 
 
-@pytest.mark.parametrize("a, b, phase", [(0.8, 0.3, "I"), (1.5, 1.0, "II"), (0.4, 0.4, "III"), (1.0, 1.0, "IV"),
-                                          (0.0, 0.0, "V"), (0.2, 0.3, "degenerate"), (2.0, 1.2, "degenerate")])
+@pytest.mark.parametrize("a, b, phase", [(0.8, 0.3, "I"), (1.5, 0.0, "I"), (1.5, 1.0, "II"), (0.4, 0.4, "III"),
+                                          (1.0, 1.0, "IV"), (0.0, 0.0, "V"), (0.2, 0.3, "degenerate"),
+                                          (0.0, 0.4, "degenerate"), (2.0, 1.2, "degenerate")])
 def test_family_phase(a, b, phase):
     from dropdyn.phase import family_phase
 
@@ -138,6 +173,11 @@ def test_family_phase(a, b, phase):
 def test_scaling_family():
     lr, q = scaling(10_000, 0.5, 0.25, c_lr=2.0)
     assert math.isclose(lr, 0.02) and math.isclose(q, 0.1)
+    assert scaling(100, 1.0, 0.5) == (0.01, 0.1)  # constants 1 by default
+    assert scaling(100, 0.5, 0.0) == (0.1, 1.0)  # keep 1 is in (0, 1]
+    assert scaling(1, 0.5, 0.5) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="keep = c_keep·n\\^\\(−b\\) = 0 at width 10 is outside"):
+        scaling(10, 0.5, 400.0)  # q underflows to 0
     with pytest.raises(ValueError, match="outside"):
         scaling(100, 0.5, 0.1, c_keep=3.0)
 
