@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dropdyn import VARIANTS, draw_masks, simulate
+from dropdyn import VARIANTS, MaskStream, draw_masks, simulate
 from dropdyn.model import features, grad_potential, predict
 
 
@@ -87,6 +87,11 @@ def test_same_seed_couples_variants_and_equals_explicit_masks(compaction):
         a = simulate(v, X, Z, y, lr=0.1, keep=0.5, steps=10, seed=9)
         b = simulate(v, X, Z, y, lr=0.1, keep=0.5, steps=10, masks=masks)
         assert torch.equal(a.particles, b.particles), v
+    # the defaults agree too: simulate's seed 0 draws draw_masks's (and MaskStream's) masks
+    default = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=10)
+    for masks in (draw_masks(0.5, 10, (30,)), MaskStream(0.5, (30,)).take(10)):
+        assert torch.equal(default.particles, simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=10,
+                                                       masks=masks).particles)
 
 
 def test_replicas_equal_sequential_runs(compaction):

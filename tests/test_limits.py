@@ -95,6 +95,9 @@ def test_coupled_limit_maps_each_phase_to_its_engine_arguments():
     assert own.info["h"] == pytest.approx(0.01) and own.times.tolist() == pytest.approx([0.0, T])
     assert torch.equal(own.particles, simulate_limit("III", X, Z, y, time=T, h=0.01, alpha=0.1, seed=3).particles)
     assert not torch.equal(own.particles, simulate_limit("III", X, Z, y, time=T, h=0.01, alpha=0.1, seed=4).particles)
+    # lr/α = 0.1 exactly (0.025/0.25 is 0.1 in floating point) is still coupled: the masks at h = lr
+    same(coupled_limit("III", X, Z, y, **{**kw, "alpha": 0.25, "lr": 0.025, "time": 0.25}),
+         simulate_limit("III", X, Z, y, time=0.25, h=0.025, alpha=0.25, clocks=masks))
 
 
 def test_phase_III_poisson_ring_rate():

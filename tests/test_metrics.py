@@ -46,8 +46,23 @@ def test_exact_w2_is_the_optimal_matching_cost_and_bounds_the_sliced_one():
     assert wasserstein2(X, Y, method="sliced", projections=500) <= ref
     # unequal sizes: one point against two moves half its mass each way
     one, two = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[1.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
-    assert wasserstein2(one, two) == pytest.approx(math.sqrt((1 + 9) / 2), rel=1e-12)
+    assert wasserstein2(one, two) == wasserstein2(two, one) == pytest.approx(math.sqrt((1 + 9) / 2), rel=1e-12)
+    assert wasserstein2(X, X + 0.3 / math.sqrt(3)) == pytest.approx(0.3, rel=1e-12)  # below 1 too: a shift
     with pytest.raises(ValueError, match=r"\(n, p\) and \(n', p\), got \(40, 3\) and \(40, 2\)"):
         wasserstein2(X, Y[:, :2])
     with pytest.raises(ValueError, match="non-empty, got 0 and 40"):
         wasserstein2(X[:0], Y)
+
+
+def test_only_the_exact_w2_is_sized_against_memory(monkeypatch):
+    """The exact W2 asks for its 16·n·n' bytes (cost matrix and plan, float64) before
+    allocating; the sliced one holds no n × n' matrix and is never refused for size."""
+    import dropdyn.metrics
+
+    asked = []
+    monkeypatch.setattr(dropdyn.metrics, "check_memory", lambda what, nbytes: asked.append(nbytes))
+    wasserstein2(randn(30, 2), randn(70, 2))
+    assert asked == [16.0 * 30 * 70]
+    monkeypatch.undo()
+    big = torch.zeros(10**5, 2, dtype=torch.float64)  # its exact W2 would need 149 GiB
+    assert wasserstein2(big, big, method="sliced", projections=10) == 0.0
