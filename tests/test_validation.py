@@ -143,3 +143,18 @@ def test_the_boundary_checks_at_their_edges():
     for bad in ("4", "4,9,1"):
         with pytest.raises(ValueError, match="digits must be two digits"):
             c.parse_digit_pair(bad)
+
+
+def test_memory_is_checked_against_the_device_it_is_for(monkeypatch):
+    """A CUDA size is measured against the GPU's memory, a CPU size against RAM (a fake GPU
+    of 1 GiB, so that this runs on any machine)."""
+    import types
+
+    from dropdyn import _checks as c
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(total_memory=2**30))
+    with pytest.raises(ValueError, match="a run needs about 2 GiB, more than the 1 GiB of GPU memory"):
+        c.check_memory("a run", 2**31, "cuda")
+    c.check_memory("a run", 2**31, "cpu")  # the machines that run this have more than 2 GiB of RAM
+
