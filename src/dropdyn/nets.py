@@ -49,7 +49,20 @@ class Dropout(nn.Module):
         return h * mask / self.keep if self.inverted else h * mask
 
 
-class DropoutMLP(nn.Module):
+class _DropoutNet(nn.Module):
+    """A network whose layers are the ``nn.Sequential`` ``self.net``."""
+
+    net: nn.Sequential
+
+    def dropouts(self) -> list[Dropout]:
+        return [m for m in self.net if isinstance(m, Dropout)]
+
+    def linears(self) -> list[nn.Linear]:
+        """The fully connected layers, in order (max-norm constrains all but the last)."""
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+
+class DropoutMLP(_DropoutNet):
     """``sizes = [d_in, h_1, …, d_out]``; dropout before every linear layer: on the input
     with ``keep_input``, on hidden layer l with ``keep_hidden[l]`` (one number = all)."""
 
@@ -76,12 +89,6 @@ class DropoutMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def dropouts(self) -> list[Dropout]:
-        return [m for m in self.net if isinstance(m, Dropout)]
-
-    def linears(self) -> list[nn.Linear]:
-        return [m for m in self.net if isinstance(m, nn.Linear)]
-
     @torch.no_grad()
     def mc_predict(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
                    probabilities: bool = False) -> torch.Tensor:
@@ -103,7 +110,7 @@ class DropoutMLP(nn.Module):
             self.train(was)
 
 
-class VGG16(nn.Module):
+class VGG16(_DropoutNet):
     """VGG16 for 3 × 32 × 32 images (CIFAR-10), as in the SME paper's Figure 3(b):
     five blocks of 3×3 convolutions (+ batch norm) + ReLU with (64, 64), (128, 128),
     (256, 256, 256), (512, 512, 512), (512, 512, 512) channels, each block ending in 2×2
@@ -153,13 +160,6 @@ class VGG16(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
             raise InputError(f"VGG16 takes images of shape (N, 3, 32, 32), got {tuple(x.shape)}")
         return self.net(x)
-
-    def dropouts(self) -> list[Dropout]:
-        return [m for m in self.net if isinstance(m, Dropout)]
-
-    def linears(self) -> list[nn.Linear]:
-        """The classifier's fully connected layers (max-norm constrains the hidden ones)."""
-        return [m for m in self.net if isinstance(m, nn.Linear)]
 
 
 @torch.no_grad()
