@@ -56,7 +56,6 @@ def test_boundaries_warn_and_tolerance_shrinks_with_width():
     # deep inside I: no warning
     assert at(10**8, 1.5, 0.3).warnings == []
     # the "not decided" band is 2·tol wide (tol = log 3 / log 10⁴ = 0.119 here): points of I at
-    # 0.2 and 0.3 from the III segment, on either side of 0.239
     # 0.2 and 0.3 from the III segment, on either side of 0.239; the segment is I's border with
     # the degenerate region too, so both are named
     for off, warns in ((0.2, True), (0.3, False)):
@@ -173,8 +172,8 @@ def test_family_phase(a, b, phase):
 def test_scaling_family():
     lr, q = scaling(10_000, 0.5, 0.25, c_lr=2.0)
     assert math.isclose(lr, 0.02) and math.isclose(q, 0.1)
-    assert scaling(100, 1.0, 0.5) == (0.01, 0.1)  # constants 1 by default
-    assert scaling(100, 0.5, 0.0) == (0.1, 1.0)  # keep 1 is in (0, 1]
+    assert scaling(100, 1.0, 0.5) == pytest.approx((0.01, 0.1), rel=1e-14)  # constants 1 by default
+    assert scaling(100, 0.5, 0.0) == pytest.approx((0.1, 1.0), rel=1e-14)  # keep 1 is in (0, 1]
     assert scaling(1, 0.5, 0.5) == (1.0, 1.0)
     with pytest.raises(ValueError, match="keep = c_keep·n\\^\\(−b\\) = 0 at width 10 is outside"):
         scaling(10, 0.5, 400.0)  # q underflows to 0
