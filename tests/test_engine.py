@@ -130,6 +130,32 @@ def test_records_and_snapshots():
     assert out.diverged_at_step is None
 
 
+def test_records_over_blocks_of_samples(monkeypatch):
+    """A record's forward pass over ragged blocks of samples records what one pass does."""
+    from dropdyn import engine
+
+    X, Z, y = problem(8, n=10, R=3, bias=True)
+    kw = dict(lr=0.1, keep=0.5, steps=6, record_every=3, test_inputs=Z[:3] + 1, test_targets=y[:3], probe_inputs=Z)
+    whole = simulate("dropout", X, Z, y, **kw)
+    monkeypatch.setitem(engine.RECORD_BLOCK_ENTRIES, "cpu", 1)
+    monkeypatch.setattr(engine, "RECORD_MIN_BLOCK", 2)  # blocks of 2, 2 and 1 of the m = 5 samples
+    blocks = simulate("dropout", X, Z, y, **kw)
+    assert torch.equal(blocks.particles, whole.particles)
+    for name in ("risk", "test_risk", "outputs"):
+        torch.testing.assert_close(getattr(blocks, name), getattr(whole, name), rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(whole.outputs[-1], predict(whole.particles, Z))
+
+
+def test_a_probe_that_is_the_test_set_shares_its_forward_pass():
+    X, Z, y = problem(9, n=10)
+    kw = dict(lr=0.1, keep=0.5, steps=4, record_every=2, test_inputs=Z, test_targets=y)
+    shared = simulate("ram", X, Z[:2], y[:2], probe_inputs=Z, **kw)
+    apart = simulate("ram", X, Z[:2], y[:2], probe_inputs=Z.clone(), **kw)
+    assert torch.equal(shared.test_risk, apart.test_risk) and torch.equal(shared.outputs, apart.outputs)
+    r = predict(shared.particles, Z) - y
+    torch.testing.assert_close(shared.test_risk[-1], 0.5 * (r * r).mean())
+
+
 def test_gd_decreases_the_risk():
     X, Z, y = problem(9, n=100)
     out = simulate("gd", X, Z, y, lr=0.05, keep=1.0, steps=200, record_every=50)

@@ -188,6 +188,10 @@ class Design:
             Z[:, d] = 1.0
         return Design(Z, (Z * act.prescale).T.contiguous(), targets, act, d, bias)
 
+    def samples(self, start: int, stop: int) -> Design:
+        """The design of samples ``start:stop`` (views, no copies)."""
+        return Design(self.Z[start:stop], self.ZsT[:, start:stop], self.y[start:stop], self.act, self.d, self.bias)
+
     def pack(self, particles: Tensor) -> tuple[Tensor, Tensor]:
         """``(R, n, p) → a (R, n), W (R, n, P)`` (contiguous, zero-padded; new tensors, never
         views of ``particles``, so a run may update them in place)."""
@@ -239,7 +243,7 @@ def descent(
     ga = act.A * _rowdot(T, r)
     if act.B:
         ga = ga + act.B * r.sum(-1, keepdim=True)
-    S = act.A * T + act.B if penalty else None  # σ(u), kept only for the penalty
+    S = T.mul(act.A).add_(act.B) if penalty else None  # σ(u), kept only for the penalty
     rZ = r[..., None] * Z  # (R, m, P)
     Q = act.slope(T, U)
     if Q is None:  # σ' ≡ 1
@@ -247,8 +251,8 @@ def descent(
     else:
         gW = act.C * (Q @ rZ)
     gW = a[..., None] * gW
-    if penalty:
-        dS = torch.ones_like(S) if Q is None else act.C * Q
-        ga = ga + penalty * a * (S * S).sum(-1)
-        gW = gW + penalty * (a * a)[..., None] * ((S * dS) @ Z)
+    if penalty:  # σσ' and σ² in place: a (width × m) temporary is a page-faulting allocation on CPU
+        SdS = S @ Z if Q is None else act.C * (Q.mul_(S) @ Z)
+        ga = ga + penalty * a * S.square_().sum(-1)
+        gW = gW + penalty * (a * a)[..., None] * SdS
     return ga / m, gW / m, r
