@@ -12,11 +12,14 @@ divergence checks included). Peak memory is ``torch.cuda.max_memory_allocated`` 
 (the inputs included) and, on the CPU, the process's peak resident set less its resident
 set before the first run (the inputs and torch itself excluded).
 Throughput is n·m / (time per step): the neuron-sample pairs a step evaluates.
+``--allocators reuse,glibc`` times each point both with :func:`dropdyn.reuse_freed_memory`
+(what the ``dropdyn`` command sets) and with glibc's defaults, one row each.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -28,9 +31,13 @@ import torch
 
 
 def point(width: int, samples: int, dim: int, variant: str, backend: str, steps: int, repeats: int,
-          device: str) -> dict:
-    """Time one (width, samples, variant, backend) in this process."""
-    from dropdyn import simulate
+          device: str, allocator: str) -> dict:
+    """Time one (width, samples, variant, backend) in this process, with glibc's allocator
+    as it comes or set by :func:`dropdyn.reuse_freed_memory` (``allocator``)."""
+    from dropdyn import reuse_freed_memory, simulate
+
+    if allocator == "reuse":
+        reuse_freed_memory()
 
     cuda = torch.device(device).type == "cuda"
     g = torch.Generator().manual_seed(0)
@@ -74,15 +81,17 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=10)
     ap.add_argument("--variants", default="dropout,gd")
     ap.add_argument("--backends", default="torch")
+    ap.add_argument("--allocators", default="reuse", help="reuse (dropdyn.reuse_freed_memory, as the CLI), glibc "
+                                                          "(its defaults), or both")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=300, help="seconds per point")
     ap.add_argument("--point", default=None, help=argparse.SUPPRESS)  # internal: one point, JSON out
     args = ap.parse_args(argv)
     if args.point:
-        width, samples, variant, backend = args.point.split(",")
+        width, samples, variant, backend, allocator = args.point.split(",")
         print(json.dumps(point(int(width), int(samples), args.dim, variant, backend, args.steps, args.repeats,
-                               args.device)))
+                               args.device, allocator)))
         return
     cuda = torch.device(args.device).type == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -93,16 +102,16 @@ def main(argv=None):
     where = torch.cuda.get_device_name(args.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n### Width sweep: {where}, float32, d={args.dim}, keep 0.5, median of {args.repeats} runs of "
           f"{args.steps} steps\n")
-    print("| width | m | variant | backend | ms / step | peak memory GiB | neuron-samples / s |")
-    print("|---:|---:|---|---|---:|---:|---:|")
+    print("| width | m | variant | backend | allocator | ms / step | peak memory GiB | neuron-samples / s |")
+    print("|---:|---:|---|---|---|---:|---:|---:|")
     for width in widths:
         samples = max(1, min(args.samples, int(work // width)))
         for backend in args.backends.split(","):
-            for variant in args.variants.split(","):
-                cmd = [sys.executable, __file__, "--point", f"{width},{samples},{variant},{backend}",
+            for variant, allocator in itertools.product(args.variants.split(","), args.allocators.split(",")):
+                cmd = [sys.executable, __file__, "--point", f"{width},{samples},{variant},{backend},{allocator}",
                        "--device", args.device, "--dim", str(args.dim), "--steps", str(args.steps),
                        "--repeats", str(args.repeats)]
-                row = f"| {width:.0e} | {samples} | {variant} | {backend} |"
+                row = f"| {width:.0e} | {samples} | {variant} | {backend} | {allocator} |"
                 try:
                     p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
                 except subprocess.TimeoutExpired:

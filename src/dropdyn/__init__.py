@@ -11,6 +11,7 @@ first use. The mathematics and names: docs/theory.md.
 import importlib
 
 from ._checks import InputError
+from .allocator import reuse_freed_memory
 from .data import mean_field_init, teacher_student
 from .engine import VARIANTS, SimulationResult, simulate
 from .experiment import run
@@ -29,8 +30,9 @@ MODULES = ("config", "curvature", "data", "engine", "experiment", "experiments",
            "model", "nets", "noise_geometry", "phase", "report", "runs", "sme", "sme_dynamics", "store", "sweep")
 
 __all__ = ["VARIANTS", "InputError", "MaskStream", "Phase", "SimulationResult", "alignment", "classify", "draw_masks",
-           "mean_field_init", "multipliers", "noise_covariance", "output_gap", "particle_distance", "run", "simulate",
-           "simulate_limit", "simulate_sme", "teacher_student", "wasserstein2", "load", "__version__", *MODULES]
+           "mean_field_init", "multipliers", "noise_covariance", "output_gap", "particle_distance",
+           "reuse_freed_memory", "run", "simulate", "simulate_limit", "simulate_sme", "teacher_student", "wasserstein2",
+           "load", "__version__", *MODULES]
 
 
 def __getattr__(name: str):

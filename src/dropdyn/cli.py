@@ -13,6 +13,7 @@ import types
 import typing
 from pathlib import Path
 
+from . import allocator
 from ._checks import InputError
 from .experiment import get, registry
 
@@ -275,6 +276,8 @@ def main(argv=None) -> int:
             parser.print_help()
             return 0
         _set_threads(args)
+        if args.command in ("run", "sweep"):
+            allocator.configure()  # a step's large tensors are reused, not page-faulted in afresh
         if args.command == "run":
             return _run_experiment(args)
         if args.command == "sweep":

@@ -41,6 +41,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import allocator
 from ._checks import InputError, shown
 from .config import read_config_file
 from .experiment import Context, get, registry
@@ -162,6 +163,8 @@ def run_point(task: dict) -> dict:
     is recorded and returned (``refused``: its settings were refused, an InputError).
     ``task``: experiment, config, key, root, sweep, threads."""
     import torch
+
+    allocator.configure()  # in a spawned worker too
 
     root, exp, cfg, key = Path(task["root"]), task["experiment"], task["config"], task["key"]
     folder = root / exp / key
