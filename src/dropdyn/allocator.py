@@ -11,9 +11,8 @@ third of a GD step's time (2.3 million minor faults in 10 steps; docs/engine.md)
 freed blocks then stay in the heap and the next step reuses them. The price is memory: the
 process keeps its peak resident size until it ends, and the heap holds the freed blocks
 fragmented (GD at width 10⁵, m = 1000: 1.22 GiB resident against 0.67 GiB, flat from step
-20 to 40). The ``dropdyn`` command and the workers of a sweep set
-it (:func:`configure`) unless ``DROPDYN_GLIBC_MALLOC=1``; from Python, call it once at the
-start of a session.
+20 to 40). The ``dropdyn`` command and the workers of a sweep set it (:func:`configure`)
+unless ``DROPDYN_GLIBC_MALLOC=1``; from Python, call it once at the start of a session.
 """
 
 from __future__ import annotations

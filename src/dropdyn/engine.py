@@ -83,7 +83,8 @@ COMPACT_MIN_WORK = {"cpu": 2**18, "cuda": 2**24}
 # A record's forward pass runs over blocks of samples whose (R, width, block) matrices have
 # about this many entries (and at least RECORD_MIN_BLOCK samples): a large test set then
 # needs little more memory than a step, and on CPU the blocks are reused from the heap
-# instead of page-faulting a fresh mapping each record (2× faster records at width 5000).
+# instead of page-faulting a fresh mapping each record (with the probe's shared pass, records
+# at width 5000 took about half the time).
 # GPUs have a caching allocator, and each block costs launches: their blocks are larger.
 RECORD_BLOCK_ENTRIES, RECORD_MIN_BLOCK = {"cpu": 2**20, "cuda": 2**28}, 64
 
