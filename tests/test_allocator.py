@@ -32,7 +32,7 @@ def test_freed_tensors_are_reused_without_page_faults():
     assert int(faults) <= 2 * 2**26 // 4096, faults
 
 
-def test_the_command_sets_it_for_runs_and_sweeps(monkeypatch, dropdyn_cli, tmp_path):
+def test_the_command_sets_it_for_runs(monkeypatch, dropdyn_cli, tmp_path):
     calls = []
     monkeypatch.setattr(allocator, "reuse_freed_memory", lambda: calls.append(1) or True)
     assert dropdyn_cli("phase", "--width", 10, "--lr", 1, "--keep", 0.5).returncode == 0

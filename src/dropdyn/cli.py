@@ -141,6 +141,7 @@ def _run_experiment(args) -> int:
     if args.experiment is None:
         raise UsageError(f"run needs an experiment: {', '.join(registry())}")
     exp = get(args.experiment)
+    allocator.configure()  # a step's large tensors are reused, not page-faulted in afresh (a sweep's points set it)
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(exp.Config)
                 if getattr(args, f.name) is not None}
     execution = {k: getattr(args, k) for k in EXECUTION if getattr(args, k, None) is not None}
@@ -276,8 +277,6 @@ def main(argv=None) -> int:
             parser.print_help()
             return 0
         _set_threads(args)
-        if args.command in ("run", "sweep"):
-            allocator.configure()  # a step's large tensors are reused, not page-faulted in afresh
         if args.command == "run":
             return _run_experiment(args)
         if args.command == "sweep":

@@ -366,15 +366,19 @@ def reference_residual(design: Design, a: Tensor, W: Tensor, weights: Tensor) ->
     of samples (:data:`RECORD_BLOCK_ENTRIES`; the fused pass is
     :func:`dropdyn.fused.fused_residual`)."""
     m = design.y.shape[0]
-    block = max(RECORD_MIN_BLOCK, RECORD_BLOCK_ENTRIES.get(a.device.type, 2**20) // a.numel())
+    block = max(RECORD_MIN_BLOCK, RECORD_BLOCK_ENTRIES.get(a.device.type, RECORD_BLOCK_ENTRIES["cpu"]) // a.numel())
     parts = [design.samples(j, j + block) for j in range(0, m, block)]
     return torch.cat([forward(part, a, W, weights)[0] - part.y for part in parts], dim=-1)
 
 
+def risk_of(r: Tensor) -> Tensor:
+    """½ mean_j r_j² of residuals ``r (R, m)``, per replica ``(R,)``."""
+    return 0.5 * (r * r).mean(-1)
+
+
 def full_risk(design: Design, a: Tensor, W: Tensor, residual=reference_residual) -> Tensor:
     """R(μ) = ½ mean_j (f(z_j) − y_j)² of the full network, per replica ``(R,)``."""
-    r = residual(design, a, W, torch.full_like(a, 1.0 / a.shape[-1]))
-    return 0.5 * (r * r).mean(-1)
+    return risk_of(residual(design, a, W, torch.full_like(a, 1.0 / a.shape[-1])))
 
 
 class Recorder:
@@ -399,7 +403,7 @@ class Recorder:
             self.series["outputs"].append(f)
         if p.test is not None:  # one forward pass less when the probe is the test set
             r = f - p.test.y if p.probe_is_test else self.residual(p.test, a, W, mean)
-            self.series["test_risk"].append(0.5 * (r * r).mean(-1))
+            self.series["test_risk"].append(risk_of(r))
 
     def snapshot_due(self, k: int, last: int) -> bool:
         return self.snapshot_every is not None and (k % self.snapshot_every == 0 or k == last)
@@ -523,7 +527,7 @@ def simulate(
     def compute(k: int | Tensor, due: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Step k from the state: new a, W, the divergence verdict and (if due) the full risk."""
         a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel, direction, compact)
-        thinned = 0.5 * (r * r).mean(-1)
+        thinned = risk_of(r)
         ok = within(thinned, limit) & finite(a) & finite(W)
         risk = full_risk(design, a, W, residual) if due else None
         if due:  # the full network's risk can overflow where the thinned one did not
