@@ -228,11 +228,19 @@ def test_run_loop_records_on_its_cadence_and_before_a_divergence(steps, every, f
 
     advanced, recorded = [], []
 
-    def advance(k, due):
-        advanced.append((k, due))
-        return diverged if k == found else None
+    class Counter:  # its state is the step it is at
+        def start(self):
+            return 0
 
-    assert run_loop(steps, advance, recorded.append, record_every=every) == diverged
+        def advance(self, state, k, due):
+            advanced.append((k, due))
+            return (diverged - 1, diverged) if k == found else (k, None)
+
+        def record(self, state, k):
+            assert state == k
+            recorded.append(k)
+
+    assert run_loop(Counter(), steps, record_every=every) == (diverged - 1 if diverged else steps, diverged)
     assert recorded == want
     last = found or steps
     assert advanced == [(k, k % every == 0 or k == steps) for k in range(1, last + 1)]
@@ -266,8 +274,18 @@ def test_the_divergence_watch_reads_the_host_on_its_cadence():
 def test_progress_bars_only_when_asked_for(capsys):
     from dropdyn.loop import run_loop
 
+    class Idle:
+        def start(self):
+            return None
+
+        def advance(self, state, k, due):
+            return None, None
+
+        def record(self, state, k):
+            pass
+
     def go(steps, progress):
-        run_loop(steps, lambda k, due: None, lambda k: None, record_every=1, progress=progress)
+        run_loop(Idle(), steps, record_every=1, progress=progress)
         return capsys.readouterr().err
 
     assert go(5, False) == "" and go(0, True) == ""

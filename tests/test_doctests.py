@@ -17,3 +17,13 @@ def test_docstring_examples(name):
         flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
         res = doctest.testmod(importlib.import_module(name), optionflags=flags)
     assert res.attempted > 0 and res.failed == 0
+
+
+def test_the_package_face_shows_only_what_it_names():
+    """``import dropdyn``: every public name is in ``__all__`` (no helper of the package's own
+    leaks, such as importlib or its module list), and every name in ``__all__`` resolves."""
+    import dropdyn
+
+    public = {n for n in dir(dropdyn) if not n.startswith("_")}
+    assert public <= set(dropdyn.__all__), public - set(dropdyn.__all__)
+    assert all(getattr(dropdyn, n) is not None for n in dropdyn.__all__)

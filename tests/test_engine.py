@@ -232,3 +232,27 @@ def test_seed_or_generator_give_the_same_masks():
     assert torch.equal(by_seed.particles, by_gen.particles)
     with pytest.raises(ValueError, match="give a seed or a torch.Generator, not both"):
         simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=5, seed=1, generator=torch.Generator())
+
+
+def test_grouped_options_are_the_flat_keywords():
+    """records=Records(...) and execution=Execution(...) run the same as their flat keywords,
+    bit for bit; a setting given both ways, or a group of the wrong type, is refused."""
+    from dropdyn import InputError
+    from dropdyn.engine import Execution, Records
+
+    X, Z, y = problem(3, n=8, m=6)
+    Zt, yt = Z[:4] + 1, y[:4]
+    flat = simulate("dropout", X, Z, y, lr=0.3, keep=0.5, steps=7, seed=2, record_every=3, test_inputs=Zt,
+                    test_targets=yt, snapshot_every=2, divergence_threshold=1e3, dtype=torch.float64)
+    grouped = simulate("dropout", X, Z, y, lr=0.3, keep=0.5, steps=7, seed=2,
+                       records=Records(every=3, test_inputs=Zt, test_targets=yt, snapshot_every=2),
+                       execution=Execution(dtype=torch.float64, divergence_threshold=1e3))
+    for name in ("particles", "steps", "risk", "test_risk", "snapshots", "snapshot_steps"):
+        assert torch.equal(getattr(flat, name), getattr(grouped, name)), name
+    assert flat.info == grouped.info
+    with pytest.raises(InputError, match="give every in records= or as keywords, not both"):
+        simulate("gd", X, Z, y, lr=0.3, keep=0.5, steps=1, records=Records(), record_every=2)
+    with pytest.raises(InputError, match="give backend in execution="):
+        simulate("gd", X, Z, y, lr=0.3, keep=0.5, steps=1, execution=Execution(), backend="fused")
+    with pytest.raises(InputError, match="records must be a dropdyn.engine.Records, got dict"):
+        simulate("gd", X, Z, y, lr=0.3, keep=0.5, steps=1, records={"every": 2})

@@ -132,7 +132,7 @@ def test_the_noise_comparison_reads_the_host_once_per_step():
 
     from dropdyn.experiments import alignment
 
-    X, y = alignment.load(alignment.Config())
+    X, y = alignment.load_data(alignment.Config())
     X, y = X[:1000], y[:1000]  # ten chunks of 100 images a full-batch step
 
     def run(steps):

@@ -253,3 +253,17 @@ def test_checking_divergence_every_few_steps_changes_nothing(dynamics, lr):
         assert other.diverged_at_step == runs[0].diverged_at_step
         for name in ("steps", "times", "risk", "mean", "variance", "particles"):
             assert torch.equal(getattr(other, name), getattr(runs[0], name)), name
+
+
+def test_sme_dropout_draws_its_masks_from_a_mask_stream():
+    """simulate_sme's dropout takes its masks from a MaskStream on its generator: the run
+    equals θ ← θ − η ∇R^drop(θ; mask/q) with the masks of MaskStream(keep, (R, width), seed)."""
+    from dropdyn import MaskStream
+
+    theta, X, y = _problem(width=4, seed=5)
+    R, lr, keep = 3, 0.1, 0.6
+    tr = simulate_sme("dropout", theta, X, y, lr=lr, keep=keep, steps=5, replicas=R, seed=8)
+    stream, th = MaskStream(keep, (R, theta.shape[0]), seed=8), theta.expand(R, *theta.shape).clone()
+    for _ in range(5):
+        th = th - lr * sme.dropout_gradient(th, X, y, stream.next().to(th.dtype) / keep)
+    assert torch.equal(tr.particles, th)

@@ -8,9 +8,10 @@ module is reachable from here too (``dropdyn.phase``, ``dropdyn.sme``, …), imp
 first use. The mathematics and names: docs/theory.md.
 """
 
-import importlib
+from importlib import import_module as _import_module
 
 from ._checks import InputError
+from ._version import __version__
 from .allocator import reuse_freed_memory
 from .data import mean_field_init, teacher_student
 from .engine import VARIANTS, SimulationResult, simulate
@@ -24,18 +25,17 @@ from .sme import noise_covariance
 from .sme_dynamics import simulate_sme
 from .store import load
 
-__version__ = "0.1.0"
-
-MODULES = ("config", "curvature", "data", "engine", "experiment", "experiments", "limits", "loop", "masks", "metrics",
-           "model", "nets", "noise_geometry", "phase", "report", "runs", "sme", "sme_dynamics", "store", "sweep")
+_MODULES = ("allocator", "config", "curvature", "data", "engine", "experiment", "experiments", "limits", "loop",
+            "masks", "metrics", "model", "nets", "noise_geometry", "phase", "report", "runs", "sme", "sme_dynamics",
+            "store", "sweep")
 
 __all__ = ["VARIANTS", "InputError", "MaskStream", "Phase", "SimulationResult", "alignment", "classify", "draw_masks",
            "mean_field_init", "multipliers", "noise_covariance", "output_gap", "particle_distance",
            "reuse_freed_memory", "run", "simulate", "simulate_limit", "simulate_sme", "teacher_student", "wasserstein2",
-           "load", "__version__", *MODULES]
+           "load", "__version__", *_MODULES]
 
 
 def __getattr__(name: str):
-    if name in MODULES:
-        return importlib.import_module(f".{name}", __name__)
+    if name in _MODULES:
+        return _import_module(f".{name}", __name__)
     raise AttributeError(f"module 'dropdyn' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The particle engine: one step rule for every variant, and the run loop.
+"""The particle engine: one step rule for every variant, and its driver of the shared run loop.
 
 Every variant of docs/theory.md §1 is the same step
 
@@ -26,8 +26,10 @@ moving neuron (``Rule.critical``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -77,7 +79,7 @@ VARIANTS = ("dropout", "ram", "forward-only", "penalty", "gd")
 # neuron × sample entries; below it the gather/scatter (and on a GPU the host read of the
 # count) costs more than the half of the work it saves. CPU: measured crossover ≈ 3·10⁵
 # entries (2 cores, float32; at 10⁵ compaction is 1.4× slower, at 10⁶ 1.3× faster). GPU: a
-# reasoned guess (a few µs of work against a host stall of tens of µs), not yet measured:
+# reasoned guess (a few µs of work against a host stall of tens of µs);
 # ``benchmarks/bench_step.py --device cuda`` times both ways.
 COMPACT_MIN_WORK = {"cpu": 2**18, "cuda": 2**24}
 # A record's forward pass runs over blocks of samples whose (R, width, block) matrices have
@@ -276,7 +278,7 @@ def _check_masks(masks, steps: int, R: int, n: int, batched: bool, device) -> Te
 
 
 @dataclass
-class Problem:
+class ParticleProblem:
     """The validated inputs of a run: particles ``X (R, n, p)`` (``batched``: given with a
     replica axis), the training design and the optional test and probe designs."""
 
@@ -293,7 +295,7 @@ class Problem:
 
 
 def prepare(particles, inputs, targets, *, activation: str = "tanh", test_inputs=None, test_targets=None,
-            probe_inputs=None, device=None, dtype=None, materialised: bool = True) -> Problem:
+            probe_inputs=None, device=None, dtype=None, materialised: bool = True) -> ParticleProblem:
     """Check and convert the arrays of a run: shapes ``particles (width, p)`` or ``(R, width,
     p)`` with ``p = d + 1`` or ``d + 2``, ``inputs (m, d)``, ``targets (m,)``, m ≥ 1; real,
     finite values; arrays that fit in memory — with the (width × m) matrices of the reference
@@ -341,11 +343,11 @@ def prepare(particles, inputs, targets, *, activation: str = "tanh", test_inputs
 
     test = side("test_inputs", test_inputs, test_targets)
     probe = side("probe_inputs", probe_inputs, None)
-    return Problem(X3, X.dim() == 3, Design.build(Z, y, activation, bias), test, probe,
+    return ParticleProblem(X3, X.dim() == 3, Design.build(Z, y, activation, bias), test, probe,
                    probe is not None and probe_inputs is test_inputs)
 
 
-def mask_source(rule: Rule, keep: float, steps: int, prob: Problem, *, masks=None, seed: int = 0,
+def mask_source(rule: Rule, keep: float, steps: int, prob: ParticleProblem, *, masks=None, seed: int = 0,
                 generator: torch.Generator | None = None):
     """``k ↦`` the keep-mask ``(R, n)`` of step k (None for mask-free rules): the given
     ``masks``, or the stream of ``generator``, or the stream seeded with ``seed`` (one seed,
@@ -386,7 +388,7 @@ class Recorder:
     particle snapshots every ``snapshot_every`` steps. ``residual``: the forward pass
     (reference or fused) that computes them."""
 
-    def __init__(self, prob: Problem, snapshot_every: int | None, residual=reference_residual):
+    def __init__(self, prob: ParticleProblem, snapshot_every: int | None, residual=reference_residual):
         self.prob, self.snapshot_every, self.residual = prob, snapshot_every, residual
         self.steps: list[int] = []
         self.series: dict[str, list[Tensor]] = {"risk": [], "test_risk": [], "outputs": []}
@@ -430,6 +432,162 @@ class Recorder:
             info=info)
 
 
+@dataclass(frozen=True)
+class Records:
+    """What :func:`simulate` records, and on which sets: the risks every ``every`` steps (and
+    at the last step) on the training set, on the test set (``test_inputs (m', d)``,
+    ``test_targets (m',)``) and the outputs on ``probe_inputs (m_probe, d)``; particle
+    snapshots every ``snapshot_every`` steps (None: none)."""
+
+    every: int = 1
+    test_inputs: Any = None
+    test_targets: Any = None
+    probe_inputs: Any = None
+    snapshot_every: int | None = None
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How :func:`simulate` runs: ``device`` and ``dtype`` of the computation (default: the
+    particles'); ``backend`` ``"torch"`` (the reference step) or ``"fused"`` (Triton kernels
+    that never form the (width × m) matrices, :mod:`dropdyn.fused`; CUDA only);
+    ``check_every``: the host reads the divergence test every this many steps and at every
+    record (default: 1 on the CPU, 16 on a GPU, where each read stalls the stream; in
+    between the device keeps the last good state and the first failing step, so the result is
+    the same for any value); ``graph``: replay the steps that are not recorded as one
+    captured CUDA graph (:mod:`dropdyn.graph`; CUDA only, not the critical rule; dropout then
+    does not compact its kept neurons); ``divergence_threshold``: the run stops at the first
+    step whose risk (thinned, or full at a record) exceeds ``divergence_threshold · (1 + R_0)``
+    or is non-finite, or whose update is non-finite; ``progress``: a bar of its own (True), or
+    a tqdm bar of a larger run to advance."""
+
+    device: Any = None
+    dtype: Any = None
+    backend: str = "torch"
+    check_every: int | None = None
+    graph: bool = False
+    divergence_threshold: float = 1e6
+    progress: Any = False
+
+
+def grouped(cls, group, **flat):
+    """``group`` (an instance of dataclass ``cls``), or one built from the flat keywords
+    ``flat`` of :func:`simulate`; refuses a group given together with a flat keyword that
+    differs from its default (one setting, one place)."""
+    if group is None:
+        return cls(**flat)
+    if not isinstance(group, cls):
+        raise InputError(f"{cls.__name__.lower()} must be a dropdyn.engine.{cls.__name__}, got {type(group).__name__}")
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    both = [k for k, v in flat.items() if v is not defaults[k] and not (isinstance(v, (bool, int, float, str))
+                                                                       and v == defaults[k])]
+    if both:
+        raise InputError(f"give {', '.join(both)} in {cls.__name__.lower()}= or as keywords, not both")
+    return group
+
+
+class ParticleState(NamedTuple):
+    """A run's state between steps: neurons ``a (R, n)``, ``W (R, n, P)`` and, after a
+    recorded step, the full risk ``(R,)`` (None otherwise)."""
+
+    a: Tensor
+    W: Tensor
+    risk: Tensor | None
+
+
+class ParticleDriver:
+    """:func:`simulate`'s run as a :class:`dropdyn.loop.Driver`: the checked problem, its rule,
+    mask source and recorder."""
+
+    def __init__(self, variant, prob: ParticleProblem, *, lr: float, keep: float, steps: int, seed: int, masks,
+                 generator, records: Records, execution: Execution):
+        self.prob, self.lr, self.keep, self.steps = prob, lr, keep, steps
+        R, n = prob.shape
+        self.fused, self.graph = execution.backend == "fused", execution.graph
+        self.direction, self.residual = descent, reference_residual
+        if self.fused:
+            from .fused import check_fused, fused_descent, fused_residual
+
+            check_fused(prob.X.device, prob.design.d + prob.design.bias)
+            self.direction, self.residual = fused_descent, fused_residual
+        self.rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
+        self.name = variant if isinstance(variant, str) else repr(variant)
+        if self.graph:
+            from .graph import check_graph
+
+            check_graph(prob.X.device)
+            if self.rule.critical:
+                raise InputError("graph=True cannot replay the critical rule of phase IV (its number of forward "
+                                 "passes per step is random); use graph=False")
+        self.next_mask, generators = mask_source(self.rule, keep, steps, prob, masks=masks, seed=seed,
+                                                 generator=generator)
+        # the critical rule's own stream: given masks and drawn masks see the same kernel draws
+        self.kernel = torch.Generator(device=prob.X.device).manual_seed(seed + 7919) if self.rule.critical else None
+        self.rec = Recorder(prob, records.snapshot_every, self.residual)
+        a, W = prob.design.pack(prob.X)
+        self.initial = ParticleState(a, W, full_risk(prob.design, a, W, self.residual))  # R_0: record 0, the limit
+        self.limit = execution.divergence_threshold * (1.0 + float(self.initial.risk.max()))
+        self.watch = DivergenceWatch(execution.check_every, prob.X.device, on_device=self.graph)
+        # dropout only; a graphed step may not read the kept count on the host
+        self.compact = not self.graph and R * n * prob.design.Z.shape[0] >= COMPACT_MIN_WORK.get(
+            prob.X.device.type, 0)
+        if self.graph:
+            from .graph import StepGraph
+
+            self.clock = torch.zeros((), dtype=torch.long, device=prob.X.device)  # steps taken, on the device
+            self.replay = StepGraph(lambda: self.graph_step(self.initial, False), generators)
+
+    def compute(self, s: ParticleState, k: int | Tensor, due: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Step k from ``s``: new a, W, the divergence verdict and (if due) the full risk."""
+        design = self.prob.design
+        a, W, r = step(design, s.a, s.W, self.lr, self.rule, self.next_mask(k), self.keep, self.kernel,
+                       self.direction, self.compact)
+        ok = within(risk_of(r), self.limit) & finite(a) & finite(W)
+        risk = full_risk(design, a, W, self.residual) if due else None
+        if due:  # the full network's risk can overflow where the thinned one did not
+            ok &= torch.isfinite(risk).all()
+        return a, W, ok, risk
+
+    def graph_step(self, s: ParticleState, due: bool) -> Tensor | None:
+        """The next step on the device alone, written into ``s``'s tensors in place."""
+        a, W, ok, risk = self.compute(s, self.clock.add_(1), due)
+        for old, x in zip((s.a, s.W), self.watch.update(self.clock, ok, (a, W), (s.a, s.W)), strict=True):
+            old.copy_(x)
+        return risk
+
+    def start(self) -> ParticleState:
+        return self.initial
+
+    def advance(self, s: ParticleState, k: int, due: bool) -> tuple[ParticleState, int | None]:
+        read = due or self.rec.snapshot_due(k, self.steps)  # due: recorded, as the last step always is
+        if self.graph:  # steps to be read, and step 1 (it loads the kernels before the capture), run eagerly
+            risk = self.graph_step(s, due) if read or k == 1 else self.replay()  # a replay returns no risk
+            a, W, diverged = s.a, s.W, self.watch.read(k, read)
+        else:
+            a, W, ok, risk = self.compute(s, k, due)
+            (a, W), diverged = self.watch.keep(k, ok, (a, W), (s.a, s.W), read=read)
+        if diverged is not None:
+            return ParticleState(a, W, None), diverged
+        self.rec.snapshot(k, self.steps, a, W)
+        return ParticleState(a, W, risk), None
+
+    def record(self, s: ParticleState, k: int) -> None:
+        self.rec.record(k, s.a, s.W, s.risk)
+        if k == 0:
+            self.rec.snapshot(0, self.steps, s.a, s.W)
+
+    def info(self, seed: int, execution: Execution, activation: str) -> dict:
+        R, n = self.prob.shape
+        X = self.prob.X
+        return {"variant": self.name, "lr": self.lr, "keep": self.keep, "width": n, "replicas": R,
+                "activation": activation, "backend": execution.backend, "seed": seed, "alpha": self.lr / self.keep,
+                "beta": 1.0 / (n * self.keep), "steps": self.steps, "penalty": self.rule.penalty,
+                "kernel_beta": self.rule.beta, "dtype": str(X.dtype).replace("torch.", ""), "device": str(X.device),
+                "check_every": self.watch.every, "graph": self.graph,
+                "compact": self.compact and self.rule.forward_masked and self.rule.backward_masked,
+                "threshold": self.limit if math.isfinite(self.limit) else None}
+
+
 def simulate(
     variant: str | Rule,
     particles,
@@ -443,6 +601,8 @@ def simulate(
     masks: Tensor | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
+    records: Records | None = None,
+    execution: Execution | None = None,
     record_every: int = 1,
     test_inputs=None,
     test_targets=None,
@@ -462,18 +622,9 @@ def simulate(
     generator seeded with ``seed`` (default 0; runs with one seed are coupled), or from
     ``generator`` (not both), unless ``masks`` — bool ``(steps, width)`` (shared by all
     replicas) or ``(steps, replicas, width)`` — is given.
-    The run stops at the first step whose risk (thinned, or full at a record) exceeds
-    ``divergence_threshold · (1 + R_0)`` or is non-finite, or whose update is non-finite.
-    ``progress``: a bar of its own (True), or a tqdm bar of a larger run to advance.
-    ``backend``: ``"torch"`` (the reference step) or ``"fused"`` (Triton kernels that never
-    form the (width × m) matrices, :mod:`dropdyn.fused`; CUDA only). ``check_every``: the
-    host reads the divergence test every this many steps and at every record (default: 1 on
-    the CPU, 16 on a GPU, where each read stalls the stream); in between, the device keeps
-    the last good state and the first failing step, so the result is the same for any value.
-    ``graph``: replay the steps that are not recorded as one captured CUDA graph
-    (:mod:`dropdyn.graph`; CUDA only, not the critical rule): the same run with one launch
-    per step instead of dozens, for small widths, where launches are the step's cost.
-    Dropout then does not compact its kept neurons.
+
+    What to record is a :class:`Records`, how to run an :class:`Execution`; their fields are
+    also keywords of their own (``record_every`` is ``Records.every``), for one-line calls.
 
     >>> import torch, dropdyn
     >>> g = torch.Generator().manual_seed(0)
@@ -482,97 +633,36 @@ def simulate(
     >>> bool(drop.risk[-1] < drop.risk[0]), drop.diverged_at_step, tuple(drop.particles.shape)
     (True, None, (100, 3))
     """
+    records = grouped(Records, records, every=record_every, test_inputs=test_inputs, test_targets=test_targets,
+                      probe_inputs=probe_inputs, snapshot_every=snapshot_every)
+    execution = grouped(Execution, execution, device=device, dtype=dtype, backend=backend, check_every=check_every,
+                        graph=graph, divergence_threshold=divergence_threshold, progress=progress)
+    lr, keep, steps, seed, records = check_run(variant, lr, keep, steps, seed, generator, records, execution)
+    prob = prepare(particles, inputs, targets, activation=activation, test_inputs=records.test_inputs,
+                   test_targets=records.test_targets, probe_inputs=records.probe_inputs, device=execution.device,
+                   dtype=execution.dtype, materialised=execution.backend != "fused")
+    driver = ParticleDriver(variant, prob, lr=lr, keep=keep, steps=steps, seed=seed, masks=masks, generator=generator,
+                            records=records, execution=execution)
+    state, diverged = run_loop(driver, steps, record_every=records.every, progress=execution.progress,
+                               desc=driver.name if isinstance(variant, str) else "limit")
+    return driver.rec.result(state.a, state.W, lr, diverged, driver.info(seed, execution, activation))
+
+
+def check_run(variant, lr, keep, steps, seed, generator, records: Records, execution: Execution):
+    """Refuse bad scalar settings of :func:`simulate` in one line each; returns ``lr``,
+    ``keep``, ``steps``, the seed and ``records`` as plain Python numbers."""
     if not isinstance(variant, Rule):
         check_choice("variant", variant, VARIANTS)
     if generator is not None and (seed is not None or not isinstance(generator, torch.Generator)):
         raise InputError("give a seed or a torch.Generator, not both" if seed is not None else
                          f"generator must be a torch.Generator, got {type(generator).__name__}")
-    seed, lr, keep = check_seed(0 if seed is None else seed), check_positive("lr", lr), check_keep(keep)
-    steps, record_every = check_int("steps", steps, 0), check_int("record_every", record_every, 1)
-    divergence_threshold = check_positive("divergence_threshold", divergence_threshold)
-    snapshot_every = None if snapshot_every is None else check_int("snapshot_every", snapshot_every, 1)
-    fused = check_choice("backend", backend, ("torch", "fused")) == "fused"
-    prob = prepare(particles, inputs, targets, activation=activation, test_inputs=test_inputs,
-                   test_targets=test_targets, probe_inputs=probe_inputs, device=device, dtype=dtype,
-                   materialised=not fused)
-    R, n = prob.shape
-    direction, residual = descent, reference_residual
-    if fused:
-        from .fused import check_fused, fused_descent, fused_residual
-
-        check_fused(prob.X.device, prob.design.d + prob.design.bias)
-        direction, residual = fused_descent, fused_residual
-    rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
-    if not isinstance(graph, bool):
-        raise InputError(f"graph must be True or False, got {graph!r}")
-    if graph:
-        from .graph import StepGraph, check_graph
-
-        check_graph(prob.X.device)
-        if rule.critical:
-            raise InputError("graph=True cannot replay the critical rule of phase IV (its number of forward "
-                             "passes per step is random); use graph=False")
-    next_mask, generators = mask_source(rule, keep, steps, prob, masks=masks, seed=seed, generator=generator)
-    kernel = None
-    if rule.critical:  # its own stream, so that given masks and drawn masks see the same kernel draws
-        kernel = torch.Generator(device=prob.X.device).manual_seed(seed + 7919)
-    design, rec = prob.design, Recorder(prob, snapshot_every, residual)
-    state = dict(zip(("a", "W"), design.pack(prob.X), strict=True))
-    state["risk"] = full_risk(design, state["a"], state["W"], residual)  # R_0: the divergence limit, and record 0
-    limit = divergence_threshold * (1.0 + float(state["risk"].max()))
-    watch = DivergenceWatch(check_every, prob.X.device, on_device=graph)
-    # dropout only; a graphed step may not read the kept count on the host
-    compact = not graph and R * n * design.Z.shape[0] >= COMPACT_MIN_WORK.get(prob.X.device.type, 0)
-
-    def compute(k: int | Tensor, due: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Step k from the state: new a, W, the divergence verdict and (if due) the full risk."""
-        a, W, r = step(design, state["a"], state["W"], lr, rule, next_mask(k), keep, kernel, direction, compact)
-        thinned = risk_of(r)
-        ok = within(thinned, limit) & finite(a) & finite(W)
-        risk = full_risk(design, a, W, residual) if due else None
-        if due:  # the full network's risk can overflow where the thinned one did not
-            ok &= torch.isfinite(risk).all()
-        return a, W, ok, risk
-
-    clock = torch.zeros((), dtype=torch.long, device=prob.X.device) if graph else None  # steps taken, on the device
-
-    def graph_step(due: bool) -> Tensor | None:
-        """The next step on the device alone, written into the state's tensors in place."""
-        a, W, ok, risk = compute(clock.add_(1), due)
-        for name, x in zip(("a", "W"), watch.update(clock, ok, (a, W), (state["a"], state["W"])), strict=True):
-            state[name].copy_(x)
-        return risk
-
-    replay = StepGraph(lambda: graph_step(False), generators) if graph else None
-
-    def advance(k: int, due: bool) -> int | None:
-        read = due or rec.snapshot_due(k, steps)  # due: recorded, as the last step always is
-        if graph:  # steps to be read, and step 1 (it loads the kernels before the capture), run eagerly
-            risk = graph_step(due) if read or k == 1 else replay()  # a replay returns None: no risk
-            a, W, diverged = state["a"], state["W"], watch.read(k, read)
-        else:
-            a, W, ok, risk = compute(k, due)
-            (a, W), diverged = watch.keep(k, ok, (a, W), (state["a"], state["W"]), read=read)
-        if diverged is not None:
-            state.update(a=a, W=W, risk=None)
-            return diverged
-        state.update(a=a, W=W, risk=risk)
-        rec.snapshot(k, steps, a, W)
-        return None
-
-    def record(k: int) -> None:
-        rec.record(k, state["a"], state["W"], state.pop("risk", None))
-        state["risk"] = None
-        if k == 0:
-            rec.snapshot(0, steps, state["a"], state["W"])
-
-    name = variant if isinstance(variant, str) else repr(variant)
-    diverged = run_loop(steps, advance, record, record_every=record_every, progress=progress,
-                        desc=name if isinstance(variant, str) else "limit")
-    info = {"variant": name, "lr": lr, "keep": keep, "width": n, "replicas": R, "activation": activation,
-            "backend": backend, "seed": seed, "alpha": lr / keep, "beta": 1.0 / (n * keep), "steps": steps,
-            "penalty": rule.penalty, "kernel_beta": rule.beta, "dtype": str(prob.X.dtype).replace("torch.", ""),
-            "device": str(prob.X.device), "check_every": watch.every, "graph": graph,
-            "compact": compact and rule.forward_masked and rule.backward_masked,
-            "threshold": limit if math.isfinite(limit) else None}
-    return rec.result(state["a"], state["W"], lr, diverged, info)
+    lr, keep, steps = check_positive("lr", lr), check_keep(keep), check_int("steps", steps, 0)
+    snapshot_every = records.snapshot_every
+    records = dataclasses.replace(records, every=check_int("record_every", records.every, 1),
+                                  snapshot_every=None if snapshot_every is None else
+                                  check_int("snapshot_every", snapshot_every, 1))
+    check_positive("divergence_threshold", execution.divergence_threshold)
+    check_choice("backend", execution.backend, ("torch", "fused"))
+    if not isinstance(execution.graph, bool):
+        raise InputError(f"graph must be True or False, got {execution.graph!r}")
+    return lr, keep, steps, check_seed(0 if seed is None else seed), records

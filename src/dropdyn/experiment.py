@@ -13,6 +13,8 @@ An experiment module declares itself once, as ``EXPERIMENT = Experiment(...)``:
     sweeps        True if it runs sweeps of child points (takes --executor/--workers/--scheduler)
     group         (cfg) → the store folder its runs go to (default: the name)
     order         its place in ``dropdyn --help`` (the main job first, then by paper)
+    smoke         settings of a run that takes seconds: the test suite runs every registered
+                  experiment with them (tests/test_registry.py)
 
 :func:`Experiment.run` is the runner for the CLI, sweeps and notebooks alike: resolve the
 config (every check before any work) → open the run folder → compute → write → add the
@@ -153,6 +155,7 @@ class Experiment:
     sweeps: bool = False
     group: Callable[[Any], str] | None = None
     order: int = 100
+    smoke: dict = field(default_factory=dict)
 
     def resolve(self, settings: dict | None = None, file=None):
         """The resolved config: defaults ← ``file`` (YAML/TOML) ← ``settings``, validated."""

@@ -22,8 +22,8 @@ import math
 
 from ._checks import InputError, check_choice, check_keep, check_positive
 from .engine import Rule, SimulationResult, simulate
+from .phase import PHASES
 
-LIMITS = ("I", "II", "III", "IV", "V")  # the limits (phase.PHASES adds "degenerate", which has none)
 MAX_THINNING = 0.1  # h/α at most this for Poisson clocks
 
 
@@ -33,7 +33,7 @@ def limit_rule(phase: str, *, h: float | None = None, alpha: float | None = None
 
     I: ``h``; II: ``h``, ``beta``; III: ``h``, ``alpha``; IV: ``h``, ``alpha``, ``beta``;
     V: ``lr`` = τ̄, ``keep`` = q̄."""
-    check_choice("phase", phase, LIMITS)
+    check_choice("phase", phase, PHASES)
 
     def need(name, value):
         if value is None:

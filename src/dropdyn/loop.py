@@ -1,12 +1,12 @@
-"""The run loop that both simulators share (``engine.simulate``, ``sme_dynamics.simulate``):
-record at step 0, step, stop at a divergence keeping the state of the step before,
-record on a cadence, show progress; and the divergence watch that lets a GPU run read
-its divergence test only every few steps."""
+"""The run loop that both simulators share (:func:`dropdyn.simulate`,
+:func:`dropdyn.simulate_sme`), each a :class:`Driver`: record at step 0, step, stop at a
+divergence keeping the state of the step before, record on a cadence, show progress; and
+the divergence watch that lets a GPU run read its divergence test only every few steps."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 
@@ -79,17 +79,31 @@ def finite(x: Tensor) -> Tensor:
     return ((x - x) == 0).all()
 
 
-def run_loop(steps: int, advance: Callable[[int, bool], int | None], record: Callable[[int], None], *,
-             record_every: int, progress: bool = False, desc: str = "") -> int | None:
-    """Steps k = 1 … ``steps``. ``advance(k, due)`` computes step k (``due``: it will be
-    recorded) and returns None, or the step b ≤ k that diverged, leaving the state at step
-    b − 1 (a simulator that checks the device only every few steps finds a divergence late;
-    no step b … k has been recorded then). ``record(k)`` runs at step 0, every
-    ``record_every`` steps, at the last step, and at the step before a divergence.
+class Driver(Protocol):
+    """A simulator as :func:`run_loop` drives it: state in, state out.
+
+    ``start()`` is the state at step 0; ``advance(state, k, due)`` computes step k (``due``:
+    it will be recorded) and returns the new state and None, or the state to keep and the
+    step b ≤ k that diverged (the state of step b − 1: a simulator that reads the device only
+    every few steps finds a divergence late); ``record(state, k)`` records the state at step
+    k. Both simulators (:func:`dropdyn.simulate`, :func:`dropdyn.simulate_sme`) are drivers."""
+
+    def start(self) -> Any: ...
+
+    def advance(self, state: Any, k: int, due: bool) -> tuple[Any, int | None]: ...
+
+    def record(self, state: Any, k: int) -> None: ...
+
+
+def run_loop(driver: Driver, steps: int, *, record_every: int, progress=False,
+             desc: str = "") -> tuple[Any, int | None]:
+    """Steps k = 1 … ``steps`` of ``driver``. Records at step 0, every ``record_every`` steps,
+    at the last step, and at the step before a divergence (no step after it is recorded).
     ``progress``: False, True (a bar for this loop) or the tqdm bar of a larger run to
-    advance, whose postfix then names this loop (``desc``). Returns the step that diverged,
-    or None."""
-    record(0)
+    advance, whose postfix then names this loop (``desc``). Returns the final state and the
+    step that diverged, or None."""
+    state = driver.start()
+    driver.record(state, 0)
     last, diverged = 0, None
     shared = hasattr(progress, "update")  # a bar of a larger run, which owns it
     bar = progress if shared else progress_bar(steps, progress, desc)
@@ -97,21 +111,21 @@ def run_loop(steps: int, advance: Callable[[int, bool], int | None], record: Cal
         bar.set_postfix_str(desc, refresh=False)
     for k in range(1, steps + 1):
         due = k % record_every == 0 or k == steps
-        diverged = advance(k, due)
+        state, diverged = driver.advance(state, k, due)
         if diverged is not None:
             if last != diverged - 1:
-                record(diverged - 1)
+                driver.record(state, diverged - 1)
             if bar is not None:  # the steps not taken: a larger run's bar still reaches its total
                 bar.update(steps - k + 1)
             break
         if due:
-            record(k)
+            driver.record(state, k)
             last = k
         if bar is not None:
             bar.update(1)
     if bar is not None and not shared:
         bar.close()
-    return diverged
+    return state, diverged
 
 
 def progress_bar(total: int, enabled: bool, desc: str):

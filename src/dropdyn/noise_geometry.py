@@ -82,7 +82,7 @@ def check_batch(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.
         raise InputError("loss_fn must return a scalar (use a mean- or sum-reduced loss)")
 
 
-def check_problem(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+def check_model(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor) -> None:
     """What every noise measurement needs: finite inputs (and finite real targets), finite
     trainable parameters, and a batch on which the loss is a scalar."""
     if not isinstance(inputs, torch.Tensor) or not torch.is_floating_point(inputs) or not bool(
@@ -248,7 +248,7 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
     seed = check_seed(seed)
     if not 0 < confidence < 1:
         raise InputError(f"confidence must be in (0, 1), got {confidence!r}")
-    check_problem(model, loss_fn, inputs, targets)
+    check_model(model, loss_fn, inputs, targets)
     subset = parameter_subset(model, parameters)
     if exact:
         return _exact(model, loss_fn, inputs, targets, subset)
@@ -405,7 +405,7 @@ def noise_along_curvature(model: nn.Module, loss_fn, inputs: torch.Tensor, targe
     hessian_masks = check_int("hessian_masks", hessian_masks, 1)
     samples = check_int("samples", samples, 2)
     seed = check_seed(seed)
-    check_problem(model, loss_fn, inputs, targets)
+    check_model(model, loss_fn, inputs, targets)
     g = torch.Generator(device=inputs.device)
     prob = _Problem(model, loss_fn, inputs, targets, g)
     N = sum(p.numel() for p in prob.params)

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 
 from ._checks import InputError, check_int, check_keep, check_positive
 
-PHASES = ("I", "II", "III", "IV", "V", "degenerate")
+PHASES = ("I", "II", "III", "IV", "V")  # the phases with a limit; "degenerate" has none
 
-LIMITS = {
+LAWS = {
     "I": ("Wasserstein gradient flow of the risk: dropout has no effect in the limit",
           r"\partial_t\mu_t = \nabla\cdot\big(\mu_t\,\nabla V[\mu_t]\big)"),
     "II": ("Wasserstein gradient flow of the penalised risk R + β∫P dμ: the penalty survives",
@@ -170,7 +170,7 @@ def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
                         f"tol = log({factor:g})/log({width}) = {tol:.3f}")
     if width < 100:
         warnings.append(f"width {width} is small: exponents −log τ/log n, −log q/log n are poorly determined")
-    text, latex = LIMITS[phase]
+    text, latex = LAWS[phase]
     dist = {k: round(v, 6) for k, v in dist.items()}
     return Phase(width, lr, keep, alpha, beta, a, b, phase, reason, text, latex, dict(EFFECTS[phase]),
                  dist, warnings)

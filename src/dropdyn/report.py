@@ -128,7 +128,7 @@ def _sweep_section(folder: Path) -> str:
 def write_report(path: Path, out: Path | None = None) -> Path:
     """Write the report of ``path`` (run folder, sweep folder or store) to ``out``
     (default ``path/report.html``); returns ``out``."""
-    from . import __version__
+    from ._version import __version__
 
     path = Path(path)
     if (path / "config.json").exists():

@@ -49,7 +49,6 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_key ON runs(key);
 CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep);
 """
-STATUSES = ("running", "complete", "failed")
 COLUMNS = ("id", "key", "experiment", "params", "sweep", "status", "error", "started", "finished", "seconds",
            "summary", "pid", "host")
 LOCK_ATTEMPTS = 5  # a transaction that finds the index locked is tried this often, 0.2 s, 0.4 s, … apart

@@ -25,6 +25,7 @@ import torch
 
 from ._checks import InputError, check_choice, check_int, check_keep, check_memory, check_positive, check_seed
 from .loop import DivergenceWatch, run_loop, within
+from .masks import MaskStream, multipliers
 from .sme import (
     NoiseCovariance,
     check_problem,
@@ -81,16 +82,19 @@ def _dense_noise(theta: Tensor, inputs: Tensor, targets: Tensor, keep: float, ac
 
 
 def sme_step(dynamics: str, theta: Tensor, inputs: Tensor, targets: Tensor, *, lr: float, keep: float,
-         substeps: int = 1, activation: str = "tanh", diffusion: str = "factor",
-         generator: torch.Generator | None = None) -> Tensor:
+             substeps: int = 1, activation: str = "tanh", diffusion: str = "factor",
+             generator: torch.Generator | None = None, masks: MaskStream | None = None) -> Tensor:
     """Advance ``theta`` ``(R, width, d + 1)`` by one dropout step of time η (``substeps``
-    Euler–Maruyama sub-steps for the SMEs). The problem is not checked here (each check
-    would read the device every sub-step): :func:`simulate_sme` checks it once."""
+    Euler–Maruyama sub-steps for the SMEs). Dropout's masks come from ``masks`` (a
+    :class:`dropdyn.masks.MaskStream` of shape ``(R, width)``), or from a stream on
+    ``generator``; the SMEs' noise from ``generator`` (default: torch's). The problem is not
+    checked here (each check would read the device every sub-step): :func:`simulate_sme`
+    checks it once."""
+    generator = generator if generator is not None else default_generator(theta.device)
     if dynamics == "dropout":
-        p = keep
-        u = torch.rand(theta.shape[:-1], dtype=theta.dtype, device=theta.device, generator=generator)
-        mask = (u < p).to(theta.dtype) / p
-        return theta - lr * dropout_gradient(theta, inputs, targets, mask, activation)
+        masks = masks if masks is not None else MaskStream(keep, theta.shape[:-1], generator=generator)
+        return theta - lr * dropout_gradient(theta, inputs, targets, multipliers(masks.next(), keep, theta.dtype),
+                                             activation)
     if dynamics == "gd":
         return theta - lr * modified_loss_grad(theta, inputs, targets, keep, activation)
     h = lr / substeps
@@ -102,6 +106,50 @@ def sme_step(dynamics: str, theta: Tensor, inputs: Tensor, targets: Tensor, *, l
                                                                              activation, generator)
         theta = theta + h * b + math.sqrt(h * lr) * noise
     return theta
+
+
+def default_generator(device: torch.device) -> torch.Generator:
+    """Torch's default generator of ``device``."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
+
+class SMEDriver:
+    """:func:`simulate_sme`'s run as a :class:`dropdyn.loop.Driver`: the state is θ ``(R, width,
+    d + 1)``; records are the replica mean, variance and observables."""
+
+    def __init__(self, dynamics: str, theta0: Tensor, inputs: Tensor, targets: Tensor, *, lr: float, keep: float,
+                 replicas: int, substeps: int, activation: str, diffusion: str, generator: torch.Generator,
+                 observe, limit: float, check_every: int | None):
+        self.dynamics, self.theta0, self.inputs, self.targets = dynamics, theta0, inputs, targets
+        self.lr, self.keep, self.replicas, self.substeps = lr, keep, replicas, substeps
+        self.activation, self.diffusion, self.generator, self.observe = activation, diffusion, generator, observe
+        self.masks = MaskStream(keep, (replicas, theta0.shape[0]), generator=generator)
+        self.limit, self.watch = limit, DivergenceWatch(check_every, theta0.device)
+        self.steps: list[int] = []
+        self.means: list[Tensor] = []
+        self.variances: list[Tensor] = []
+        self.observed: dict[str, list[Tensor]] = {}
+
+    def start(self) -> Tensor:
+        return self.theta0.expand(self.replicas, *self.theta0.shape).clone()
+
+    def advance(self, theta: Tensor, k: int, due: bool) -> tuple[Tensor, int | None]:
+        new = sme_step(self.dynamics, theta, self.inputs, self.targets, lr=self.lr, keep=self.keep,
+                       substeps=self.substeps, activation=self.activation, diffusion=self.diffusion,
+                       generator=self.generator, masks=self.masks)
+        (theta,), diverged = self.watch.keep(k, within(new.abs(), self.limit), (new,), (theta,), read=due)
+        return theta, diverged
+
+    def record(self, theta: Tensor, k: int) -> None:
+        self.steps.append(k)
+        self.means.append(theta.mean(0))
+        self.variances.append(theta.var(0, unbiased=True).sum() if self.replicas > 1 else theta.new_zeros(()))
+        obs = {"train_risk": risk_standard(theta, self.inputs, self.targets, self.activation)}
+        obs.update(self.observe(theta) if self.observe is not None else {})
+        for name, val in obs.items():
+            self.observed.setdefault(name, []).append(val.detach())
 
 
 def simulate_sme(
@@ -165,39 +213,16 @@ def simulate_sme(
 
     check_memory(f"{replicas:,} replicas of {theta0.numel():,} parameters",  # θ, its noise and its gradient
                  3 * replicas * theta0.numel() * theta0.element_size(), theta0.device)
-    theta = theta0.expand(replicas, *theta0.shape).clone()
-    limit = divergence_threshold * (1.0 + float(theta0.abs().max()))
-    times, means, variances, steps_rec = [], [], [], []
-    observed: dict[str, list[Tensor]] = {}
-
-    def record(k: int, th: Tensor) -> None:
-        steps_rec.append(k)
-        times.append(k * lr)
-        means.append(th.mean(0))
-        variances.append(th.var(0, unbiased=True).sum() if replicas > 1 else th.new_zeros(()))
-        obs = {"train_risk": risk_standard(th, inputs, targets, activation)}
-        obs.update(observe(th) if observe is not None else {})
-        for name, val in obs.items():
-            observed.setdefault(name, []).append(val.detach())
-
-    state = {"theta": theta}
-    watch = DivergenceWatch(check_every, theta0.device)
-
-    def advance(k: int, due: bool) -> int | None:
-        new = sme_step(dynamics, state["theta"], inputs, targets, lr=lr, keep=keep, substeps=substeps,
-                       activation=activation, diffusion=diffusion, generator=generator)
-        ok = within(new.abs(), limit)
-        (state["theta"],), diverged = watch.keep(k, ok, (new,), (state["theta"],), read=due)
-        return diverged
-
-    diverged = run_loop(steps, advance, lambda k: record(k, state["theta"]), record_every=record_every,
-                        progress=progress, desc=dynamics)
-    theta = state["theta"]
-    observed = {n: torch.stack(v) for n, v in observed.items()}
-    return SMETrajectory(dynamics, torch.tensor(steps_rec), torch.tensor(times, dtype=theta0.dtype),
-                         observed["train_risk"], torch.stack(means), torch.stack(variances), observed, theta, replicas,
-                         diverged, {"dynamics": dynamics, "lr": lr, "keep": keep, "steps": steps,
-                                    "replicas": replicas, "substeps": substeps, "activation": activation,
-                                    "seed": seed, "threshold": limit,
-                                    "check_every": watch.every})
-
+    driver = SMEDriver(dynamics, theta0, inputs, targets, lr=lr, keep=keep, replicas=replicas, substeps=substeps,
+                       activation=activation, diffusion=diffusion,
+                       generator=generator if generator is not None else default_generator(theta0.device),
+                       observe=observe, limit=divergence_threshold * (1.0 + float(theta0.abs().max())),
+                       check_every=check_every)
+    theta, diverged = run_loop(driver, steps, record_every=record_every, progress=progress, desc=dynamics)
+    observed = {n: torch.stack(v) for n, v in driver.observed.items()}
+    times = torch.tensor([k * lr for k in driver.steps], dtype=theta0.dtype)
+    return SMETrajectory(dynamics, torch.tensor(driver.steps), times, observed["train_risk"],
+                         torch.stack(driver.means), torch.stack(driver.variances), observed, theta, replicas, diverged,
+                         {"dynamics": dynamics, "lr": lr, "keep": keep, "steps": steps, "replicas": replicas,
+                          "substeps": substeps, "activation": activation, "seed": seed, "threshold": driver.limit,
+                          "check_every": driver.watch.every})

@@ -134,7 +134,7 @@ def config_key(config: dict) -> str:
 
 def run_key(experiment: str, config: dict) -> str:
     """Store key of a run: hash of the experiment, its resolved config and dropdyn's version."""
-    from . import __version__
+    from ._version import __version__
 
     return config_key({"experiment": experiment, "config": config, "dropdyn": __version__})
 
@@ -164,7 +164,7 @@ def versions() -> dict:
     """Versions of dropdyn, Python and the main dependencies."""
     import torch
 
-    from . import __version__
+    from ._version import __version__
 
     return {"dropdyn": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}

@@ -56,7 +56,7 @@ class CurveSettings(SMESettings):
 
 
 @dataclass
-class Problem:
+class SMEProblem:
     """Train/test data with bias column (``inputs`` ``(N, d)``) and the common start ``theta0``."""
 
     inputs: torch.Tensor
@@ -77,7 +77,7 @@ class Problem:
         return observe
 
 
-def problem(cfg: SMESettings) -> Problem:
+def problem(cfg: SMESettings) -> SMEProblem:
     """Data and initial parameters for ``cfg`` (deterministic in ``cfg.seed``)."""
     dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -93,7 +93,7 @@ def problem(cfg: SMESettings) -> Problem:
     d = X.shape[1]
     a = torch.randn(cfg.width, 1, generator=g, dtype=torch.float64) / cfg.width**0.5
     w = torch.randn(cfg.width, d, generator=g, dtype=torch.float64) / d**0.5
-    return Problem(X, split.targets[:n].to(device, dtype), biased(split.test_inputs),
+    return SMEProblem(X, split.targets[:n].to(device, dtype), biased(split.test_inputs),
                    split.test_targets.to(device, dtype), torch.cat([a, w], 1).to(device, dtype))
 
 
@@ -102,7 +102,7 @@ def generator(cfg: SMESettings, offset: int) -> torch.Generator:
     return torch.Generator(device=cfg.device).manual_seed(cfg.seed * 1000 + offset)
 
 
-def curves(cfg: SMESettings, P: Problem, *, dynamics: tuple[str, ...], lr: float, keep: float, time: float,
+def curves(cfg: SMESettings, P: SMEProblem, *, dynamics: tuple[str, ...], lr: float, keep: float, time: float,
            replicas: int, substeps: int, records: int, offset: int, progress=False) -> dict:
     """Run each of ``dynamics`` for ``time`` from ``P.theta0`` and summarise its observables over
     replicas: ``{dyn: {"time", "<obs>_mean", "<obs>_min", "<obs>_max", "mean_error",

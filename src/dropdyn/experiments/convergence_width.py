@@ -32,7 +32,8 @@ class Config(Family):
 
 
 def compute(cfg: Config, ctx: Context) -> dict:
-    return run_width(cfg, cfg.width, cfg.w2_exact_max)
+    with ctx.bar(2, f"width {cfg.width}: dropout, then its limit", unit="run") as bar:
+        return run_width(cfg, cfg.width, cfg.w2_exact_max, bar)
 
 
 def write(folder, cfg: Config, row: dict) -> dict:
@@ -49,5 +50,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 
 EXPERIMENT = Experiment("convergence-width", "one width of a convergence experiment: dropout vs its coupled limit.",
-                        Config, compute, write, theory, order=11)
+                        Config, compute, write, theory, order=11,
+                        smoke=dict(phase="V", width=100, time=0.5, n_train=20, n_test=20, records=2))
 run = EXPERIMENT.run

@@ -173,5 +173,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 
 EXPERIMENT = Experiment("mnist-binary", "Figure 3 of the phase paper: two MNIST digits, four variants, practical "
-                        "and O(1/n) lr.", Config, compute, write, theory, order=30)
+                        "and O(1/n) lr.", Config, compute, write, theory, order=30,
+                        smoke=dict(input_size=7, width=50, time=2.0, small_width=20, small_time=0.5, records=5))
 run = EXPERIMENT.run

@@ -19,8 +19,6 @@ from ..metrics import output_gap
 from ..phase import classify, family_phase, scaling
 from .teacher_student import Task
 
-CANDIDATES = ("I", "II", "III", "IV", "V")
-
 
 @dataclass
 class CellSettings(Task, EngineRuntime):
@@ -131,11 +129,16 @@ def empirical_phase(dist_by_width: dict[int, dict[str, float]], shrink: float) -
     return (best if ratio <= shrink else "none"), ratio
 
 
-def measure(cfg: Config) -> dict:
-    """The cell's distances at every width, its empirical and theoretical phase."""
+def measure(cfg: Config, bar=None) -> dict:
+    """The cell's distances at every width, its empirical and theoretical phase. ``bar``: a
+    progress bar advanced by one after each width."""
     widths = parse_widths(cfg.widths)
     task = cfg.task(torch.Generator().manual_seed(cfg.seed))
-    measured = {n: measure_width(cfg, n, task) for n in widths}
+    measured = {}
+    for n in widths:
+        measured[n] = measure_width(cfg, n, task)
+        if bar is not None:
+            bar.update()
     dists = {n: d for n, (d, _) in measured.items()}
     emp, ratio = empirical_phase(dists, cfg.shrink)
     lr, q = scaling(widths[-1], cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
@@ -147,7 +150,8 @@ def measure(cfg: Config) -> dict:
 
 
 def compute(cfg: Config, ctx: Context) -> dict:
-    return measure(cfg)
+    with ctx.bar(len(parse_widths(cfg.widths)), f"cell a={cfg.a:g}, b={cfg.b:g}", unit="width") as bar:
+        return measure(cfg, bar)
 
 
 def write(folder, cfg: Config, cell: dict) -> dict:
@@ -161,5 +165,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 
 EXPERIMENT = Experiment("phase-cell", "one cell of the empirical phase diagram: dropout vs every candidate limit "
-                        "over widths.", Config, compute, write, theory, cost=cost, order=21)
+                        "over widths.", Config, compute, write, theory, cost=cost, order=21,
+                        smoke=dict(a=0.5, b=0.5, widths="40,80", time=0.3, replicas=2))
 run = EXPERIMENT.run

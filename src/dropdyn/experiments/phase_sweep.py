@@ -145,5 +145,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 
 EXPERIMENT = Experiment("phase-sweep", "the empirical phase diagram: nearest limit per (a, b) cell, beside the theory.",
-                        Config, compute, write, theory, sweeps=True, order=20)
+                        Config, compute, write, theory, sweeps=True, order=20,
+                        smoke=dict(a_values="0,1", b_values="0", widths="40,80", time=0.3, replicas=2))
 run = EXPERIMENT.run

@@ -142,5 +142,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 
 EXPERIMENT = Experiment("sharpness", "sharpness bypass: largest stable step of GD vs RaM, with the top Hessian "
-                        "eigenvalue.", Config, compute, write, theory, order=40)
+                        "eigenvalue.", Config, compute, write, theory, order=40,
+                        smoke=dict(width=30, steps=20, points=4, lr_min=0.5, lr_max=30.0, keeps="0.5"))
 run = EXPERIMENT.run

@@ -73,5 +73,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 
 EXPERIMENT = Experiment("sme-generalisation", "Figure 2 of the SME paper: test risk/accuracy of dropout, SME and GD "
-                        "on L_S.", Config, compute, write, theory, order=72)
+                        "on L_S.", Config, compute, write, theory, order=72,
+                        smoke=dict(width=6, train_size=60, replicas=4, settings="0.05:0.9", time=0.5, records=5))
 run = EXPERIMENT.run

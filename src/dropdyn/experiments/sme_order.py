@@ -225,5 +225,7 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 
 EXPERIMENT = Experiment("sme-order", "Figure 1(b, c) of the SME paper: weak error ‖EΘ − Eθ‖ vs η, fitted slopes.",
-                        Config, compute, write, theory, order=71)
+                        Config, compute, write, theory, order=71,
+                        smoke=dict(width=6, train_size=60, replicas=4, lrs="0.2,0.1", keeps="0.5", time=0.2, substeps=2,
+                                   batches=2))
 run = EXPERIMENT.run

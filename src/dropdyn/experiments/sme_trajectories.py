@@ -74,5 +74,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 
 EXPERIMENT = Experiment("sme-trajectories", "Figure 1(a) of the SME paper: training risk of dropout vs its order-1 "
-                        "SME.", Config, compute, write, theory, order=70)
+                        "SME.", Config, compute, write, theory, order=70,
+                        smoke=dict(width=6, train_size=60, replicas=4, settings="0.1:0.9,0.2:0.5", time=1.0, records=5))
 run = EXPERIMENT.run

@@ -61,7 +61,7 @@ class Config:
         return [d.strip() for d in str(self.datasets).split(",") if d.strip()]
 
 
-def load(name: str, generator: torch.Generator):
+def load_dataset(name: str, generator: torch.Generator):
     """(train x, train y, test x, test y), inputs in [0, 1]."""
     if name == "mnist":
         X, y = mnist()
@@ -86,7 +86,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
     bar = ctx.bar(len(cfg.dataset_names()) * len(SETTINGS) * cfg.epochs, "srivastava", unit="epoch")
     for name in cfg.dataset_names():
         g = torch.Generator().manual_seed(cfg.seed)
-        xtr, ytr, xte, yte = (t.to(cfg.device) for t in load(name, g))
+        xtr, ytr, xte, yte = (t.to(cfg.device) for t in load_dataset(name, g))
         for variant, s in SETTINGS.items():
             with seeded(cfg.seed):
                 net = DropoutMLP([xtr.shape[1], cfg.hidden, cfg.hidden, 10],
@@ -189,5 +189,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 
 EXPERIMENT = Experiment("srivastava", "dropout in practice: no dropout / dropout / + max-norm; MC averaging vs "
-                        "weight scaling.", Config, compute, write, theory, order=50)
+                        "weight scaling.", Config, compute, write, theory, order=50,
+                        smoke=dict(hidden=16, epochs=2, datasets="digits", mc_repeats=1))
 run = EXPERIMENT.run

@@ -169,5 +169,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
 
 EXPERIMENT = Experiment(
     "teacher-student", "Figure 2 of the phase paper: dropout, RaM, penalty GD and GD on a teacher–student task; "
-    "coupled dropout–RaM gap.", Config, compute, write, theory, order=0)
+    "coupled dropout–RaM gap.", Config, compute, write, theory, order=0,
+    smoke=dict(width=50, steps=20, records=5))
 run = EXPERIMENT.run
