@@ -9,7 +9,7 @@ from dropdyn.phase import EFFECTS, classify, scaling, set_distances
 
 
 def at(n, a, b):
-    return classify(n, n ** (-a), n ** (-b))
+    return classify(n, n ** (-a), n ** (-b), embedding="powers")
 
 
 @pytest.mark.parametrize(
@@ -31,10 +31,10 @@ def test_regions_at_large_width(a, b, phase):
 
 
 def test_alpha_beta_and_reasons():
-    p = classify(1000, 0.01, 0.5)
+    p = classify(1000, 0.01, 0.5, embedding="powers")
     assert math.isclose(p.alpha, 0.02) and math.isclose(p.beta, 0.002)
-    assert classify(10**6, 1e-3, 1e-4).reason.startswith("α = τ/q → ∞")
-    assert classify(10**6, 1e-9, 1e-8).reason.startswith("β = 1/(nq) → ∞")
+    assert classify(10**6, 1e-3, 1e-4, embedding="powers").reason.startswith("α = τ/q → ∞")
+    assert classify(10**6, 1e-9, 1e-8, embedding="powers").reason.startswith("β = 1/(nq) → ∞")
 
 
 def test_effects_follow_the_theory():
@@ -64,9 +64,10 @@ def test_boundaries_warn_and_tolerance_shrinks_with_width():
         assert p.phase == "I" and any("within 0.239 of III, degenerate:" in w for w in p.warnings) == warns
         assert len(p.warnings) == warns, p.warnings
     # the small-width warning starts below width 100
-    assert [any("is small" in w for w in classify(n, 0.5, 0.5).warnings) for n in (99, 100)] == [True, False]
+    small = [any("is small" in w for w in classify(n, 0.5, 0.5, embedding="powers").warnings) for n in (99, 100)]
+    assert small == [True, False]
     # practical constants (τ = q = 0.5) at width 1000 are "order one": phase V
-    assert classify(1000, 0.5, 0.5).phase == "V"
+    assert classify(1000, 0.5, 0.5, embedding="powers").phase == "V"
 
 
 def test_points_on_a_set_get_no_warning_unless_other_sets_end_there():
@@ -87,17 +88,17 @@ def test_the_III_segment_is_open_at_IV():
 
 
 def test_exponents_of_unit_lr_and_keep_are_plus_zero():
-    p = classify(100, 1.0, 1.0)
+    p = classify(100, 1.0, 1.0, embedding="powers")
     assert p.phase == "V" and math.copysign(1, p.a) == math.copysign(1, p.b) == 1  # 0.0, not -0.0
     assert '"a": 0.0' in json.dumps(p.to_dict())
 
 
 def test_width_and_factor_limits():
-    assert classify(2, 0.5, 0.5).width == 2
-    assert classify(2**53, 1e-3, 0.5).phase == "I"
+    assert classify(2, 0.5, 0.5, embedding="powers").width == 2
+    assert classify(2**53, 1e-3, 0.5, embedding="powers").phase == "I"
     with pytest.raises(ValueError, match="width must be at most 2\\^53, got 9007199254740993"):
-        classify(2**53 + 1, 1e-3, 0.5)
-    assert classify(10**6, 1e-3, 0.5, factor=1.01).phase == "I"  # any factor above 1
+        classify(2**53 + 1, 1e-3, 0.5, embedding="powers")
+    assert classify(10**6, 1e-3, 0.5, factor=1.01, embedding="powers").phase == "I"  # any factor above 1
 
 
 def test_distances_are_zero_on_their_sets():
@@ -151,6 +152,10 @@ def test_distances_to_the_two_regions_against_a_dense_grid():
     (dict(keep=1.5), r"keep must be in \(0, 1\]"),
     (dict(keep=0), r"keep must be in \(0, 1\]"),
     (dict(factor=1.0), "factor must be > 1"),
+    (dict(embedding="natural"), "embedding must be 'fixed', 'powers' or a pair of exponents"),
+    (dict(embedding=(0.5,)), "embedding must be 'fixed', 'powers' or a pair"),
+    (dict(embedding=(float("nan"), 0.5)), "exponent a must be a finite number"),
+    (dict(embedding=(0.5, -0.1)), "b must be >= 0"),
 ])
 def test_bad_input(bad, match):
     args = dict(width=100, lr=0.1, keep=0.5) | bad
@@ -185,7 +190,17 @@ def test_cli_json_and_diagram(tmp_path, dropdyn_cli):
     p = dropdyn_cli("phase", "--width", "10000", "--lr", "0.01", "--keep", "0.01", "--json")
     assert p.returncode == 0
     out = json.loads(p.stdout)
-    assert out["phase"] == "III" and {"alpha", "beta", "a", "b", "phase"} <= set(out)
+    assert (out["phase"], out["embedding"]) == ("V", "fixed") and {"alpha", "beta", "a", "b", "phase"} <= set(out)
+    for flags, phase, embedding in ((["--embedding", "powers"], "III", "powers"),
+                                    (["--exponents", "0.75,0.25"], "I", "exponents a=0.75, b=0.25")):
+        out = json.loads(dropdyn_cli("phase", "--width", "10000", "--lr", "0.01", "--keep", "0.01", "--json",
+                                     *flags).stdout)
+        assert (out["phase"], out["embedding"]) == (phase, embedding)
+    for flags, match in ((["--exponents", "x"], "--exponents must be A,B"),
+                         (["--exponents", "1,1", "--embedding", "powers"], "not both"),
+                         (["--exponents", "1,-1"], "b must be >= 0")):
+        p = dropdyn_cli("phase", "--width", "100", "--lr", "0.1", "--keep", "0.5", *flags)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and match in p.stderr, p.stderr
     p = dropdyn_cli("phase", "--width", "10", "--lr", "0", "--keep", "0.5")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "lr" in p.stderr
     png = tmp_path / "d.png"
@@ -193,3 +208,31 @@ def test_cli_json_and_diagram(tmp_path, dropdyn_cli):
     assert p.returncode == 0 and png.stat().st_size > 10_000
     p = dropdyn_cli("phase-diagram", "--out", png, "--mark", "1000,0.01")
     assert p.returncode == 2 and "--mark must be WIDTH,LR,KEEP" in p.stderr
+
+
+@pytest.mark.parametrize("lr, keep", [(0.1, 0.5), (0.2, 0.5), (1.0, 0.5), (10.0, 0.5), (1.0, 0.3), (1e-3, 0.01)])
+def test_fixed_tau_and_q_are_phase_v_whatever_their_size(lr, keep):
+    """The default embedding holds τ and q as n → ∞: every single setting is phase V (the
+    reading as powers of n flips I → III → V → degenerate over τ = 0.1 … 10 at q = 0.5,
+    width 5000); the answer names its embedding, and the powers reading when it differs."""
+    ph = classify(5000, lr, keep)
+    assert (ph.phase, ph.a, ph.b, ph.embedding) == ("V", 0.0, 0.0, "fixed")
+    assert "embedding: τ and q held fixed as n → ∞" in ph.explain()
+    powers = classify(5000, lr, keep, embedding="powers")
+    assert powers.embedding == "powers" and "exponents read off this width" in powers.explain()
+    noted = [w for w in ph.warnings if "read as powers of n" in w]
+    assert (noted != []) == (powers.phase != "V") and (not noted or powers.phase in noted[0])
+
+
+def test_the_powers_reading_of_constant_lr_flips_with_its_size():
+    assert [classify(5000, lr, 0.5, embedding="powers").phase for lr in (0.1, 0.2, 1.0, 10.0)] == \
+        ["I", "III", "V", "degenerate"]
+
+
+@pytest.mark.parametrize("a, b", [(0.5, 0.5), (1.0, 1.0), (2.0, 1.0), (0.75, 0.25), (0.0, 0.0), (0.3, 0.6)])
+def test_given_exponents_are_the_family_phase(a, b):
+    from dropdyn.phase import family_phase
+
+    ph = classify(5000, 1.0, 0.5, embedding=(a, b))
+    assert (ph.phase, ph.a, ph.b) == (family_phase(a, b), a, b)
+    assert ph.embedding == f"exponents a={a:g}, b={b:g}" and ph.embedding in ph.explain()

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--keep", type=float, required=True, help="keep probability q")
     ph.add_argument("--factor", type=float, default=3.0,
                     help="constants within this factor of 1 count as order one (default 3)")
+    ph.add_argument("--embedding", choices=("fixed", "powers"), default=None,
+                    help="the family (width, lr, keep) is read in as n → ∞: fixed τ and q (default), or powers of n "
+                         "read off this width")
+    ph.add_argument("--exponents", metavar="A,B", default=None,
+                    help="read it in the family τ = c·n^−A, q = c'·n^−B instead (the phase of that family)")
     ph.add_argument("--json", action="store_true", help="print JSON")
     pd = sub.add_parser("phase-diagram", help="draw the theoretical (a, b) phase diagram")
     _threads_flag(pd)
@@ -227,7 +232,15 @@ def _phase(args) -> int:
 
     from .phase import classify
 
-    ph = classify(args.width, args.lr, args.keep, factor=args.factor)
+    if args.exponents is not None and args.embedding is not None:
+        raise UsageError("give --embedding or --exponents, not both")
+    embedding = args.embedding or "fixed"
+    if args.exponents is not None:
+        try:
+            embedding = tuple(float(v) for v in args.exponents.split(","))
+        except ValueError:
+            raise UsageError(f"--exponents must be A,B (e.g. 0.5,0.5), got {args.exponents!r}") from None
+    ph = classify(args.width, args.lr, args.keep, factor=args.factor, embedding=embedding)
     print(json.dumps(ph.to_dict(), indent=2, ensure_ascii=False) if args.json else ph.explain())
     return 0
 

@@ -9,12 +9,20 @@ With τ_n = n^(−a) and q_n = n^(−b), the limit as n → ∞ depends on (a, b
     V    a = b = 0                  Bernoulli clocks, discrete time (τ̄ > 0)
     degenerate: b > a (α = τ/q → ∞) or b > 1 (β = 1/(nq) → ∞)
 
-A single finite (n, τ, q) has exponents a = −log τ / log n, b = −log q / log n. A
-constant factor c in τ = c·n^(−a) moves a by log c / log n, so constants within a
-factor ``factor`` (default 3) of one are treated as order one: the lower-dimensional
-sets (points IV and V, segment III, half-line II) are matched within
-tol = log(factor)/log(n) in (a, b). A point within 2·tol of another set gets a
-warning, because at that width the phase is not decided.
+A single finite (n, τ, q) has no phase of its own: the phase belongs to the family of
+settings it is embedded in as n → ∞, and :func:`classify` says which embedding it used:
+
+    "fixed"    τ and q held fixed as n grows (a = b = 0): phase V, τ̄ = τ, q̄ = q. The
+               reading of one practical setting, and the default.
+    "powers"   τ = n^(−a), q = n^(−b) with the exponents read off this width,
+               a = −log τ / log n, b = −log q / log n. A constant factor c in τ = c·n^(−a)
+               moves a by log c / log n, so constants within a factor ``factor`` (default 3)
+               of one are treated as order one: the lower-dimensional sets (points IV and
+               V, segment III, half-line II) are matched within tol = log(factor)/log(n) in
+               (a, b). A point within 2·tol of another set gets a warning, because at that
+               width the phase is not decided.
+    (a, b)     the user's exponents: τ = c_lr·n^(−a), q = c_keep·n^(−b) through this point
+               (:func:`family_phase`, exact).
 """
 
 from __future__ import annotations
@@ -57,8 +65,10 @@ EFFECTS = {
 
 @dataclass
 class Phase:
-    """Where (width, lr, keep) sits. ``a``/``b``: exponents; ``distances``: distance in the
-    (a, b) plane to each phase's set; ``warnings``: human-readable caveats."""
+    """Where (width, lr, keep) sits in the family ``embedding`` (``"fixed"``, ``"powers"`` or
+    ``"exponents a=…, b=…"``; see the module docstring). ``a``/``b``: the family's exponents;
+    ``distances``: distance in the (a, b) plane to each phase's set; ``warnings``:
+    human-readable caveats."""
 
     width: int
     lr: float
@@ -74,6 +84,7 @@ class Phase:
     effects: dict
     distances: dict
     warnings: list = field(default_factory=list)
+    embedding: str = "fixed"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,6 +94,7 @@ class Phase:
         on = [k.replace("_", " ") for k, v in self.effects.items() if v] or ["none"]
         lines = [
             f"width n={self.width}, lr τ={self.lr:g}, keep q={self.keep:g}",
+            f"embedding: {EMBEDDINGS.get(self.embedding, self.embedding)}",
             f"α = τ/q = {self.alpha:.4g}, β = 1/(nq) = {self.beta:.4g}, exponents a = {self.a:.3f}, b = {self.b:.3f}",
             f"phase {self.phase}: {self.reason}",
             f"limit: {self.limit}",
@@ -121,12 +133,22 @@ def set_distances(a: float, b: float) -> dict[str, float]:
     return d
 
 
-def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
-    """Phase of a finite (width, lr, keep); see the module docstring. ``width ≥ 2``.
+EMBEDDINGS = {
+    "fixed": "τ and q held fixed as n → ∞ (a = b = 0)",
+    "powers": "τ = n^−a, q = n^−b, exponents read off this width",
+}
+
+
+def classify(width: int, lr: float, keep: float, factor: float = 3.0, embedding="fixed") -> Phase:
+    """Phase of a finite (width, lr, keep) in the family ``embedding``: ``"fixed"`` (τ and q
+    held as n → ∞; the default), ``"powers"`` (exponents read off this width), or a pair
+    ``(a, b)`` of the user's exponents; see the module docstring. ``width ≥ 2``.
 
     >>> ph = classify(10_000, 0.01, 0.01)
     >>> ph.phase, round(ph.alpha, 3), round(ph.beta, 4)
-    ('III', 1.0, 0.01)
+    ('V', 1.0, 0.01)
+    >>> classify(10_000, 0.01, 0.01, embedding="powers").phase, classify(10_000, 0.01, 0.01, embedding=(0.5, 0.5)).phase
+    ('III', 'III')
     """
     width = check_int("width", width, 2)
     if width > 2**53:  # past this widths are not exact as floats (and 1/(nq) underflows long before)
@@ -137,8 +159,43 @@ def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
     if factor <= 1:
         raise InputError(f"factor must be > 1, got {factor!r}")
     logn = math.log(width)
+    powers = -math.log(lr) / logn + 0.0, -math.log(keep) / logn + 0.0
+    if isinstance(embedding, str) and embedding in EMBEDDINGS:
+        ph = _classify_powers(width, lr, keep, factor, *powers)
+        if embedding == "fixed":
+            fixed = _by_family(width, lr, keep, 0.0, 0.0, "fixed")
+            if ph.phase != "V":
+                fixed.warnings.append(f"read as powers of n at this width (embedding='powers': a = {ph.a:.3f}, "
+                                      f"b = {ph.b:.3f}) it is phase {ph.phase}")
+            return fixed
+        return ph
+    if isinstance(embedding, (tuple, list)) and len(embedding) == 2:
+        a, b = (_finite_exponent(name, v) for name, v in zip("ab", embedding, strict=True))
+        return _by_family(width, lr, keep, a, b, f"exponents a={a:g}, b={b:g}")
+    raise InputError(f"embedding must be 'fixed', 'powers' or a pair of exponents (a, b), got {embedding!r}")
+
+
+def _by_family(width: int, lr: float, keep: float, a: float, b: float, embedding: str) -> Phase:
+    """The :class:`Phase` of (width, lr, keep) in the family of exponents (a, b), exactly."""
+    phase = family_phase(a, b)
+    reasons = {
+        "V": "τ and q do not vanish (a = b = 0): τ̄ = τ, q̄ = q",
+        "IV": "τ ∝ q ∝ 1/n (a = b = 1): α and β both stay of order one",
+        "III": "τ ∝ q → 0 with nq → ∞ (0 < a = b < 1): α > 0, β → 0",
+        "II": "q ∝ 1/n and τ ≪ q (b = 1 < a): α → 0, β > 0",
+        "I": "τ ≪ q and nq → ∞ (b < min(a, 1)): α → 0, β → 0",
+        "degenerate": "α = τ/q → ∞ (b > a)" if b > a else "β = 1/(nq) → ∞ (b > 1)",
+    }
+    text, latex = LAWS[phase]
+    dist = {k: round(v, 6) for k, v in set_distances(a, b).items()}
+    return Phase(width, lr, keep, lr / keep, 1.0 / (width * keep), a, b, phase, reasons[phase], text, latex,
+                 dict(EFFECTS[phase]), dist, [], embedding)
+
+
+def _classify_powers(width: int, lr: float, keep: float, factor: float, a: float, b: float) -> Phase:
+    """The ``"powers"`` reading: (a, b) read off one width, constants within ``factor`` of one."""
+    logn = math.log(width)
     tol = math.log(factor) / logn
-    a, b = -math.log(lr) / logn + 0.0, -math.log(keep) / logn + 0.0
     alpha, beta = lr / keep, 1.0 / (width * keep)
     dist = set_distances(a, b)
     warnings: list[str] = []
@@ -157,7 +214,7 @@ def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
         phase, reason = "degenerate", "β = 1/(nq) → ∞ (b > 1): almost no neuron is kept"
     else:
         phase, reason = "I", "τ ≪ q and nq → ∞ (b < min(a, 1)): α → 0, β → 0"
-    lower = ("II", "III", "IV", "V")
+    lower = PHASES[1:]
     near = [k for k in lower if k != phase and dist[k] <= 2 * tol]
     if phase in ("I", "degenerate"):
         other = "degenerate" if phase == "I" else "I"
@@ -173,16 +230,17 @@ def classify(width: int, lr: float, keep: float, factor: float = 3.0) -> Phase:
     text, latex = LAWS[phase]
     dist = {k: round(v, 6) for k, v in dist.items()}
     return Phase(width, lr, keep, alpha, beta, a, b, phase, reason, text, latex, dict(EFFECTS[phase]),
-                 dist, warnings)
+                 dist, warnings, "powers")
 
 
-def phase_line(width, lr, keep) -> str:
-    """``"III: <limit in words>"`` for a setting, or why it cannot be classified (for reports)."""
+def phase_line(width, lr, keep, embedding="fixed") -> str:
+    """``"III (embedding): <limit in words>"`` for a setting in the family ``embedding`` (see
+    :func:`classify`), or why it cannot be classified (for reports)."""
     try:
-        ph = classify(int(width), float(lr), float(keep))
+        ph = classify(int(width), float(lr), float(keep), embedding=embedding)
     except (TypeError, ValueError) as e:
         return f"(cannot classify: {e})"
-    return f"{ph.phase}: {ph.limit}"
+    return f"{ph.phase} ({EMBEDDINGS.get(ph.embedding, ph.embedding)}): {ph.limit}"
 
 
 def family_phase(a: float, b: float) -> str:
@@ -245,8 +303,8 @@ def draw_diagram(ax=None, marks=()):
     ax.plot([0, 1], [0, 0 + 1], color="C1", lw=3, label="III: Poisson-clock jumps (RaM)")
     ax.plot([1], [1], "o", color="C3", ms=10, label="IV: critical kernel")
     ax.plot([0], [0], "s", color="C4", ms=10, label="V: Bernoulli clocks")
-    for width, lr, keep in marks:
-        ph = classify(width, lr, keep)
+    for width, lr, keep in marks:  # placed by the exponents read off their width
+        ph = classify(width, lr, keep, embedding="powers")
         ax.plot([ph.a], [ph.b], "*", color="k", ms=12)
         ax.annotate(f"n={width:g}, τ={lr:g}, q={keep:g}\n→ {ph.phase}", (ph.a, ph.b), fontsize=7,
                     textcoords="offset points", xytext=(6, 4))

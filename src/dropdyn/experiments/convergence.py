@@ -243,7 +243,7 @@ def write(folder, cfg: Config, res: dict) -> dict:
     n_max = max(widths)
     lr, q = scaling(n_max, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
     return {
-        "phase": cfg.phase, "predicted_phase_at_largest_width": classify(n_max, lr, q).phase,
+        "phase": cfg.phase, "predicted_phase_at_largest_width": classify(n_max, lr, q, embedding="powers").phase,
         "rates": rates, "sweep": res["sweep"], "widths_computed": res["computed"],
         "final": [{"width": r["width"], "lr": r["lr"], "keep": r["keep"], "steps": r["steps"],
                    "particle_distance": r["particle_distance"], "output_gap": r["output_gap"],

@@ -144,7 +144,7 @@ def measure(cfg: Config, bar=None) -> dict:
     lr, q = scaling(widths[-1], cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
     theory = family_phase(cfg.a, cfg.b)
     return {"a": cfg.a, "b": cfg.b, "theory": theory, "empirical": emp, "ratio": ratio,
-            "decided_at_width": classify(widths[-1], lr, q).phase == theory,
+            "decided_at_width": classify(widths[-1], lr, q, embedding="powers").phase == theory,
             "distances": {str(n): d for n, d in dists.items()},
             "diverged_at_step": {str(n): s for n, (_, s) in measured.items()}}
 
