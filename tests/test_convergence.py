@@ -41,8 +41,8 @@ def test_run_folder_and_rates(tmp_path, phase):
     c = json.loads((path / "config.json").read_text())["config"]  # the resolved family
     from dropdyn.phase import classify, scaling
 
-    assert s["predicted_phase_at_largest_width"] == classify(400, *scaling(400, c["a"], c["b"], c["c_lr"],
-                                                                             c["c_keep"])).phase
+    lr, keep = scaling(400, c["a"], c["b"], c["c_lr"], c["c_keep"])
+    assert s["predicted_phase_at_largest_width"] == classify(400, lr, keep, embedding="powers").phase
 
 
 def test_phase_V_dropout_converges_to_its_limit_at_rate_beta(tmp_path):
@@ -66,3 +66,15 @@ def test_one_w2_method_per_run(tmp_path):
                tmp_path / "w")
     methods = {f["w2_method"] for f in json.loads((path / "summary.json").read_text())["final"]}
     assert methods == {"sliced"}
+
+
+def test_theory_rows_expect_no_pathwise_convergence_in_phase_iv():
+    from dropdyn.experiments.convergence import theory
+
+    rates = {k: {"slope": 0.01, "ci95": [-0.02, 0.04]} for k in ("particle", "output", "w2")}
+    s = {"predicted_phase_at_largest_width": "III", "rates": rates}
+    rows = {q: t for q, t, _ in theory({"phase": "IV"}, s)}
+    assert rows["rate of the output distance"] == "negative (converges)"
+    assert rows["rate of the particle distance"].startswith("not negative") and rows["rate of the w2 distance"] \
+        .startswith("not negative")
+    assert {t for q, t, _ in theory({"phase": "III"}, s)[1:]} == {"negative (converges)"}

@@ -290,3 +290,27 @@ def test_progress_bars_only_when_asked_for(capsys):
 
     assert go(5, False) == "" and go(0, True) == ""
     assert "/1 [" in go(1, True) and "/5 [" in go(5, True)
+
+
+def test_a_disabled_run_bar_shows_nothing_creates_no_tqdm_lock_and_counts():
+    """A run without progress gets a NoBar: no tqdm (whose lock is a multiprocessing
+    semaphore a killed sweep worker would leak), the same calls, and the count."""
+    from dropdyn.loop import NoBar, run_bar, run_loop
+
+    bar = run_bar(7, "x", enabled=False)
+    assert isinstance(bar, NoBar) and (bar.n, bar.total) == (0, 7)
+
+    class Idle:
+        def start(self):
+            return None
+
+        def advance(self, state, k, due):
+            return None, None
+
+        def record(self, state, k):
+            pass
+
+    with bar:
+        run_loop(Idle(), 7, record_every=2, progress=bar, desc="part")
+        bar.set_description("d")
+    assert bar.n == 7

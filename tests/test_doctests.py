@@ -25,7 +25,8 @@ def test_the_package_face_shows_only_what_it_names():
     import subprocess
     import sys
 
-    code = ("import dropdyn; print(sorted(n for n in dir(dropdyn) if not n.startswith('_') and n not in dropdyn.__all__));"
-            "print(all(getattr(dropdyn, n) is not None for n in dropdyn.__all__))")  # a fresh process: no submodule
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout  # imported yet
+    # a fresh process, where no submodule has been imported yet
+    code = ("import dropdyn; print(sorted(n for n in dir(dropdyn) if not n.startswith('_') and n not in "
+            "dropdyn.__all__)); print(all(getattr(dropdyn, n) is not None for n in dropdyn.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[:2] == ["[]", "True"], out

@@ -38,7 +38,8 @@ def test_every_experiment_declares_a_smoke_setting_of_its_own_fields():
 
 @pytest.mark.parametrize("name", list(registry()))
 def test_smoke_run_with_one_bar_for_the_whole_run(name, tmp_path, monkeypatch):
-    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)  # the runs' bars
+    monkeypatch.setattr(tqdm, "tqdm", Recorded)  # a sweep's bar over its points
     Recorded.bars = []
     exp = registry()[name]
     path = exp.run(out=tmp_path / "run", root=tmp_path / "store", progress=True, **exp.smoke)

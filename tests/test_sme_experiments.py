@@ -55,7 +55,15 @@ def test_sme_trajectories_and_generalisation_runs(tmp_path):
     t = sme_trajectories.run(sme_trajectories.Config(**SMALL, settings="0.1:0.9,0.2:0.5", time=1.0, records=5),
                              tmp_path / "t")
     s = json.loads((t / "summary.json").read_text())
-    assert s["settings"]["lr=0.1,p=0.9"]["max_relative_gap"] < 0.5
+    v = s["settings"]["lr=0.1,p=0.9"]
+    assert v["max_relative_gap_mean"] < 0.5 and v["max_relative_gap_median"] < 0.5
+    import pandas as pd
+
+    table = pd.read_csv(t / "risk_lr=0.1,p=0.9.csv")  # the median lies in the min–max band; the largest risk is its max
+    for d in ("dropout", "sme1"):
+        assert (table[f"{d}_min"] <= table[f"{d}_median"]).all() and (table[f"{d}_median"] <= table[f"{d}_max"]).all()
+    assert v["largest_risk_sme"] == table["sme1_max"][1:].max()  # after t = 0
+    assert v["largest_risk_dropout"] == table["dropout_max"][1:].max()
     assert (t / "sme_trajectories.png").exists()
     g = sme_generalisation.run(sme_generalisation.Config(**SMALL, settings="0.05:0.9", time=0.5, records=5),
                                tmp_path / "g")
@@ -76,3 +84,12 @@ def test_sme_trajectories_and_generalisation_runs(tmp_path):
 def test_sme_cli_bad_input(args, match, tmp_path, dropdyn_cli):
     p = dropdyn_cli("run", "sme-trajectories", "--out", tmp_path / "r", "--time", "0.1", *args)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and match in p.stderr, p.stderr
+
+
+def test_a_slope_through_two_step_sizes_says_so():
+    from dropdyn.experiments.sme_order import measured_slope
+
+    two = measured_slope({"slope": 2.33, "ci95": [2.2, 2.47], "resolved_points": 2})
+    three = measured_slope({"slope": 1.21, "ci95": [0.56, 1.86], "resolved_points": 3})
+    assert "2 step sizes resolved" in two and "2.33" in two and "step sizes" not in three
+    assert measured_slope({"slope": None, "ci95": None, "resolved_points": 1}).startswith("unresolved")

@@ -360,10 +360,10 @@ def test_failed_point_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
 
     real = phase_cell.measure
 
-    def flaky(cfg):
+    def flaky(cfg, bar=None):
         if cfg.a == 0.5:
             raise RuntimeError("simulated crash")
-        return real(cfg)
+        return real(cfg, bar)
 
     monkeypatch.setattr(phase_cell, "measure", flaky)
     sweep = make_sweep({"experiment": "phase-cell", "base": TINY, "grid": {"a": [0, 0.5, 1]}})

@@ -136,9 +136,38 @@ def progress_bar(total: int, enabled: bool, desc: str):
 
 
 def run_bar(total: int, desc: str, *, enabled: bool = True, unit: str = "step"):
-    """One tqdm bar for a whole run of ``total`` units (a no-op bar when not ``enabled``):
+    """One tqdm bar for a whole run of ``total`` units (a :class:`NoBar` when not ``enabled``):
     an experiment made of several parts advances it through each, and names the running part
     with ``set_description``."""
+    if not enabled:
+        return NoBar(total)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=0.5, disable=not enabled)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=0.5)
+
+
+class NoBar:
+    """A bar that shows nothing. Unlike a disabled tqdm bar it creates no lock: tqdm's is a
+    multiprocessing semaphore, which a sweep worker ended by Ctrl-C would leak. It counts
+    (``n`` of ``total``) as a bar does."""
+
+    def __init__(self, total: int = 0):
+        self.n, self.total = 0, total
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_description(self, desc: str, refresh: bool = True) -> None:
+        pass
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> NoBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass

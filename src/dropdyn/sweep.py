@@ -45,7 +45,6 @@ from . import allocator
 from ._checks import InputError, shown
 from .config import read_config_file
 from .experiment import Context, get, registry
-from .loop import run_bar
 from .runs import RunIndex, scalar_summary
 from .store import RunFolder, atomic_write_bytes, read_json, run_key
 
@@ -372,6 +371,8 @@ def _quiet_after_interrupt():
 def run_sweep(sweep: Sweep, root: Path | str = "runs", *, executor: str = "serial", workers: int = 2,
               scheduler: str | None = None, threads: int = 1, progress: bool = False) -> SweepResult:
     """Run every point not yet complete; returns what happened to each point."""
+    from tqdm import tqdm
+
     from ._checks import check_choice, check_int
 
     check_choice("executor", executor, EXECUTORS)
@@ -390,7 +391,7 @@ def run_sweep(sweep: Sweep, root: Path | str = "runs", *, executor: str = "seria
     outcomes: dict[str, dict] = {}
     try:
         # closing(): an interrupt raised here rather than inside the runner still stops its workers at once
-        with run_bar(len(sweep.keys), f"sweep {sweep.name}", enabled=progress, unit="point") as bar, \
+        with tqdm(total=len(sweep.keys), desc=f"sweep {sweep.name}", unit="point", disable=not progress) as bar, \
                 contextlib.closing(runner(_tasks(sweep, root, threads), workers=workers, scheduler=scheduler)) as run:
             for task, outcome in run:
                 if outcome.get("lost"):

@@ -105,8 +105,8 @@ def generator(cfg: SMESettings, offset: int) -> torch.Generator:
 def curves(cfg: SMESettings, P: SMEProblem, *, dynamics: tuple[str, ...], lr: float, keep: float, time: float,
            replicas: int, substeps: int, records: int, offset: int, progress=False) -> dict:
     """Run each of ``dynamics`` for ``time`` from ``P.theta0`` and summarise its observables over
-    replicas: ``{dyn: {"time", "<obs>_mean", "<obs>_min", "<obs>_max", "mean_error",
-    "diverged_at_step"}}`` (arrays over the records; ``mean_error`` is the Monte-Carlo
+    replicas: ``{dyn: {"time", "<obs>_mean", "<obs>_median", "<obs>_min", "<obs>_max",
+    "mean_error", "diverged_at_step"}}`` (arrays over the records; ``mean_error`` is the Monte-Carlo
     standard error of the replica mean of θ). ``progress``: as for :func:`simulate_sme`."""
     from ..sme_dynamics import simulate_sme
 
@@ -121,7 +121,8 @@ def curves(cfg: SMESettings, P: SMEProblem, *, dynamics: tuple[str, ...], lr: fl
                "diverged_at_step": tr.diverged_at_step}
         for name, val in tr.observed.items():
             v = val.double().cpu()
-            res |= {f"{name}_mean": v.mean(1).numpy(), f"{name}_min": v.min(1).values.numpy(),
+            res |= {f"{name}_mean": v.mean(1).numpy(), f"{name}_median": v.quantile(0.5, dim=1).numpy(),
+                    f"{name}_min": v.min(1).values.numpy(),
                     f"{name}_max": v.max(1).values.numpy()}
         out[dyn] = res
     return out
@@ -147,9 +148,11 @@ def parse_settings(text: str) -> list[tuple[float, float]]:
     return parse_pairs("settings", text)
 
 
-def band(ax, res: dict, key: str, color: str, label: str, ls: str = "-") -> None:
-    """Replica mean of ``key`` with its min–max band over replicas."""
-    ax.plot(res["time"], res[f"{key}_mean"], color=color, ls=ls, label=label)
+def band(ax, res: dict, key: str, color: str, label: str, ls: str = "-", median: bool = False) -> None:
+    """Replica mean of ``key`` with its min–max band over replicas (and its median, dotted)."""
+    ax.plot(res["time"], res[f"{key}_mean"], color=color, ls=ls, label=f"{label}: mean" if median else label)
+    if median:
+        ax.plot(res["time"], res[f"{key}_median"], color=color, ls=":", lw=1.2, label=f"{label}: median")
     ax.fill_between(res["time"], res[f"{key}_min"], res[f"{key}_max"], color=color, alpha=0.2, lw=0)
 
 

@@ -44,7 +44,8 @@ def write(folder, cfg: Config, row: dict) -> dict:
 
 
 def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
-    return [("phase of (n, τ, q)", phase_line(s["width"], s["lr"], s["keep"], (c["a"], c["b"])), f"coupled to limit {c['phase']}"),
+    return [("phase of (n, τ, q)", phase_line(s["width"], s["lr"], s["keep"], (c["a"], c["b"])),
+             f"coupled to limit {c['phase']}"),
             ("particle distance at T", "→ 0 as n → ∞",
              "not measured (diverged)" if s["particle_distance"] is None else f"{s['particle_distance']:.3g}")]
 

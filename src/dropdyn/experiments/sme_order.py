@@ -219,9 +219,19 @@ def write(folder, cfg: Config, res: dict) -> dict:
 
 def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
     return [(f"weak-order slope, {k}", f"{s['paper_slopes'].get(k.split('/')[0], 1)} (SME paper, Fig. 1b, c)",
-             f"{v['slope']:.2f}  95% CI [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]" if v["slope"] is not None
-             else f"unresolved (Monte-Carlo error; {v['resolved_points']} point(s) resolved)")
-            for k, v in s["slopes"].items()]
+             measured_slope(v)) for k, v in s["slopes"].items()]
+
+
+def measured_slope(fit: dict) -> str:
+    """A fitted slope with its interval, saying when the interval rests on two step sizes (a
+    line through two points: the interval is their Monte-Carlo error, not a test of the power
+    law)."""
+    if fit["slope"] is None:
+        return f"unresolved (Monte-Carlo error; {fit['resolved_points']} point(s) resolved)"
+    lo, hi = fit["ci95"]
+    two = " (2 step sizes resolved: the interval is their Monte-Carlo error alone)" \
+        if fit["resolved_points"] == 2 else ""
+    return f"{fit['slope']:.2f}  95% CI [{lo:.2f}, {hi:.2f}]{two}"
 
 
 EXPERIMENT = Experiment("sme-order", "Figure 1(b, c) of the SME paper: weak error ‖EΘ − Eθ‖ vs η, fitted slopes.",
