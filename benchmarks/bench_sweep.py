@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dropdyn.lab.store import open_run, run_key
 from dropdyn.runs import RunIndex
-from dropdyn.store import open_run, run_key
 from dropdyn.sweep import make_sweep, run_sweep
 
 GRIDS = {  # 16 cells each; "corner" includes the a = b = 1 cells whose critical kernel dominates the work

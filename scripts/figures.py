@@ -64,7 +64,7 @@ def command(recipe: Recipe) -> str:
 
 def run_recipe(name: str, recipe: Recipe, store: Path) -> dict:
     import dropdyn
-    from dropdyn.report import theory_rows
+    from dropdyn.lab.report import theory_rows
     from dropdyn.runs import scalar_summary
 
     t0 = time.perf_counter()
@@ -130,12 +130,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from dropdyn.experiment import default_threads
+    from dropdyn.lab.host import default_threads
 
     torch.set_num_threads(args.threads or default_threads())
     record = DOCS / "results.json"
     results = json.loads(record.read_text()) if record.exists() else {}
-    from dropdyn.store import atomic_write_bytes
+    from dropdyn.lab.store import atomic_write_bytes
 
     cuda = torch.cuda.is_available()
     if args.only and not cuda and any(RECIPES[n].gpu for n in args.only):

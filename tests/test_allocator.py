@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from dropdyn import allocator
+from dropdyn.lab import host as allocator
 
 SCRIPT = r"""
 import resource, sys, torch, dropdyn

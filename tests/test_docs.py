@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from dropdyn.cli import build_parser
-from dropdyn.experiment import get
+from dropdyn.lab.experiment import get
 from dropdyn.sweep import make_sweep
 
 ROOT = Path(__file__).resolve().parent.parent

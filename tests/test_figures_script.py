@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dropdyn.cli import EXECUTION
-from dropdyn.experiment import get
+from dropdyn.lab.experiment import get
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("figures", ROOT / "scripts" / "figures.py")

@@ -10,7 +10,7 @@ import pytest
 import tqdm
 import tqdm.auto
 
-from dropdyn.experiment import registry
+from dropdyn.lab.experiment import registry
 
 
 class Recorded(tqdm.tqdm):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import dropdyn
+import dropdyn.lab.report
 from dropdyn.cli import main
 from dropdyn.runs import RunIndex
 
@@ -42,7 +43,7 @@ def test_report_never_turns_a_file_name_into_markup(store, tmp_path):
     run = next(store.glob("teacher-student/*"))
     evil = "<img src=x onerror=document.body.setAttribute('data-pwned','1')>.png"
     (run / evil).write_bytes(b"x")  # not a PNG: the page's script reports it as a figure that failed to load
-    page = dropdyn.report.write_report(run).read_text()
+    page = dropdyn.lab.report.write_report(run).read_text()
     assert "<img src=x" not in page and "&lt;img src=x onerror=" in page
     assert "insertAdjacentHTML" not in page and "innerHTML" not in page
     if CHROMIUM:
@@ -91,7 +92,7 @@ def test_runs_rm_and_report_stay_inside_the_store(store, tmp_path, dropdyn_cli):
     p = dropdyn_cli("runs", "rm", "../victim", "--store", str(store))
     assert p.returncode == 0 and "index row only" in p.stdout
     assert (victim / "precious").read_text() == "keep me"
-    assert "victim" not in dropdyn.report.write_report(store).read_text()
+    assert "victim" not in dropdyn.lab.report.write_report(store).read_text()
     spec = store / "sweeps" / "evil"
     spec.mkdir(parents=True)
     (spec / "sweep.json").write_text(json.dumps({"experiment": "teacher-student", "name": "evil", "base": {},
@@ -253,7 +254,7 @@ def test_states_are_true_and_partials_of_dead_processes_go(tmp_path, dropdyn_cli
 
 
 def test_concurrent_writers_never_overwrite_a_complete_folder(tmp_path):
-    from dropdyn.store import RunFolder
+    from dropdyn.lab.store import RunFolder
 
     out = tmp_path / "run"
     first, second = RunFolder(out), RunFolder(out)  # both checked before either finished

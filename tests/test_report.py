@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dropdyn.cli import main
-from dropdyn.report import theory_rows, write_report
+from dropdyn.lab.report import theory_rows, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TS = ["--width", "40", "--steps", "20"]

@@ -44,7 +44,7 @@ def test_sme_order_run(tmp_path):
     s = json.loads((path / "summary.json").read_text())
     assert set(s["slopes"]) == {"sme1/p=0.5", "sme2/p=0.5", "gd/p=0.5"}
     assert (path / "sme_order.png").exists() and (path / "weak_error.csv").exists()
-    from dropdyn.report import write_report
+    from dropdyn.lab.report import write_report
 
     assert "weak-order slope, sme2/p=0.5" in write_report(path).read_text()
     with pytest.raises(ValueError, match="time 0.3 must be a multiple of every learning rate"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dropdyn import InputError
-from dropdyn.store import RunFolder, atomic_write_bytes, config_key, load, read_json
+from dropdyn.lab.store import RunFolder, atomic_write_bytes, config_key, load, read_json
 
 
 def test_run_folder_appears_only_when_complete(tmp_path):
@@ -94,7 +94,7 @@ def test_existing_folder_is_kept_unless_forced(tmp_path):
 def test_a_partial_folder_names_its_owner(name, pid):
     """``.NAME.partial-<pid>-<random>``: the pid after the last ``.partial-`` (a NAME may
     hold one too); any other name has no owner (and is never cleaned)."""
-    from dropdyn.store import partial_owner
+    from dropdyn.lab.store import partial_owner
 
     assert partial_owner(name) == pid
 

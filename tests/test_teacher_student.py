@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 
-from dropdyn.experiment import Context
 from dropdyn.experiments.teacher_student import Config, compute, run
+from dropdyn.lab.experiment import Context
 
 
 def test_run_folder_contents(tmp_path):

@@ -12,10 +12,11 @@ from importlib import import_module as _import_module
 
 from ._checks import InputError
 from ._version import __version__
-from .allocator import reuse_freed_memory
 from .data import mean_field_init, teacher_student
 from .engine import VARIANTS, SimulationResult, simulate
-from .experiment import run
+from .lab.experiment import run
+from .lab.host import reuse_freed_memory
+from .lab.store import load
 from .limits import simulate_limit
 from .masks import MaskStream, draw_masks, multipliers
 from .metrics import output_gap, particle_distance, wasserstein2
@@ -23,11 +24,9 @@ from .noise_geometry import alignment
 from .phase import Phase, classify
 from .sme import noise_covariance
 from .sme_dynamics import simulate_sme
-from .store import load
 
-_MODULES = ("allocator", "config", "curvature", "data", "engine", "experiment", "experiments", "limits", "loop",
-            "masks", "metrics", "model", "nets", "noise_geometry", "phase", "report", "runs", "sme", "sme_dynamics",
-            "store", "sweep")
+_MODULES = ("curvature", "data", "engine", "experiments", "lab", "limits", "loop", "masks", "metrics", "model", "nets",
+            "noise_geometry", "phase", "runs", "sme", "sme_dynamics", "sweep")
 
 __all__ = ["VARIANTS", "InputError", "MaskStream", "Phase", "SimulationResult", "alignment", "classify", "draw_masks",
            "mean_field_init", "multipliers", "noise_covariance", "output_gap", "particle_distance",

@@ -13,9 +13,9 @@ import types
 import typing
 from pathlib import Path
 
-from . import allocator
 from ._checks import InputError
-from .experiment import get, registry
+from .lab import host
+from .lab.experiment import get, registry
 
 
 class UsageError(Exception):
@@ -146,7 +146,7 @@ def _run_experiment(args) -> int:
     if args.experiment is None:
         raise UsageError(f"run needs an experiment: {', '.join(registry())}")
     exp = get(args.experiment)
-    allocator.configure()  # a step's large tensors are reused, not page-faulted in afresh (a sweep's points set it)
+    host.configure()  # a step's large tensors are reused, not page-faulted in afresh (a sweep's points set it)
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(exp.Config)
                 if getattr(args, f.name) is not None}
     execution = {k: getattr(args, k) for k in EXECUTION if getattr(args, k, None) is not None}
@@ -161,8 +161,8 @@ def _run_experiment(args) -> int:
 def _headline(exp, path: Path) -> None:
     """The run in a few lines on stderr (stdout stays the folder, for scripts): its theory
     rows, or its summary's top-level numbers."""
-    from .report import theory_rows
-    from .store import read_json
+    from .lab.report import theory_rows
+    from .lab.store import read_json
 
     meta, summary = read_json(path / "config.json"), read_json(path / "summary.json") or {}
     try:
@@ -176,7 +176,7 @@ def _headline(exp, path: Path) -> None:
 
 
 def _sweep(args) -> int:
-    from .sweep import collect, load_sweep, run_sweep, write_table
+    from .lab.sweep import collect, load_sweep, run_sweep, write_table
 
     sweep = load_sweep(args.file)
     result = run_sweep(sweep, args.store, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
@@ -194,7 +194,7 @@ def _sweep(args) -> int:
 
 
 def _runs(args) -> int:
-    from .runs import RunIndex
+    from .lab.index import RunIndex
 
     index = RunIndex(args.store)
     if args.action == "list":
@@ -221,7 +221,7 @@ def _runs(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import write_report
+    from .lab.report import write_report
 
     print(write_report(Path(args.path), Path(args.out) if args.out else None))
     return 0
@@ -259,8 +259,8 @@ def _phase_diagram(args) -> int:
     import io
 
     from ._plot import subplots
+    from .lab.store import atomic_write_bytes
     from .phase import classify, draw_diagram
-    from .store import atomic_write_bytes
 
     marks = [_parse_mark(m) for m in args.mark]
     for m in marks:
@@ -334,7 +334,7 @@ def _set_threads(args) -> None:
     import torch
 
     from ._checks import check_int
-    from .experiment import default_threads
+    from .lab.host import default_threads
 
     if args.command == "sweep":
         return

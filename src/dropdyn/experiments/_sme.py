@@ -16,7 +16,7 @@ import torch
 
 from .._checks import InputError, check_int, check_positive, parse_pairs
 from ..data import binary_mnist
-from ..experiment import Runtime, setting
+from ..lab import Runtime, setting
 from ._variants import align_to
 from .mnist_binary import MnistPair
 

@@ -34,7 +34,7 @@ from torch import nn
 from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed, parse_pairs
 from ..curvature import flatness
 from ..data import cifar10, mnist
-from ..experiment import Context, Experiment, seeded, setting
+from ..lab import Context, Experiment, seeded, setting
 from ..nets import VGG16, DropoutMLP, all_finite, train
 from ..noise_geometry import alignment, noise_along_curvature
 

@@ -30,13 +30,14 @@ import torch
 from .._checks import InputError, check_choice, check_int, check_positive, parse_widths
 from ..data import mean_field_init
 from ..engine import record_steps, simulate
-from ..experiment import Context, EngineRuntime, Experiment, setting
+from ..lab import Context, Experiment, setting
+from ..lab.store import config_key
+from ..lab.sweep import make_sweep, run_children
 from ..limits import MAX_THINNING, coupled_limit
 from ..masks import draw_masks
 from ..metrics import output_gap, particle_distance, wasserstein2
 from ..phase import PHASES, classify, family_phase, scaling
-from ..store import config_key
-from ..sweep import make_sweep, run_children
+from ._runtime import EngineRuntime
 from .teacher_student import Task
 
 # (a, b, c_lr, c_keep) per phase: a family whose predicted limit is that phase.

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .._checks import check_choice, check_int
-from ..experiment import Context, Experiment, setting
+from ..lab import Context, Experiment, setting
 from ..phase import phase_line
 from .convergence import DEFAULT_SCALING, Family, check_family, run_width, w2_method
 

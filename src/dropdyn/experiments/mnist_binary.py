@@ -25,8 +25,9 @@ import torch
 
 from .._checks import check_choice, check_int, check_keep, check_positive, parse_digit_pair
 from ..data import binary_mnist, mean_field_init
-from ..experiment import Context, EngineRuntime, Experiment, setting
+from ..lab import Context, Experiment, setting
 from ..phase import phase_line
+from ._runtime import EngineRuntime
 from ._variants import COLORS, COMPARED, LABELS, MARKERS, STYLES, grid, mark_divergence, run_variants
 
 

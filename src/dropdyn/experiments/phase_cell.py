@@ -12,11 +12,12 @@ import torch
 from .._checks import InputError, check_int, check_positive, parse_widths
 from ..data import mean_field_init
 from ..engine import simulate
-from ..experiment import Context, EngineRuntime, Experiment, setting
+from ..lab import Context, Experiment, setting
 from ..limits import coupled_limit
 from ..masks import draw_masks
 from ..metrics import output_gap
 from ..phase import classify, family_phase, scaling
+from ._runtime import EngineRuntime
 from .teacher_student import Task
 
 

@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .._checks import InputError, parse_floats, parse_widths
-from ..experiment import Context, Experiment, setting
-from ..store import config_key
-from ..sweep import make_sweep, run_children
+from ..lab import Context, Experiment, setting
+from ..lab.store import config_key
+from ..lab.sweep import make_sweep, run_children
 from . import phase_cell
 from .phase_cell import candidates, empirical_phase, limit_parameters  # noqa: F401 - the cell's rules, re-exported
 

@@ -21,7 +21,7 @@ from .._checks import InputError, check_device_dtype, check_int, check_keep, che
 from ..curvature import mean_field_sharpness
 from ..data import mean_field_init, teacher_student
 from ..engine import simulate
-from ..experiment import Context, Experiment, setting
+from ..lab import Context, Experiment, setting
 
 
 @dataclass

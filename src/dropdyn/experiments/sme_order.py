@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .._checks import InputError, check_int, check_keep, check_positive, parse_floats
-from ..experiment import Context, Experiment, setting
+from ..lab import Context, Experiment, setting
 from ..sme_dynamics import simulate_sme
 from ._sme import SMESettings, generator, problem
 

@@ -18,7 +18,7 @@ import torch
 
 from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed
 from ..data import mnist
-from ..experiment import Context, Experiment, seeded, setting
+from ..lab import Context, Experiment, seeded, setting
 from ..nets import DropoutMLP, error_rate, train
 from ._variants import align_to
 

@@ -19,9 +19,10 @@ import torch
 
 from .._checks import InputError, check_int, check_keep, check_positive
 from ..data import mean_field_init, teacher_student
-from ..experiment import Context, EngineRuntime, Experiment, setting
+from ..lab import Context, Experiment, setting
 from ..metrics import output_gap, particle_distance
 from ..phase import phase_line
+from ._runtime import EngineRuntime
 from ._variants import COLORS, COMPARED, LABELS, MARKERS, STYLES, finite_or_none, grid, mark_divergence, run_variants
 
 

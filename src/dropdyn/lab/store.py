@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import InputError
+from .._checks import InputError
+from .host import process_alive
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -134,7 +135,7 @@ def config_key(config: dict) -> str:
 
 def run_key(experiment: str, config: dict) -> str:
     """Store key of a run: hash of the experiment, its resolved config and dropdyn's version."""
-    from ._version import __version__
+    from .._version import __version__
 
     return config_key({"experiment": experiment, "config": config, "dropdyn": __version__})
 
@@ -164,7 +165,7 @@ def versions() -> dict:
     """Versions of dropdyn, Python and the main dependencies."""
     import torch
 
-    from ._version import __version__
+    from .._version import __version__
 
     return {"dropdyn": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
@@ -194,8 +195,6 @@ class RunFolder:
         self.tmp: Path | None = None
 
     def __enter__(self) -> RunFolder:
-        from .runs import clean_partials
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         clean_partials(self.path.parent, ".*.partial-*")  # this folder's siblings only: nothing outside it
         try:
@@ -277,3 +276,16 @@ def default_run_dir(root: Path, group: str, key: str) -> Path:
     key (:func:`run_key`), and distinct for two runs of one config started in the same second."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path(root) / group / f"{stamp}-{key}-{secrets.token_hex(2)}"
+
+
+def clean_partials(root: Path, pattern: str = "*/.*.partial-*") -> list[Path]:
+    """Remove the hidden ``.NAME.partial-<pid>-…`` folders (``pattern`` under ``root``: by
+    default every experiment folder of a store) of processes of this host that are gone (a
+    killed run's half-written folder); returns what was removed."""
+    removed = []
+    for p in Path(root).glob(pattern):
+        pid = partial_owner(p)
+        if pid is not None and not process_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed

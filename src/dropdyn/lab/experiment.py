@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import os
 import pkgutil
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ._checks import InputError, check_choice, check_device_dtype, check_seed
+from .._checks import InputError
 
 
 @contextlib.contextmanager
@@ -50,78 +49,6 @@ def seeded(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def physical_cores() -> int:
-    """Physical cores among the CPUs this process may use (hyperthreads counted once)."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    try:
-        cores, cpu, phys = set(), None, None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key, value = key.strip(), value.strip()
-            if key == "processor":
-                cpu, phys = int(value), None
-            elif key == "physical id":
-                phys = value
-            elif key == "core id" and cpu in cpus:
-                cores.add((phys, value))
-        return max(1, len(cores)) if cores else max(1, len(cpus))
-    except (OSError, ValueError):
-        return max(1, len(cpus))
-
-
-def default_threads() -> int:
-    """Torch threads for a run: the physical cores, or 1 when the machine is already busy (a
-    1-minute load average at or above the cores), where more threads only contend. Measured
-    on a shared 2-core machine with other jobs: one thread ran experiments ~6× faster than
-    the default two (teacher-student width 2000: 16 s against 90–108 s)."""
-    cores = physical_cores()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return 1 if load >= cores else cores
-
-
-def setting(default, help: str):  # noqa: A002 - the word argparse uses
-    """A config field with its help text (shown by ``dropdyn run NAME --help`` with the default)."""
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class Runtime:
-    """Seed, device and dtype: the settings every simulating experiment shares."""
-
-    seed: int = setting(0, "seed of data, initialisation and masks")
-    device: str = setting("cpu", "cpu or cuda")
-    dtype: str = setting("float64", "float64 or float32")
-
-    def check_runtime(self) -> None:
-        check_seed(self.seed)
-        check_device_dtype(self.device, self.dtype)
-
-
-@dataclass
-class EngineRuntime(Runtime):
-    """:class:`Runtime` and the particle engine's step, for experiments that run
-    :func:`dropdyn.simulate` (its ``backend``)."""
-
-    backend: str = setting("torch", "engine step: torch (reference) or fused (Triton kernels; CUDA, d + bias ≤ 128)")
-    graph: bool = setting(False, "replay the unrecorded steps as one CUDA graph (CUDA; not phase IV's limit)")
-
-    def check_runtime(self) -> None:
-        super().check_runtime()
-        if check_choice("backend", self.backend, ("torch", "fused")) == "fused":
-            from .fused import check_fused
-
-            check_fused(torch.device(self.device))
-        if self.graph:
-            from .graph import check_graph
-
-            check_graph(torch.device(self.device))
-
-    @property
-    def engine(self) -> dict:
-        """The :func:`dropdyn.simulate` arguments these settings fix: ``backend`` and ``graph``."""
-        return dict(backend=self.backend, graph=self.graph)
 
 
 @dataclass
@@ -138,7 +65,7 @@ class Context:
     def bar(self, total: int, desc: str, unit: str = "step"):
         """The run's one progress bar over ``total`` units (a no-op bar without ``progress``);
         pass it as ``progress=`` to the simulators, which advance it, and close it at the end."""
-        from .loop import run_bar
+        from ..loop import run_bar
 
         return run_bar(total, desc, enabled=self.progress, unit=unit)
 
@@ -159,7 +86,7 @@ class Experiment:
 
     def resolve(self, settings: dict | None = None, file=None):
         """The resolved config: defaults ← ``file`` (YAML/TOML) ← ``settings``, validated."""
-        from .config import build_config
+        from .settings import build_config
 
         return build_config(self.Config, file, settings or {}).resolved()
 
@@ -183,7 +110,8 @@ class Experiment:
         the defaults), ``settings`` override its fields. The folder is ``out``, or a fresh
         ``root/<group>/<time>-<key>-<rand>``. The run is indexed in the store ``root``
         (``index``, default: when its folder lies in the store)."""
-        from .runs import RunIndex
+        from .index import RunIndex
+        from .lifecycle import Entry, conduct
         from .store import RunFolder, default_run_dir, run_key
 
         if cfg is not None and not isinstance(cfg, self.Config):
@@ -199,23 +127,9 @@ class Experiment:
         store = RunIndex(root)
         if index is None:
             index = store.folder(store.run_id(out)) is not None
-        if index:
-            run_id = store.run_id(out)
-            store.start(run_id, key, self.name, config)
+        entry = Entry(store, store.run_id(out), key) if index else None
         ctx = Context(root, progress, executor, workers, scheduler)
-        t0 = time.perf_counter()
-        try:
-            path = self.execute(cfg, out, force=force, ctx=ctx)
-        except BaseException as e:
-            if index:
-                store.fail(run_id, key, self.name, config, f"{type(e).__name__}: {e}".strip())
-            raise
-        if index:
-            from .store import read_json
-
-            store.finish(run_id, key, self.name, config, read_json(path / "summary.json"),
-                         seconds=time.perf_counter() - t0)
-        return path
+        return conduct(self, cfg, out, entry, params=config, force=force, ctx=ctx)[0]
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -224,7 +138,7 @@ _REGISTRY: dict[str, Experiment] = {}
 def registry() -> dict[str, Experiment]:
     """Every experiment of the ``dropdyn.experiments`` package, by name."""
     if not _REGISTRY:
-        from . import experiments
+        from .. import experiments
 
         found = {}
         for info in pkgutil.iter_modules(experiments.__path__):

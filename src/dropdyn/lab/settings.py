@@ -1,15 +1,18 @@
-"""Experiment configurations: dataclasses filled from defaults, then a YAML/TOML file,
-then command-line overrides (each later source wins). Unknown keys and values of the
-wrong type are refused with a message naming them."""
+"""Experiment settings: each experiment's ``Config`` is a dataclass whose fields are made
+with :func:`setting` (default, help text for the CLI); it is filled from its defaults, then
+a YAML/TOML file, then overrides (each later source wins). Unknown keys and values of the
+wrong type are refused with a message naming them. :class:`Runtime` holds the settings
+every simulating experiment shares."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._checks import InputError, shown
+from .._checks import InputError, check_device_dtype, check_seed, shown
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,3 +120,21 @@ def build_config(cls, file=None, overrides: dict | None = None):
         for k, v in src.items():
             values[k] = _coerce(k, v, hints[k])
     return cls(**values)
+
+
+def setting(default, help: str):  # noqa: A002 - the word argparse uses
+    """A config field with its help text (shown by ``dropdyn run NAME --help`` with the default)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Runtime:
+    """Seed, device and dtype: the settings every simulating experiment shares."""
+
+    seed: int = setting(0, "seed of data, initialisation and masks")
+    device: str = setting("cpu", "cpu or cuda")
+    dtype: str = setting("float64", "float64 or float32")
+
+    def check_runtime(self) -> None:
+        check_seed(self.seed)
+        check_device_dtype(self.device, self.dtype)

@@ -16,9 +16,9 @@ import html
 import re
 from pathlib import Path
 
-from ._checks import InputError
+from .._checks import InputError
 from .experiment import get, registry
-from .runs import RunIndex, scalar_summary
+from .index import RunIndex, scalar_summary
 from .store import atomic_write_bytes, is_run_folder, read_json
 
 KEY = re.compile(r"[0-9a-f]{10}")  # a sweep point's store key (``store.run_key``)
@@ -128,7 +128,7 @@ def _sweep_section(folder: Path) -> str:
 def write_report(path: Path, out: Path | None = None) -> Path:
     """Write the report of ``path`` (run folder, sweep folder or store) to ``out``
     (default ``path/report.html``); returns ``out``."""
-    from ._version import __version__
+    from .._version import __version__
 
     path = Path(path)
     if (path / "config.json").exists():
