@@ -21,17 +21,25 @@ replayed as one CUDA graph, :mod:`dropdyn.graph`). Also: R replicas in one ``sim
 against R sequential calls.
 Prints a Markdown table; ratios > 1 mean dropdyn is faster. ``--device cuda`` runs
 everything on the GPU (masks drawn there too) and synchronises around each timed call.
+
+``--contention`` times the dropout step and the ``torch.nn`` step instead while another
+process spins on one of this process's CPUs (started and ended by the benchmark, and never
+left running longer than ``--contention-seconds``): with torch's default threads, with one,
+and with the count dropdyn's entry points choose (:mod:`dropdyn.threads`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
-from dropdyn import simulate
+from dropdyn import simulate, threads
 from dropdyn.engine import rule_for, step
 from dropdyn.masks import MaskStream
 from dropdyn.model import Design, descent
@@ -79,6 +87,42 @@ class MeanField(torch.nn.Module):
         return (h * mult) @ self.readout / self.readout.shape[0]
 
 
+@contextlib.contextmanager
+def busy_cpu(seconds: float):
+    """Another process spinning on the last CPU this process may use, for at most ``seconds``."""
+    cpu = max(threads.available_cpus())
+    code = (f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\nt = time.time()\n"
+            f"while time.time() - t < {seconds}: pass")
+    spinner = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.5)  # its interpreter starting
+        yield cpu
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def contention_table(step_fn, nn_fn, args) -> None:
+    """The dropout step and the torch.nn step with one CPU taken by another process."""
+    default = torch.get_num_threads()
+    with busy_cpu(args.contention_seconds) as cpu:
+        rows = []
+        for label, n in ((f"torch's default ({default})", default), ("one (1)", 1), ("dropdyn's choice", None)):
+            with threads.using(n) as used:
+                t_drop = median_ms(step_fn, args.repeats)
+            with threads.using(default if n is None else n):  # what the user's plain module runs with
+                t_nn = median_ms(nn_fn, args.repeats)
+            rows.append((f"{label}: {used}" if n is None else label, t_drop, t_nn))
+    one = rows[1][1]
+    print(f"\n### One CPU (#{cpu}) taken by another process: width={args.width}, m={args.samples}, d={args.dim}, "
+          f"{args.dtype}\n")
+    print("| dropdyn's threads | dropdyn dropout step, ms | torch.nn + autograd + SGD, ms | speed-up "
+          "| × its one-thread time |")
+    print("|---|---:|---:|---:|---:|")
+    for label, t_drop, t_nn in rows:
+        print(f"| {label} | {t_drop:.2f} | {t_nn:.2f} | {t_nn / t_drop:.2f}× | {t_drop / one:.2f} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=5000)
@@ -96,6 +140,10 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="also time the hand-fused step through torch.compile (default: on CUDA only)")
+    ap.add_argument("--contention", action="store_true",
+                    help="time the steps with one CPU taken by another process (CPU only; see above)")
+    ap.add_argument("--contention-seconds", type=float, default=300.0,
+                    help="the other process ends after this many seconds at the latest")
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     dev = args.device
@@ -149,6 +197,12 @@ def main(argv=None):
         loss.backward()
         opt.step()
 
+    if args.contention:
+        if cuda:
+            raise SystemExit("--contention times CPU threads: use --device cpu")
+        rule, stream = rule_for("dropout", n, q), MaskStream(q, (1, n), seed=0, device=dev)
+        contention_table(lambda: step(design, a, W, lr, rule, stream.next(), q), nn_step, args)
+        return
     t_nn = median_ms(nn_step, args.repeats, device=dev)
 
     # (c) the same step fused by hand, eager and compiled; first checked against dropdyn's

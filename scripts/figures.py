@@ -130,9 +130,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from dropdyn.lab.host import default_threads
+    from dropdyn.threads import default_threads, set_threads
 
-    torch.set_num_threads(args.threads or default_threads())
+    set_threads(args.threads or default_threads())
     record = DOCS / "results.json"
     results = json.loads(record.read_text()) if record.exists() else {}
     from dropdyn.lab.store import atomic_write_bytes

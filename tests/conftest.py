@@ -20,6 +20,18 @@ def small_problem():
     return X, Z, y
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_count():
+    """Every call of the suite with torch's thread count of its start, whatever the load:
+    a count chosen by load (dropdyn.threads) may change the last bits of a result between two
+    calls that a test compares. tests/test_threads.py lifts it where it tests the choice."""
+    from dropdyn.threads import available_cpus, set_threads
+
+    set_threads(min(torch.get_num_threads(), len(available_cpus())))
+    yield
+    set_threads(None)
+
+
 @pytest.fixture(autouse=True)
 def _in_tmp_dir(tmp_path, monkeypatch):
     """Every test runs in its own folder, so the default store ``runs/`` is private to it."""

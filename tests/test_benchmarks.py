@@ -45,3 +45,14 @@ def test_benchmark_runs_and_prints_its_table(script, tmp_path):
 
 def test_every_benchmark_has_a_case():
     assert sorted(CASES) == sorted(p.name for p in BENCH.glob("bench_*.py"))
+
+
+def test_bench_step_under_contention_prints_its_rows(tmp_path):
+    """``--contention``: another process spins on one CPU (ended by the benchmark), and the
+    steps are timed with torch's default threads, one, and dropdyn's choice."""
+    p = subprocess.run([sys.executable, str(BENCH / "bench_step.py"), "--width", "300", "--samples", "50",
+                        "--repeats", "2", "--contention", "--contention-seconds", "60"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "taken by another process" in p.stdout and "| one (1) |" in p.stdout, p.stdout
+    assert "| dropdyn's choice: " in p.stdout and "| torch's default (" in p.stdout, p.stdout

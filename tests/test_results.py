@@ -56,7 +56,7 @@ def test_a_sweeps_results_as_a_frame(tmp_path):
 
 
 def test_threads_default_and_flag(tmp_path):
-    from dropdyn.lab.host import default_threads, physical_cores
+    from dropdyn.threads import default_threads, physical_cores
 
     assert 1 <= default_threads() <= physical_cores()
     assert main(["run", "teacher-student", "--width", "20", "--steps", "5", "--out", str(tmp_path / "r"),

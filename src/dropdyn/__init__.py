@@ -26,7 +26,7 @@ from .sme import noise_covariance
 from .sme_dynamics import simulate_sme
 
 _MODULES = ("curvature", "data", "engine", "experiments", "lab", "limits", "loop", "masks", "metrics", "model", "nets",
-            "noise_geometry", "phase", "runs", "sme", "sme_dynamics", "sweep")
+            "noise_geometry", "phase", "runs", "sme", "sme_dynamics", "sweep", "threads")
 
 __all__ = ["VARIANTS", "InputError", "MaskStream", "Phase", "SimulationResult", "alignment", "classify", "draw_masks",
            "mean_field_init", "multipliers", "noise_covariance", "output_gap", "particle_distance",

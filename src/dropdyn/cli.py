@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _threads_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads (default: the physical cores, or 1 when the machine is already busy)")
+                   help="torch threads (default: the physical cores that other processes leave free)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -330,16 +330,14 @@ def main(argv=None) -> int:
 
 
 def _set_threads(args) -> None:
-    """``--threads`` (every command but ``sweep``, whose points each take ``--threads``)."""
-    import torch
-
-    from ._checks import check_int
-    from .lab.host import default_threads
+    """``--threads`` (every command but ``sweep``, whose points each take ``--threads``): the
+    count of every call of the command (default: :func:`dropdyn.threads.default_threads` now)."""
+    from .threads import default_threads, set_threads
 
     if args.command == "sweep":
         return
     given = getattr(args, "threads", None)
-    torch.set_num_threads(default_threads() if given is None else check_int("--threads", given, 1))
+    set_threads(default_threads() if given is None else given)
 
 
 def _one_line(e: Exception) -> str:

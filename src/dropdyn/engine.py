@@ -48,6 +48,7 @@ from ._checks import (
 from .loop import DivergenceWatch, finite, run_loop, within
 from .masks import MaskStream
 from .model import Design, descent, features, forward, grad_potential
+from .threads import using
 
 Tensor = torch.Tensor
 
@@ -583,7 +584,7 @@ class ParticleDriver:
                 "activation": activation, "backend": execution.backend, "seed": seed, "alpha": self.lr / self.keep,
                 "beta": 1.0 / (n * self.keep), "steps": self.steps, "penalty": self.rule.penalty,
                 "kernel_beta": self.rule.beta, "dtype": str(X.dtype).replace("torch.", ""), "device": str(X.device),
-                "check_every": self.watch.every, "graph": self.graph,
+                "check_every": self.watch.every, "graph": self.graph, "threads": torch.get_num_threads(),
                 "compact": self.compact and self.rule.forward_masked and self.rule.backward_masked,
                 "threshold": self.limit if math.isfinite(self.limit) else None}
 
@@ -615,6 +616,7 @@ def simulate(
     check_every: int | None = None,
     graph: bool = False,
     progress=False,
+    threads: int | None = None,
 ) -> SimulationResult:
     """Run ``steps`` steps of ``variant`` (one of :data:`VARIANTS`, or a :class:`Rule`) from
     ``particles`` ``(width, p)`` or ``(replicas, width, p)`` on ``inputs (m, d)``,
@@ -625,6 +627,8 @@ def simulate(
 
     What to record is a :class:`Records`, how to run an :class:`Execution`; their fields are
     also keywords of their own (``record_every`` is ``Records.every``), for one-line calls.
+    ``threads``: torch's intra-op threads for the call (default: :mod:`dropdyn.threads`
+    chooses, leaving the cores other processes use).
 
     >>> import torch, dropdyn
     >>> g = torch.Generator().manual_seed(0)
@@ -638,14 +642,15 @@ def simulate(
     execution = grouped(Execution, execution, device=device, dtype=dtype, backend=backend, check_every=check_every,
                         graph=graph, divergence_threshold=divergence_threshold, progress=progress)
     lr, keep, steps, seed, records = check_run(variant, lr, keep, steps, seed, generator, records, execution)
-    prob = prepare(particles, inputs, targets, activation=activation, test_inputs=records.test_inputs,
-                   test_targets=records.test_targets, probe_inputs=records.probe_inputs, device=execution.device,
-                   dtype=execution.dtype, materialised=execution.backend != "fused")
-    driver = ParticleDriver(variant, prob, lr=lr, keep=keep, steps=steps, seed=seed, masks=masks, generator=generator,
-                            records=records, execution=execution)
-    state, diverged = run_loop(driver, steps, record_every=records.every, progress=execution.progress,
-                               desc=driver.name if isinstance(variant, str) else "limit")
-    return driver.rec.result(state.a, state.W, lr, diverged, driver.info(seed, execution, activation))
+    with using(threads):
+        prob = prepare(particles, inputs, targets, activation=activation, test_inputs=records.test_inputs,
+                       test_targets=records.test_targets, probe_inputs=records.probe_inputs,
+                       device=execution.device, dtype=execution.dtype, materialised=execution.backend != "fused")
+        driver = ParticleDriver(variant, prob, lr=lr, keep=keep, steps=steps, seed=seed, masks=masks,
+                                generator=generator, records=records, execution=execution)
+        state, diverged = run_loop(driver, steps, record_every=records.every, progress=execution.progress,
+                                   desc=driver.name if isinstance(variant, str) else "limit")
+        return driver.rec.result(state.a, state.W, lr, diverged, driver.info(seed, execution, activation))
 
 
 def check_run(variant, lr, keep, steps, seed, generator, records: Records, execution: Execution):

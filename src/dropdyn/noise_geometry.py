@@ -51,6 +51,7 @@ from torch import nn
 from ._checks import InputError, check_finite, check_int, check_seed
 from .curvature import _top_eigs
 from .nets import Dropout as NetsDropout
+from .threads import using
 
 
 def check_parameters(model: nn.Module) -> None:
@@ -226,14 +227,15 @@ PARTNERS = 32  # each sample's Ŝ_i is paired with this many predecessors' in th
 
 def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, samples: int = 100,
               gradients: int = 4, seed: int = 0, confidence: float = 0.95, exact: bool = False,
-              parameters=None, on_sample: Callable[[int], None] | None = None) -> Alignment:
+              parameters=None, on_sample: Callable[[int], None] | None = None, threads: int | None = None) -> Alignment:
     """Estimate α(θ) = Tr(HΣ)/(‖H‖_F‖Σ‖_F) (module docstring) over all parameters, or over
     the subset ``parameters`` — names from ``model.named_parameters()`` or the parameter
     tensors themselves — where H and Σ are the blocks of that subset (the SME paper
     measures "a subset of parameters"; pooling blocks of different scale lowers the cosine).
     Each of the ``samples`` costs ``gradients`` gradients and two Hessian graphs applied to
     ``gradients`` + 1 vectors. ``on_sample(i)`` is called after the i-th sample (a progress
-    readout; it is given no device value, so it makes the host wait for nothing).
+    readout; it is given no device value, so it makes the host wait for nothing). ``threads``:
+    torch's intra-op threads for the call (default: :mod:`dropdyn.threads` chooses).
 
     >>> from torch import nn
     >>> torch.manual_seed(0) and None
@@ -250,8 +252,15 @@ def alignment(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Te
         raise InputError(f"confidence must be in (0, 1), got {confidence!r}")
     check_model(model, loss_fn, inputs, targets)
     subset = parameter_subset(model, parameters)
-    if exact:
-        return _exact(model, loss_fn, inputs, targets, subset)
+    with using(threads):
+        if exact:
+            return _exact(model, loss_fn, inputs, targets, subset)
+        return _estimate(model, loss_fn, inputs, targets, subset, samples, K, seed, confidence, on_sample)
+
+
+def _estimate(model, loss_fn, inputs, targets, subset, samples: int, K: int, seed: int, confidence: float,
+              on_sample) -> Alignment:
+    """The Monte-Carlo estimate of :func:`alignment` (its arguments checked)."""
     g = torch.Generator(device=inputs.device).manual_seed(seed)
     prob = _Problem(model, loss_fn, inputs, targets, g, subset)
     # Per-sample statistics stay on the device until the end: a read per sample (or per pair)

@@ -37,6 +37,7 @@ from .sme import (
     noise_covariance,
     risk_standard,
 )
+from .threads import using
 
 Tensor = torch.Tensor
 DYNAMICS = ("dropout", "sme1", "sme2", "gd")
@@ -172,6 +173,7 @@ def simulate_sme(
     divergence_threshold: float = 1e6,
     check_every: int | None = None,
     progress=False,
+    threads: int | None = None,
 ) -> SMETrajectory:
     """Simulate ``dynamics`` (one of ``DYNAMICS``) for ``steps`` dropout steps of size ``lr``
     from ``theta0`` ``(width, d + 1)``, ``replicas`` copies at once.
@@ -184,6 +186,7 @@ def simulate_sme(
     neither, torch's default generator). ``check_every``: the host reads the divergence test
     every this many steps and at every record (default 1 on the CPU, 16 on a GPU), the device
     keeping the last good state in between, so the result is the same for any value.
+    ``threads``: torch's intra-op threads for the call (default: :mod:`dropdyn.threads`).
 
     >>> import torch
     >>> from dropdyn.sme_dynamics import simulate_sme
@@ -218,7 +221,8 @@ def simulate_sme(
                        generator=generator if generator is not None else default_generator(theta0.device),
                        observe=observe, limit=divergence_threshold * (1.0 + float(theta0.abs().max())),
                        check_every=check_every)
-    theta, diverged = run_loop(driver, steps, record_every=record_every, progress=progress, desc=dynamics)
+    with using(threads):
+        theta, diverged = run_loop(driver, steps, record_every=record_every, progress=progress, desc=dynamics)
     observed = {n: torch.stack(v) for n, v in driver.observed.items()}
     times = torch.tensor([k * lr for k in driver.steps], dtype=theta0.dtype)
     return SMETrajectory(dynamics, torch.tensor(driver.steps), times, observed["train_risk"],

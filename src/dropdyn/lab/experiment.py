@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from .._checks import InputError
+from ..threads import using
 
 
 @contextlib.contextmanager
@@ -105,11 +106,13 @@ class Experiment:
 
     def run(self, cfg=None, out: Path | str | None = None, *, root: Path | str = "runs", force: bool = False,
             progress: bool = False, index: bool | None = None, executor: str = "serial", workers: int = 2,
-            scheduler: str | None = None, **settings) -> Path:
+            scheduler: str | None = None, threads: int | None = None, **settings) -> Path:
         """Run the experiment and return its run folder. ``cfg`` is a ``Config`` (or None for
         the defaults), ``settings`` override its fields. The folder is ``out``, or a fresh
         ``root/<group>/<time>-<key>-<rand>``. The run is indexed in the store ``root``
-        (``index``, default: when its folder lies in the store)."""
+        (``index``, default: when its folder lies in the store). ``threads``: torch's
+        intra-op threads for the run (default: :mod:`dropdyn.threads` chooses; the count is
+        in the run's ``config.json``)."""
         from .index import RunIndex
         from .lifecycle import Entry, conduct
         from .store import RunFolder, default_run_dir, run_key
@@ -129,7 +132,8 @@ class Experiment:
             index = store.folder(store.run_id(out)) is not None
         entry = Entry(store, store.run_id(out), key) if index else None
         ctx = Context(root, progress, executor, workers, scheduler)
-        return conduct(self, cfg, out, entry, params=config, force=force, ctx=ctx)[0]
+        with using(threads):
+            return conduct(self, cfg, out, entry, params=config, force=force, ctx=ctx)[0]
 
 
 _REGISTRY: dict[str, Experiment] = {}

@@ -1,9 +1,7 @@
-"""The host a run shares: its cores (how many threads a run takes), its processes (which
-are still alive) and glibc's allocator, set for the engine's large tensors.
-
-The threads: :func:`default_threads` is the physical cores, or 1 when the machine is
-already busy. The processes: :func:`process_alive` tells whether a pid may still run, for
-the run index's claims and the store's half-written folders.
+"""The host a run shares: its processes (:func:`process_alive`: whether a pid may still
+run, for the run index's claims and the store's half-written folders) and glibc's
+allocator, set for the engine's large tensors. (How many threads a call takes:
+:mod:`dropdyn.threads`.)
 
 The allocator:
 
@@ -27,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from pathlib import Path
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters, from glibc's <malloc.h>
 LIMIT = 2**31 - 1  # mallopt takes an int
@@ -53,35 +50,6 @@ def reuse_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, LIMIT) == 1 and mallopt(M_TRIM_THRESHOLD, LIMIT) == 1
-
-
-def physical_cores() -> int:
-    """Physical cores among the CPUs this process may use (hyperthreads counted once)."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    try:
-        cores, cpu, phys = set(), None, None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key, value = key.strip(), value.strip()
-            if key == "processor":
-                cpu, phys = int(value), None
-            elif key == "physical id":
-                phys = value
-            elif key == "core id" and cpu in cpus:
-                cores.add((phys, value))
-        return max(1, len(cores)) if cores else max(1, len(cpus))
-    except (OSError, ValueError):
-        return max(1, len(cpus))
-
-
-def default_threads() -> int:
-    """Torch threads for a run: the physical cores, or 1 when the machine is already busy (a
-    1-minute load average at or above the cores), where more threads only contend. Measured
-    on a shared 2-core machine with other jobs: one thread ran experiments ~6× faster than
-    the default two (teacher-student width 2000: 16 s against 90–108 s)."""
-    cores = physical_cores()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return 1 if load >= cores else cores
 
 
 def process_alive(pid: int) -> bool:

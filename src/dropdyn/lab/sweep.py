@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._checks import InputError, shown
+from ..threads import using
 from . import host
 from .experiment import Context, get, registry
 from .index import RunIndex, scalar_summary
@@ -163,7 +164,6 @@ def run_point(task: dict) -> dict:
     folder and record it in the index. Never raises for a failing experiment: the failure
     is recorded and returned (``refused``: its settings were refused, an InputError).
     ``task``: experiment, config, key, root, sweep, threads."""
-    import torch
 
     host.configure()  # in a spawned worker too
 
@@ -191,13 +191,12 @@ def run_point(task: dict) -> dict:
         if index.claim(run_id, key, exp, cfg, task.get("sweep")):
             break
         time.sleep(0.5)  # a live process (an overlapping sweep) computes this point: wait for its folder
-    threads = torch.get_num_threads()
-    torch.set_num_threads(task.get("threads", 1))
     t0 = time.perf_counter()
     try:
         experiment = get(exp)
-        seconds = conduct(experiment, experiment.resolve(cfg), folder, Entry(index, run_id, key, task.get("sweep")),
-                          params=cfg, claimed=True, ctx=Context(root))[1]
+        with using(task.get("threads", 1)):  # every point with the same count, whatever its executor
+            seconds = conduct(experiment, experiment.resolve(cfg), folder, Entry(index, run_id, key, task.get("sweep")),
+                              params=cfg, claimed=True, ctx=Context(root))[1]
     except Exception as e:
         if _summary_of(folder) is None:
             error = describe(e)
@@ -206,8 +205,6 @@ def run_point(task: dict) -> dict:
                     "refused": isinstance(e, InputError)}
         seconds = time.perf_counter() - t0  # a concurrent sweep completed the same point meanwhile: it is complete
         index.finish(run_id, key, exp, cfg, _summary_of(folder), sweep=task.get("sweep"), seconds=seconds)
-    finally:
-        torch.set_num_threads(threads)
     return {"key": key, "status": "complete", "skipped": False, "seconds": seconds}
 
 
