@@ -32,7 +32,7 @@ def dead_pid() -> int:
 def index(tmp_path):
     """Three runs: e/aa-1 (key k1…), e/ab-2 (key k2…), f/b-3, written in that order."""
     idx = RunIndex(tmp_path)
-    assert idx.rows() == []  # the index exists before the folders (else it would be built from them)
+    assert idx.reindex() == 0  # the index exists before the folders (else it would be built from them)
     for i, (rid, key) in enumerate((("e/aa-1", "k1abc"), ("e/ab-2", "k2abc"), ("f/b-3", "k3abc"))):
         folder(tmp_path, rid, {"i": i}, {"seconds": 1.0}, experiment=rid.split("/")[0])
         idx.start(rid, key, rid.split("/")[0], {"i": i})
@@ -135,7 +135,12 @@ def test_the_store_boundary(index, tmp_path):
 
 
 def test_remove_deletes_the_row_and_a_folder_inside_the_store(index, tmp_path):
-    removed = index.remove("e/aa")
+    for ref, match in (("", "must name a run"), ("  ", "must name a run"),
+                       ("e/aa", "'e/aa' is only the start of run 'e/aa-1'; give its full id")):
+        with pytest.raises(InputError, match=match):
+            index.remove(ref)
+    assert len(index.rows()) == 3
+    removed = index.remove("e/aa-1")
     assert removed["id"] == "e/aa-1" and removed["folder_removed"] and not (tmp_path / "e" / "aa-1").exists()
     assert [r["id"] for r in index.rows()] == ["e/ab-2", "f/b-3"]
     outside = tmp_path.parent / f"{tmp_path.name}-out"

@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from dropdyn import InputError
 from dropdyn.metrics import output_gap, particle_distance, wasserstein2
 
 
@@ -66,3 +67,22 @@ def test_only_the_exact_w2_is_sized_against_memory(monkeypatch):
     monkeypatch.undo()
     big = torch.zeros(10**5, 2, dtype=torch.float64)  # its exact W2 would need 149 GiB
     assert wasserstein2(big, big, method="sliced", projections=10) == 0.0
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(X=float("nan")), "point cloud X contains 1 non-finite"),
+    (dict(Y=float("inf")), "point cloud Y contains 1 non-finite"),
+    (dict(method="sliced", projections=0), "projections must be an integer >= 1"),
+    (dict(method="sliced", seed=-1), "seed"),
+])
+def test_w2_refuses_non_finite_clouds_and_bad_sliced_settings(kw, match):
+    """NaN or inf in a cloud is not 'identical' (POT reads a NaN cost as 0); no projections
+    and a negative seed are refused in one line, not a NaN or POT's own error."""
+    X = torch.zeros(4, 2, dtype=torch.float64)
+    Y = torch.ones(4, 2, dtype=torch.float64)
+    if "X" in kw:
+        X[1, 0] = kw.pop("X")
+    if "Y" in kw:
+        Y[2, 1] = kw.pop("Y")
+    with pytest.raises(InputError, match=match):
+        wasserstein2(X, Y, **kw)

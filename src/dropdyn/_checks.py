@@ -5,6 +5,7 @@ one line — and tell it apart from a bug, which keeps its traceback."""
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import reprlib
 
@@ -53,9 +54,23 @@ def check_positive(name: str, value) -> float:
     return v
 
 
+MAX_STEPS = 10**8  # a run of more steps is refused: at a millisecond a step, it would take days
+
+
+def check_steps(time: float, lr: float, where: str = "") -> int:
+    """The steps of a run of ``time`` at step ``lr``, max(1, round(time/lr)), refused above
+    :data:`MAX_STEPS` (``where``: the run's setting, for the message)."""
+    steps = time / lr
+    if not steps <= MAX_STEPS:
+        raise InputError(f"time {time:g} at step τ = {lr:.3g}{where} is {steps:.3g} steps, more than the "
+                         f"{MAX_STEPS:.0e} a run may take: shorten the time or enlarge the step")
+    return max(1, round(steps))
+
+
 def check_int(name: str, value, minimum: int) -> int:
-    """An integer ≥ ``minimum`` (bools and non-integral floats are refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
+    """An integer ≥ ``minimum`` (a Python or NumPy integer, or an integral float; bools and
+    other floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) and not (
         isinstance(value, float) and value.is_integer()
     ):
         raise InputError(f"{name} must be an integer >= {minimum}, got {shown(value)}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from ._checks import InputError
 from .lab import host
 from .lab.experiment import get, registry
+from .lab.settings import PARSERS, integer
 
 
 class UsageError(Exception):
@@ -68,7 +69,7 @@ def _config_flags(p: argparse.ArgumentParser, config_cls) -> None:
         if typ is bool:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            p.add_argument(flag, dest=f.name, type=typ, default=None, metavar=f.name.upper(),
+            p.add_argument(flag, dest=f.name, type=PARSERS.get(typ, typ), default=None, metavar=f.name.upper(),
                            help=text.replace("%", "%%"))
 
 
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
     ph = sub.add_parser("phase", help="place (width, lr, keep) on the phase diagram and explain its limit")
     _threads_flag(ph)
-    ph.add_argument("--width", type=int, required=True, help="width n (>= 2)")
+    ph.add_argument("--width", type=integer, required=True, help="width n (>= 2)")
     ph.add_argument("--lr", type=float, required=True, help="learning rate τ")
     ph.add_argument("--keep", type=float, required=True, help="keep probability q")
     ph.add_argument("--factor", type=float, default=3.0,
@@ -315,7 +316,7 @@ def main(argv=None) -> int:
         where = f" {e.filename!r}" if e.filename else ""
         print(f"dropdyn: error:{where} {e.strerror or e}", file=sys.stderr)
         return 2
-    except sqlite3.OperationalError as e:  # the store's index: read-only, disk full, locked
+    except sqlite3.DatabaseError as e:  # the store's index: read-only, disk full, locked, damaged
         print(f"dropdyn: error: the run index: {e}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError, CUDA's a subclass of it

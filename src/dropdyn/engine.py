@@ -523,7 +523,8 @@ class ParticleDriver:
         self.next_mask, generators = mask_source(self.rule, keep, steps, prob, masks=masks, seed=seed,
                                                  generator=generator)
         # the critical rule's own stream: given masks and drawn masks see the same kernel draws
-        self.kernel = torch.Generator(device=prob.X.device).manual_seed(seed + 7919) if self.rule.critical else None
+        self.kernel = torch.Generator(device=prob.X.device).manual_seed((seed + 7919) % 2**63) if self.rule.critical \
+            else None
         self.rec = Recorder(prob, records.snapshot_every, self.residual)
         a, W = prob.design.pack(prob.X)
         self.initial = ParticleState(a, W, full_risk(prob.design, a, W, self.residual))  # R_0: record 0, the limit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import InputError, check_choice, check_memory
+from ._checks import InputError, check_choice, check_finite, check_int, check_memory, check_seed
 
 
 def particle_distance(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -52,6 +52,11 @@ def wasserstein2(X: torch.Tensor, Y: torch.Tensor, *, method: str = "exact", pro
         raise InputError(f"point clouds must be (n, p) and (n', p), got {tuple(X.shape)} and {tuple(Y.shape)}")
     if len(X) < 1 or len(Y) < 1:
         raise InputError(f"point clouds must be non-empty, got {len(X)} and {len(Y)} points")
+    for name, cloud in (("X", X), ("Y", Y)):
+        if cloud.is_floating_point():  # POT would read NaN costs as 0: "identical"
+            check_finite(f"point cloud {name}", cloud)
+    if method == "sliced":
+        projections, seed = check_int("projections", projections, 1), check_seed(seed)
     if method == "exact":
         check_memory(f"exact W2 between {len(X):,} and {len(Y):,} points (method='sliced' is the cheap, "
                      "smaller proxy)", 16.0 * len(X) * len(Y))

@@ -278,8 +278,11 @@ def _finite_exponent(name: str, value) -> float:
 def scaling(width: int, a: float, b: float, c_lr: float = 1.0, c_keep: float = 1.0) -> tuple[float, float]:
     """``(τ_n, q_n) = (c_lr n^(−a), c_keep n^(−b))`` of a scaling family at one width."""
     width = check_int("width", width, 1)
-    lr = check_positive("c_lr", c_lr) * width ** (-a)
-    keep = check_positive("c_keep", c_keep) * width ** (-b)
+    a, b = _finite_exponent("a", a), _finite_exponent("b", b)
+    lr = check_positive("c_lr", c_lr) * float(width) ** (-a)
+    keep = check_positive("c_keep", c_keep) * float(width) ** (-b)
+    if not 0 < lr < math.inf:
+        raise InputError(f"τ = c_lr·n^(−a) = {lr:g} at width {width} (a = {a:g}): it must be a positive number")
     if not 0 < keep <= 1:
         raise InputError(f"keep = c_keep·n^(−b) = {keep:g} at width {width} is outside (0, 1]")
     return lr, keep

@@ -74,6 +74,14 @@ def finite_or_none(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def plot_variant(ax, t, y, variant: str, **kw) -> None:
+    """``variant``'s curve y(t) in its colour, line style and marker; a curve without a finite
+    point (a run diverged from its start) gets no markers, which matplotlib cannot place."""
+    marker = MARKERS[variant] if np.isfinite(np.asarray(y, dtype=float)).any() else None
+    ax.plot(t, y, color=COLORS[variant], ls=STYLES[variant], label=LABELS[variant], marker=marker,
+            markevery=0.1 if marker else None, **kw)
+
+
 def mark_divergence(ax, t_last: float, y_last: float, color: str, step: int | None) -> None:
     """An ✕ at a curve's last finite point when its run diverged at ``step``."""
     if step is not None and math.isfinite(y_last):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import InputError, check_choice, check_int, check_positive, parse_widths
+from .._checks import InputError, check_choice, check_int, check_positive, check_steps, parse_widths
 from ..data import mean_field_init
 from ..engine import record_steps, simulate
 from ..lab import Context, Experiment, setting
@@ -110,6 +110,7 @@ def check_family(cfg, widths: list[int]) -> None:
         lr, q = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
         if round(cfg.time / lr) < 1:
             raise InputError(f"time {cfg.time:g} is shorter than one step τ={lr:g} at width {n}")
+        check_steps(cfg.time, lr, f" (width {n})")
         if cfg.phase in ("III", "IV") and q > MAX_THINNING:  # the limit's clocks step with h = τ: h/α = q
             raise InputError(f"phase {cfg.phase}'s coupled limit steps its Poisson clocks with h = τ, which needs "
                              f"h/α = q ≤ {MAX_THINNING:g}; at width {n} the family gives q = {q:.4g} "
@@ -125,7 +126,7 @@ def run_width(cfg: Config, n: int, exact_max: int, bar=None) -> dict:
     R = cfg.replicas
     X0 = mean_field_init(n, cfg.dim, replicas=R, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + n))
     lr, q = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
-    steps = max(1, round(cfg.time / lr))
+    steps = check_steps(cfg.time, lr, f" (width {n})")
     every = max(1, steps // cfg.records)
     masks = draw_masks(q, steps, (R, n), seed=cfg.seed + 1)
     common = dict(activation=cfg.activation, record_every=every, snapshot_every=every, probe_inputs=task.test_inputs,

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_int, check_keep, check_positive, parse_digit_pair
+from .._checks import check_choice, check_int, check_keep, check_positive, check_steps, parse_digit_pair
 from ..data import binary_mnist, mean_field_init
 from ..lab import Context, Experiment, setting
 from ..phase import phase_line
 from ._runtime import EngineRuntime
-from ._variants import COLORS, COMPARED, LABELS, MARKERS, STYLES, grid, mark_divergence, run_variants
+from ._variants import COLORS, COMPARED, grid, mark_divergence, plot_variant, run_variants
 
 
 @dataclass
@@ -74,6 +74,7 @@ class Config(MnistPair, EngineRuntime):
         check_int("records", self.records, 1)
         self.check_pair()
         self.check_runtime()
+        regimes(self)  # each regime's steps, refused before any work if there are too many
         return self
 
 
@@ -85,9 +86,9 @@ EMBEDDING = {"practical": "fixed", "small-lr": "powers"}
 def regimes(cfg: Config) -> dict[str, dict]:
     small_lr = cfg.small_lr_times_width / cfg.small_width
     return {
-        "practical": dict(width=cfg.width, lr=cfg.lr, keep=cfg.keep, steps=max(1, round(cfg.time / cfg.lr))),
+        "practical": dict(width=cfg.width, lr=cfg.lr, keep=cfg.keep, steps=check_steps(cfg.time, cfg.lr)),
         "small-lr": dict(width=cfg.small_width, lr=small_lr, keep=cfg.small_keep,
-                         steps=max(1, round(cfg.small_time / small_lr))),
+                         steps=check_steps(cfg.small_time, small_lr, " (the small-lr regime)")),
     }
 
 
@@ -131,7 +132,7 @@ def figure(res: dict, cfg: Config):
             t = res[f"{name}/{v}/time"]
             for ax, key in zip(axes[row], ("test_risk", "test_accuracy"), strict=True):
                 y = res[f"{name}/{v}/{key}"]
-                ax.plot(t, y, color=COLORS[v], ls=STYLES[v], marker=MARKERS[v], markevery=0.1, ms=4, label=LABELS[v])
+                plot_variant(ax, t, y, v, ms=4)
                 mark_divergence(ax, t[-1], y[-1], COLORS[v], res[f"{name}/{v}/diverged_at_step"])
         a, b = r["lr"] / r["keep"], 1 / (r["width"] * r["keep"])
         axes[row, 0].set_title(f"{name}: n={r['width']}, τ={r['lr']:.3g}, q={r['keep']:g} (α={a:.3g}, β={b:.3g})",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import InputError, check_int, check_positive, parse_widths
+from .._checks import InputError, check_int, check_positive, check_steps, parse_widths
 from ..data import mean_field_init
 from ..engine import simulate
 from ..lab import Context, Experiment, setting
@@ -43,14 +43,15 @@ class Config(CellSettings):
     b: float = setting(0.5, "exponent b of q = c_keep·n^−b")
 
     def resolved(self) -> Config:
-        if self.a < 0 or self.b < 0:
+        if not (self.a >= 0 and self.b >= 0):  # (NaN too)
             raise InputError(f"a and b must be >= 0 (τ, q must not grow with n), got a={self.a!r}, b={self.b!r}")
-        parse_widths(self.widths)
         check_positive("time", self.time)
         check_positive("c_lr", self.c_lr)
         check_positive("c_keep", self.c_keep)
         if self.c_keep > 1:
             raise InputError(f"c_keep must be <= 1 so that q_n <= 1, got {self.c_keep!r}")
+        for n in parse_widths(self.widths):  # every width's run checked here, before any is computed
+            check_steps(self.time, scaling(n, self.a, self.b, self.c_lr, self.c_keep)[0], f" (width {n})")
         check_int("replicas", self.replicas, 1)
         if not 0 < self.shrink <= 1:
             raise InputError(f"shrink must be in (0, 1], got {self.shrink!r}")
@@ -95,7 +96,7 @@ def measure_width(cfg: Config, n: int, task) -> tuple[dict[str, float], dict[str
     a, b = cfg.a, cfg.b
     R = cfg.replicas
     lr, q = scaling(n, a, b, cfg.c_lr, cfg.c_keep)
-    steps = max(1, round(cfg.time / lr))
+    steps = check_steps(cfg.time, lr, f" (width {n})")
     T = steps * lr
     X0 = mean_field_init(n, cfg.dim, replicas=R, generator=torch.Generator().manual_seed(cfg.seed * 7_919 + n))
     masks = draw_masks(q, steps, (R, n), seed=cfg.seed + 1)

@@ -23,7 +23,7 @@ from ..lab import Context, Experiment, setting
 from ..metrics import output_gap, particle_distance
 from ..phase import phase_line
 from ._runtime import EngineRuntime
-from ._variants import COLORS, COMPARED, LABELS, MARKERS, STYLES, finite_or_none, grid, mark_divergence, run_variants
+from ._variants import COLORS, COMPARED, finite_or_none, grid, mark_divergence, plot_variant, run_variants
 
 
 @dataclass
@@ -106,8 +106,7 @@ def figures(out: dict, cfg: Config):
         for v in COMPARED:
             t = out[f"{v}_steps"] * cfg.lr
             y = out[f"{v}_{which}_risk"]
-            ax.plot(t, y, color=COLORS[v], label=LABELS[v], ls=STYLES[v], lw=1.6, marker=MARKERS[v], markevery=0.1,
-                    ms=4)
+            plot_variant(ax, t, y, v, lw=1.6, ms=4)
             mark_divergence(ax, t[-1], y[-1], COLORS[v], out[f"{v}_diverged_at_step"])
         ax.set_yscale("log")
         ax.set_xlabel("time t = k·τ")

@@ -85,10 +85,12 @@ class RunIndex:
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"store {str(self.root)!r} is not a folder")
         self.root.mkdir(parents=True, exist_ok=True)
-        fresh = not self.path.exists()
+        fresh = not self.path.exists() or self.path.stat().st_size == 0  # (a zero-byte index holds no rows)
         try:
             con = self._open()
         except sqlite3.DatabaseError as e:
+            if not corrupt(e):  # a full disk or an I/O error: the index may be healthy, keep it
+                raise
             self._set_aside(f"the run index {self.path} was unreadable ({e})")
             con, fresh = self._open(), True
         if fresh:
@@ -136,8 +138,12 @@ class RunIndex:
             return con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
     def _read(self, sql: str, args: tuple = ()) -> list[dict] | None:
-        """Rows of a query, from a read–write connection where the store allows one, else a
-        read-only one; None where no index can be read (then the folders are the answer)."""
+        """Rows of a query, from a read–write connection where the store allows one (a missing
+        index is built from the run folders), else a read-only one; None where none can be read,
+        and where the folder holds no run (a read creates no index in a folder that is no store):
+        then the folders are the answer."""
+        if not self.path.is_file() and not scan_folders(self.root):
+            return None
         writable = os.access(self.root, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
         try:
             con = self._connect() if writable else sqlite3.connect(
@@ -165,7 +171,10 @@ class RunIndex:
                         raise
                     con.execute("COMMIT")
                 return out
-            except sqlite3.OperationalError as e:
+            except sqlite3.DatabaseError as e:
+                if corrupt(e) and attempt == 0:  # damaged past the pages read when it was opened (a torn write)
+                    self._set_aside(f"the run index {self.path} was damaged ({e})")
+                    continue
                 if "locked" not in str(e) and "busy" not in str(e) or attempt == LOCK_ATTEMPTS - 1:
                     raise
                 time.sleep(0.2 * (attempt + 1))
@@ -258,6 +267,8 @@ class RunIndex:
 
     def get(self, ref: str) -> dict:
         """The run whose id is ``ref``, or whose id or key starts with it (must be unique)."""
+        if not isinstance(ref, str) or not ref.strip():
+            raise InputError(f"a run reference must name a run (an id, a key or a prefix of one), got {ref!r}")
         rows = self.rows()
         exact = [r for r in rows if r["id"] == ref]
         found = exact or [r for r in rows if r["id"].startswith(ref) or r["key"].startswith(ref)
@@ -287,10 +298,13 @@ class RunIndex:
 
     def remove(self, ref: str) -> dict:
         """Delete a run's row and, if it lies inside the store, its folder; returns the
-        removed row (``folder_removed`` says which)."""
+        removed row (``folder_removed`` says which). ``ref`` is a whole id, key or folder name:
+        a prefix of one is refused, naming the run it would remove."""
         import shutil
 
         row = self.get(ref)
+        if ref not in (row["id"], row["key"], row["id"].rsplit("/", 1)[-1]):
+            raise InputError(f"{ref!r} is only the start of run {row['id']!r}; give its full id to remove it")
         folder = self.folder(row["id"])
         self._write("DELETE FROM runs WHERE id = ?", (row["id"],))
         if folder is not None:
@@ -307,11 +321,19 @@ def table(store="runs"):
     as ``summary.<name>`` columns, the resolved settings as ``params.<name>``."""
     import pandas as pd
 
+    if not Path(store).is_dir():
+        raise InputError(f"no store {str(store)!r}: no such folder")
     rows = RunIndex(store).rows()
     flat = [{**{k: v for k, v in r.items() if k not in ("params", "summary")},
              **{f"params.{k}": v for k, v in scalar_summary(r["params"]).items()},
              **{f"summary.{k}": v for k, v in r["summary"].items()}} for r in rows]
     return pd.DataFrame(flat, columns=None if flat else list(COLUMNS))
+
+
+def corrupt(e: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite's error says the file is damaged or no database (not locked, full or
+    failing I/O, which are OperationalErrors about a file that may be healthy)."""
+    return not isinstance(e, sqlite3.OperationalError)
 
 
 def _alive(pid, host) -> bool:

@@ -7,6 +7,7 @@ every simulating experiment shares."""
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -90,20 +91,38 @@ def _coerce(name: str, value, typ):
             return value
         raise InputError(f"setting {name!r} must be true or false, got {shown(value)}")
     if typ is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        if isinstance(value, bool) or not (isinstance(value, numbers.Integral)
+                                           or (isinstance(value, float) and value.is_integer())):
             raise InputError(f"setting {name!r} must be an integer, got {shown(value)}")
         if not -(2**63) <= int(value) < 2**63:
             raise InputError(f"setting {name!r} must fit in 64 bits, got {shown(value)}")
         return int(value)
     if typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InputError(f"setting {name!r} must be a number, got {shown(value)}")
         return float(value)
     if typ is str:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (str, numbers.Real)) and not isinstance(v, bool)
+                                                    for v in value):
+            return ",".join(str(v) for v in value)  # a list setting given as a list: its comma-separated text
         if not isinstance(value, str):
             raise InputError(f"setting {name!r} must be a string, got {shown(value)}")
         return value
     return value
+
+
+def integer(text: str) -> int:
+    """A command-line integer: ``1000``, or an integral number written as a float (``1e6``)."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)  # a ValueError here is argparse's "invalid value"
+        if not value.is_integer():
+            raise ValueError(text) from None
+        return int(value)
+
+
+PARSERS = {int: integer, float: float, str: str}  # a setting's type → its command-line parser
 
 
 def build_config(cls, file=None, overrides: dict | None = None):
@@ -127,6 +146,9 @@ def setting(default, help: str):  # noqa: A002 - the word argparse uses
     return field(default=default, metadata={"help": help})
 
 
+MAX_SEED = 2**40  # an experiment's seed; the seeds it derives (seed·1,000,003 + width, …) stay below 2^63
+
+
 @dataclass
 class Runtime:
     """Seed, device and dtype: the settings every simulating experiment shares."""
@@ -136,5 +158,7 @@ class Runtime:
     dtype: str = setting("float64", "float64 or float32")
 
     def check_runtime(self) -> None:
-        check_seed(self.seed)
+        if check_seed(self.seed) > MAX_SEED:
+            raise InputError(f"seed must be at most 2^40 = {MAX_SEED} (an experiment derives its data, initial and "
+                             f"mask seeds from it), got {self.seed}")
         check_device_dtype(self.device, self.dtype)

@@ -252,10 +252,15 @@ class RunFolder:
         atomic_write_bytes(self.file(name), buf.getvalue())
 
     def savefig(self, fig, stem: str) -> None:
-        """Save a matplotlib figure as ``stem.png`` and ``stem.svg``."""
+        """Save a matplotlib figure as ``stem.png`` and ``stem.svg``, byte for byte the same for
+        the same figure (the SVG without its date, its element ids from a fixed salt)."""
+        import matplotlib
+
         for ext in ("png", "svg"):
             buf = io.BytesIO()
-            fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight")
+            with matplotlib.rc_context({"svg.hashsalt": "dropdyn"}):
+                fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight",
+                            metadata={"Date": None} if ext == "svg" else None)
             atomic_write_bytes(self.file(f"{stem}.{ext}"), buf.getvalue())
 
 

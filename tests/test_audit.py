@@ -1,0 +1,118 @@
+"""Cases of the adversarial audit and the newcomer's first day (each named by its item):
+every one failed before its fix."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+import dropdyn
+from dropdyn import InputError
+from dropdyn.lab.index import RunIndex
+
+TINY = dict(width=20, steps=4, records=2)
+
+
+def test_2_an_index_damaged_past_its_first_page_is_rebuilt_not_a_traceback(tmp_path):
+    path = dropdyn.run("teacher-student", root=tmp_path, **TINY)
+    index = tmp_path / "index.sqlite"
+    con = sqlite3.connect(index)
+    con.execute("PRAGMA journal_mode = DELETE")
+    con.executemany("INSERT INTO runs (id, key, experiment, params, status) VALUES (?, 'k', 'e', '{}', 'failed')",
+                    [(f"pad/{i}-" + "x" * 200,) for i in range(400)])  # pages beyond the first
+    con.commit()
+    con.close()
+    data = bytearray(index.read_bytes())
+    data[4096 * 3:4096 * 3 + 2048] = b"\xff" * 2048  # a torn write in the middle
+    index.write_bytes(bytes(data))
+    again = dropdyn.run("teacher-student", root=tmp_path, **{**TINY, "seed": 1})
+    ids = {r["id"] for r in RunIndex(tmp_path).rows()}
+    assert {RunIndex(tmp_path).run_id(p) for p in (path, again)} <= ids
+    assert list(tmp_path.glob("index.sqlite.corrupt-*"))  # set aside, rebuilt from the folders
+
+
+def test_8_a_zero_byte_index_is_rebuilt_from_the_folders(tmp_path):
+    dropdyn.run("teacher-student", root=tmp_path, **TINY)
+    (tmp_path / "index.sqlite").write_bytes(b"")
+    for extra in ("index.sqlite-wal", "index.sqlite-shm"):
+        (tmp_path / extra).unlink(missing_ok=True)
+    assert len(RunIndex(tmp_path).rows()) == 1
+
+
+def test_8_a_full_disk_does_not_set_a_healthy_index_aside(tmp_path, monkeypatch):
+    dropdyn.run("teacher-student", root=tmp_path, **TINY)
+
+    def full(self):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(RunIndex, "_open", full)
+    with pytest.raises(sqlite3.OperationalError):
+        RunIndex(tmp_path).finish("x/y", "k", "e", {}, {})
+    assert (tmp_path / "index.sqlite").exists() and not list(tmp_path.glob("index.sqlite.corrupt-*"))
+
+
+@pytest.mark.parametrize("settings, match", [
+    (dict(a=float("nan")), "a and b must be >= 0"),
+    (dict(a=float("inf")), "exponent a must be a finite number"),
+    (dict(a=500.0), "τ = c_lr·n\\^\\(−a\\) = 0 at width 500"),
+    (dict(time=1e15), "more than the 1e\\+08 a run may take"),
+])
+def test_4_9_a_cell_that_cannot_run_is_refused_before_any_work(settings, match):
+    with pytest.raises(InputError, match=match):
+        dropdyn.run("phase-cell", **{"widths": "500,1000", **settings})
+
+
+@pytest.mark.parametrize("experiment, settings, match", [
+    ("convergence", dict(phase="I", a=100.0), "τ = 1.61e-240 \\(width 250\\) is 6.22e\\+239 steps"),
+    ("mnist-binary", dict(small_lr_times_width=1e-300), "the small-lr regime\\) is .* steps, more than"),
+    ("teacher-student", dict(seed=2**62), "seed must be at most 2\\^40"),
+])
+def test_4_9_10_sizes_exponents_and_seeds_that_cannot_run(experiment, settings, match):
+    with pytest.raises(InputError, match=match):
+        dropdyn.run(experiment, **settings)
+
+
+def test_10_the_critical_rule_takes_the_largest_seed():
+    from dropdyn.limits import simulate_limit
+
+    g = np.random.default_rng(0)
+    X = g.normal(size=(30, 3))
+    res = simulate_limit("IV", X, g.normal(size=(10, 2)), g.normal(size=10), time=0.2, h=0.02, alpha=0.5, beta=0.3,
+                         seed=2**63 - 1)
+    assert res.diverged_at_step is None
+
+
+def test_12_a_run_diverging_from_its_start_draws_its_figures(tmp_path):
+    path = dropdyn.run("teacher-student", root=tmp_path, label_noise=1e300, **TINY)
+    assert (path / "risk.png").is_file() and (path / "gap.png").is_file()
+
+
+def test_17_numpy_integers_and_integral_floats_are_integers(tmp_path, dropdyn_cli):
+    path = dropdyn.run("teacher-student", root=tmp_path, width=np.int64(20), steps=np.int32(4), records=2)
+    assert dropdyn.load(path).config["width"] == 20
+    p = dropdyn_cli("phase", "--width", "1e6", "--lr", "0.1", "--keep", "0.5")
+    assert p.returncode == 0 and "width n=1000000" in p.stdout
+
+
+def test_18_identical_runs_write_identical_svg_figures(tmp_path):
+    a = dropdyn.run("teacher-student", root=tmp_path, **TINY)
+    b = dropdyn.run("teacher-student", root=tmp_path, **TINY)
+    for name in ("risk.svg", "gap.svg", "risk.png"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_19_a_missing_store_is_named_and_a_read_creates_no_index(tmp_path, dropdyn_cli):
+    with pytest.raises(InputError, match="no store 'typo': no such folder"):
+        dropdyn.runs.table("typo")
+    (tmp_path / "plain").mkdir()
+    assert dropdyn_cli("runs", "list", "--store", str(tmp_path / "plain")).returncode == 0
+    assert list((tmp_path / "plain").iterdir()) == []
+
+
+def test_25_list_settings_take_real_lists(tmp_path):
+    (tmp_path / "c.yaml").write_text("widths: [40, 80]\nb_values: [0]\na_values: [0, 1]\ntime: 0.3\nreplicas: 1\n")
+    cfg = dropdyn.lab.experiment.get("phase-sweep").resolve(file=tmp_path / "c.yaml")
+    assert (cfg.widths, cfg.a_values, cfg.b_values) == ("40,80", "0,1", "0")
+    assert dropdyn.lab.experiment.get("phase-cell").resolve({"widths": [40, 80]}).widths == "40,80"
+    with pytest.raises(InputError, match="setting 'widths' must be a string"):
+        dropdyn.lab.experiment.get("phase-cell").resolve({"widths": [[40], [80]]})
