@@ -94,8 +94,9 @@ def fmt(v) -> str:
 
 
 def cell(text: str) -> str:
-    """Text for a Markdown table cell: one line, its pipes escaped."""
-    return str(text).replace("\n", " ").replace("|", "\\|")
+    """Text for a Markdown table cell: one line, its pipes and opening brackets escaped (so
+    that maths such as ∇V[μ](x) is not a link)."""
+    return str(text).replace("\n", " ").replace("|", "\\|").replace("[", "\\[")
 
 
 def write_markdown(results: dict) -> str:

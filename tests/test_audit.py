@@ -116,3 +116,83 @@ def test_25_list_settings_take_real_lists(tmp_path):
     assert dropdyn.lab.experiment.get("phase-cell").resolve({"widths": [40, 80]}).widths == "40,80"
     with pytest.raises(InputError, match="setting 'widths' must be a string"):
         dropdyn.lab.experiment.get("phase-cell").resolve({"widths": [[40], [80]]})
+
+
+def test_1_a_claim_without_a_heartbeat_expires_and_a_running_run_renews_its_own(tmp_path, monkeypatch):
+    """A running row whose process exists (pid reuse) or cannot be checked (another host) but
+    whose heartbeat is older than CLAIM_TTL has lost its claim; a run renews its heartbeat."""
+    import dataclasses
+    import os
+    import time
+
+    from dropdyn.lab import index as index_module
+    from dropdyn.lab.experiment import get
+
+    idx = RunIndex(tmp_path)
+    idx.reindex()
+    stale = "2000-01-01T00:00:00.000+00:00"
+    for rid, pid, host in (("e/reused", os.getppid(), None), ("e/lost-node", 12345, "another-host")):
+        idx.start(rid, "k", "e", {})
+        con = sqlite3.connect(tmp_path / "index.sqlite")
+        con.execute("UPDATE runs SET pid = ?, host = COALESCE(?, host), heartbeat = ? WHERE id = ?",
+                    (pid, host, stale, rid))
+        con.commit()
+        con.close()
+        assert idx.claim(rid, "k", "e", {}), rid  # expired: claimed, not waited for forever
+    fresh = index_module.now()
+    con = sqlite3.connect(tmp_path / "index.sqlite")
+    con.execute("UPDATE runs SET pid = 12345, host = 'another-host', heartbeat = ? WHERE id = 'e/lost-node'", (fresh,))
+    con.commit()
+    con.close()
+    assert not idx.claim("e/lost-node", "k", "e", {})  # a live claim elsewhere is respected
+
+    monkeypatch.setattr(index_module, "HEARTBEAT", 0.05)
+    beats = []
+
+    def slow(cfg, ctx):
+        time.sleep(0.4)
+        beats.append(RunIndex(tmp_path).rows(experiment="teacher-student")[0]["heartbeat"])
+        return get("teacher-student").compute(cfg, ctx)
+
+    exp = dataclasses.replace(get("teacher-student"), compute=slow)
+    exp.run(root=tmp_path, **TINY)
+    (row,) = RunIndex(tmp_path).rows(experiment="teacher-student")
+    assert beats[0] > row["started"] and row["status"] == "complete"
+
+
+def test_1_a_waiting_point_says_what_it_waits_for(tmp_path, capsys, monkeypatch):
+    from dropdyn.lab import sweep as sweep_module
+
+    idx = RunIndex(tmp_path)
+    idx.reindex()
+    calls = {"n": 0}
+
+    def claim(*args, **kw):  # another process holds the point twice, then lets it go
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    monkeypatch.setattr(RunIndex, "claim", claim)
+    monkeypatch.setattr(sweep_module.time, "sleep", lambda s: None)
+    sweep = sweep_module.make_sweep({"experiment": "teacher-student", "base": TINY, "grid": {"seed": [3]}})
+    (task,) = sweep_module._tasks(sweep, tmp_path, threads=1)
+    assert sweep_module.run_point(task)["status"] == "complete"
+    err = capsys.readouterr().err
+    assert err.count("is being computed by") == 1 and "its claim to expire 150 s after its last heartbeat" in err
+
+
+def test_26_a_sweep_by_its_file_or_name_and_its_curves_in_one_frame(tmp_path):
+    from dropdyn.lab.sweep import run_sweep
+
+    f = tmp_path / "two.yaml"
+    f.write_text("experiment: teacher-student\nbase: {width: 20, steps: 4, records: 2}\ngrid: {seed: [1, 2]}\n")
+    store = tmp_path / "store"
+    run_sweep(dropdyn.sweep.load_sweep(f), store)
+    by_file, by_name = dropdyn.sweep.results(f, store), dropdyn.sweep.results("two", store)
+    assert list(by_file["seed"]) == list(by_name["seed"]) == [1, 2] and set(by_file["status"]) == {"complete"}
+    long = dropdyn.sweep.curves(str(f), store)
+    metrics = long[long["table"] == "metrics"]
+    assert set(metrics["seed"]) == {1, 2} and set(metrics["point"]) == {0, 1}
+    assert len(metrics) == 2 * len(dropdyn.load(store / by_file["run_id"][0]).metrics)
+    for bad, match in ((tmp_path / "nope", "no sweep"), (3, "a sweep is a Sweep, a sweep file or a sweep's name")):
+        with pytest.raises(InputError, match=match):
+            dropdyn.sweep.results(bad, store)

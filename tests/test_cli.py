@@ -30,7 +30,7 @@ def test_help_lists_experiments():
         (["--width", "0"], "width must be an integer >= 1, got 0"),
         (["--steps", "-3"], "steps must be an integer >= 1, got -3"),
         (["--dtype", "float16"], "unknown dtype 'float16'"),
-        (["--width", "abc"], "invalid int value: 'abc'"),
+        (["--width", "abc"], "invalid integer value: 'abc'"),
         (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
     ],
 )

@@ -31,8 +31,11 @@ PYTHON = blocks("python")
 COMMANDS = [(p, line) for p, code in blocks("bash") for line in code.replace("\\\n", " ").splitlines()
             if line.startswith("dropdyn ")]
 YAML = blocks("yaml")
-# markdown links to files (a path with a suffix or a folder), not maths such as ∇V[μ](x)
+# markdown links to files (a path with a suffix or a folder)
 LINKS = [(p, target) for p in PAGES for target in re.findall(r"\]\(([\w./-]+(?:\.\w+|/))(?:#[\w-]*)?\)", p.read_text())]
+# every "[text](target)" of a page, outside code: a target that is no file, anchor or URL is maths
+# that Markdown renders as a link (∇V[μ](x) must be written ∇V\[μ](x))
+ANY_LINK = re.compile(r"(?<!\\)\[[^\]`]*\]\(([^)`]*)\)")
 
 
 def test_every_page_has_code_checked():
@@ -76,3 +79,11 @@ def test_sweep_file_loads(page, text):
 @pytest.mark.parametrize(("page", "target"), LINKS, ids=[f"{p.name}->{t}" for p, t in LINKS])
 def test_relative_link_exists(page, target):
     assert (page.parent / target).exists(), f"{page.name} links to a missing {target}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_no_maths_renders_as_a_link(page):
+    text = re.sub(r"```.*?```|`[^`]*`", "", page.read_text(), flags=re.S)
+    bad = [t for t in ANY_LINK.findall(text) if not re.fullmatch(r"(https?://\S+|#[\w-]+|[\w./-]+(\.\w+|/)(#[\w-]*)?)", t)
+           and not (page.parent / t).is_file()]
+    assert not bad, f"{page.name}: {bad}"

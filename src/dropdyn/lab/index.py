@@ -46,14 +46,16 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, key TEXT NOT NULL, experiment TEXT NOT NULL, params TEXT NOT NULL,
     sweep TEXT, status TEXT NOT NULL, error TEXT, started TEXT, finished TEXT, seconds REAL,
-    summary TEXT, pid INTEGER, host TEXT
+    summary TEXT, pid INTEGER, host TEXT, heartbeat TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_key ON runs(key);
 CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep);
 """
 COLUMNS = ("id", "key", "experiment", "params", "sweep", "status", "error", "started", "finished", "seconds",
-           "summary", "pid", "host")
+           "summary", "pid", "host", "heartbeat")
 LOCK_ATTEMPTS = 5  # a transaction that finds the index locked is tried this often, 0.2 s, 0.4 s, … apart
+HEARTBEAT = 30.0  # seconds between two heartbeats of a running run (dropdyn.lab.lifecycle)
+CLAIM_TTL = 150.0  # seconds without a heartbeat after which a running run's claim has expired
 
 
 def now() -> str:
@@ -104,7 +106,7 @@ class RunIndex:
             con.execute("PRAGMA journal_mode = WAL")
             con.executescript(SCHEMA)
             have = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
-            for col, typ in (("pid", "INTEGER"), ("host", "TEXT")):  # indexes written before these columns
+            for col, typ in (("pid", "INTEGER"), ("host", "TEXT"), ("heartbeat", "TEXT")):  # older indexes
                 if col not in have:
                     con.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
         except sqlite3.DatabaseError:
@@ -190,14 +192,21 @@ class RunIndex:
         except ValueError:
             return folder.as_posix()
 
-    START = ("INSERT INTO runs (id, key, experiment, params, sweep, status, started, pid, host) "
-             "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status='running', "
+    START = ("INSERT INTO runs (id, key, experiment, params, sweep, status, started, pid, host, heartbeat) "
+             "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET status='running', "
              "error=NULL, started=excluded.started, finished=NULL, seconds=NULL, summary=NULL, "
-             "pid=excluded.pid, host=excluded.host, sweep=COALESCE(excluded.sweep, runs.sweep)")
+             "pid=excluded.pid, host=excluded.host, heartbeat=excluded.heartbeat, "
+             "sweep=COALESCE(excluded.sweep, runs.sweep)")
 
     def _start_args(self, run_id, key, experiment, params, sweep) -> tuple:
-        return (run_id, key, experiment, json.dumps(params, sort_keys=True, default=str), sweep, now(), os.getpid(),
-                socket.gethostname())
+        t = now()
+        return (run_id, key, experiment, json.dumps(params, sort_keys=True, default=str), sweep, t, os.getpid(),
+                socket.gethostname(), t)
+
+    def beat(self, run_id: str) -> None:
+        """This process still computes run ``run_id``: renew its claim (see :func:`_alive`)."""
+        self._write("UPDATE runs SET heartbeat = ? WHERE id = ? AND status = 'running' AND pid = ? AND host = ?",
+                    (now(), run_id, os.getpid(), socket.gethostname()))
 
     def start(self, run_id: str, key: str, experiment: str, params: dict, sweep: str | None = None) -> None:
         """Mark a run as running (a re-run of a failed or interrupted one resets it)."""
@@ -209,8 +218,8 @@ class RunIndex:
         True if claimed."""
 
         def body(con) -> bool:
-            row = con.execute("SELECT status, pid, host FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row and row[0] == "running" and _alive(row[1], row[2]) and row[1] != os.getpid():
+            row = con.execute("SELECT status, pid, host, heartbeat FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row and row[0] == "running" and _alive(row[1], row[2], row[3]) and row[1] != os.getpid():
                 return False
             con.execute(self.START, self._start_args(run_id, key, experiment, params, sweep))
             return True
@@ -254,7 +263,7 @@ class RunIndex:
         if rows is None:
             rows = [r for r in scan_folders(self.root) if all(r[c] == v for c, v in given.items())]
         for r in rows:
-            if r["status"] == "running" and not _alive(r.get("pid"), r.get("host")):
+            if r["status"] == "running" and not _alive(r.get("pid"), r.get("host"), r.get("heartbeat")):
                 r["status"] = "failed"
                 r["error"] = f"process {r.get('pid')} on {r.get('host')} ended without finishing"
         rows = [r for r in rows if status is None or r["status"] == status]
@@ -336,11 +345,24 @@ def corrupt(e: sqlite3.DatabaseError) -> bool:
     return not isinstance(e, sqlite3.OperationalError)
 
 
-def _alive(pid, host) -> bool:
-    """Whether process ``pid`` may still run: checked on this host, assumed elsewhere."""
+def _alive(pid, host, heartbeat: str | None = None) -> bool:
+    """Whether process ``pid`` on ``host`` may still run its run: not if its last heartbeat
+    (a run's process renews it every :data:`HEARTBEAT` s) is older than :data:`CLAIM_TTL`
+    s — a lost node, a killed process or a reused pid; else checked on this host, assumed
+    elsewhere. Hosts' clocks must agree within a minute or so."""
+    if heartbeat is not None and _age(heartbeat) > CLAIM_TTL:
+        return False
     if pid is None or host not in (None, socket.gethostname()):
         return pid is not None
     return process_alive(pid)
+
+
+def _age(stamp: str) -> float:
+    """Seconds since the UTC ISO time ``stamp`` (an unreadable one counts as infinitely old)."""
+    try:
+        return (datetime.now(timezone.utc) - datetime.fromisoformat(stamp)).total_seconds()
+    except (TypeError, ValueError):
+        return float("inf")
 
 
 def _decoded(r: dict) -> dict:

@@ -2,18 +2,24 @@
 for a point of a sweep (:func:`dropdyn.lab.sweep.run_point`):
 
     started (or claimed) in the index: ``running``, with this process's pid and host
-    → computed into its folder (:meth:`Experiment.execute`: the folder appears whole, or not)
+    → computed into its folder (:meth:`Experiment.execute`: the folder appears whole, or not),
+      the row's heartbeat renewed meanwhile (a claim without one for a while has expired:
+      the index's ``CLAIM_TTL``)
     → ``complete`` with its summary and wall time, or ``failed`` with the error — on Ctrl-C
       too, so that no ``running`` row outlives the run in a process that goes on (a notebook).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import index as _index
 from .index import RunIndex
 from .store import read_json
 
@@ -41,7 +47,8 @@ def conduct(experiment, cfg, folder: Path, entry: Entry | None, *, params: dict 
         entry.index.start(entry.run_id, entry.key, experiment.name, params, entry.sweep)
     t0 = time.perf_counter()
     try:
-        path = experiment.execute(cfg, folder, force=force, ctx=ctx)
+        with heartbeat(entry):
+            path = experiment.execute(cfg, folder, force=force, ctx=ctx)
     except BaseException as e:
         if entry is not None:
             entry.index.fail(entry.run_id, entry.key, experiment.name, params, describe(e), sweep=entry.sweep)
@@ -56,3 +63,26 @@ def conduct(experiment, cfg, folder: Path, entry: Entry | None, *, params: dict 
 def describe(e: BaseException) -> str:
     """An exception as an index row's error: ``"RuntimeError: message"``, or its name alone."""
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+@contextlib.contextmanager
+def heartbeat(entry: Entry | None):
+    """Renew ``entry``'s claim every ``HEARTBEAT`` seconds while the block runs (a daemon
+    thread; nothing without an entry)."""
+    if entry is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(_index.HEARTBEAT):
+            with contextlib.suppress(sqlite3.Error, OSError):  # a missed beat: the next may land
+                entry.index.beat(entry.run_id)
+
+    thread = threading.Thread(target=beat, daemon=True, name="dropdyn-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

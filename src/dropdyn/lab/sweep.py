@@ -35,6 +35,7 @@ import os
 import shlex
 import shutil
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -45,7 +46,7 @@ from .._checks import InputError, shown
 from ..threads import using
 from . import host
 from .experiment import Context, get, registry
-from .index import RunIndex, scalar_summary
+from .index import CLAIM_TTL, RunIndex, scalar_summary
 from .lifecycle import Entry, conduct, describe
 from .settings import read_config_file
 from .store import RunFolder, atomic_write_bytes, read_json, run_key
@@ -171,6 +172,7 @@ def run_point(task: dict) -> dict:
     folder = root / exp / key
     index = RunIndex(root)
     run_id = f"{exp}/{key}"
+    told = False
     while True:
         summary = _summary_of(folder)
         if summary is not None:  # complete: make sure the index knows (a killed driver may not have told it)
@@ -190,7 +192,9 @@ def run_point(task: dict) -> dict:
             return {"key": key, "status": "complete", "skipped": True, "reused": index.run_id(same)}
         if index.claim(run_id, key, exp, cfg, task.get("sweep")):
             break
-        time.sleep(0.5)  # a live process (an overlapping sweep) computes this point: wait for its folder
+        if not told:  # a live process (an overlapping sweep) computes this point: wait for its folder, saying so
+            told = _waiting(index, run_id, root)
+        time.sleep(0.5)
     t0 = time.perf_counter()
     try:
         experiment = get(exp)
@@ -206,6 +210,16 @@ def run_point(task: dict) -> dict:
         seconds = time.perf_counter() - t0  # a concurrent sweep completed the same point meanwhile: it is complete
         index.finish(run_id, key, exp, cfg, _summary_of(folder), sweep=task.get("sweep"), seconds=seconds)
     return {"key": key, "status": "complete", "skipped": False, "seconds": seconds}
+
+
+def _waiting(index: RunIndex, run_id: str, root: Path) -> bool:
+    """Say, once, which process a point waits for (until it finishes, or its claim expires)."""
+    holder = index.rows(run_id=run_id)
+    who = f"process {holder[0]['pid']} on {holder[0]['host']}" if holder else "another process"
+    print(f"dropdyn: point {run_id} is being computed by {who}; waiting for it to finish, or for its claim to "
+          f"expire {CLAIM_TTL:.0f} s after its last heartbeat (dropdyn runs show {run_id} --store "
+          f"{shlex.quote(str(root))})", file=sys.stderr, flush=True)
+    return True
 
 
 class Interrupted(KeyboardInterrupt):
@@ -445,11 +459,53 @@ def collect(sweep: Sweep, root: Path | str = "runs") -> list[dict]:
     return rows
 
 
-def results(sweep: Sweep, root: Path | str = "runs"):
-    """A sweep's results (:func:`collect`) as a pandas DataFrame, one row per point."""
+def as_sweep(sweep, root: Path | str = "runs") -> Sweep:
+    """``sweep`` as a :class:`Sweep`: a Sweep itself, the path of a sweep file (YAML/TOML,
+    :func:`load_sweep`), or the name of a sweep run in the store ``root`` (its
+    ``sweeps/NAME/sweep.json``)."""
+    if isinstance(sweep, Sweep):
+        return sweep
+    if not isinstance(sweep, (str, os.PathLike)) or not str(sweep).strip():
+        raise InputError(f"a sweep is a Sweep, a sweep file or a sweep's name, got {shown(sweep)}")
+    if Path(sweep).suffix in (".yaml", ".yml", ".toml"):
+        return load_sweep(sweep)
+    spec = read_json(Path(root) / "sweeps" / str(sweep) / "sweep.json")
+    if not (isinstance(spec, dict) and isinstance(spec.get("points"), list) and "experiment" in spec):
+        raise InputError(f"no sweep {str(sweep)!r}: neither a sweep file (.yaml, .yml, .toml) nor a sweep run in the "
+                         f"store {str(root)!r}")
+    return make_sweep({"experiment": spec["experiment"], "base": spec.get("base") or {}, "list": spec["points"]},
+                      name=str(spec.get("name", sweep)), where=f"sweep {sweep}")
+
+
+def results(sweep, root: Path | str = "runs"):
+    """A sweep's results (:func:`collect`) as a pandas DataFrame, one row per point. ``sweep``:
+    a Sweep, a sweep file or a sweep's name (:func:`as_sweep`)."""
     import pandas as pd
 
-    return pd.DataFrame(collect(sweep, root))
+    return pd.DataFrame(collect(as_sweep(sweep, root), root))
+
+
+def curves(sweep, root: Path | str = "runs"):
+    """Every complete point's tables (the CSV files of its run folder, e.g. ``metrics.csv``)
+    as one long pandas DataFrame: each table's columns, and ``point``, ``run_id``, ``table``
+    (the CSV's name) and the swept settings as columns — one call for curves across a sweep.
+    ``sweep``: a Sweep, a sweep file or a sweep's name (:func:`as_sweep`)."""
+    import pandas as pd
+
+    from .store import load
+
+    sweep, root = as_sweep(sweep, root), Path(root)
+    frames = []
+    for i in range(len(sweep.keys)):
+        folder = root / sweep.run_id(i)
+        if _summary_of(folder) is None:
+            continue
+        swept = {k: sweep.configs[i][k] for k in sweep.swept}
+        for name, table in load(folder).tables.items():
+            frames.append(table.assign(point=i, run_id=sweep.run_id(i), table=name, **swept))
+    if not frames:
+        return pd.DataFrame(columns=["point", "run_id", "table", *sweep.swept])
+    return pd.concat(frames, ignore_index=True)
 
 
 def write_table(rows: list[dict], folder: Path) -> tuple[Path, Path]:
