@@ -5,6 +5,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+import torch
 
 import dropdyn
 from dropdyn import InputError
@@ -196,3 +197,99 @@ def test_26_a_sweep_by_its_file_or_name_and_its_curves_in_one_frame(tmp_path):
     for bad, match in ((tmp_path / "nope", "no sweep"), (3, "a sweep is a Sweep, a sweep file or a sweep's name")):
         with pytest.raises(InputError, match=match):
             dropdyn.sweep.results(bad, store)
+
+
+def test_7_a_report_and_the_index_read_only_regular_files_of_the_folder(tmp_path):
+    import os
+    import threading
+
+    from dropdyn.lab.report import write_report
+
+    path = dropdyn.run("teacher-student", root=tmp_path / "store", **TINY)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG not yours")
+    (path / "leak.png").symlink_to(secret)
+    os.mkfifo(path / "x.png")
+    os.mkfifo(path / "extra.csv")
+    done = []
+    worker = threading.Thread(target=lambda: done.append((write_report(path).read_text(), dropdyn.load(path),
+                                                          RunIndex(tmp_path / "store").reindex())), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert done, "a FIFO in the run folder hung the report, the loader or the index"
+    page, run, _ = done[0]
+    assert "leak.png" not in page and "x.png" not in page and "risk.png" in page
+    assert "extra" not in run.tables and "metrics" in run.tables
+    fifo = tmp_path / "store" / "teacher-student" / "fifo-run"
+    fifo.mkdir()
+    os.mkfifo(fifo / "config.json")
+    worker = threading.Thread(target=lambda: done.append(RunIndex(tmp_path / "store").reindex()), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert len(done) == 2
+
+
+def test_15_a_deleted_folder_is_missing_and_a_damaged_sweep_file_is_one_line(tmp_path, dropdyn_cli):
+    import json
+    import shutil
+
+    from dropdyn.lab.report import write_report
+    from dropdyn.lab.sweep import run_sweep
+
+    path = dropdyn.run("teacher-student", root=tmp_path, **TINY)
+    shutil.rmtree(path)
+    (row,) = RunIndex(tmp_path).rows()
+    assert row["status"] == "missing" and "is gone" in row["error"]
+    sweep = dropdyn.sweep.make_sweep({"experiment": "teacher-student", "name": "s", "base": TINY,
+                                      "grid": {"seed": [1]}})
+    run_sweep(sweep, tmp_path)
+    spec_path = tmp_path / "sweeps" / "s" / "sweep.json"
+    spec = json.loads(spec_path.read_text())
+    del spec["name"]
+    spec_path.write_text(json.dumps(spec))
+    with pytest.raises(InputError, match="not a dropdyn sweep file"):
+        write_report(spec_path.parent)
+    p = dropdyn_cli("report", str(spec_path.parent))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+
+
+def test_14_16_workers_scheduler_and_digits_that_cannot_be_had(tmp_path, monkeypatch):
+    from dropdyn.data import binary_mnist
+    from dropdyn.lab.sweep import run_sweep
+    from dropdyn.threads import available_cpus
+
+    sweep = dropdyn.sweep.make_sweep({"experiment": "teacher-student", "base": TINY, "grid": {"seed": [1]}})
+    too_many = 4 * len(available_cpus()) + 1
+    with pytest.raises(InputError, match=f"workers must be at most .* got {too_many}"):
+        run_sweep(sweep, tmp_path, executor="processes", workers=too_many)
+    with pytest.raises(InputError, match="cannot reach the Dask scheduler notanaddress: missing port"):
+        run_sweep(sweep, tmp_path, executor="dask", scheduler="notanaddress")
+    no_nines = torch.rand(6, 784, dtype=torch.float64), torch.tensor([4, 4, 4, 7, 7, 7])
+    monkeypatch.setattr("dropdyn.data.mnist", lambda source, path: no_nines)
+    with pytest.raises(InputError, match="hold 3 image\\(s\\) of digit 4 and 0 of digit 9"):
+        binary_mnist((4, 9), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(batch_size=-5), "batch_size must be an integer >= 1"),
+    (dict(momentum=1.5), "momentum must be a number in \\[0, 1\\)"),
+    (dict(decay=0.0), "decay must be a number in \\(0, 1\\]"),
+    (dict(labels=[0, 1, 12, 3]), "labels must be classes in \\[0, 3\\), got values in \\[0, 12\\]"),
+    (dict(labels=[0.0, 1.0, 2.0, 0.0]), "labels must be an integer tensor"),
+    (dict(labels=[0, 1]), "labels must have shape \\(4,\\)"),
+])
+def test_11_training_settings_and_labels_are_checked(kw, match):
+    from dropdyn.nets import DropoutMLP, train
+
+    net = DropoutMLP([5, 4, 3], keep_input=1.0, keep_hidden=0.5)
+    labels = torch.tensor(kw.pop("labels", [0, 1, 2, 0]))
+    with pytest.raises(InputError, match=match):
+        train(net, torch.randn(4, 5), labels, epochs=1, **kw)
+
+
+@pytest.mark.parametrize("settings, match", [(dict(datasets=""), "datasets must name mnist and/or digits"),
+                                             (dict(momentum=-0.1), "momentum must be a number"),
+                                             (dict(decay=2.0), "decay must be a number")])
+def test_11_srivastava_refuses_what_would_run_wrong(settings, match):
+    with pytest.raises(InputError, match=match):
+        dropdyn.run("srivastava", **settings)

@@ -234,6 +234,10 @@ def binary_mnist(digits=(4, 9), *, size: int = 28, test_fraction: float = 0.2, g
         raise InputError(f"digits must be two different digits 0..9, got {digits!r}")
     if not 0 < test_fraction < 1:
         raise InputError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    counts = [int((y == k).sum()) for k in digits]
+    if min(counts) < 2:
+        raise InputError(f"the MNIST data ({source}) hold {counts[0]} image(s) of digit {digits[0]} and {counts[1]} of "
+                         f"digit {digits[1]}: at least 2 of each are needed")
     keep = (y == digits[0]) | (y == digits[1])
     X, t = resize_images(X[keep], size), torch.where(y[keep] == digits[1], 1.0, -1.0).double()
     perm = torch.randperm(len(X), generator=generator)

@@ -18,6 +18,7 @@ diagnostics take it as they take an MLP.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -174,6 +175,27 @@ def apply_max_norm(model: DropoutMLP | VGG16, c: float) -> None:
         lin.weight.mul_(torch.clamp(c / norms.clamp_min(1e-30), max=1.0))
 
 
+def check_fraction(name: str, value, interval: str, inside) -> float:
+    """A number in ``interval`` (``inside(v)`` says whether it is), else one line naming it."""
+    v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(v) and inside(v)):
+        raise InputError(f"{name} must be a number in {interval}, got {value!r}")
+    return v
+
+
+def check_labels(model: DropoutMLP | VGG16, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+    """Class labels: integers, one per input, each in [0, classes) of ``model``'s last layer."""
+    if not isinstance(labels, torch.Tensor) or labels.dtype in (torch.bool,) or labels.is_floating_point() \
+            or labels.is_complex():
+        raise InputError(f"labels must be an integer tensor of classes, got {getattr(labels, 'dtype', type(labels))}")
+    if labels.shape != (len(inputs),):
+        raise InputError(f"labels must have shape ({len(inputs)},), one per input, got {tuple(labels.shape)}")
+    classes = model.linears()[-1].out_features
+    if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+        raise InputError(f"labels must be classes in [0, {classes}), got values in [{int(labels.min())}, "
+                         f"{int(labels.max())}]")
+
+
 def train(model: DropoutMLP | VGG16, inputs: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float = 0.1,
           momentum: float = 0.9, decay: float = 0.98, batch_size: int = 100, max_norm: float | None = None,
           generator: torch.Generator | None = None, on_epoch=None, on_step=None) -> int | None:
@@ -187,10 +209,14 @@ def train(model: DropoutMLP | VGG16, inputs: torch.Tensor, labels: torch.Tensor,
     parameters that produced it (a diverged run is a result, not an error)."""
     check_int("epochs", epochs, 0)
     check_positive("lr", lr)
+    check_int("batch_size", batch_size, 1)
+    check_fraction("momentum", momentum, "[0, 1)", lambda v: 0 <= v < 1)
+    check_fraction("decay", decay, "(0, 1]", lambda v: 0 < v <= 1)
     if max_norm is not None:
         check_positive("max-norm c", max_norm)
     if not bool(torch.isfinite(inputs).all()):
         raise InputError("inputs contain non-finite values (NaN or inf)")
+    check_labels(model, inputs, labels)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=decay)
     for d in model.dropouts():

@@ -19,7 +19,7 @@ import torch
 from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed
 from ..data import mnist
 from ..lab import Context, Experiment, seeded, setting
-from ..nets import DropoutMLP, error_rate, train
+from ..nets import DropoutMLP, check_fraction, error_rate, train
 from ._variants import align_to
 
 MC_KS = (1, 2, 5, 10, 20, 50, 100)
@@ -45,6 +45,8 @@ class Config:
         check_int("hidden", self.hidden, 1)
         check_int("epochs", self.epochs, 1)
         check_int("batch_size", self.batch_size, 1)
+        check_fraction("momentum", self.momentum, "[0, 1)", lambda v: 0 <= v < 1)
+        check_fraction("decay", self.decay, "(0, 1]", lambda v: 0 < v <= 1)
         check_int("mc_repeats", self.mc_repeats, 1)
         check_positive("lr", self.lr)
         check_positive("max_norm", self.max_norm)
@@ -52,6 +54,8 @@ class Config:
         check_keep(self.keep_hidden)
         check_seed(self.seed)
         check_device_dtype(self.device, "float32")
+        if not self.dataset_names():
+            raise InputError(f"datasets must name mnist and/or digits, got {self.datasets!r}")
         for name in self.dataset_names():
             if name not in ("mnist", "digits"):
                 raise InputError(f"unknown data set {name!r}; choose mnist and/or digits")

@@ -7,7 +7,8 @@ A run's folder is the truth — it appears atomically, complete, with its
     id          path of the run folder relative to the store (e.g. ``phase-cell/3fa2b1c9d0``)
     key         hash of (experiment, resolved config, dropdyn version)
     experiment  name;  params  resolved config (JSON);  sweep  sweep name or NULL
-    status      running | complete | failed;  error  message of a failed run
+    status      running | complete | failed;  error  message of a failed run (a complete run
+                whose folder inside the store is gone reads ``missing``)
     started, finished  UTC ISO times;  seconds  wall time
     summary     scalar summary metrics (JSON, nested keys joined by ".")
 
@@ -266,6 +267,9 @@ class RunIndex:
             if r["status"] == "running" and not _alive(r.get("pid"), r.get("host"), r.get("heartbeat")):
                 r["status"] = "failed"
                 r["error"] = f"process {r.get('pid')} on {r.get('host')} ended without finishing"
+            elif r["status"] == "complete" and (folder := self.folder(r["id"])) is not None and not folder.is_dir():
+                r["status"] = "missing"  # its folder was deleted by hand: the index is a cache of the folders
+                r["error"] = f"its folder {str(folder)!r} is gone"
         rows = [r for r in rows if status is None or r["status"] == status]
         return sorted(rows, key=lambda r: (r["started"] or r["finished"] or "", r["id"]))
 

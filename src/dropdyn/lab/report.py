@@ -19,7 +19,7 @@ from pathlib import Path
 from .._checks import InputError
 from .experiment import get, registry
 from .index import RunIndex, scalar_summary
-from .store import atomic_write_bytes, is_run_folder, read_json
+from .store import atomic_write_bytes, is_run_folder, read_json, regular_file
 
 KEY = re.compile(r"[0-9a-f]{10}")  # a sweep point's store key (``store.run_key``)
 
@@ -66,7 +66,7 @@ def theory_rows(experiment: str, config: dict, summary: dict) -> list[tuple[str,
 
 def _figures(folder: Path) -> str:
     out = []
-    for png in sorted(folder.glob("*.png")):
+    for png in sorted(p for p in folder.glob("*.png") if regular_file(p)):  # no link out of the folder, no FIFO
         data = base64.b64encode(png.read_bytes()).decode()
         out.append(f'<figure><img alt="{_e(png.name)}" src="data:image/png;base64,{data}"><figcaption>'
                    f"{_e(png.name)}</figcaption></figure>")
@@ -102,6 +102,7 @@ def _sweep_section(folder: Path) -> str:
 
     spec = read_json(folder / "sweep.json")
     if not (isinstance(spec, dict) and spec.get("experiment") in registry() and isinstance(spec.get("keys"), list)
+            and isinstance(spec.get("name"), str) and isinstance(spec.get("base"), dict)
             and all(isinstance(k, str) and KEY.fullmatch(k) for k in spec["keys"])
             and isinstance(spec.get("points"), list) and len(spec["points"]) == len(spec["keys"])):
         raise InputError(f"{folder / 'sweep.json'}: not a dropdyn sweep file (experiment, points and 10-hex-digit "

@@ -21,6 +21,7 @@ import os
 import platform
 import secrets
 import shutil
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -105,9 +106,9 @@ def load(path) -> Run:
         raise InputError(f"{str(path)!r} is not a run folder (no config.json naming an experiment)")
     meta = read_json(path / "config.json")
     summary = read_json(path / "summary.json") or {}
-    tables = {p.stem: _read(p, pd.read_csv) for p in sorted(path.glob("*.csv"))}
+    tables = {p.stem: _read(p, pd.read_csv) for p in sorted(path.glob("*.csv")) if regular_file(p)}
     arrays = {}
-    if (path / "arrays.npz").is_file():
+    if regular_file(path / "arrays.npz"):
         arrays = _read(path / "arrays.npz", _read_npz)
     return Run(path, meta["experiment"], meta["config"], summary, tables, arrays,
                {k: v for k, v in meta.items() if k not in ("experiment", "config")})
@@ -140,9 +141,20 @@ def run_key(experiment: str, config: dict) -> str:
     return config_key({"experiment": experiment, "config": config, "dropdyn": __version__})
 
 
+def regular_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file itself: not a symbolic link (whose target may lie
+    anywhere), a FIFO (whose read would wait forever) or a device."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def read_json(path: Path):
-    """The JSON document at ``path``, or None if it is missing or unreadable (nested deeper
-    than the parser recurses, too)."""
+    """The JSON document at ``path``, or None if it is missing, no regular file
+    (:func:`regular_file`) or unreadable (nested deeper than the parser recurses, too)."""
+    if not regular_file(path):
+        return None
     try:
         return json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._checks import InputError, shown
-from ..threads import using
+from ..threads import available_cpus, using
 from . import host
 from .experiment import Context, get, registry
 from .index import CLAIM_TTL, RunIndex, scalar_summary
@@ -333,7 +333,7 @@ def _dask(tasks, *, workers: int, scheduler: str | None, **_):
                                        dashboard_address=None, silence_logs=logging.ERROR,
                                        plugins=(IgnoreInterrupt(),))
             client = Client(cluster)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # (a malformed address is a ValueError)
         raise InputError(f"cannot reach the Dask scheduler {scheduler or 'LocalCluster'}: {e}") from None
     with _quiet_after_interrupt():
         try:
@@ -392,6 +392,9 @@ def run_sweep(sweep: Sweep, root: Path | str = "runs", *, executor: str = "seria
     check_int("threads", threads, 1)
     if scheduler and executor != "dask":
         raise InputError(f"--scheduler needs --executor dask, got executor {shown(executor)}")
+    most = 4 * len(available_cpus())  # local workers: each a process of its own
+    if executor != "serial" and not scheduler and workers > most:
+        raise InputError(f"workers must be at most {most} (4 for each CPU this process may use), got {workers}")
     root = Path(root)
     folder = root / "sweeps" / sweep.name
     folder.mkdir(parents=True, exist_ok=True)
