@@ -328,3 +328,77 @@ def test_alignment_on_parameter_subsets_against_enumeration():
     assert last.parameters == 8 and abs(last.alpha - matrix_alignment(H[16:24][:, 16:24], S[16:24][:, 16:24])) < 1e-12
     with pytest.raises(ValueError, match="'9.weight' is not a trainable parameter of the model; its names are 0.wei"):
         alignment(model, ce, x, y, parameters=["9.weight"])
+
+
+CHANNEL_LAYERS = {"Dropout1d": (nn.Dropout1d, (3, 4, 5)), "Dropout2d": (nn.Dropout2d, (3, 4, 2, 5)),
+                  "Dropout3d": (nn.Dropout3d, (3, 4, 2, 2, 3)), "AlphaDropout": (nn.AlphaDropout, (3, 4, 5)),
+                  "FeatureAlphaDropout": (nn.FeatureAlphaDropout, (3, 4, 2, 5))}
+
+
+@pytest.mark.parametrize("name", CHANNEL_LAYERS)
+def test_channel_and_alpha_dropout_masks_are_applied_as_the_layer_applies_them(name):
+    """With the mask the layer itself draws (torch's generator replayed), the hook's output is
+    the layer's own training-mode output: channel masks for Dropout1d/2d/3d and
+    FeatureAlphaDropout, AlphaDropout's affine rescaling of a unit set to −λα."""
+    from dropdyn.noise_geometry import LAYERS
+
+    cls, shape = CHANNEL_LAYERS[name]
+    layer, keep = cls(0.4).train(), 0.6
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        own = layer(x)
+        torch.manual_seed(7)
+        noise = LAYERS[cls]
+        mask = torch.empty(noise.mask_shape(tuple(x.shape)), dtype=x.dtype).bernoulli_(keep)
+    assert 0 < mask.sum() < mask.numel()
+    assert (mask.numel() < x.numel()) == (name != "AlphaDropout")  # a channel's unit is more than an element
+    assert torch.allclose(noise.apply(x, mask, keep), own, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer", [nn.Dropout2d(0.5), nn.FeatureAlphaDropout(0.4), nn.AlphaDropout(0.5)])
+def test_channel_and_alpha_dropout_against_exact_enumeration(layer):
+    """A small convolutional model: every mask of its channel (or element) units enumerated;
+    the estimator's 99% interval covers the exact α."""
+    torch.manual_seed(3)
+    if isinstance(layer, nn.AlphaDropout):
+        model = nn.Sequential(nn.Linear(3, 3), nn.SELU(), layer, nn.Linear(3, 2)).double()
+        x = torch.randn(2, 3, dtype=torch.float64)
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 3, 2), nn.Tanh(), layer, nn.Flatten(), nn.Linear(12, 2)).double()
+        x = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    ex = alignment(model, nn.functional.cross_entropy, x, y, exact=True)
+    assert ex.samples == 2**6  # 2 examples × 3 channels (or units)
+    est = alignment(model, nn.functional.cross_entropy, x, y, samples=300, seed=2, confidence=0.99)
+    assert est.ci[0] <= ex.alpha <= est.ci[1], (est, ex.alpha)
+
+
+def test_randomness_outside_the_dropout_layers_is_refused_and_the_global_generator_is_left_alone():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.drop, self.b = nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(nn.functional.dropout(self.drop(torch.tanh(self.a(x))), 0.3, self.training))
+
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    with pytest.raises(ValueError, match="draws randomness of its own outside its dropout layers"):
+        alignment(Functional(), nn.functional.cross_entropy, x, y, samples=4)
+    model, x, y = tiny()
+    before = torch.get_rng_state()
+    alignment(model, nn.functional.cross_entropy, x, y, samples=4, seed=1)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_batch_norm_in_training_mode_takes_the_whole_batch():
+    """A model with batch norm in training mode is checked on the real batch (a batch of one
+    has no variance), and its α is estimated; the running statistics are left alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3)).train()
+    x, y = torch.randn(128, 20), torch.randint(0, 3, (128,))
+    mean = model[1].running_mean.clone()
+    res = alignment(model, nn.functional.cross_entropy, x, y, samples=6, seed=0)
+    assert res.parameters == sum(p.numel() for p in model.parameters()) and res.alpha == res.alpha
+    assert torch.equal(model[1].running_mean, mean) and model.training

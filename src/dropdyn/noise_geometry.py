@@ -32,8 +32,21 @@ The interval is the delta method on the linearisation of log α,
 (the U-statistic's first-order Hoeffding term is 2(m_i − b)), half-width
 z·α·std(ψ)/√samples. ``exact=True`` enumerates every mask of a small model and batch
 (at most 2¹⁶) and forms H and Σ densely. Masks are imposed by forward hooks on the
-dropout modules, so any model with ``torch.nn.Dropout`` or ``dropdyn.nets.Dropout``
-layers works unchanged.
+dropout modules, each applied as the layer itself applies its mask (:data:`LAYERS`), so
+any model with these layers works unchanged:
+
+    nn.Dropout, dropdyn.nets.Dropout     a mask per element: x·m/q (dropdyn's: x·m too)
+    nn.Dropout1d, 2d, 3d                 a mask per channel (all of a channel's positions)
+    nn.AlphaDropout                      a mask per element; a dropped unit is set to SELU's
+                                         saturation −λα and the output affinely rescaled to
+                                         keep its mean and variance: a·(x·m + λα(m − 1 + p))
+    nn.FeatureAlphaDropout               the same with a mask per channel
+
+Randomness of the model's own outside these layers (``F.dropout`` in a ``forward``, say)
+would make α irreproducible: a model whose training-mode output differs between two passes
+with the same masks is refused. Batch normalisation in training mode normalises with the
+batch's statistics, so ℓ(θ; δ) is the loss of the whole batch, whose examples interact
+through them, and H and Σ are of that loss; the running statistics are left as they were.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -67,20 +81,27 @@ def check_parameters(model: nn.Module) -> None:
 
 
 def check_batch(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-    """A non-empty batch whose inputs and targets match, on which the model's loss is a scalar."""
+    """A non-empty batch whose inputs and targets match, on which the model in training mode
+    (as α runs it: batch norm with the whole batch's statistics) gives a scalar loss, and the
+    same loss twice with the same masks (no randomness outside its dropout layers)."""
     if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
         raise InputError("inputs and targets must be torch tensors")
     if inputs.dim() < 1 or len(inputs) < 1 or targets.dim() < 1 or len(targets) != len(inputs):
         raise InputError(f"inputs and targets must hold the same number (>= 1) of examples, got shapes "
                          f"{tuple(inputs.shape)} and {tuple(targets.shape)}")
     try:
-        with torch.no_grad():
-            loss = loss_fn(model(inputs[:1]), targets[:1])
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), _masks(model, lambda i, shape: torch.ones(
+                shape, dtype=torch.bool, device=inputs.device)):
+            losses = [loss_fn(model(inputs), targets) for _ in range(2)]
     except (RuntimeError, ValueError, IndexError) as e:
         raise InputError(f"the model and loss cannot take inputs of shape {tuple(inputs.shape)} and targets of "
                          f"shape {tuple(targets.shape)}: {' '.join(str(e).split())}") from None
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+    if not isinstance(losses[0], torch.Tensor) or losses[0].numel() != 1:
         raise InputError("loss_fn must return a scalar (use a mean- or sum-reduced loss)")
+    if not torch.equal(losses[0], losses[1]):
+        raise InputError("the model draws randomness of its own outside its dropout layers (functional "
+                         "F.dropout in forward?): two passes with the same masks differ, so α would not be "
+                         "reproducible; use dropout modules (nn.Dropout, …)")
 
 
 def check_model(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -96,32 +117,74 @@ def check_model(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.
     check_batch(model, loss_fn, inputs, targets)
 
 
-def _dropout_layers(model: nn.Module) -> list[tuple[nn.Module, float, bool]]:
-    """(module, keep, inverted) for every dropout layer that drops something."""
+ALPHA = 1.7580993408473766  # −λα of SELU: where AlphaDropout sets a dropped unit (ATen's constant)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """How a dropout layer applies its keep-mask m ({0, 1}): on units of ``spatial`` trailing
+    dimensions sharing one mask (0: every element; a channel's positions for Dropout1d/2d/3d,
+    ``None``: all after the channel axis), as ``x·m/q`` (``inverted``), ``x·m``, or AlphaDropout's
+    ``a·(x·m + λα(m − 1 + p))``."""
+
+    spatial: int | None = 0
+    kind: str = "inverted"  # inverted, plain or alpha
+
+    def mask_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        k = len(shape) - 2 if self.spatial is None else self.spatial
+        return tuple(shape[:len(shape) - k]) + (1,) * k
+
+    def apply(self, x: torch.Tensor, mask: torch.Tensor, keep: float) -> torch.Tensor:
+        if self.kind == "inverted":
+            return x * mask / keep
+        if self.kind == "plain":
+            return x * mask
+        p = 1.0 - keep
+        a = 1.0 / math.sqrt((ALPHA * ALPHA * p + 1) * keep)
+        return x * (mask * a) + (mask - 1) * (ALPHA * a) + ALPHA * a * p
+
+
+# torch's dropout layers, each with the noise it applies (dropdyn.nets.Dropout: by its convention)
+LAYERS = {nn.Dropout: Noise(0), nn.Dropout1d: Noise(1), nn.Dropout2d: Noise(2), nn.Dropout3d: Noise(3),
+          nn.AlphaDropout: Noise(0, "alpha"), nn.FeatureAlphaDropout: Noise(None, "alpha")}
+
+
+class DropoutLayer(NamedTuple):
+    """A dropout layer of a model as α replays it: the module, its keep rate, its noise."""
+
+    module: nn.Module
+    keep: float
+    noise: Noise
+
+
+def _dropout_layers(model: nn.Module) -> list[DropoutLayer]:
+    """Every dropout layer of ``model`` that drops something."""
     out = []
     for m in model.modules():
-        if isinstance(m, nn.Dropout) and m.p > 0:
-            out.append((m, 1.0 - m.p, True))
+        if type(m) in LAYERS and m.p > 0:
+            out.append(DropoutLayer(m, 1.0 - m.p, LAYERS[type(m)]))
         elif isinstance(m, NetsDropout) and m.keep < 1:
-            out.append((m, m.keep, m.inverted))
+            out.append(DropoutLayer(m, m.keep, Noise(0, "inverted" if m.inverted else "plain")))
     if not out:
         raise InputError("the model has no dropout layer (or only keep = 1): dropout noise is zero and "
-                         "the alignment α is undefined")
+                         f"the alignment α is undefined (dropout layers: {', '.join(t.__name__ for t in LAYERS)}, "
+                         "dropdyn.nets.Dropout)")
     return out
 
 
 @contextmanager
 def _masks(model: nn.Module, draw):
-    """Within the block, dropout layer i outputs x·mask·(1/keep if inverted) with
-    ``mask = draw(i, x.shape)`` (a {0, 1} tensor). The model runs in training mode, and
-    its buffers (batch-norm running statistics) are restored on exit."""
+    """Within the block, dropout layer i applies ``mask = draw(i, shape)`` (a {0, 1} tensor of
+    its units' shape, :meth:`Noise.mask_shape`) as the layer itself does (:meth:`Noise.apply`).
+    The model runs in training mode, its dropout modules in eval mode (so that they draw
+    nothing: the hooks give their output), and its buffers (batch-norm running statistics)
+    are restored on exit."""
     layers = _dropout_layers(model)
     handles = []
-    for i, (m, keep, inverted) in enumerate(layers):
-        def hook(mod, inp, out, i=i, keep=keep, inverted=inverted):
+    for i, (m, keep, noise) in enumerate(layers):
+        def hook(mod, inp, out, i=i, keep=keep, noise=noise):
             x = inp[0]
-            mask = draw(i, x.shape).to(x.dtype)
-            return x * mask / keep if inverted else x * mask
+            return noise.apply(x, draw(i, noise.mask_shape(tuple(x.shape))).to(x.dtype), keep)
         handles.append(m.register_forward_hook(hook))
     was = model.training
     # forward passes update running statistics in place: let them update copies, and put the
@@ -131,6 +194,8 @@ def _masks(model: nn.Module, draw):
     for m, name, b in buffers:
         setattr(m, name, b.clone())
     model.train()
+    for layer in layers:  # a layer in eval mode draws no mask of its own (from torch's global generator)
+        layer.module.eval()
     try:
         yield layers
     finally:
@@ -176,7 +241,7 @@ class _Problem:
         self.size = sum(p.numel() for p in self.params)
 
     def _draw(self, i, shape):
-        keep = self.layers[i][1]
+        keep = self.layers[i].keep
         return torch.rand(shape, generator=self.gen, device=self.inputs.device) < keep
 
     def _loss(self, draw):
@@ -346,7 +411,7 @@ def exact_matrices(model, loss_fn, inputs, targets) -> tuple[torch.Tensor, torch
         chunks = dict(zip((i for i, _ in shapes), torch.split(torch.tensor(bits), sizes), strict=True))
         w = 1.0
         for i, c in chunks.items():
-            keep, k = layers[i][1], int(c.sum())
+            keep, k = layers[i].keep, int(c.sum())
             w *= keep**k * (1 - keep) ** (len(c) - k)
 
         def draw(i, shape, chunks=chunks):
