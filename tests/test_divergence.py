@@ -314,3 +314,25 @@ def test_a_disabled_run_bar_shows_nothing_creates_no_tqdm_lock_and_counts():
         run_loop(Idle(), 7, record_every=2, progress=bar, desc="part")
         bar.set_description("d")
     assert bar.n == 7
+
+
+def test_a_long_library_call_shows_a_bar_and_a_call_inside_an_experiment_does_not(capsys, monkeypatch):
+    """By default a call shows its bar once it has run AUTO_DELAY seconds (here 0: at once), a
+    call with progress=False never; inside an experiment's computation the experiment owns the
+    bar, so the library calls it makes show none of their own."""
+    import dropdyn
+    from dropdyn import loop
+
+    monkeypatch.setattr(loop, "AUTO_DELAY", 0.0)
+    g = torch.Generator().manual_seed(0)
+    X, Z, y = torch.randn(20, 3, generator=g), torch.randn(8, 2, generator=g), torch.randn(8, generator=g)
+    dropdyn.simulate("gd", X, Z, y, lr=0.1, keep=0.5, steps=30)
+    assert "gd:" in capsys.readouterr().err  # (the bar, cleared at its end)
+    dropdyn.simulate("gd", X, Z, y, lr=0.1, keep=0.5, steps=30, progress=False)
+    assert capsys.readouterr().err == ""
+    token = loop.OWNED.set(True)
+    try:
+        dropdyn.simulate("gd", X, Z, y, lr=0.1, keep=0.5, steps=30)
+    finally:
+        loop.OWNED.reset(token)
+    assert capsys.readouterr().err == ""

@@ -459,8 +459,9 @@ class Execution:
     captured CUDA graph (:mod:`dropdyn.graph`; CUDA only, not the critical rule; dropout then
     does not compact its kept neurons); ``divergence_threshold``: the run stops at the first
     step whose risk (thinned, or full at a record) exceeds ``divergence_threshold · (1 + R_0)``
-    or is non-finite, or whose update is non-finite; ``progress``: a bar of its own (True), or
-    a tqdm bar of a larger run to advance."""
+    or is non-finite, or whose update is non-finite; ``progress``: a bar of its own (True),
+    none (False), a tqdm bar of a larger run to advance, or — the default, None — a bar that
+    appears once the call has run 2 s."""
 
     device: Any = None
     dtype: Any = None
@@ -468,7 +469,7 @@ class Execution:
     check_every: int | None = None
     graph: bool = False
     divergence_threshold: float = 1e6
-    progress: Any = False
+    progress: Any = None
 
 
 def grouped(cls, group, **flat):
@@ -616,7 +617,7 @@ def simulate(
     backend: str = "torch",
     check_every: int | None = None,
     graph: bool = False,
-    progress=False,
+    progress=None,
     threads: int | None = None,
 ) -> SimulationResult:
     """Run ``steps`` steps of ``variant`` (one of :data:`VARIANTS`, or a :class:`Rule`) from

@@ -5,6 +5,7 @@ the divergence watch that lets a GPU run read its divergence test only every few
 
 from __future__ import annotations
 
+import contextvars
 import math
 from typing import Any, Protocol
 
@@ -99,9 +100,9 @@ def run_loop(driver: Driver, steps: int, *, record_every: int, progress=False,
              desc: str = "") -> tuple[Any, int | None]:
     """Steps k = 1 … ``steps`` of ``driver``. Records at step 0, every ``record_every`` steps,
     at the last step, and at the step before a divergence (no step after it is recorded).
-    ``progress``: False, True (a bar for this loop) or the tqdm bar of a larger run to
-    advance, whose postfix then names this loop (``desc``). Returns the final state and the
-    step that diverged, or None."""
+    ``progress``: False, True (a bar for this loop), None (a bar once the loop has run
+    :data:`AUTO_DELAY` seconds) or the bar of a larger run to advance, whose postfix then
+    names this loop (``desc``). Returns the final state and the step that diverged, or None."""
     state = driver.start()
     driver.record(state, 0)
     last, diverged = 0, None
@@ -128,22 +129,31 @@ def run_loop(driver: Driver, steps: int, *, record_every: int, progress=False,
     return state, diverged
 
 
-def progress_bar(total: int, enabled: bool, desc: str):
-    """A tqdm bar of ``total`` steps, or None when disabled."""
-    if not enabled or total == 0:
+AUTO_DELAY = 2.0  # seconds: a call shows its bar once it has run this long, unless told otherwise
+# True inside an experiment's computation: the experiment owns the progress shown, so the
+# library calls it makes show no bar of their own unless handed one
+OWNED = contextvars.ContextVar("dropdyn_progress_owned", default=False)
+
+
+def progress_bar(total: int, enabled: bool | None, desc: str):
+    """A tqdm bar of ``total`` steps (see :func:`run_bar`), or None when disabled."""
+    if enabled is False or total == 0 or (enabled is None and OWNED.get()):
         return None
-    return run_bar(total, desc)
+    return run_bar(total, desc, enabled=enabled)
 
 
-def run_bar(total: int, desc: str, *, enabled: bool = True, unit: str = "step"):
-    """One tqdm bar for a whole run of ``total`` units (a :class:`NoBar` when not ``enabled``):
-    an experiment made of several parts advances it through each, and names the running part
-    with ``set_description``."""
-    if not enabled:
+def run_bar(total: int, desc: str, *, enabled: bool | None = True, unit: str = "step"):
+    """One tqdm bar for a whole run of ``total`` units: shown at once (``enabled=True``), once
+    the run has lasted :data:`AUTO_DELAY` seconds (``None``: a long library call is never
+    silent, a short one prints nothing), or a :class:`NoBar` (``False``). An experiment made
+    of several parts advances it through each, and names the running part with
+    ``set_description``."""
+    if enabled is False:
         return NoBar(total)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=0.5)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=0.5,
+                delay=AUTO_DELAY if enabled is None else 0.0)
 
 
 class NoBar:

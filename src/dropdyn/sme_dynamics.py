@@ -172,7 +172,7 @@ def simulate_sme(
     observe: Callable[[Tensor], dict[str, Tensor]] | None = None,
     divergence_threshold: float = 1e6,
     check_every: int | None = None,
-    progress=False,
+    progress=None,
     threads: int | None = None,
 ) -> SMETrajectory:
     """Simulate ``dynamics`` (one of ``DYNAMICS``) for ``steps`` dropout steps of size ``lr``
@@ -186,6 +186,7 @@ def simulate_sme(
     neither, torch's default generator). ``check_every``: the host reads the divergence test
     every this many steps and at every record (default 1 on the CPU, 16 on a GPU), the device
     keeping the last good state in between, so the result is the same for any value.
+    ``progress``: as for :func:`dropdyn.simulate` (default: a bar once the call has run 2 s).
     ``threads``: torch's intra-op threads for the call (default: :mod:`dropdyn.threads`).
 
     >>> import torch

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..engine import SimulationResult, record_steps, simulate
-from ..loop import progress_bar
+from ..loop import run_bar
 
 COMPARED = ("dropout", "ram", "penalty", "gd")
 COLORS = {"dropout": "C3", "ram": "C0", "penalty": "C2", "gd": "k"}
@@ -33,24 +33,25 @@ def grid(steps: int, records: int) -> np.ndarray:
 
 def run_variants(X0: torch.Tensor, split, *, lr: float, keep: float, steps: int, records: int, activation: str,
                  seed: int, device: str, dtype: torch.dtype, engine: dict | None = None, snapshots: bool = False,
-                 progress: bool = False) -> dict[str, SimulationResult]:
+                 progress: bool | None = False) -> dict[str, SimulationResult]:
     """Each variant from ``X0`` on ``split`` (``inputs``, ``targets``, ``test_inputs``,
     ``test_targets``); dropout and RaM share one mask stream (``seed``). Outputs are
     recorded on the test inputs; with ``snapshots``, dropout's and RaM's particles too.
     ``engine``: simulate's ``backend`` and ``graph`` (:attr:`dropdyn.experiment.EngineRuntime.engine`).
-    ``progress``: True (one bar for the comparison) or the bar of a larger run."""
+    ``progress``: True (one bar for the comparison), None (one once it has run 2 s), False, or
+    the bar of a larger run."""
     every = record_every(steps, records)
     snap = every if snapshots else None
     shared = hasattr(progress, "update")
-    bar = progress if shared else progress_bar(len(COMPARED) * steps, progress, "variants")
+    bar = progress if shared else run_bar(len(COMPARED) * steps, "variants", enabled=progress)
     runs = {
         v: simulate(v, X0, split.inputs, split.targets, lr=lr, keep=keep, steps=steps, activation=activation,
                     seed=seed, record_every=every, test_inputs=split.test_inputs, test_targets=split.test_targets,
                     probe_inputs=split.test_inputs, snapshot_every=snap if v in ("dropout", "ram") else None,
-                    device=device, dtype=dtype, progress=bar if bar is not None else False, **(engine or {}))
+                    device=device, dtype=dtype, progress=bar, **(engine or {}))
         for v in COMPARED
     }
-    if bar is not None and not shared:
+    if not shared:
         bar.close()
     return runs
 

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from .._checks import InputError
+from ..loop import OWNED
 from ..threads import using
 
 
@@ -58,7 +59,7 @@ class Context:
     the progress bar, and the executor of child points."""
 
     store: Path = Path("runs")
-    progress: bool = False
+    progress: bool | None = False
     executor: str = "serial"
     workers: int = 2
     scheduler: str | None = None
@@ -99,18 +100,24 @@ class Experiment:
         config = dataclasses.asdict(cfg)
         with open_run(self.name, config, out, force=force) as folder:
             t0 = time.perf_counter()
-            summary = self.write(folder, cfg, self.compute(cfg, ctx))
+            owned = OWNED.set(True)  # its progress is the experiment's own (ctx.bar)
+            try:
+                results = self.compute(cfg, ctx)
+            finally:
+                OWNED.reset(owned)
+            summary = self.write(folder, cfg, results)
             summary = {"seconds": round(time.perf_counter() - t0, 2), **strict_json(summary)}
             folder.write_json("summary.json", summary)
         return folder.path
 
     def run(self, cfg=None, out: Path | str | None = None, *, root: Path | str = "runs", force: bool = False,
-            progress: bool = False, index: bool | None = None, executor: str = "serial", workers: int = 2,
+            progress: bool | None = None, index: bool | None = None, executor: str = "serial", workers: int = 2,
             scheduler: str | None = None, threads: int | None = None, **settings) -> Path:
         """Run the experiment and return its run folder. ``cfg`` is a ``Config`` (or None for
         the defaults), ``settings`` override its fields. The folder is ``out``, or a fresh
         ``root/<group>/<time>-<key>-<rand>``. The run is indexed in the store ``root``
-        (``index``, default: when its folder lies in the store). ``threads``: torch's
+        (``index``, default: when its folder lies in the store). ``progress``: a bar for the
+        run (True), none (False), or one once it has run 2 s (None). ``threads``: torch's
         intra-op threads for the run (default: :mod:`dropdyn.threads` chooses; the count is
         in the run's ``config.json``)."""
         from .index import RunIndex
