@@ -48,7 +48,8 @@ def test_smoke_run_with_one_bar_for_the_whole_run(name, tmp_path, monkeypatch):
     if exp.theory is not None:
         config = json.loads((path / "config.json").read_text())
         rows = exp.theory(config["config"], summary)
-        assert rows and all(len(row) >= 3 and row[0] for row in rows), rows
+        assert rows and all(len(row) == 4 and row[0] for row in rows), rows
+        assert all(row[3].startswith(("agrees (", "disagrees (", "— (")) for row in rows), rows
     shown = [b for b in Recorded.bars if b.shown]
     assert len(shown) == 1, [b.desc for b in shown]
     n, total = shown[0].closed_at

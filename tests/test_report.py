@@ -50,11 +50,18 @@ def test_report_shows_theory_beside_measurement(run_and_sweep, capsys):
 
 
 def test_theory_rows_of_the_phase_experiments():
-    rows = theory_rows("phase-cell", {}, {"theory": "III", "empirical": "III", "ratio": 0.7})
-    assert rows == [("phase of the family", "III", "nearest limit: III (distance ×0.70 per width doubling)")]
-    rows = theory_rows("convergence", {"phase": "V"}, {"predicted_phase_at_largest_width": "V",
-                                                       "rates": {"particle": {"slope": -1.1, "ci95": [-1.3, -0.9]}}})
+    rows = theory_rows("phase-cell", {"shrink": 0.9}, {"theory": "III", "empirical": "III", "ratio": 0.7})
+    assert rows == [("phase of the family", "III", "nearest limit: III (distance ×0.70 per width doubling)",
+                     "agrees (the nearest limit, if its distance shrinks by 0.9 per width doubling)")]
+    assert theory_rows("phase-cell", {"shrink": 0.9}, {"theory": "III", "empirical": "I", "ratio": 0.7})[0][3] \
+        .startswith("disagrees (")
+    rates = {"particle": {"slope": -1.1, "ci95": [-1.3, -0.9]}, "output": {"slope": -0.2, "ci95": [-0.5, 0.1]},
+             "w2": {"slope": 0.3, "ci95": [0.1, 0.5]}}
+    rows = theory_rows("convergence", {"phase": "V"}, {"predicted_phase_at_largest_width": "V", "rates": rates})
     assert rows[1][2] == "n^-1.10  95% CI [-1.30, -0.90]"
+    assert [r[3] for r in rows] == ["agrees (the exponents read off the largest width place it in that phase)",
+                                    "agrees (the 95% interval lies below 0)", "— (the 95% interval contains 0)",
+                                    "disagrees (the 95% interval lies above 0)"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian package 'chromium'); "

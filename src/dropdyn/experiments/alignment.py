@@ -34,7 +34,7 @@ from torch import nn
 from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed, parse_pairs
 from ..curvature import flatness
 from ..data import cifar10, mnist
-from ..lab import Context, Experiment, seeded, setting
+from ..lab import Context, Experiment, seeded, setting, verdict
 from ..nets import VGG16, DropoutMLP, all_finite, train
 from ..noise_geometry import alignment, noise_along_curvature
 
@@ -431,11 +431,16 @@ def write(folder, cfg: Config, res: dict) -> dict:
             "parts": {name: {"count": p["count"], "seconds": round(p["seconds"], 3)} for name, p in parts.items()}}
 
 
-def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
     """α's range after the first measurement (epoch 0 is at initialisation), all parameters and
     per layer, against the paper's line for its parameter subsets."""
-    return [(f"α over training ({name})", f"> {s['paper_alpha']} (SME paper, {s.get('paper_figure', 'Fig. 3a')})",
-             "—" if v is None else f"{v[0]:.3f}–{v[1]:.3f} after epoch 0")
+    line = s["paper_alpha"]
+    return [(f"α over training ({name})", f"> {line} (SME paper, {s.get('paper_figure', 'Fig. 3a')})",
+             "—" if v is None else f"{v[0]:.3f}–{v[1]:.3f} after epoch 0",
+             verdict(None, "not measured") if v is None else verdict(
+                 v[0] > line if v[0] > line or v[1] < line else None,
+                 f"every measurement after epoch 0 above {line}" if v[0] > line or v[1] < line else
+                 f"above {line} at some measurements only"))
             for name, v in s.get("alpha_range_trained", {}).items()]
 
 

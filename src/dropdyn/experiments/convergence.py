@@ -30,7 +30,7 @@ import torch
 from .._checks import InputError, check_choice, check_int, check_positive, check_steps, parse_widths
 from ..data import mean_field_init
 from ..engine import record_steps, simulate
-from ..lab import Context, Experiment, setting
+from ..lab import Context, Experiment, setting, sign_verdict, verdict
 from ..lab.store import config_key
 from ..lab.sweep import make_sweep, run_children
 from ..limits import MAX_THINNING, coupled_limit
@@ -253,20 +253,22 @@ def write(folder, cfg: Config, res: dict) -> dict:
     }
 
 
-def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
     """The limit the family reaches, and each distance's fitted rate (negative: it converges).
     Phase IV's limit draws its own random forward passes, independent of dropout's masks: its
     particles and W2 are not expected to converge under this coupling, only the output."""
-    rows = [("limit", f"phase {c['phase']}", f"classify at the largest width (exponents read off it): "
-                                             f"{s['predicted_phase_at_largest_width']}")]
+    placed = s["predicted_phase_at_largest_width"]
+    rows = [("limit", f"phase {c['phase']}", f"classify at the largest width (exponents read off it): {placed}",
+             verdict(placed == c["phase"], "the exponents read off the largest width place it in that phase"))]
     for k, v in s["rates"].items():
         ci = v.get("ci95") or [None, None]
         measured = "no fit" if v["slope"] is None else f"n^{v['slope']:.2f}" + (
             f"  95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci else "")
-        expected = "negative (converges)"
+        expected, negative = "negative (converges)", True
         if c["phase"] == "IV" and k != "output":
             expected = "not negative: the limit's forward passes are its own, so no pathwise convergence"
-        rows.append((f"rate of the {k} distance", expected, measured))
+            negative = False
+        rows.append((f"rate of the {k} distance", expected, measured, sign_verdict(v, negative)))
     return rows
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .._checks import check_choice, check_int
-from ..lab import Context, Experiment, setting
+from ..lab import Context, Experiment, setting, verdict
 from ..phase import phase_line
 from .convergence import DEFAULT_SCALING, Family, check_family, run_width, w2_method
 
@@ -43,11 +43,12 @@ def write(folder, cfg: Config, row: dict) -> dict:
             "w2_method": w2_method(cfg.width, cfg.w2_exact_max)}
 
 
-def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
     return [("phase of (n, τ, q)", phase_line(s["width"], s["lr"], s["keep"], (c["a"], c["b"])),
-             f"coupled to limit {c['phase']}"),
+             f"coupled to limit {c['phase']}", verdict(None, "a classification")),
             ("particle distance at T", "→ 0 as n → ∞",
-             "not measured (diverged)" if s["particle_distance"] is None else f"{s['particle_distance']:.3g}")]
+             "not measured (diverged)" if s["particle_distance"] is None else f"{s['particle_distance']:.3g}",
+             verdict(None, "one width: the rate needs several (dropdyn run convergence)"))]
 
 
 EXPERIMENT = Experiment("convergence-width", "one width of a convergence experiment: dropout vs its coupled limit.",

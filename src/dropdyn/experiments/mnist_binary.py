@@ -25,7 +25,7 @@ import torch
 
 from .._checks import check_choice, check_int, check_keep, check_positive, check_steps, parse_digit_pair
 from ..data import binary_mnist, mean_field_init
-from ..lab import Context, Experiment, setting
+from ..lab import Context, Experiment, setting, verdict
 from ..phase import phase_line
 from ._runtime import EngineRuntime
 from ._variants import COLORS, COMPARED, grid, mark_divergence, plot_variant, run_variants
@@ -169,14 +169,25 @@ def write(folder, cfg: Config, res: dict) -> dict:
     }
 
 
-def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
-    """dropdyn's classifier on each regime's (n, τ, q), beside what the variants did."""
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
+    """dropdyn's classifier on each regime's (n, τ, q), beside what the variants did: the
+    practical regime (V) predicts a negligible penalty (penalty GD within 5% of GD in test
+    risk), the small-lr regime (II) a surviving one (dropout closer to penalty GD than to GD
+    in train risk)."""
     rows = []
     for name, r in s["regimes"].items():
         f = s["final"]
         gap = abs(f[f"{name}/dropout"]["test_risk"] - f[f"{name}/ram"]["test_risk"])
+        if name == "practical":
+            pen, gd = f[f"{name}/penalty"]["test_risk"], f[f"{name}/gd"]["test_risk"]
+            judged = verdict(abs(pen - gd) <= 0.05 * gd, f"the penalty is negligible: penalty GD within 5% of GD "
+                                                        f"({pen:.4g} vs {gd:.4g})")
+        else:
+            d, pen, gd = (f[f"{name}/{v}"]["train_risk"] for v in ("dropout", "penalty", "gd"))
+            judged = verdict(abs(d - pen) < abs(d - gd), f"the penalty survives: dropout's train risk {d:.4g} closer "
+                                                          f"to penalty GD's {pen:.4g} than to GD's {gd:.4g}")
         rows.append((f"{name}: phase of (n, τ, q)", phase_line(r["width"], r["lr"], r["keep"], EMBEDDING[name]),
-                     f"|test risk dropout − RaM| = {gap:.3g}"))
+                     f"|test risk dropout − RaM| = {gap:.3g}", judged))
     return rows
 
 

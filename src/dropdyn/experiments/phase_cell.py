@@ -12,7 +12,7 @@ import torch
 from .._checks import InputError, check_int, check_positive, check_steps, parse_widths
 from ..data import mean_field_init
 from ..engine import simulate
-from ..lab import Context, Experiment, setting
+from ..lab import Context, Experiment, setting, verdict
 from ..limits import coupled_limit
 from ..masks import draw_masks
 from ..metrics import output_gap
@@ -160,10 +160,11 @@ def write(folder, cfg: Config, cell: dict) -> dict:
     return cell
 
 
-def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
     ratio = "—" if s["ratio"] is None else f"{s['ratio']:.2f}"
     return [("phase of the family", s["theory"], f"nearest limit: {s['empirical']} (distance ×{ratio} per width "
-             "doubling)")]
+             "doubling)", verdict(s["empirical"] == s["theory"], f"the nearest limit, if its distance shrinks by "
+                                                                  f"{c['shrink']:g} per width doubling"))]
 
 
 EXPERIMENT = Experiment("phase-cell", "one cell of the empirical phase diagram: dropout vs every candidate limit "

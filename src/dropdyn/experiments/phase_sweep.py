@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .._checks import InputError, parse_floats, parse_widths
-from ..lab import Context, Experiment, setting
+from ..lab import Context, Experiment, setting, verdict
 from ..lab.store import config_key
 from ..lab.sweep import make_sweep, run_children
 from . import phase_cell
@@ -137,11 +137,15 @@ def write(folder, cfg: Config, res: dict) -> dict:
     }
 
 
-def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
-    rows = [("cells agreeing with the theory", "all", f"{s['agreement_all']:.0%} of {s['cells']}")]
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
+    every = "every cell's nearest limit is its phase"
+    rows = [("cells agreeing with the theory", "all", f"{s['agreement_all']:.0%} of {s['cells']}",
+             verdict(s["agreement_all"] == 1, every))]
     if s.get("agreement_decided") is not None:
-        rows.append(("… among cells the width decides", "all", f"{s['agreement_decided']:.0%} of {s['decided_cells']}"))
-    return rows + [(f"cell a={d['a']:g}, b={d['b']:g}", d["theory"], d["empirical"]) for d in s["cells_detail"]]
+        rows.append(("… among cells the width decides", "all", f"{s['agreement_decided']:.0%} of {s['decided_cells']}",
+                     verdict(s["agreement_decided"] == 1, every)))
+    return rows + [(f"cell a={d['a']:g}, b={d['b']:g}", d["theory"], d["empirical"],
+                    verdict(d["empirical"] == d["theory"], "the nearest limit")) for d in s["cells_detail"]]
 
 
 EXPERIMENT = Experiment("phase-sweep", "the empirical phase diagram: nearest limit per (a, b) cell, beside the theory.",

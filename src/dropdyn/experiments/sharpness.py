@@ -21,7 +21,7 @@ from .._checks import InputError, check_device_dtype, check_int, check_keep, che
 from ..curvature import mean_field_sharpness
 from ..data import mean_field_init, teacher_student
 from ..engine import simulate
-from ..lab import Context, Experiment, setting
+from ..lab import Context, Experiment, setting, verdict
 
 
 @dataclass
@@ -136,9 +136,11 @@ def write(folder, cfg: Config, res: dict) -> dict:
     }
 
 
-def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
-    return [("GD stable step", f"≤ 2/λ = {s['bound_2_over_lambda_solution']:.3g} (quadratic model)",
-             f"{s['largest_stable']['gd']['mean_step']:.3g}")]
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
+    bound, stable = s["bound_2_over_lambda_solution"], s["largest_stable"]["gd"]["mean_step"]
+    return [("GD stable step", f"≤ 2/λ = {bound:.3g} (quadratic model)", f"{stable:.3g}",
+             verdict(None if stable is None else stable <= bound, "the largest stable step against 2/λ at the "
+                                                                  "solution"))]
 
 
 EXPERIMENT = Experiment("sharpness", "sharpness bypass: largest stable step of GD vs RaM, with the top Hessian "

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .._checks import InputError, check_int, check_keep, check_positive, parse_floats
-from ..lab import Context, Experiment, setting
+from ..lab import Context, Experiment, setting, verdict
 from ..sme_dynamics import simulate_sme
 from ._sme import SMESettings, generator, problem
 
@@ -217,9 +217,14 @@ def write(folder, cfg: Config, res: dict) -> dict:
     }
 
 
-def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
-    return [(f"weak-order slope, {k}", f"{s['paper_slopes'].get(k.split('/')[0], 1)} (SME paper, Fig. 1b, c)",
-             measured_slope(v)) for k, v in s["slopes"].items()]
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for k, v in s["slopes"].items():
+        paper = s["paper_slopes"].get(k.split("/")[0], 1)
+        judged = verdict(None, "unresolved") if v["slope"] is None else verdict(
+            v["ci95"][0] <= paper <= v["ci95"][1], "the paper's slope inside the 95% interval")
+        rows.append((f"weak-order slope, {k}", f"{paper} (SME paper, Fig. 1b, c)", measured_slope(v), judged))
+    return rows
 
 
 def measured_slope(fit: dict) -> str:

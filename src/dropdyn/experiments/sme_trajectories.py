@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..lab import Context, Experiment, setting
+from ..lab import Context, Experiment, setting, verdict
 from ._sme import CurveSettings, band, compute_curves, curve_table
 
 DYNAMICS = ("dropout", "sme1")
@@ -80,11 +80,12 @@ def gaps(r: dict, stat: str) -> dict:
             "max_relative_gap": float(np.max(np.abs(d[:k] - s[:k]) / d[:k]))}
 
 
-def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
     return [(f"dropout vs SME training risk, {k}", "agree (SME paper, Fig. 1a)",
              f"largest relative gap of the means {v['max_relative_gap_mean']:.1%}, of the medians "
              f"{v['max_relative_gap_median']:.1%}; largest replica risk after t = 0: "
-             f"{v['largest_risk_dropout']:.3g} (dropout), {v['largest_risk_sme']:.3g} (SME)")
+             f"{v['largest_risk_dropout']:.3g} (dropout), {v['largest_risk_sme']:.3g} (SME)",
+             verdict(v["max_relative_gap_median"] <= 0.1, "the medians within 10% of each other at every record"))
             for k, v in s["settings"].items()]
 
 

@@ -18,7 +18,7 @@ import torch
 
 from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed
 from ..data import mnist
-from ..lab import Context, Experiment, seeded, setting
+from ..lab import Context, Experiment, seeded, setting, verdict
 from ..nets import DropoutMLP, check_fraction, error_rate, train
 from ._variants import align_to
 
@@ -184,10 +184,11 @@ def write(folder, cfg: Config, res: dict) -> dict:
     }
 
 
-def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
     e = s["final_test_error"]
     return [(f"{n}: test error, dropout vs none", "lower with dropout (Srivastava et al. 2014)",
-             f"{e[f'{n}/dropout']:.1%} vs {e[f'{n}/no dropout']:.1%}")
+             f"{e[f'{n}/dropout']:.1%} vs {e[f'{n}/no dropout']:.1%}",
+             verdict(e[f"{n}/dropout"] < e[f"{n}/no dropout"], "one seed, the final test error"))
             for n in c["datasets"].split(",") if e.get(f"{n}/dropout") is not None
             and e.get(f"{n}/no dropout") is not None]
 

@@ -19,7 +19,7 @@ import torch
 
 from .._checks import InputError, check_int, check_keep, check_positive
 from ..data import mean_field_init, teacher_student
-from ..lab import Context, Experiment, setting
+from ..lab import Context, Experiment, setting, verdict
 from ..metrics import output_gap, particle_distance
 from ..phase import phase_line
 from ._runtime import EngineRuntime
@@ -157,14 +157,17 @@ def write(folder, cfg: Config, res: dict) -> dict:
     }
 
 
-def theory(c: dict, s: dict) -> list[tuple[str, str, str]]:
-    """The phase of (n, τ, q) and the dropout–RaM gap against its O(√β) size."""
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
+    """The phase of (n, τ, q) and the dropout–RaM gap against its O(√β) size (agreeing within a
+    factor 3 of √β)."""
     ram, gd = s["final_gap_output_dropout_ram"], s["final_gap_output_dropout_gd"]
     near = "—" if ram is None or gd is None else f"‖f(dropout) − f(RaM)‖ = {ram:.3g} vs ‖f(dropout) − f(GD)‖ = {gd:.3g}"
-    return [("phase of (n, τ, q)", phase_line(c["width"], c["lr"], c["keep"]), near),
-            ("dropout–RaM output gap", f"O(√β) = {s['beta'] ** 0.5:.3g}",
-             f"{s['final_gap_output_dropout_ram']:.3g}" if s["final_gap_output_dropout_ram"] is not None
-             else f"diverged at step {s['diverged_at_step']['dropout']}")]
+    root_beta = s["beta"] ** 0.5
+    return [("phase of (n, τ, q)", phase_line(c["width"], c["lr"], c["keep"]), near,
+             verdict(None, "a classification; one width cannot tell RaM from GD, the width scaling does")),
+            ("dropout–RaM output gap", f"O(√β) = {root_beta:.3g}",
+             f"{ram:.3g}" if ram is not None else f"diverged at step {s['diverged_at_step']['dropout']}",
+             verdict(None, "diverged") if ram is None else verdict(ram <= 3 * root_beta, "within a factor 3 of √β"))]
 
 
 EXPERIMENT = Experiment(

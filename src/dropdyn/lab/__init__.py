@@ -16,7 +16,7 @@ To write an experiment: ``from dropdyn.lab import Context, Experiment, Runtime, 
 (docs/development.md).
 """
 
-from .experiment import Context, Experiment, seeded
+from .experiment import Context, Experiment, seeded, sign_verdict, verdict
 from .settings import Runtime, setting
 
-__all__ = ["Context", "Experiment", "Runtime", "seeded", "setting"]
+__all__ = ["Context", "Experiment", "Runtime", "seeded", "setting", "sign_verdict", "verdict"]

@@ -8,7 +8,9 @@ An experiment module declares itself once, as ``EXPERIMENT = Experiment(...)``:
                   help text, so the CLI builds the sub-command from it
     compute       (cfg, ctx) → results: the work
     write         (folder, cfg, results) → summary: CSV, npz and figures into the run folder
-    theory        (config, summary) → [(quantity, theory, measured)]: the report's rows
+    theory        (config, summary) → [(quantity, theory, measured, verdict)]: the report's
+                  rows, each verdict from :func:`verdict` (whether the measurement agrees,
+                  within what tolerance)
     cost          (config) → relative cost, for scheduling sweep points (optional)
     sweeps        True if it runs sweeps of child points (takes --executor/--workers/--scheduler)
     group         (cfg) → the store folder its runs go to (default: the name)
@@ -141,6 +143,28 @@ class Experiment:
         ctx = Context(root, progress, executor, workers, scheduler)
         with using(threads):
             return conduct(self, cfg, out, entry, params=config, force=force, ctx=ctx)[0]
+
+
+def verdict(agrees: bool | None, how: str) -> str:
+    """A theory row's verdict: ``"agrees (how)"``, ``"disagrees (how)"``, or, where the row
+    compares nothing measurable or the measurement cannot decide, ``"— (how)"``. ``how`` says
+    within what tolerance, or why there is no verdict."""
+    return f"{'—' if agrees is None else 'agrees' if agrees else 'disagrees'} ({how})"
+
+
+def sign_verdict(fit: dict, negative: bool = True) -> str:
+    """Whether a fitted rate (``slope``, ``ci95``) is negative (``negative``) or not: decided
+    by its 95% interval; with no interval (two points), by the slope alone, saying so."""
+    slope, ci = fit.get("slope"), fit.get("ci95") or [None, None]
+    if slope is None:
+        return verdict(None, "no fit")
+    if None in ci or any(c != c for c in ci):  # (NaN: two widths)
+        return verdict((slope < 0) == negative, "by the slope alone: two widths give no interval")
+    if ci[1] < 0:
+        return verdict(negative, "the 95% interval lies below 0")
+    if ci[0] > 0:
+        return verdict(not negative, "the 95% interval lies above 0")
+    return verdict(None if negative else True, "the 95% interval contains 0")
 
 
 _REGISTRY: dict[str, Experiment] = {}

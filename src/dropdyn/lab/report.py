@@ -55,13 +55,14 @@ def _table(rows: list[tuple], header: tuple | None = None) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def theory_rows(experiment: str, config: dict, summary: dict) -> list[tuple[str, str, str]]:
-    """(quantity, the theory's prediction, the measurement) for one run: the experiment's own
-    ``theory`` rows, or its scalar slopes and orders where it declares none."""
+def theory_rows(experiment: str, config: dict, summary: dict) -> list[tuple[str, str, str, str]]:
+    """(quantity, the theory's prediction, the measurement, the verdict) for one run: the
+    experiment's own ``theory`` rows, or its scalar slopes and orders where it declares none."""
     exp = get(experiment)
     if exp.theory is not None:
         return exp.theory(config, summary)
-    return [(k, "—", _fmt(v)) for k, v in scalar_summary(summary).items() if k.startswith(("slope", "order"))]
+    return [(k, "—", _fmt(v), "— (no prediction)") for k, v in scalar_summary(summary).items()
+            if k.startswith(("slope", "order"))]
 
 
 def _figures(folder: Path) -> str:
@@ -85,9 +86,9 @@ def _run_section(folder: Path, title: str | None = None) -> str:
     try:
         rows = theory_rows(exp, meta["config"], summary)
     except (KeyError, TypeError, ValueError) as e:  # an older, partial or foreign summary: say so, keep the rest
-        rows = [("theory vs measurement", "—", f"unavailable ({type(e).__name__}: {e})")]
+        rows = [("theory vs measurement", "—", f"unavailable ({type(e).__name__}: {e})", "—")]
     if rows:
-        parts.append("<h3>Theory and measurement</h3>" + _table(rows, ("quantity", "theory", "measured")))
+        parts.append("<h3>Theory and measurement</h3>" + _table(rows, ("quantity", "theory", "measured", "verdict")))
     parts.append(_figures(folder))
     flat = scalar_summary(summary)
     parts.append("<details><summary>summary</summary>" + _table(list(flat.items())) + "</details>")
