@@ -293,3 +293,50 @@ def test_11_training_settings_and_labels_are_checked(kw, match):
 def test_11_srivastava_refuses_what_would_run_wrong(settings, match):
     with pytest.raises(InputError, match=match):
         dropdyn.run("srivastava", **settings)
+
+
+def test_13_a_damaged_child_point_fails_its_parent_in_one_line(tmp_path, dropdyn_cli):
+    settings = ["--phase", "V", "--widths", "100,200", "--time", "0.5", "--n-train", "20", "--n-test", "20",
+                "--records", "2", "--store", str(tmp_path)]
+    assert dropdyn_cli("run", "convergence", *settings).returncode == 0
+    (point,) = [p for p in (tmp_path / "convergence-width").iterdir() if (p / "summary.json").is_file()][:1]
+    (point / "summary.json").write_text("{damaged")
+    p = dropdyn_cli("run", "convergence", *settings, "--out", str(tmp_path / "again"))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "dropdyn runs rm convergence-width/" in p.stderr
+
+
+def test_21_messages_stay_one_short_line_and_name_the_cause(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from dropdyn.lab.experiment import get
+
+    with pytest.raises(InputError) as info:
+        get("teacher-student").resolve({f"k{i}": 1 for i in range(5000)})
+    assert "and 4990 more" in str(info.value) and len(str(info.value)) < 1000
+    config = tmp_path / "c.yaml"
+    config.write_text("width: 20\n")
+    real = Path.stat
+
+    def denied(self, *args, **kw):  # (root passes any permission: the refusal is simulated)
+        if self == config:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Path, "stat", denied)
+    with pytest.raises(InputError, match="c.yaml' cannot be read: permission denied"):
+        get("teacher-student").resolve(file=config)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_20_a_recorded_step_whose_full_risk_passes_the_limit_is_the_divergence(every):
+    """The first step whose state's full risk exceeds divergence_threshold·(1 + R₀) is the
+    divergence when that step is recorded (before: found one step later, by the next step's
+    forward pass); between records the next forward pass finds it, as documented."""
+    g = torch.Generator().manual_seed(0)
+    X, Z, y = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((30, 3), (10, 2), (10,)))
+    free = dropdyn.simulate("gd", X, Z, y, lr=60.0, keep=1.0, steps=12, divergence_threshold=1e300)
+    risks = free.risk.tolist()
+    limit = 3.0 * (1 + risks[0])
+    first = next(k for k, r in enumerate(risks) if r > limit)
+    run = dropdyn.simulate("gd", X, Z, y, lr=60.0, keep=1.0, steps=12, divergence_threshold=3.0, record_every=every)
+    assert run.diverged_at_step == (first if first % every == 0 else first + 1), (risks, first)

@@ -159,15 +159,15 @@ def test_checking_divergence_every_few_steps_in_the_critical_limit():
 
 
 def test_a_run_stops_at_the_first_step_whose_risk_exceeds_the_threshold():
-    # step k diverges when the risk of its forward pass (for GD: of the state after k − 1
-    # steps) is above divergence_threshold · (1 + R_0); the run keeps the state after k − 1.
+    # step k diverges when the full risk of the state it makes, recorded (here every step), is
+    # above divergence_threshold · (1 + R_0); the run keeps the state after k − 1.
     # The two thresholds tell (1 + R_0) from 1/(1 + R_0) and from (2 + R_0): the risks here
     # (R_0 = 0.45, …, R_13 = 368, R_14 = 2148, R_15 = 1.2·10⁴) sit far from every limit
     g = torch.Generator().manual_seed(0)
     X0, Z, y = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((30, 4), (10, 3), (10,)))
     R = dropdyn.simulate("gd", X0, Z, y, lr=8.0, keep=1.0, steps=30, divergence_threshold=1e300).risk.tolist()
     for t in (300.0, 1000.0):
-        first = next(k for k in range(1, 31) if R[k - 1] > t * (1 + R[0]))
+        first = next(k for k in range(1, 31) if R[k] > t * (1 + R[0]))
         run = dropdyn.simulate("gd", X0, Z, y, lr=8.0, keep=1.0, steps=30, divergence_threshold=t)
         assert run.diverged_at_step == first and run.steps[-1] == first - 1
         assert run.risk[-1] == R[first - 1]
@@ -271,18 +271,21 @@ def test_the_divergence_watch_reads_the_host_on_its_cadence():
     assert watch.read(3, read=True) == 2 and watch.read(5, read=False) is None and watch.read(4, read=False) == 2
 
 
+class Idle:
+    """A driver of the run loop that does nothing (its state is None)."""
+
+    def start(self):
+        return None
+
+    def advance(self, state, k, due):
+        return None, None
+
+    def record(self, state, k):
+        pass
+
+
 def test_progress_bars_only_when_asked_for(capsys):
     from dropdyn.loop import run_loop
-
-    class Idle:
-        def start(self):
-            return None
-
-        def advance(self, state, k, due):
-            return None, None
-
-        def record(self, state, k):
-            pass
 
     def go(steps, progress):
         run_loop(Idle(), steps, record_every=1, progress=progress)
@@ -299,16 +302,6 @@ def test_a_disabled_run_bar_shows_nothing_creates_no_tqdm_lock_and_counts():
 
     bar = run_bar(7, "x", enabled=False)
     assert isinstance(bar, NoBar) and (bar.n, bar.total) == (0, 7)
-
-    class Idle:
-        def start(self):
-            return None
-
-        def advance(self, state, k, due):
-            return None, None
-
-        def record(self, state, k):
-            pass
 
     with bar:
         run_loop(Idle(), 7, record_every=2, progress=bar, desc="part")

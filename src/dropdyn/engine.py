@@ -547,8 +547,8 @@ class ParticleDriver:
                        self.direction, self.compact)
         ok = within(risk_of(r), self.limit) & finite(a) & finite(W)
         risk = full_risk(design, a, W, self.residual) if due else None
-        if due:  # the full network's risk can overflow where the thinned one did not
-            ok &= torch.isfinite(risk).all()
+        if due:  # the state after the step, recorded: its full risk is held to the same limit
+            ok &= within(risk, self.limit)
         return a, W, ok, risk
 
     def graph_step(self, s: ParticleState, due: bool) -> Tensor | None:

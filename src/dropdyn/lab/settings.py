@@ -24,8 +24,14 @@ else:  # pragma: no cover
 def read_config_file(path) -> dict:
     """A mapping from a ``.yaml``/``.yml`` or ``.toml`` file."""
     path = Path(path)
+    try:
+        path.stat()
+    except PermissionError:
+        raise InputError(f"config file {str(path)!r} cannot be read: permission denied") from None
+    except OSError:
+        raise InputError(f"config file {str(path)!r} does not exist") from None
     if not path.is_file():
-        raise InputError(f"config file {str(path)!r} does not exist")
+        raise InputError(f"config file {str(path)!r} is not a file")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -134,8 +140,9 @@ def build_config(cls, file=None, overrides: dict | None = None):
     for src in sources:
         unknown = sorted(set(src) - fields)
         if unknown:
-            raise InputError(f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
-                             f"known: {', '.join(sorted(fields))}")
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""  # (one line, however many)
+            raise InputError(f"unknown setting(s) {', '.join(k[:60] for k in unknown[:10])}{more} for "
+                             f"{cls.__name__}; known: {', '.join(sorted(fields))}")
         for k, v in src.items():
             values[k] = _coerce(k, v, hints[k])
     return cls(**values)

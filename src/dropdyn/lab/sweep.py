@@ -183,7 +183,7 @@ def run_point(task: dict) -> dict:
             error = (f"{str(folder)!r} has no readable summary.json; remove it (dropdyn runs rm {run_id} --store "
                      f"{shlex.quote(str(root))}) to compute the point again")
             index.fail(run_id, key, exp, cfg, error, sweep=task.get("sweep"))
-            return {"key": key, "status": "failed", "error": error}
+            return {"key": key, "status": "failed", "error": error, "refused": True}  # the user's to mend
         same = index.complete_with_key(key)  # this configuration already run by `dropdyn run` or a notebook
         if same is not None and same != folder.resolve():
             with RunFolder(folder) as copy:
@@ -432,7 +432,8 @@ def run_children(sweep: Sweep, ctx, noun: str = "points") -> tuple[list[dict], i
                        progress=ctx.progress)
     failed = [o for o in result.outcomes.values() if o["status"] == "failed"]
     if failed:
-        # refused settings (a width too large, say) are the user's to fix: one line, as for the parent's own
+        # refused settings (a width too large, say) or a damaged point folder are the user's to fix: one line,
+        # as for the parent's own
         raise (InputError if all(o.get("refused") for o in failed) else RuntimeError)(
             f"{len(failed)} of {len(sweep.keys)} {noun} failed (first: {failed[0]['error']}); "
             "the others are kept in the store and a re-run resumes")
