@@ -340,3 +340,22 @@ def test_20_a_recorded_step_whose_full_risk_passes_the_limit_is_the_divergence(e
     first = next(k for k, r in enumerate(risks) if r > limit)
     run = dropdyn.simulate("gd", X, Z, y, lr=60.0, keep=1.0, steps=12, divergence_threshold=3.0, record_every=every)
     assert run.diverged_at_step == (first if first % every == 0 else first + 1), (risks, first)
+
+
+def test_6_a_folder_name_that_is_no_utf8_breaks_nothing(tmp_path, dropdyn_cli):
+    import json
+    import os
+
+    from dropdyn.lab.report import write_report
+
+    import shutil
+
+    store = tmp_path / "store"
+    path = dropdyn.run("teacher-student", root=store, **TINY)
+    shutil.copytree(path, os.fsdecode(os.fsencode(store / "teacher-student") + b"/copy-\xff"))  # renamed by hand
+    assert RunIndex(store).reindex() == 1
+    p = dropdyn_cli("runs", "list", "--json", "--store", str(store))
+    assert p.returncode == 0 and len(json.loads(p.stdout)) == 1
+    assert write_report(store).is_file()
+    with pytest.raises(InputError, match="is not UTF-8 text"):
+        dropdyn.run("teacher-student", out=os.fsdecode(os.fsencode(tmp_path) + b"/out-\xfe"), root=store, **TINY)

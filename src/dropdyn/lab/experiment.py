@@ -122,7 +122,7 @@ class Experiment:
         run (True), none (False), or one once it has run 2 s (None). ``threads``: torch's
         intra-op threads for the run (default: :mod:`dropdyn.threads` chooses; the count is
         in the run's ``config.json``)."""
-        from .index import RunIndex
+        from .index import RunIndex, utf8
         from .lifecycle import Entry, conduct
         from .store import RunFolder, default_run_dir, run_key
 
@@ -135,6 +135,8 @@ class Experiment:
         group = self.group(cfg) if self.group else self.name
         key = run_key(self.name, config)
         out = Path(out) if out is not None else default_run_dir(root, group, key)
+        if not utf8(str(out.resolve())):
+            raise InputError(f"the run folder {str(out)!r} is not UTF-8 text: name it with UTF-8 characters")
         RunFolder(out, force=force)  # refuses a file, an existing folder, --force onto a non-run folder
         store = RunIndex(root)
         if index is None:

@@ -343,6 +343,15 @@ def table(store="runs"):
     return pd.DataFrame(flat, columns=None if flat else list(COLUMNS))
 
 
+def utf8(name: str) -> bool:
+    """Whether a file name (decoded from the file system, bad bytes as surrogates) is UTF-8 text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def corrupt(e: sqlite3.DatabaseError) -> bool:
     """Whether SQLite's error says the file is damaged or no database (not locked, full or
     failing I/O, which are OperationalErrors about a file that may be healthy)."""
@@ -404,6 +413,8 @@ def scan_folders(root: Path) -> list[dict]:
             continue
         summary = read_json(folder / "summary.json")
         run_id = folder.relative_to(root).as_posix()
+        if not utf8(run_id):  # a folder named by hand with bytes no id can hold: not a run of this store
+            continue
         done = isinstance(summary, dict)
         finished = datetime.fromtimestamp((folder / "summary.json").stat().st_mtime, timezone.utc) if done else None
         rows.append({"id": run_id, "key": run_key(meta["experiment"], meta["config"]),

@@ -157,5 +157,5 @@ def write_report(path: Path, out: Path | None = None) -> Path:
         raise InputError(f"report --out {str(out)!r} is a folder; give an HTML file name")
     if not out.parent.is_dir():
         raise InputError(f"report --out: folder {str(out.parent)!r} does not exist")
-    atomic_write_bytes(out, page.encode())
+    atomic_write_bytes(out, page.encode("utf-8", "replace"))  # (a path that is no UTF-8 shows as "?")
     return out
