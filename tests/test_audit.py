@@ -359,3 +359,19 @@ def test_6_a_folder_name_that_is_no_utf8_breaks_nothing(tmp_path, dropdyn_cli):
     assert write_report(store).is_file()
     with pytest.raises(InputError, match="is not UTF-8 text"):
         dropdyn.run("teacher-student", out=os.fsdecode(os.fsencode(tmp_path) + b"/out-\xfe"), root=store, **TINY)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: dropdyn.draw_masks(0.5, 10**6, (10**6,)), "cannot fit in memory|GiB"),
+    (lambda: dropdyn.draw_masks(0.5, 2, (-5,)), "mask shape entry must be an integer >= 0"),
+    (lambda: dropdyn.MaskStream(0.5, (3,), seed="x"), "seed must be an integer"),
+    (lambda: dropdyn.mean_field_init(10, 3, generator=torch.Generator(), dtype=torch.int64),
+     "dtype must be a floating-point torch dtype"),
+    (lambda: dropdyn.output_gap([0.0, 1.0], [0.0, 1.0]), "outputs must be torch tensors"),
+    (lambda: __import__("dropdyn.nets").nets.DropoutMLP([10, 10**12, 10]), "cannot fit in memory|GiB"),
+    (lambda: dropdyn.simulate("gd", torch.zeros(1, 3).expand(10**10, 3), torch.zeros(4, 2), torch.zeros(4), lr=0.1,
+                              keep=0.5, steps=1), "cannot fit in memory|GiB"),
+])
+def test_4_17_sizes_and_types_refused_before_any_allocation(call, match):
+    with pytest.raises(InputError, match=match):
+        call()

@@ -75,6 +75,8 @@ def mean_field_init(width: int, dim: int, *, generator: torch.Generator, replica
     width = check_int("width", width, 1)
     dim = check_int("dim", dim, 1)
     replicas = None if replicas is None else check_int("replicas", replicas, 1)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InputError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
     shape = (width,) if replicas is None else (replicas, width)
     itemsize = torch.empty(0, dtype=dtype).element_size()
     check_memory(f"width {width} ({math.prod(shape) * (dim + 1):,} coordinates)",

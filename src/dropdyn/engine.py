@@ -307,7 +307,6 @@ def prepare(particles, inputs, targets, *, activation: str = "tanh", test_inputs
         particles = _as_tensor("particles", particles, torch.float64, "cpu")
     dtype = dtype or (particles.dtype if particles.is_floating_point() else torch.float64)
     device = check_device(device) if device is not None else particles.device
-    X = _as_tensor("particles", particles, dtype, device)
     Z = _as_tensor("inputs", inputs, dtype, device)
     y = _as_tensor("targets", targets, dtype, device)
     if Z.dim() != 2 or Z.shape[0] < 1:
@@ -315,17 +314,19 @@ def prepare(particles, inputs, targets, *, activation: str = "tanh", test_inputs
     m, d = Z.shape
     if y.shape != (m,):
         raise InputError(f"targets must have shape ({m},) to match inputs, got {tuple(y.shape)}")
-    if X.dim() not in (2, 3) or 0 in X.shape:
+    shape = tuple(particles.shape)  # checked, and sized, before the particles are read or copied
+    if len(shape) not in (2, 3) or 0 in shape:
         raise InputError(f"particles must have shape (width, p) or (replicas, width, p), width and replicas >= 1, "
-                         f"got {tuple(X.shape)}")
-    if X.shape[-1] not in (d + 1, d + 2):
-        raise InputError(f"particles have p={X.shape[-1]} coordinates but inputs have d={d}: "
+                         f"got {shape}")
+    if shape[-1] not in (d + 1, d + 2):
+        raise InputError(f"particles have p={shape[-1]} coordinates but inputs have d={d}: "
                          f"p must be d+1 (a, w) or d+2 (a, w, b)")
+    R, n = (1, *shape[:1]) if len(shape) == 2 else shape[:2]
+    per_neuron = 4 * (m + shape[-1]) if materialised else 8 * 16 * math.ceil((d + 2) / 16)  # W: 16-padded
+    check_memory(f"a step at width {n} with {R} replica(s) and {m} samples",
+                 R * n * per_neuron * torch.empty(0, dtype=dtype).element_size(), device)
+    X = _as_tensor("particles", particles, dtype, device)
     X3 = X if X.dim() == 3 else X[None]
-    R, n = X3.shape[:2]
-    per_neuron = 4 * (m + X.shape[-1]) if materialised else 8 * 16 * math.ceil((d + 2) / 16)  # W: 16-padded
-    check_memory(f"a step at width {n} with {R} replica(s) and {m} samples", R * n * per_neuron * X.element_size(),
-                 device)
     bias = X.shape[-1] == d + 2
     if (test_inputs is None) != (test_targets is None):
         raise InputError("test_inputs and test_targets must be given together")

@@ -8,9 +8,11 @@ device give the same masks, so two variants run with one seed are *coupled*.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ._checks import check_int, check_keep
+from ._checks import InputError, check_int, check_keep, check_memory, check_seed
 
 
 class MaskStream:
@@ -21,7 +23,12 @@ class MaskStream:
     def __init__(self, keep: float, shape: tuple[int, ...], seed: int = 0, device="cpu",
                  generator: torch.Generator | None = None):
         self.keep = check_keep(keep)
-        self.shape = tuple(shape)
+        try:
+            self.shape = tuple(check_int("mask shape entry", n, 0) for n in shape)
+        except TypeError:
+            raise InputError(f"shape must be a tuple of sizes, got {shape!r}") from None
+        if generator is None:
+            seed = check_seed(seed)
         self.device = torch.device(device) if generator is None else generator.device
         self.generator = generator if generator is not None else torch.Generator(device=self.device).manual_seed(
             int(seed))
@@ -36,6 +43,7 @@ class MaskStream:
     def take(self, steps: int) -> torch.Tensor:
         """The next ``steps`` masks stacked: ``(steps, *shape)``."""
         steps = check_int("steps", steps, 0)
+        check_memory(f"{steps:,} masks of shape {self.shape}", steps * math.prod(self.shape), self.device)
         if steps == 0:
             return torch.empty((0, *self.shape), dtype=torch.bool, device=self.device)
         return torch.stack([self.next() for _ in range(steps)])

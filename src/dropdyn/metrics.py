@@ -18,6 +18,8 @@ def particle_distance(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
 
 def output_gap(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``‖f − g‖ = ((1/m) Σ_j (f_j − g_j)²)^{1/2}`` over the last axis (``⟨·,·⟩`` of §1)."""
+    if not (isinstance(f, torch.Tensor) and isinstance(g, torch.Tensor)):
+        raise InputError(f"outputs must be torch tensors, got {type(f).__name__} and {type(g).__name__}")
     if f.shape != g.shape:
         raise InputError(f"outputs must have the same shape, got {tuple(f.shape)} and {tuple(g.shape)}")
     return ((f - g) ** 2).mean(-1).sqrt()

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._checks import InputError, check_int, check_keep, check_positive
+from ._checks import InputError, check_int, check_keep, check_memory, check_positive
 
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -73,6 +73,8 @@ class DropoutMLP(_DropoutNet):
         sizes = [check_int("layer size", s, 1) for s in sizes]
         if len(sizes) < 2:
             raise InputError(f"sizes needs an input and an output size, got {list(sizes)}")
+        weights = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        check_memory(f"a network of {weights:,} parameters", 4 * weights)  # float32, before any is allocated
         n_hidden = len(sizes) - 2
         keeps = [keep_hidden] * n_hidden if isinstance(keep_hidden, (int, float)) else list(keep_hidden)
         if len(keeps) != n_hidden:
