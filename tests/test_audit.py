@@ -375,3 +375,8 @@ def test_6_a_folder_name_that_is_no_utf8_breaks_nothing(tmp_path, dropdyn_cli):
 def test_4_17_sizes_and_types_refused_before_any_allocation(call, match):
     with pytest.raises(InputError, match=match):
         call()
+
+
+def test_29_a_loaded_run_prints_in_a_few_lines(tmp_path):
+    text = repr(dropdyn.load(dropdyn.run("teacher-student", root=tmp_path, **TINY)))
+    assert text.startswith("Run('teacher-student' at ") and "metrics (3 rows)" in text and len(text) < 1000

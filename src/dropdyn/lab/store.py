@@ -88,6 +88,14 @@ class Run:
     arrays: dict
     meta: dict
 
+    def __repr__(self) -> str:
+        """A few lines (the tables and arrays by name and size, not their contents)."""
+        tables = ", ".join(f"{k} ({len(v)} rows)" for k, v in self.tables.items()) or "none"
+        arrays = ", ".join(f"{k} {tuple(v.shape)}" for k, v in list(self.arrays.items())[:8]) or "none"
+        more = f" and {len(self.arrays) - 8} more" if len(self.arrays) > 8 else ""
+        return (f"Run({self.experiment!r} at {str(self.path)!r}: {len(self.config)} settings, "
+                f"{len(self.summary)} summary entries; tables: {tables}; arrays: {arrays}{more})")
+
     @property
     def metrics(self):
         """``metrics.csv`` as a DataFrame (or the run's only table; None if it has none or several)."""
