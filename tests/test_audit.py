@@ -345,10 +345,9 @@ def test_20_a_recorded_step_whose_full_risk_passes_the_limit_is_the_divergence(e
 def test_6_a_folder_name_that_is_no_utf8_breaks_nothing(tmp_path, dropdyn_cli):
     import json
     import os
+    import shutil
 
     from dropdyn.lab.report import write_report
-
-    import shutil
 
     store = tmp_path / "store"
     path = dropdyn.run("teacher-student", root=store, **TINY)
@@ -380,3 +379,19 @@ def test_4_17_sizes_and_types_refused_before_any_allocation(call, match):
 def test_29_a_loaded_run_prints_in_a_few_lines(tmp_path):
     text = repr(dropdyn.load(dropdyn.run("teacher-student", root=tmp_path, **TINY)))
     assert text.startswith("Run('teacher-student' at ") and "metrics (3 rows)" in text and len(text) < 1000
+
+
+def test_4_19_snapshots_are_sized_and_a_linked_index_is_refused(tmp_path):
+    X, Z, y = torch.zeros(1000, 3), torch.zeros(4, 2), torch.zeros(4)
+    with pytest.raises(InputError, match="snapshots of the particles needs about"):
+        dropdyn.simulate("gd", X, Z, y, lr=0.1, keep=0.5, steps=10**9, snapshot_every=1)
+    elsewhere = tmp_path / "elsewhere.sqlite"
+    store = tmp_path / "store"
+    dropdyn.run("teacher-student", root=tmp_path / "other", **TINY)
+    (tmp_path / "other" / "index.sqlite").rename(elsewhere)
+    store.mkdir()
+    (store / "index.sqlite").symlink_to(elsewhere)
+    before = elsewhere.read_bytes()
+    with pytest.raises(InputError, match="is a symbolic link"):
+        dropdyn.run("teacher-student", root=store, **TINY)
+    assert elsewhere.read_bytes() == before and RunIndex(store).rows() == []

@@ -44,7 +44,8 @@ def test_report_shows_theory_beside_measurement(run_and_sweep, capsys):
     assert "Theory and measurement" in page and "O(√β)" in page and page.count("data:image/png;base64,") == 2
     assert main(["report", str(sweep), "--out", "sweep.html"]) == 0
     text = open("sweep.html").read()
-    assert "sweep keeps" in text and text.count("data:image/png;base64,") == 4 and "point 1" in text
+    assert "sweep keeps" in text and text.count("data:image/png;base64,") == 5 and "point 1" in text
+    assert "Results against keep" in text  # the points' results plotted against the swept setting
     assert main(["report", "."]) == 2
     assert "is not a run folder" in capsys.readouterr().err
 
@@ -69,7 +70,7 @@ def test_theory_rows_of_the_phase_experiments():
 def test_every_figure_loads_in_headless_chromium(run_and_sweep, tmp_path):
     run, sweep = run_and_sweep
     assert _render(write_report(run)) == (2, 2)
-    assert _render(write_report(sweep)) == (4, 4)
+    assert _render(write_report(sweep)) == (5, 5)
     broken = tmp_path / "broken.html"  # the check can fail: a corrupt figure is not counted as loaded
     broken.write_text(re.sub(r"base64,[A-Za-z0-9+/]{40}", "base64,AAAA", (run / "report.html").read_text(), count=1))
     assert _render(broken) == (2, 1)

@@ -649,6 +649,9 @@ def simulate(
         prob = prepare(particles, inputs, targets, activation=activation, test_inputs=records.test_inputs,
                        test_targets=records.test_targets, probe_inputs=records.probe_inputs,
                        device=execution.device, dtype=execution.dtype, materialised=execution.backend != "fused")
+        if records.snapshot_every is not None:  # every snapshot is a copy of the particles
+            count = steps // records.snapshot_every + 2
+            check_memory(f"{count:,} snapshots of the particles", count * prob.X.numel() * prob.X.element_size())
         driver = ParticleDriver(variant, prob, lr=lr, keep=keep, steps=steps, seed=seed, masks=masks,
                                 generator=generator, records=records, execution=execution)
         state, diverged = run_loop(driver, steps, record_every=records.every, progress=execution.progress,

@@ -87,6 +87,9 @@ class RunIndex:
         set aside and rebuilt."""
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"store {str(self.root)!r} is not a folder")
+        if self.path.is_symlink():  # its writes would land in whatever database it points to
+            raise InputError(f"the run index {str(self.path)!r} is a symbolic link: dropdyn writes only the store's "
+                             "own index file")
         self.root.mkdir(parents=True, exist_ok=True)
         fresh = not self.path.exists() or self.path.stat().st_size == 0  # (a zero-byte index holds no rows)
         try:
@@ -145,8 +148,8 @@ class RunIndex:
         index is built from the run folders), else a read-only one; None where none can be read,
         and where the folder holds no run (a read creates no index in a folder that is no store):
         then the folders are the answer."""
-        if not self.path.is_file() and not scan_folders(self.root):
-            return None
+        if self.path.is_symlink() or not self.path.is_file() and not scan_folders(self.root):
+            return None  # (a linked index is not read either: the folders are the answer)
         writable = os.access(self.root, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
         try:
             con = self._connect() if writable else sqlite3.connect(

@@ -119,12 +119,43 @@ def _sweep_section(folder: Path) -> str:
     cols = ["point", "status", *sweep.swept, *rest[:12]]
     parts = [f"<section><h2>sweep {_e(spec['name'])} ({_e(spec['experiment'])}, {len(spec['keys'])} points)</h2>",
              "<h3>Results</h3><div class=scroll>", _table([tuple(r.get(c) for c in cols) for r in rows], tuple(cols)),
-             "</div></section>"]
+             "</div>", _against_setting(sweep.swept, rest, rows), "</section>"]
     for i, key in enumerate(spec["keys"][:MAX_RUNS]):
         run = root / spec["experiment"] / key
         if (run / "config.json").exists():
             parts.append(_run_section(run, f"point {i}: {spec['points'][i]}"))
     return "".join(parts)
+
+
+def _against_setting(swept: list[str], results: list[str], rows: list[dict]) -> str:
+    """Up to four of the points' top-level numeric results plotted against the first swept
+    setting with numeric values, as an embedded PNG ("" where there is no such setting, or
+    fewer than two of its values)."""
+    import io
+    import math
+
+    from .._plot import subplots
+
+    def numeric(key):
+        return all(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+                   and math.isfinite(r[key]) for r in rows)
+
+    x = next((k for k in swept if rows and numeric(k)), None)
+    ys = [k for k in results if "." not in k and k != "seconds" and numeric(k)][:4]
+    if x is None or not ys or len({r[x] for r in rows}) < 2:
+        return ""
+    fig, axes = subplots(1, len(ys), figsize=(3.2 * len(ys), 2.8), squeeze=False)
+    for ax, y in zip(axes[0], ys, strict=True):
+        ax.plot(*zip(*sorted((r[x], r[y]) for r in rows), strict=True), "o-")
+        ax.set_xlabel(x)
+        ax.set_title(y, fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return (f"<h3>Results against {_e(x)}</h3><figure><img alt=\"results against {_e(x)}\" "
+            f"src=\"data:image/png;base64,{data}\"></figure>")
 
 
 def write_report(path: Path, out: Path | None = None) -> Path:
