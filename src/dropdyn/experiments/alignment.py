@@ -376,7 +376,8 @@ def figure(res: dict, cfg: Config):
     curves = {k: v for k, v in res.items() if not k.startswith("vf/") and len(v)}
     pairs = list(dict.fromkeys(k.split(" · ")[0] for k in curves))
     layered = any(" · " in k for k in curves)
-    fig, axes = subplots(1, 2 if layered else 1, figsize=(12 if layered else 6.5, 4), squeeze=False)
+    fig, axes = subplots(1, 2 if layered else 1, figsize=(12 if layered else 6.5, 5.2 if layered else 4),
+                         squeeze=False)
     styles = ["-", "--", ":", "-."]
     for key, r in curves.items():
         pair, _, layer = key.partition(" · ")
@@ -392,15 +393,16 @@ def figure(res: dict, cfg: Config):
     paper_alpha, _ = PAPER[cfg.model]
     for ax, title in zip(axes[0], ("all parameters", "each layer alone (weight and bias)"), strict=False):
         ax.axhline(paper_alpha, color="k", ls="--", lw=1, label=f"paper: α > {paper_alpha} (parameter subset)")
-        ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("epoch")
         ax.set_title(f"{title}: {cfg.describe()}", fontsize=9)
         ax.grid(alpha=0.3)
+    axes[0, 0].set_yscale("symlog", linthresh=1e-3)  # the baseline, ~10⁻³, beside α; the layers on a linear axis
     axes[0, 0].plot([], [], ":", color="0.4", label="random-eigenvector baseline (mean)")
     axes[0, 0].set_ylabel("α(θ_t) = Tr(HΣ)/(‖H‖‖Σ‖)")
-    for ax in axes[0]:
-        ax.legend(fontsize=6)
+    axes[0, 0].legend(fontsize=7)
+    if layered:  # nine curves: their legend below the panel, legible
+        axes[0, 1].legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     fig.tight_layout()
     return fig
 
