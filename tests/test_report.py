@@ -53,7 +53,8 @@ def test_report_shows_theory_beside_measurement(run_and_sweep, capsys):
 def test_theory_rows_of_the_phase_experiments():
     rows = theory_rows("phase-cell", {"shrink": 0.9}, {"theory": "III", "empirical": "III", "ratio": 0.7})
     assert rows == [("phase of the family", "III", "nearest limit: III (distance ×0.70 per width doubling)",
-                     "agrees (the nearest limit, if its distance shrinks by 0.9 per width doubling)")]
+                     "agrees (the nearest limit, if its distance shrinks by 0.9 per width doubling; none for a "
+                     "degenerate family)")]
     assert theory_rows("phase-cell", {"shrink": 0.9}, {"theory": "III", "empirical": "I", "ratio": 0.7})[0][3] \
         .startswith("disagrees (")
     rates = {"particle": {"slope": -1.1, "ci95": [-1.3, -0.9]}, "output": {"slope": -0.2, "ci95": [-0.5, 0.1]},

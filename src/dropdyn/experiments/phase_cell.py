@@ -160,11 +160,16 @@ def write(folder, cfg: Config, cell: dict) -> dict:
     return cell
 
 
+def agrees(cell: dict) -> bool:
+    """Whether a cell's empirical phase is its theory's: its limit, or none for a degenerate family."""
+    return cell["empirical"] == ("none" if cell["theory"] == "degenerate" else cell["theory"])
+
+
 def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
     ratio = "—" if s["ratio"] is None else f"{s['ratio']:.2f}"
     return [("phase of the family", s["theory"], f"nearest limit: {s['empirical']} (distance ×{ratio} per width "
-             "doubling)", verdict(s["empirical"] == s["theory"], f"the nearest limit, if its distance shrinks by "
-                                                                  f"{c['shrink']:g} per width doubling"))]
+             "doubling)", verdict(agrees(s), f"the nearest limit, if its distance shrinks by {c['shrink']:g} per "
+                                             "width doubling; none for a degenerate family"))]
 
 
 EXPERIMENT = Experiment("phase-cell", "one cell of the empirical phase diagram: dropout vs every candidate limit "

@@ -40,7 +40,7 @@ from ..lab import Context, Experiment, setting, verdict
 from ..lab.store import config_key
 from ..lab.sweep import make_sweep, run_children
 from . import phase_cell
-from .phase_cell import candidates, empirical_phase, limit_parameters  # noqa: F401 - the cell's rules, re-exported
+from .phase_cell import agrees, candidates, empirical_phase, limit_parameters  # noqa: F401 - the cell's rules, re-exported
 
 
 @dataclass
@@ -110,10 +110,6 @@ def compute(cfg: Config, ctx: Context) -> dict:
     return {"cells": cells, "sweep": sweep.name, "computed": computed}
 
 
-def agrees(cell: dict) -> bool:
-    return cell["empirical"] == ("none" if cell["theory"] == "degenerate" else cell["theory"])
-
-
 def write(folder, cfg: Config, res: dict) -> dict:
     cells = res["cells"]
     rows = [(c["a"], c["b"], c["theory"], int(n), cand, v)
@@ -145,7 +141,8 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
         rows.append(("… among cells the width decides", "all", f"{s['agreement_decided']:.0%} of {s['decided_cells']}",
                      verdict(s["agreement_decided"] == 1, every)))
     return rows + [(f"cell a={d['a']:g}, b={d['b']:g}", d["theory"], d["empirical"],
-                    verdict(d["empirical"] == d["theory"], "the nearest limit")) for d in s["cells_detail"]]
+                    verdict(agrees(d), "the nearest limit; no limit for a degenerate family"))
+                   for d in s["cells_detail"]]
 
 
 EXPERIMENT = Experiment("phase-sweep", "the empirical phase diagram: nearest limit per (a, b) cell, beside the theory.",
