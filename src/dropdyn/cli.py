@@ -170,7 +170,7 @@ def _headline(exp, path: Path) -> None:
         rows = theory_rows(exp.name, meta["config"], summary)
     except (KeyError, TypeError, ValueError):
         rows = []
-    lines = [f"  {q}: measured {m}  (theory: {t}) — {v}" for q, t, m, v in rows[:8]] or [
+    lines = [f"  {q}: measured {m}  (theory: {t}) → {v}" for q, t, m, v in rows[:8]] or [
         f"  {k}: {v}" for k, v in summary.items() if isinstance(v, (int, float, str))][:8]
     print(f"{exp.name} ({summary.get('seconds', '?')} s, {meta.get('threads')} thread(s)):", *lines, sep="\n",
           file=sys.stderr)
