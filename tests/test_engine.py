@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dropdyn import VARIANTS, MaskStream, draw_masks, simulate
+from dropdyn.engine import FORWARD_SEED
 from dropdyn.model import features, grad_potential, predict
 
 
@@ -19,13 +20,16 @@ def problem(seed=0, n=6, m=5, d=3, R=None, bias=False):
     return X, Z, y
 
 
-def reference_step(variant, X, Z, y, lr, q, mask, act="tanh"):
-    """THEORY.md §1: X_i ← X_i − τ B_i Dφ(X_i)ᵀ(r + c φ(X_i))/m, r = (1/n)Σ F_j φ(X_j) − y."""
+def reference_step(variant, X, Z, y, lr, q, mask, act="tanh", forward_mask=None):
+    """THEORY.md §1: X_i ← X_i − τ B_i Dφ(X_i)ᵀ(r + c φ(X_i))/m, r = (1/n)Σ F_j φ(X_j) − y
+    (``forward_mask``: the independent variant's forward draw)."""
     n = X.shape[-2]
     mult = mask.to(X.dtype) / q
     ones = torch.ones_like(mult)
     F = mult if variant in ("dropout", "forward-only") else ones
-    B = mult if variant in ("dropout", "ram") else ones
+    if variant == "independent":
+        F = forward_mask.to(X.dtype) / q
+    B = mult if variant in ("dropout", "ram", "independent") else ones
     c = (1 - q) / (n * q) if variant == "penalty" else 0.0
     r = predict(X, Z, act, forward=F) - y
     res = r[..., None, :] + c * features(X, Z, act)
@@ -41,7 +45,8 @@ def test_one_step_matches_definition(variant, bias, compaction):
     assert 0 < int(masks.sum()) < 6  # both kept and dropped neurons
     out = simulate(variant, X, Z, y, lr=lr, keep=q, steps=1, masks=masks)
     assert out.info["compact"] == (compaction and variant == "dropout")
-    torch.testing.assert_close(out.particles, reference_step(variant, X, Z, y, lr, q, masks[0]),
+    forward = MaskStream(q, (1, 6), seed=FORWARD_SEED).next()[0]  # seed 0's forward stream
+    torch.testing.assert_close(out.particles, reference_step(variant, X, Z, y, lr, q, masks[0], forward_mask=forward),
                                rtol=1e-12, atol=1e-12)
 
 
@@ -256,3 +261,30 @@ def test_grouped_options_are_the_flat_keywords():
         simulate("gd", X, Z, y, lr=0.3, keep=0.5, steps=1, execution=Execution(), backend="fused")
     with pytest.raises(InputError, match="records must be a dropdyn.engine.Records, got dict"):
         simulate("gd", X, Z, y, lr=0.3, keep=0.5, steps=1, records={"every": 2})
+
+
+def test_the_independent_variant_shares_dropout_s_backward_masks_and_its_mean_step_is_gd():
+    """The independent variant ("PN + RaM"): its backward masks are dropout's (one seed, one
+    stream), its forward masks a stream of their own; averaged over every pair of masks
+    (n = 4: 2⁴ × 2⁴, weights q^k (1 − q)^(n−k)) its step is GD's — the forward and backward
+    draws are independent, so no self term (dropout's penalty) appears."""
+    import itertools
+
+    X, Z, y = problem(7, n=4, m=5)
+    q, lr = 0.6, 0.2
+    ind = simulate("independent", X, Z, y, lr=lr, keep=q, steps=3, seed=5)
+    ram_masks = draw_masks(q, 3, (4,), seed=5)
+    fwd = MaskStream(q, (1, 4), seed=5 + FORWARD_SEED).take(3)[:, 0]
+    Xr = X
+    for k in range(3):
+        Xr = reference_step("independent", Xr, Z, y, lr, q, ram_masks[k], forward_mask=fwd[k])
+    torch.testing.assert_close(ind.particles, Xr, rtol=1e-12, atol=1e-12)
+    mean = torch.zeros_like(X)
+    for bwd in itertools.product([0, 1], repeat=4):
+        for fw in itertools.product([0, 1], repeat=4):
+            b, f = torch.tensor(bwd, dtype=torch.bool), torch.tensor(fw, dtype=torch.bool)
+            kept = int(b.sum()) + int(f.sum())
+            w = q**kept * (1 - q) ** (8 - kept)
+            mean += w * reference_step("independent", X, Z, y, lr, q, b, forward_mask=f)
+    gd = simulate("gd", X, Z, y, lr=lr, keep=q, steps=1).particles
+    torch.testing.assert_close(mean, gd, rtol=1e-12, atol=1e-12)

@@ -7,12 +7,13 @@ Every variant of docs/theory.md §1 is the same step
 with forward multipliers F, backward multipliers B (each either ``mask/q`` or 1) and a
 penalty coefficient c (docs/theory.md §1, table of variants):
 
-    variant        F        B        c
-    dropout        mask/q   mask/q   0
-    ram            1        mask/q   0
-    forward-only   mask/q   1        0
-    penalty        1        1        (1 − q)/(n q)
-    gd             1        1        0
+    variant        F         B        c
+    dropout        mask/q    mask/q   0
+    ram            1         mask/q   0
+    forward-only   mask/q    1        0
+    independent    mask'/q   mask/q   0      (mask' drawn independently of mask)
+    penalty        1         1        (1 − q)/(n q)
+    gd             1         1        0
 
 Dropout's forward and backward both vanish on dropped neurons, so its step can be
 computed on the kept neurons only (cost ∝ q·width). Compacting them costs a gather and a
@@ -56,7 +57,8 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class Rule:
     """One step's multipliers: F = mask/q if ``forward_masked`` else 1, likewise B;
-    ``penalty`` is c. With a kernel ``beta`` (the critical rule of phase IV), each moving
+    ``penalty`` is c; ``independent``: F's mask is a draw of its own, independent of B's (the
+    phase paper's authors' "PN + RaM"). With a kernel ``beta`` (the critical rule of phase IV), each moving
     neuron i instead sees its own random forward pass β(φ(X_i) + Σ_{l≤N_i} φ(Y_l)),
     N_i ~ Poisson(1/β), Y_l drawn uniformly from the current particles (docs/theory.md §2)."""
 
@@ -64,6 +66,7 @@ class Rule:
     backward_masked: bool
     penalty: float = 0.0
     beta: float | None = None
+    independent: bool = False
 
     @property
     def critical(self) -> bool:
@@ -74,7 +77,8 @@ class Rule:
         return self.forward_masked or self.backward_masked
 
 
-VARIANTS = ("dropout", "ram", "forward-only", "penalty", "gd")
+VARIANTS = ("dropout", "ram", "forward-only", "independent", "penalty", "gd")
+FORWARD_SEED = 104_729  # the independent forward masks' stream: seed + this (mod 2^63)
 
 # Dropout compacts its kept neurons only when a step handles at least this many replica ×
 # neuron × sample entries; below it the gather/scatter (and on a GPU the host read of the
@@ -101,6 +105,8 @@ def rule_for(variant: str, width: int, keep: float) -> Rule:
         return Rule(False, True)
     if variant == "forward-only":
         return Rule(True, False)
+    if variant == "independent":
+        return Rule(True, True, independent=True)
     if variant == "penalty":
         return Rule(False, False, (1.0 - keep) / (width * keep))
     return Rule(False, False)
@@ -159,6 +165,7 @@ def _critical_step(design: Design, a: Tensor, W: Tensor, lr: float, beta: float,
 def step(
     design: Design, a: Tensor, W: Tensor, lr: float, rule: Rule, mask: Tensor | None, keep: float,
     generator: torch.Generator | None = None, descent=descent, compact: bool = True,
+    forward_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Apply one step to neurons ``a (R, n)``, ``W (R, n, P)`` with keep-mask ``mask``
     (``(R, n)`` bool, or None for mask-free rules). Returns new ``a``, ``W`` and the
@@ -167,12 +174,13 @@ def step(
     rule's random forward passes; ``descent`` is :func:`dropdyn.model.descent` or the
     fused :func:`dropdyn.fused.fused_descent`. ``compact``: dropout computes on its kept
     neurons only (reading their count on the host); otherwise on all, dropped ones with
-    multiplier 0 — the same step up to rounding, with no host synchronisation."""
+    multiplier 0 — the same step up to rounding, with no host synchronisation.
+    ``forward_mask``: an ``independent`` rule's forward mask (``mask`` is then its backward one)."""
     R, n = a.shape
     if rule.critical:
         return _critical_step(design, a, W, lr, rule.beta, mask, keep, generator)
     mult = None if mask is None else mask.to(a.dtype) * (1.0 / keep)
-    if compact and rule.forward_masked and rule.backward_masked and not bool(mask.all()):
+    if compact and rule.forward_masked and rule.backward_masked and not rule.independent and not bool(mask.all()):
         # Only kept neurons enter the forward pass or move: compact them, per replica
         # padded to the largest count with zero weight (padding rows are dropped
         # neurons, so every row index is unique).
@@ -182,7 +190,10 @@ def step(
         ga, gW, r = descent(design, a_s, W_s, mult * (1.0 / n), rule.penalty)
         a, W = _scatter(a, W, rows, a_s - lr * (mult * ga), W_s - lr * (mult[..., None] * gW))
         return a, W, r
-    fw = mult if rule.forward_masked else torch.ones_like(a)
+    if rule.independent:
+        fw = forward_mask.to(a.dtype) * (1.0 / keep)
+    else:
+        fw = mult if rule.forward_masked else torch.ones_like(a)
     ga, gW, r = descent(design, a, W, fw * (1.0 / n), rule.penalty)
     if rule.backward_masked:
         ga, gW = mult * ga, mult[..., None] * gW
@@ -365,6 +376,16 @@ def mask_source(rule: Rule, keep: float, steps: int, prob: ParticleProblem, *, m
     return (lambda k: stream.next()), (stream.generator,)
 
 
+def forward_source(rule: Rule, keep: float, prob: ParticleProblem, seed: int):
+    """``k ↦`` an ``independent`` rule's forward mask ``(R, n)`` of step k (None for other
+    rules): a stream of its own, seeded with seed + :data:`FORWARD_SEED`, whatever the backward
+    masks' source; and the generators it draws from."""
+    if not rule.independent:
+        return (lambda k: None), ()
+    stream = MaskStream(keep, prob.shape, (seed + FORWARD_SEED) % 2**63, prob.X.device)
+    return (lambda k: stream.next()), (stream.generator,)
+
+
 def reference_residual(design: Design, a: Tensor, W: Tensor, weights: Tensor) -> Tensor:
     """``r = Σ_i weights_i φ(x_i) − y`` ``(R, m)`` by the reference forward pass, over blocks
     of samples (:data:`RECORD_BLOCK_ENTRIES`; the fused pass is
@@ -524,6 +545,8 @@ class ParticleDriver:
                                  "passes per step is random); use graph=False")
         self.next_mask, generators = mask_source(self.rule, keep, steps, prob, masks=masks, seed=seed,
                                                  generator=generator)
+        self.next_forward, forward_generators = forward_source(self.rule, keep, prob, seed)
+        generators = (*generators, *forward_generators)
         # the critical rule's own stream: given masks and drawn masks see the same kernel draws
         self.kernel = torch.Generator(device=prob.X.device).manual_seed((seed + 7919) % 2**63) if self.rule.critical \
             else None
@@ -545,7 +568,7 @@ class ParticleDriver:
         """Step k from ``s``: new a, W, the divergence verdict and (if due) the full risk."""
         design = self.prob.design
         a, W, r = step(design, s.a, s.W, self.lr, self.rule, self.next_mask(k), self.keep, self.kernel,
-                       self.direction, self.compact)
+                       self.direction, self.compact, self.next_forward(k))
         ok = within(risk_of(r), self.limit) & finite(a) & finite(W)
         risk = full_risk(design, a, W, self.residual) if due else None
         if due:  # the state after the step, recorded: its full risk is held to the same limit
@@ -588,7 +611,8 @@ class ParticleDriver:
                 "beta": 1.0 / (n * self.keep), "steps": self.steps, "penalty": self.rule.penalty,
                 "kernel_beta": self.rule.beta, "dtype": str(X.dtype).replace("torch.", ""), "device": str(X.device),
                 "check_every": self.watch.every, "graph": self.graph, "threads": torch.get_num_threads(),
-                "compact": self.compact and self.rule.forward_masked and self.rule.backward_masked,
+                "compact": self.compact and self.rule.forward_masked and self.rule.backward_masked
+                and not self.rule.independent,
                 "threshold": self.limit if math.isfinite(self.limit) else None}
 
 
