@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dropdyn.cli import main
-from dropdyn.experiments.convergence import Config, fit_rate, parse_widths, run
+from dropdyn.experiments.convergence import Config, fit_rate, run
 
 
 def test_fit_rate_recovers_a_power_law():
@@ -19,9 +19,10 @@ def test_fit_rate_recovers_a_power_law():
 
 def test_widths_and_scaling_are_checked():
     with pytest.raises(ValueError, match="at least two distinct widths"):
-        parse_widths("500")
+        Config(widths="500")
     with pytest.raises(ValueError, match="comma-separated list of integers"):
-        parse_widths("5e2,x")
+        Config(widths="5e2,x")
+    assert Config(widths="1000,5e2,500").resolved().widths == (500, 1000)
     with pytest.raises(ValueError, match="reaches phase I, not the requested phase III"):
         Config(phase="III", a=0.8, b=0.3).resolved()
     with pytest.raises(ValueError, match="unknown phase 'VI'"):

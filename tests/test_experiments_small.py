@@ -72,8 +72,10 @@ def test_mnist_binary_run(tmp_path):
     import numpy as np
 
     assert "practical__dropout__test_accuracy" in np.load(path / "arrays.npz", allow_pickle=False)
-    with pytest.raises(ValueError, match="digits must be two digits"):
-        mnist_binary.Config(digits="4").resolved()
+    with pytest.raises(ValueError, match="'digits' must be 2 values separated by ','"):
+        mnist_binary.Config(digits="4")
+    with pytest.raises(ValueError, match="digits must be two different digits 0..9, got 4,4"):
+        mnist_binary.Config(digits=[4, 4])
 
 
 def test_sharpness_run(tmp_path):
@@ -117,8 +119,8 @@ def test_srivastava_run(tmp_path):
     assert s["fraction_of_hidden_units_at_max_norm"]["digits"] > 0.05
     assert max(s["final_test_error"].values()) < 0.8  # every setting learned something in 2 epochs: chance is 0.9
     assert (path / "srivastava.png").exists()
-    with pytest.raises(ValueError, match="unknown data set 'cifar'"):
-        srivastava.Config(datasets="cifar").resolved()
+    with pytest.raises(ValueError, match="unknown datasets 'cifar'; choose one of digits, mnist"):
+        srivastava.Config(datasets="digits,cifar")
 
 
 def test_alignment_run(tmp_path):
@@ -140,12 +142,12 @@ def test_alignment_run(tmp_path):
                       "noise along the top Hessian directions": 1, "noise comparison": 1}
     assert all(p["seconds"] > 0 for p in s["parts"].values())
     assert sum(p["seconds"] for p in s["parts"].values()) <= s["seconds"]  # the parts do not overlap
-    with pytest.raises(ValueError, match="pairs must be LR:KEEP pairs like"):
-        alignment.Config(pairs="0.1").resolved()
+    with pytest.raises(ValueError, match="'pairs' must be 2 values separated by ':', got '0.1'"):
+        alignment.Config(pairs="0.1")
     with pytest.raises(ValueError, match="vgg16 takes 3×32×32 images: use dataset cifar10"):
         alignment.Config(model="vgg16").resolved()
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
-        alignment.Config(model="resnet").resolved()
+        alignment.Config(model="resnet")
 
 
 def test_part_clock_times_each_part_apart(monkeypatch):

@@ -51,10 +51,10 @@ def test_small_sweep_agrees_with_theory(tmp_path):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(widths="500"), "at least two distinct widths"),
-    (dict(a_values="x"), "a_values must be a comma-separated list"),
-    (dict(b_values="-1"), "must be >= 0"),
-    (dict(c_keep=2.0), "c_keep must be <= 1"),
-    (dict(shrink=0), r"shrink must be in \(0, 1\]"),
+    (dict(a_values="x"), "'a_values' must be a comma-separated list of numbers"),
+    (dict(b_values="0,-1"), "b_values must be a number in \\[0, ∞\\), got -1.0"),
+    (dict(c_keep=2.0), r"c_keep must be in \(0, 1\]"),
+    (dict(shrink=0), r"shrink must be a number in \(0, 1\]"),
 ])
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -75,9 +75,9 @@ def test_sme_trajectories_and_generalisation_runs(tmp_path):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--settings", "0.1:0"], "keep must be in (0, 1], got 0.0"),
-    (["--settings", "0.1"], "settings must be LR:KEEP pairs"),
-    (["--settings=-1:0.5"], "learning rate must be a finite positive number"),
+    (["--settings", "0.1:0"], "settings' keep must be in (0, 1], got 0.0"),
+    (["--settings", "0.1"], "'settings' must be 2 values separated by ':', got '0.1'"),
+    (["--settings=-1:0.5"], "settings' learning rate must be a finite positive number"),
     (["--width", "0"], "width must be an integer >= 1, got 0"),
     (["--train-size", "100000"], "train_size 100000 exceeds the 800 training images"),
 ])

@@ -40,7 +40,7 @@ def test_grid_zip_list_and_duplicates():
     assert [(p["a"], p["b"]) for p in z.points] == [(0, 0.5), (1, 1)]
     lst = make_sweep({"experiment": "phase-cell", "base": TINY, "list": [{"a": 0}, {"a": 0.0}, {"b": 1}]})
     assert len(lst.points) == 2  # a=0 and a=0.0 resolve to one config: one point
-    assert len(set(g.keys)) == 6 and g.configs[0]["widths"] == "20,40"
+    assert len(set(g.keys)) == 6 and g.configs[0]["widths"] == (20, 40)
 
 
 def test_executors_give_the_same_table_bit_for_bit(tmp_path):
@@ -261,7 +261,7 @@ def test_two_sweeps_on_one_store_keep_the_index_consistent(tmp_path):
     ({"experiment": "phase-cell", "zip": {"a": [0, 1], "b": [0]}}, "zip lists must have one length"),
     ({"experiment": "phase-cell", "grid": {"a": ["x"]}}, "setting 'a' must be a number"),
     ({"experiment": "phase-cell", "grid": {"depth": [1]}}, "unknown setting(s) depth"),
-    ({"experiment": "phase-cell", "grid": {"c_keep": [2.0]}}, "c_keep must be <= 1"),
+    ({"experiment": "phase-cell", "grid": {"c_keep": [2.0]}}, "c_keep must be in (0, 1]"),
     ({"experiment": "phase-cell", "list": [3]}, "list entry 0 must be a mapping"),
     ({"experiment": "phase-cell", "list": []}, "list must be a non-empty list of mappings"),
     ({"experiment": "phase-cell", "list": {"a": 1}}, "list must be a non-empty list of mappings"),
@@ -294,7 +294,7 @@ def test_points_run_costliest_first_and_record_their_time(tmp_path):
     widths = [{"widths": w} for w in ("20,30", "80,90", "40,50")]
     sweep = make_sweep({"experiment": "phase-cell", "base": TINY, "list": widths})
     tasks = _tasks(sweep, tmp_path, threads=1)
-    assert [t["config"]["widths"] for t in tasks] == ["80,90", "40,50", "20,30"]
+    assert [t["config"]["widths"] for t in tasks] == [(80, 90), (40, 50), (20, 30)]
     assert cost(tasks[0]["config"]) > cost(tasks[1]["config"]) > cost(tasks[2]["config"])
     t0 = time.perf_counter()
     out = run_point(tasks[2])

@@ -132,17 +132,14 @@ def test_the_boundary_checks_at_their_edges():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             c.check_device("cuda")
-    assert c.parse_floats("name", "0.5,,2") == [0.5, 2.0]
-    with pytest.raises(ValueError, match="name must not be empty"):
-        c.parse_floats("name", " , ")
-    assert c.parse_widths("5,2,5") == [2, 5]
-    for bad, match in (("5,5", "two distinct widths"), ("1,5", "width must be an integer >= 2, got 1")):
+    assert c.check_widths("widths", (5, 2, 5)) == [2, 5]
+    for bad, match in (((5, 5), "two distinct widths"), ((1, 5), "widths must be an integer >= 2, got 1")):
         with pytest.raises(ValueError, match=match):
-            c.parse_widths(bad)
-    assert c.parse_digit_pair("4,9") == (4, 9)
-    for bad in ("4", "4,9,1"):
-        with pytest.raises(ValueError, match="digits must be two digits"):
-            c.parse_digit_pair(bad)
+            c.check_widths("widths", bad)
+    assert c.check_interval("momentum", 0, "[0, 1)") == 0.0
+    for bad in (1, float("nan"), True, "x"):
+        with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\)"):
+            c.check_interval("momentum", bad, "[0, 1)")
 
 
 def test_memory_is_checked_against_the_device_it_is_for(monkeypatch):

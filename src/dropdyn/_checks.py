@@ -28,11 +28,11 @@ def shown(value) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
-def check_keep(keep) -> float:
-    """Keep probability q ∈ (0, 1]."""
-    q = _real("keep", keep, "a number in (0, 1]")
+def check_keep(keep, name: str = "keep") -> float:
+    """Keep probability q ∈ (0, 1] (``name``: the setting, for the message)."""
+    q = _real(name, keep, "a number in (0, 1]")
     if not (0.0 < q <= 1.0):
-        raise InputError(f"keep must be in (0, 1], got {shown(keep)}")
+        raise InputError(f"{name} must be in (0, 1], got {shown(keep)}")
     return q
 
 
@@ -55,6 +55,17 @@ def check_positive(name: str, value) -> float:
 
 
 MAX_STEPS = 10**8  # a run of more steps is refused: at a millisecond a step, it would take days
+
+
+def check_interval(name: str, value, text: str) -> float:
+    """A finite number in the interval ``text``, such as ``"[0, 1)"``: its brackets say which
+    ends belong to it (``∞`` for no upper end)."""
+    low, high = (float(v.replace("∞", "inf")) for v in text[1:-1].split(","))
+    v = _real(name, value, f"a number in {text}")
+    inside = (low <= v if text[0] == "[" else low < v) and (v <= high if text[-1] == "]" else v < high)
+    if not (math.isfinite(v) and inside):
+        raise InputError(f"{name} must be a number in {text}, got {shown(value)}")
+    return v
 
 
 def check_steps(time: float, lr: float, where: str = "") -> int:
@@ -136,48 +147,9 @@ def check_device(device) -> torch.device:
     return dev
 
 
-def parse_floats(name: str, text) -> list[float]:
-    """``"0.5,0.2"`` → ``[0.5, 0.2]``; a non-empty comma-separated list of numbers."""
-    try:
-        vals = [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"{name} must be a comma-separated list of numbers, got {shown(text)}") from None
-    if not vals:
-        raise InputError(f"{name} must not be empty, got {shown(text)}")
-    return vals
-
-
-def parse_pairs(name: str, text) -> list[tuple[float, float]]:
-    """``"0.05:0.9,1:0.3"`` → ``[(0.05, 0.9), (1.0, 0.3)]``: (learning rate, keep) pairs."""
-    pairs = []
-    for item in str(text).split(","):
-        try:
-            lr, keep = (float(v) for v in item.split(":"))
-        except ValueError:
-            raise InputError(f"{name} must be LR:KEEP pairs like '0.05:0.9,1:0.3', got {shown(text)}") from None
-        pairs.append((check_positive("learning rate", lr), check_keep(keep)))
-    return pairs
-
-
-def parse_widths(text) -> list[int]:
-    """``"250,500,1000"`` → ``[250, 500, 1000]`` (at least two distinct widths ≥ 2, sorted)."""
-    try:
-        widths = [int(w) for w in str(text).split(",") if w.strip()]
-    except ValueError:
-        raise InputError(f"widths must be a comma-separated list of integers, got {shown(text)}") from None
-    if len(set(widths)) < 2:
-        raise InputError(f"a rate fit needs at least two distinct widths, got {shown(text)}")
-    for w in widths:
-        check_int("width", w, 2)
-    return sorted(set(widths))
-
-
-def parse_digit_pair(text) -> tuple[int, int]:
-    """``"4,9"`` → ``(4, 9)``: two MNIST digits."""
-    try:
-        d = tuple(int(x) for x in str(text).split(","))
-    except ValueError:
-        raise InputError(f"digits must be two digits like '4,9', got {shown(text)}") from None
-    if len(d) != 2:
-        raise InputError(f"digits must be two digits like '4,9', got {shown(text)}")
-    return d
+def check_widths(name: str, widths) -> list[int]:
+    """The widths of a rate fit, sorted: at least two distinct integers ≥ 2."""
+    values = [check_int(name, w, 2) for w in widths]
+    if len(set(values)) < 2:
+        raise InputError(f"a rate fit needs at least two distinct {name}, got {shown(widths)}")
+    return sorted(set(values))

@@ -16,7 +16,7 @@ from pathlib import Path
 from ._checks import InputError
 from .lab import host
 from .lab.experiment import get, registry
-from .lab.settings import PARSERS, integer
+from .lab.settings import PARSERS, as_text, constraint, integer
 
 
 class UsageError(Exception):
@@ -62,14 +62,16 @@ def _config_flags(p: argparse.ArgumentParser, config_cls) -> None:
         typ = hints[f.name]
         if typing.get_origin(typ) in (typing.Union, types.UnionType):
             typ = next(t for t in typing.get_args(typ) if t is not type(None))
-        text = f.metadata.get("help", "")
+        check = constraint(config_cls, f.name)
+        notes = [check.text] if check else []
         if f.default is not None and f.default != "":
-            text += f" (default {f.default})"
+            notes.append(f"default {as_text(f.default)}")
+        text = f.metadata.get("help", "") + (f" ({'; '.join(notes)})" if notes else "")
         flag = "--" + f.name.replace("_", "-")
         if typ is bool:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            p.add_argument(flag, dest=f.name, type=PARSERS.get(typ, typ), default=None, metavar=f.name.upper(),
+        else:  # a list setting's text is split by the settings' own coercion
+            p.add_argument(flag, dest=f.name, type=PARSERS.get(typ, str), default=None, metavar=f.name.upper(),
                            help=text.replace("%", "%%"))
 
 

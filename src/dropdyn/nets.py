@@ -18,13 +18,12 @@ diagnostics take it as they take an MLP.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ._checks import InputError, check_int, check_keep, check_memory, check_positive
+from ._checks import InputError, check_int, check_interval, check_keep, check_memory, check_positive
 
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -177,14 +176,6 @@ def apply_max_norm(model: DropoutMLP | VGG16, c: float) -> None:
         lin.weight.mul_(torch.clamp(c / norms.clamp_min(1e-30), max=1.0))
 
 
-def check_fraction(name: str, value, interval: str, inside) -> float:
-    """A number in ``interval`` (``inside(v)`` says whether it is), else one line naming it."""
-    v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-    if not (math.isfinite(v) and inside(v)):
-        raise InputError(f"{name} must be a number in {interval}, got {value!r}")
-    return v
-
-
 def check_labels(model: DropoutMLP | VGG16, inputs: torch.Tensor, labels: torch.Tensor) -> None:
     """Class labels: integers, one per input, each in [0, classes) of ``model``'s last layer."""
     if not isinstance(labels, torch.Tensor) or labels.dtype in (torch.bool,) or labels.is_floating_point() \
@@ -212,8 +203,8 @@ def train(model: DropoutMLP | VGG16, inputs: torch.Tensor, labels: torch.Tensor,
     check_int("epochs", epochs, 0)
     check_positive("lr", lr)
     check_int("batch_size", batch_size, 1)
-    check_fraction("momentum", momentum, "[0, 1)", lambda v: 0 <= v < 1)
-    check_fraction("decay", decay, "(0, 1]", lambda v: 0 < v <= 1)
+    check_interval("momentum", momentum, "[0, 1)")
+    check_interval("decay", decay, "(0, 1]")
     if max_norm is not None:
         check_positive("max-norm c", max_norm)
     if not bool(torch.isfinite(inputs).all()):

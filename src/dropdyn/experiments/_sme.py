@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import InputError, check_int, check_positive, parse_pairs
+from .._checks import InputError
 from ..data import binary_mnist
 from ..lab import Runtime, setting
+from ..lab.settings import Pairs, at_least, positive
+from ._runtime import activation_setting, pairs_setting
 from ._variants import align_to
 from .mnist_binary import MnistPair
 
@@ -24,35 +26,20 @@ from .mnist_binary import MnistPair
 @dataclass
 class SMESettings(MnistPair, Runtime):
     input_size: int = setting(7, "image side after pooling (28 = full resolution)")
-    width: int = setting(50, "hidden neurons")
-    train_size: int = setting(0, "use the first N training images (0 = all)")
-    activation: str = setting("tanh", "activation σ")
-
-    def check_settings(self) -> None:
-        check_int("width", self.width, 1)
-        check_int("train_size", self.train_size, 0)
-        self.check_pair()
-        self.check_runtime()
+    width: int = setting(50, "hidden neurons", at_least(1))
+    train_size: int = setting(0, "use the first N training images (0 = all)", at_least(0))
+    activation: str = activation_setting()
 
 
 @dataclass
 class CurveSettings(SMESettings):
     """Settings of the experiments that follow observables over time for (η, p) pairs."""
 
-    settings: str = setting("0.05:0.9", "LR:KEEP pairs, comma-separated")
-    time: float = setting(20.0, "time T = steps·η")
-    replicas: int = setting(8, "replicas of each stochastic dynamics")
-    substeps: int = setting(2, "Euler–Maruyama sub-steps per dropout step")
-    records: int = setting(100, "records over [0, T]")
-
-    def resolved(self):
-        self.check_settings()
-        parse_settings(self.settings)
-        check_positive("time", self.time)
-        check_int("replicas", self.replicas, 1)
-        check_int("substeps", self.substeps, 1)
-        check_int("records", self.records, 1)
-        return self
+    settings: Pairs = pairs_setting(((0.05, 0.9),), "(η, p) settings")
+    time: float = setting(20.0, "time T = steps·η", positive())
+    replicas: int = setting(8, "replicas of each stochastic dynamics", at_least(1))
+    substeps: int = setting(2, "Euler–Maruyama sub-steps per dropout step", at_least(1))
+    records: int = setting(100, "records over [0, T]", at_least(1))
 
 
 @dataclass
@@ -81,7 +68,7 @@ def problem(cfg: SMESettings) -> SMEProblem:
     """Data and initial parameters for ``cfg`` (deterministic in ``cfg.seed``)."""
     dtype, device = getattr(torch, cfg.dtype), torch.device(cfg.device)
     g = torch.Generator().manual_seed(cfg.seed)
-    split = binary_mnist(cfg.digit_pair(), size=cfg.input_size, generator=g, source=cfg.source, path=cfg.path)
+    split = binary_mnist(cfg.digits, size=cfg.input_size, generator=g, source=cfg.source, path=cfg.path)
     if cfg.train_size > len(split.inputs):
         raise InputError(f"train_size {cfg.train_size} exceeds the {len(split.inputs)} training images")
     n = cfg.train_size or len(split.inputs)
@@ -132,7 +119,7 @@ def compute_curves(cfg: CurveSettings, dynamics: tuple[str, ...], ctx) -> dict:
     """``{(η, p): curves(...)}`` for every pair of ``cfg.settings``, from one problem, under
     one progress bar (``ctx.bar``)."""
     P = problem(cfg)
-    settings = parse_settings(cfg.settings)
+    settings = cfg.settings
     bar = ctx.bar(sum(len(dynamics) * max(1, round(cfg.time / lr)) for lr, _ in settings), "SME curves")
     out = {}
     for i, (lr, p) in enumerate(settings):
@@ -141,11 +128,6 @@ def compute_curves(cfg: CurveSettings, dynamics: tuple[str, ...], ctx) -> dict:
                               substeps=cfg.substeps, records=cfg.records, offset=10 * i, progress=bar)
     bar.close()
     return out
-
-
-def parse_settings(text: str) -> list[tuple[float, float]]:
-    """``"0.05:0.9,1:0.3"`` → ``[(0.05, 0.9), (1.0, 0.3)]`` (learning rate : keep)."""
-    return parse_pairs("settings", text)
 
 
 def band(ax, res: dict, key: str, color: str, label: str, ls: str = "-", median: bool = False) -> None:

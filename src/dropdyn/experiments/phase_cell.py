@@ -4,20 +4,21 @@ candidate limit, and the cell's empirical phase. ``phase-sweep`` runs a sweep of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from .._checks import InputError, check_int, check_positive, check_steps, parse_widths
+from .._checks import check_steps, check_widths
 from ..data import mean_field_init
 from ..engine import simulate
 from ..lab import Context, Experiment, setting, verdict
+from ..lab.settings import at_least, interval, nonnegative, positive, probability
 from ..limits import coupled_limit
 from ..masks import draw_masks
 from ..metrics import output_gap
 from ..phase import classify, family_phase, scaling
-from ._runtime import EngineRuntime
+from ._runtime import EngineRuntime, widths_setting
 from .teacher_student import Task
 
 
@@ -25,39 +26,30 @@ from .teacher_student import Task
 class CellSettings(Task, EngineRuntime):
     """The settings of a cell other than its exponents (shared with ``phase_sweep``)."""
 
-    widths: str = setting("500,1000", "comma-separated widths, at least two")
-    c_lr: float = setting(0.5, "constant of τ_n = c_lr·n^−a")
-    c_keep: float = setting(0.5, "constant of q_n = c_keep·n^−b (≤ 1)")
-    time: float = setting(1.0, "time horizon T")
+    widths: tuple[int, ...] = widths_setting((500, 1000), "widths, at least two")
+    c_lr: float = setting(0.5, "constant of τ_n = c_lr·n^−a", positive())
+    c_keep: float = setting(0.5, "constant of q_n = c_keep·n^−b", probability())
+    time: float = setting(1.0, "time horizon T", positive())
     dim: int = setting(5, "input dimension d")
     n_train: int = setting(30, "training samples")
     n_test: int = setting(100, "held-out samples (the output gap's inputs)")
     label_noise: float = setting(0.0, "standard deviation of the label noise")
-    replicas: int = setting(4, "replicas per width")
-    shrink: float = setting(0.9, "a limit is seen if its distance shrinks by this factor per width doubling")
+    replicas: int = setting(4, "replicas per width", at_least(1))
+    shrink: float = setting(0.9, "a limit is seen if its distance shrinks by this factor per width doubling",
+                            interval("(0, 1]"))
 
 
 @dataclass
 class Config(CellSettings):
-    a: float = setting(0.5, "exponent a of τ = c_lr·n^−a")
-    b: float = setting(0.5, "exponent b of q = c_keep·n^−b")
+    a: float = setting(0.5, "exponent a of τ = c_lr·n^−a (τ must not grow with n)", nonnegative())
+    b: float = setting(0.5, "exponent b of q = c_keep·n^−b (q must not grow with n)", nonnegative())
 
     def resolved(self) -> Config:
-        if not (self.a >= 0 and self.b >= 0):  # (NaN too)
-            raise InputError(f"a and b must be >= 0 (τ, q must not grow with n), got a={self.a!r}, b={self.b!r}")
-        check_positive("time", self.time)
-        check_positive("c_lr", self.c_lr)
-        check_positive("c_keep", self.c_keep)
-        if self.c_keep > 1:
-            raise InputError(f"c_keep must be <= 1 so that q_n <= 1, got {self.c_keep!r}")
-        for n in parse_widths(self.widths):  # every width's run checked here, before any is computed
-            check_steps(self.time, scaling(n, self.a, self.b, self.c_lr, self.c_keep)[0], f" (width {n})")
-        check_int("replicas", self.replicas, 1)
-        if not 0 < self.shrink <= 1:
-            raise InputError(f"shrink must be in (0, 1], got {self.shrink!r}")
-        self.check_task()
-        self.check_runtime()
-        return self
+        """Sort the widths; refuse, before any is computed, a width whose run has too many steps."""
+        cfg = replace(self, widths=tuple(check_widths("widths", self.widths)))
+        for n in cfg.widths:
+            check_steps(cfg.time, scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)[0], f" (width {n})")
+        return cfg
 
 
 def limit_parameters(a: float, b: float, c_lr: float, c_keep: float) -> dict:
@@ -84,7 +76,7 @@ def cost(config: dict) -> float:
     """Relative cost of a cell for sweep scheduling: Σ over widths of n × steps × candidates."""
     cfg = Config(**config)
     total = 0.0
-    for n in parse_widths(cfg.widths):
+    for n in cfg.widths:
         lr, _ = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
         total += n * max(1.0, cfg.time / lr) * (1 + len(candidates(cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)))
     return total
@@ -134,7 +126,7 @@ def empirical_phase(dist_by_width: dict[int, dict[str, float]], shrink: float) -
 def measure(cfg: Config, bar=None) -> dict:
     """The cell's distances at every width, its empirical and theoretical phase. ``bar``: a
     progress bar advanced by one after each width."""
-    widths = parse_widths(cfg.widths)
+    widths = list(cfg.widths)
     task = cfg.task(torch.Generator().manual_seed(cfg.seed))
     measured = {}
     for n in widths:
@@ -152,7 +144,7 @@ def measure(cfg: Config, bar=None) -> dict:
 
 
 def compute(cfg: Config, ctx: Context) -> dict:
-    with ctx.bar(len(parse_widths(cfg.widths)), f"cell a={cfg.a:g}, b={cfg.b:g}", unit="width") as bar:
+    with ctx.bar(len(cfg.widths), f"cell a={cfg.a:g}, b={cfg.b:g}", unit="width") as bar:
         return measure(cfg, bar)
 
 
@@ -174,5 +166,5 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
 
 EXPERIMENT = Experiment("phase-cell", "one cell of the empirical phase diagram: dropout vs every candidate limit "
                         "over widths.", Config, compute, write, theory, cost=cost, order=21,
-                        smoke=dict(a=0.5, b=0.5, widths="40,80", time=0.3, replicas=2))
+                        smoke=dict(a=0.5, b=0.5, widths=(40, 80), time=0.3, replicas=2))
 run = EXPERIMENT.run

@@ -31,12 +31,12 @@ cells already in the store are reused, an interrupted sweep resumes, and
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from .._checks import InputError, parse_floats, parse_widths
 from ..lab import Context, Experiment, setting, verdict
+from ..lab.settings import each, nonnegative
 from ..lab.store import config_key
 from ..lab.sweep import make_sweep, run_children
 from . import phase_cell
@@ -45,29 +45,28 @@ from .phase_cell import agrees, candidates, empirical_phase, limit_parameters  #
 
 @dataclass
 class Config(phase_cell.CellSettings):
-    a_values: str = setting("0,0.25,0.5,0.75,1,1.25", "comma-separated exponents a (τ = c_lr·n^−a)")
-    b_values: str = setting("0,0.25,0.5,0.75,1", "comma-separated exponents b (q = c_keep·n^−b)")
+    a_values: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75, 1.0, 1.25), "exponents a (τ = c_lr·n^−a)",
+                                          each(nonnegative()))
+    b_values: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75, 1.0), "exponents b (q = c_keep·n^−b)",
+                                          each(nonnegative()))
     full: bool = setting(False, "finer grid, widths up to 8000, 8 replicas: for bigger machines")
 
     def resolved(self) -> Config:
+        """The preset of ``full``, its widths sorted; every cell's run checked before any is computed."""
         cfg = self
         if self.full:  # the preset for bigger machines
-            cfg = Config(**{**asdict(self), "a_values": "0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1,1.125,1.25,1.5",
-                            "b_values": "0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1",
-                            "widths": "1000,2000,4000,8000", "replicas": 8, "time": 1.0, "full": False})
-        a, b = parse_floats("a_values", cfg.a_values), parse_floats("b_values", cfg.b_values)
-        if min(b) < 0 or min(a) < 0:
-            raise InputError("a and b must be >= 0 (τ, q must not grow with n)")
-        phase_cell.Config(**cfg.cell_settings()).resolved()
-        return cfg
+            cfg = replace(self, a_values=(0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.125, 1.25, 1.5),
+                          b_values=(0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0),
+                          widths=(1000, 2000, 4000, 8000), replicas=8, time=1.0, full=False)
+        cells = [phase_cell.Config(**cfg.cell_settings(), **cell).resolved() for cell in cfg.cells()]
+        return replace(cfg, widths=cells[0].widths)
 
     def cell_settings(self) -> dict:
         """The settings shared by every cell (all but the grid)."""
         return {f.name: getattr(self, f.name) for f in fields(phase_cell.CellSettings)}
 
     def cells(self) -> list[dict]:
-        return [{"a": a, "b": b} for a in parse_floats("a_values", self.a_values)
-                for b in parse_floats("b_values", self.b_values)]
+        return [{"a": a, "b": b} for a in self.a_values for b in self.b_values]
 
 
 def figure(cells: list[dict], cfg: Config):
@@ -81,7 +80,7 @@ def figure(cells: list[dict], cfg: Config):
     draw_diagram(ax1)
     for c in cells:
         ax1.plot(c["a"], c["b"], ".", color="k", ms=3)
-    ax2.set_title(f"empirical: nearest limit at n={max(parse_widths(cfg.widths))}, "
+    ax2.set_title(f"empirical: nearest limit at n={max(cfg.widths)}, "
                   "label = distance ratio per width doubling", fontsize=9)
     da = np.diff(sorted({c["a"] for c in cells})).min(initial=0.25) if len(cells) > 1 else 0.25
     db = np.diff(sorted({c["b"] for c in cells})).min(initial=0.25) if len(cells) > 1 else 0.25
@@ -129,7 +128,7 @@ def write(folder, cfg: Config, res: dict) -> dict:
         "agreement_all": sum(map(agrees, cells)) / len(cells), "cells": len(cells),
         "agreement_decided": (sum(map(agrees, decided)) / len(decided)) if decided else None,
         "decided_cells": len(decided), "sweep": res["sweep"], "cells_computed": res["computed"],
-        "cells_detail": cells, "largest_width": parse_widths(cfg.widths)[-1],
+        "cells_detail": cells, "largest_width": cfg.widths[-1],
     }
 
 
@@ -147,5 +146,5 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
 
 EXPERIMENT = Experiment("phase-sweep", "the empirical phase diagram: nearest limit per (a, b) cell, beside the theory.",
                         Config, compute, write, theory, sweeps=True, order=20,
-                        smoke=dict(a_values="0,1", b_values="0", widths="40,80", time=0.3, replicas=2))
+                        smoke=dict(a_values=(0.0, 1.0), b_values=(0.0,), widths=(40, 80), time=0.3, replicas=2))
 run = EXPERIMENT.run

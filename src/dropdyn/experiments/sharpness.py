@@ -17,42 +17,33 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed, parse_floats
+from .._checks import InputError
 from ..curvature import mean_field_sharpness
 from ..data import mean_field_init, teacher_student
 from ..engine import simulate
 from ..lab import Context, Experiment, setting, verdict
+from ..lab.settings import Settings, at_least, available_device, each, positive, probability, valid_seed
+from ._runtime import activation_setting
 
 
 @dataclass
-class Config:
-    width: int = setting(200, "width n")
-    dim: int = setting(5, "input dimension d")
-    teacher_width: int = setting(5, "neurons of the teacher")
-    n_train: int = setting(50, "training samples")
-    steps: int = setting(1000, "steps per run")
-    lr_min: float = setting(0.5, "smallest step τ of the sweep")
-    lr_max: float = setting(20.0, "largest step τ of the sweep")
-    points: int = setting(30, "step sizes in the sweep (geometric)")
-    keeps: str = setting("0.5,0.2", "RaM keep rates, comma-separated")
-    activation: str = setting("tanh", "activation σ")
-    seed: int = setting(0, "seed of data, initialisation and masks")
-    device: str = setting("cpu", "cpu or cuda")
-
-    def keep_values(self) -> list[float]:
-        return [check_keep(k) for k in parse_floats("keeps", self.keeps)]
+class Config(Settings):
+    width: int = setting(200, "width n", at_least(1))
+    dim: int = setting(5, "input dimension d", at_least(1))
+    teacher_width: int = setting(5, "neurons of the teacher", at_least(1))
+    n_train: int = setting(50, "training samples", at_least(1))
+    steps: int = setting(1000, "steps per run", at_least(1))
+    lr_min: float = setting(0.5, "smallest step τ of the sweep", positive())
+    lr_max: float = setting(20.0, "largest step τ of the sweep", positive())
+    points: int = setting(30, "step sizes in the sweep (geometric)", at_least(2))
+    keeps: tuple[float, ...] = setting((0.5, 0.2), "RaM keep rates", each(probability()))
+    activation: str = activation_setting()
+    seed: int = setting(0, "seed of data, initialisation and masks", valid_seed())
+    device: str = setting("cpu", "cpu or cuda", available_device())
 
     def resolved(self) -> Config:
-        check_int("width", self.width, 1)
-        check_int("steps", self.steps, 1)
-        check_int("points", self.points, 2)
-        check_positive("lr_min", self.lr_min)
-        check_positive("lr_max", self.lr_max)
         if self.lr_max <= self.lr_min:
             raise InputError(f"lr_max must exceed lr_min, got {self.lr_max!r} <= {self.lr_min!r}")
-        self.keep_values()
-        check_seed(self.seed)
-        check_device_dtype(self.device, "float64")
         return self
 
 
@@ -63,7 +54,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
     X0 = mean_field_init(cfg.width, cfg.dim, generator=g).to(cfg.device)
     Z, y = task.inputs.to(cfg.device), task.targets.to(cfg.device)
     lam0 = mean_field_sharpness(X0, Z, y, cfg.activation)
-    runs = {"gd": 1.0, **{f"ram q={q:g}": q for q in cfg.keep_values()}}
+    runs = {"gd": 1.0, **{f"ram q={q:g}": q for q in cfg.keeps}}
     bar = ctx.bar((20 + len(runs) * cfg.points) * cfg.steps, "GD solution")
     sol = simulate("gd", X0, Z, y, lr=min(1.0, 1.0 / lam0), keep=1.0, steps=20 * cfg.steps,
                    activation=cfg.activation, record_every=20 * cfg.steps, progress=bar).particles
@@ -145,5 +136,5 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
 
 EXPERIMENT = Experiment("sharpness", "sharpness bypass: largest stable step of GD vs RaM, with the top Hessian "
                         "eigenvalue.", Config, compute, write, theory, order=40,
-                        smoke=dict(width=30, steps=20, points=4, lr_min=0.5, lr_max=30.0, keeps="0.5"))
+                        smoke=dict(width=30, steps=20, points=4, lr_min=0.5, lr_max=30.0, keeps=(0.5,)))
 run = EXPERIMENT.run

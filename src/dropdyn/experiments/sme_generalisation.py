@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..lab import Context, Experiment, setting, verdict
+from ..lab import Context, Experiment, verdict
+from ..lab.settings import Pairs
+from ._runtime import pairs_setting
 from ._sme import CurveSettings, band, compute_curves, curve_table
 
 DYNAMICS = ("dropout", "sme1", "gd")
@@ -25,7 +27,7 @@ STYLE = {"dropout": ("C0", "-", "dropout"), "sme1": ("C3", "--", "SME (order 1)"
 
 @dataclass
 class Config(CurveSettings):
-    settings: str = setting("0.005:0.9,0.1:0.3", "LR:KEEP pairs, comma-separated")
+    settings: Pairs = pairs_setting(((0.005, 0.9), (0.1, 0.3)), "(η, p) settings")
 
 
 def compute(cfg: Config, ctx: Context) -> dict:
@@ -47,7 +49,7 @@ def figure(res: dict, cfg: Config):
         axes[row, 0].set_title(f"η = {lr:g}, p = {p:g}", fontsize=10)
     axes[0, 1].legend(fontsize=8)
     fig.suptitle(f"test risk and accuracy: mean and min–max over {cfg.replicas} replicas, width {cfg.width}, "
-                 f"{cfg.input_size}×{cfg.input_size} MNIST {cfg.digits.replace(',', ' vs ')}", fontsize=9)
+                 f"{cfg.input_size}×{cfg.input_size} MNIST {cfg.digits_title()}", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -81,5 +83,5 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
 
 EXPERIMENT = Experiment("sme-generalisation", "Figure 2 of the SME paper: test risk/accuracy of dropout, SME and GD "
                         "on L_S.", Config, compute, write, theory, order=72,
-                        smoke=dict(width=6, train_size=60, replicas=4, settings="0.05:0.9", time=0.5, records=5))
+                        smoke=dict(width=6, train_size=60, replicas=4, settings=((0.05, 0.9),), time=0.5, records=5))
 run = EXPERIMENT.run

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import InputError, check_int, check_keep, check_positive, parse_floats
+from .._checks import InputError
 from ..lab import Context, Experiment, setting, verdict
+from ..lab.settings import at_least, each, positive, probability
 from ..sme_dynamics import simulate_sme
 from ._sme import SMESettings, generator, problem
 
@@ -34,32 +35,21 @@ ORDERS = ("sme1", "sme2", "gd")
 class Config(SMESettings):
     width: int = setting(20, "hidden neurons")
     train_size: int = setting(200, "use the first N training images (0 = all)")
-    lrs: str = setting("0.2,0.1,0.05,0.025", "learning rates η, comma-separated")
-    keeps: str = setting("0.9,0.5", "keep rates p, comma-separated")
-    time: float = setting(0.8, "time T (a multiple of every η)")
-    substeps: int = setting(4, "Euler–Maruyama sub-steps per dropout step (and twice that, for Richardson)")
-    replicas: int = setting(400, "replicas of each stochastic dynamics")
-    batches: int = setting(20, "replica batches of the unbiased distance estimate")
+    lrs: tuple[float, ...] = setting((0.2, 0.1, 0.05, 0.025), "learning rates η", each(positive()))
+    keeps: tuple[float, ...] = setting((0.9, 0.5), "keep rates p", each(probability()))
+    time: float = setting(0.8, "time T (a multiple of every η)", positive())
+    substeps: int = setting(4, "Euler–Maruyama sub-steps per dropout step (and twice that, for Richardson)",
+                            at_least(1))
+    replicas: int = setting(400, "replicas of each stochastic dynamics (a multiple of batches)", at_least(2))
+    batches: int = setting(20, "replica batches of the unbiased distance estimate", at_least(2))
     dtype: str = setting("float32", "float64 or float32")
 
-    def lr_values(self) -> list[float]:
-        return [check_positive("lrs", v) for v in parse_floats("lrs", self.lrs)]
-
-    def keep_values(self) -> list[float]:
-        return [check_keep(v) for v in parse_floats("keeps", self.keeps)]
-
     def resolved(self) -> Config:
-        self.check_settings()
-        check_positive("time", self.time)
-        check_int("substeps", self.substeps, 1)
-        check_int("batches", self.batches, 2)
-        check_int("replicas", self.replicas, self.batches)
         if self.replicas % self.batches:
             raise InputError(f"replicas ({self.replicas}) must be a multiple of batches ({self.batches})")
-        for lr in self.lr_values():
+        for lr in self.lrs:
             if abs(round(self.time / lr) * lr - self.time) > 1e-9 * self.time:
                 raise InputError(f"time {self.time!r} must be a multiple of every learning rate, not of {lr!r}")
-        self.keep_values()
         return self
 
 
@@ -109,7 +99,7 @@ def fit_slope(lrs, est, se) -> dict:
 
 def compute(cfg: Config, ctx: Context) -> dict:
     P = problem(cfg)
-    res: dict = {"lrs": cfg.lr_values(), "keeps": cfg.keep_values()}
+    res: dict = {"lrs": list(cfg.lrs), "keeps": list(cfg.keeps)}
     runs = 1 + sum(1 if dyn == "gd" else 2 for dyn in ORDERS)  # dropout, GD, each SME at two sub-steps
     bar = ctx.bar(len(res["keeps"]) * sum(runs * round(cfg.time / lr) for lr in res["lrs"]), "sme-order")
     common = dict(activation=cfg.activation, record_every=10**9, progress=bar)
@@ -241,6 +231,6 @@ def measured_slope(fit: dict) -> str:
 
 EXPERIMENT = Experiment("sme-order", "Figure 1(b, c) of the SME paper: weak error ‖EΘ − Eθ‖ vs η, fitted slopes.",
                         Config, compute, write, theory, order=71,
-                        smoke=dict(width=6, train_size=60, replicas=4, lrs="0.2,0.1", keeps="0.5", time=0.2, substeps=2,
-                                   batches=2))
+                        smoke=dict(width=6, train_size=60, replicas=4, lrs=(0.2, 0.1), keeps=(0.5,), time=0.2,
+                                   substeps=2, batches=2))
 run = EXPERIMENT.run

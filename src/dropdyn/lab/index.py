@@ -41,6 +41,7 @@ from pathlib import Path
 
 from .._checks import InputError
 from .host import process_alive
+from .settings import as_text
 from .store import clean_partials, read_json, run_key
 
 SCHEMA = """
@@ -334,7 +335,8 @@ class RunIndex:
 
 def table(store="runs"):
     """The index of a store as a pandas DataFrame: one row per run, the summary's scalars
-    as ``summary.<name>`` columns, the resolved settings as ``params.<name>``."""
+    as ``summary.<name>`` columns, the resolved settings as ``params.<name>`` (a list setting
+    as its comma text)."""
     import pandas as pd
 
     if not Path(store).is_dir():
@@ -342,6 +344,7 @@ def table(store="runs"):
     rows = RunIndex(store).rows()
     flat = [{**{k: v for k, v in r.items() if k not in ("params", "summary")},
              **{f"params.{k}": v for k, v in scalar_summary(r["params"]).items()},
+             **{f"params.{k}": as_text(v) for k, v in r["params"].items() if isinstance(v, list)},
              **{f"summary.{k}": v for k, v in r["summary"].items()}} for r in rows]
     return pd.DataFrame(flat, columns=None if flat else list(COLUMNS))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from .._checks import InputError
 from .experiment import get, registry
 from .index import RunIndex, scalar_summary
+from .settings import typed
 from .store import atomic_write_bytes, is_run_folder, read_json, regular_file
 
 KEY = re.compile(r"[0-9a-f]{10}")  # a sweep point's store key (``store.run_key``)
@@ -60,7 +61,7 @@ def theory_rows(experiment: str, config: dict, summary: dict) -> list[tuple[str,
     experiment's own ``theory`` rows, or its scalar slopes and orders where it declares none."""
     exp = get(experiment)
     if exp.theory is not None:
-        return exp.theory(config, summary)
+        return exp.theory(typed(exp.Config, config), summary)
     return [(k, "—", _fmt(v), "— (no prediction)") for k, v in scalar_summary(summary).items()
             if k.startswith(("slope", "order"))]
 

@@ -48,7 +48,7 @@ from . import host
 from .experiment import Context, get, registry
 from .index import CLAIM_TTL, RunIndex, scalar_summary
 from .lifecycle import Entry, conduct, describe
-from .settings import read_config_file
+from .settings import as_text, read_config_file
 from .store import RunFolder, atomic_write_bytes, read_json, run_key
 
 EXECUTORS = ("serial", "processes", "dask")
@@ -455,7 +455,7 @@ def collect(sweep: Sweep, root: Path | str = "runs") -> list[dict]:
         status = "complete" if summary is not None else entry.get("status", "missing")
         row = {"point": i, "run_id": run_id, "key": key, "status": status,
                "error": entry.get("error") if summary is None else None}
-        row.update({k: sweep.configs[i][k] for k in sweep.swept})
+        row.update({k: as_text(v) if isinstance(v := sweep.configs[i][k], (list, tuple)) else v for k in sweep.swept})
         # wall time is left out (it is in the index, `dropdyn runs list`): the table depends on the
         # computation alone, and is byte-identical across executors
         row.update({k: v for k, v in scalar_summary(summary or {}).items() if k.rsplit(".", 1)[-1] != "seconds"})
