@@ -3,8 +3,8 @@
     python benchmarks/bench_tiles.py [--width 1000000] [--samples 1000] [--dim 10] [--dtype float32]
 
 For each configuration (BN neurons × BM samples, warps, pipeline stages, tl.dot's input
-precision) it times the forward kernel (``fused_residual``: r = Σ_i v_i σ(w_i·z_j) − y) and
-the backward kernel (``fused_descent`` less ``fused_residual``) with ``triton.testing.do_bench``
+precision) it times the forward kernel (``fused_output``: f = Σ_i v_i σ(w_i·z_j)) and
+the backward kernel (``fused_descent`` less ``fused_output``) with ``triton.testing.do_bench``
 (median), and gives the largest error of (ga, gW, r) relative to the float64 reference step
 (``dropdyn.model.descent``), for a tanh network of one replica at the given width. The first
 row is what ``dropdyn.fused.tiles`` chooses. A configuration that does not compile or does
@@ -33,7 +33,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from triton.testing import do_bench
 
-    from dropdyn.fused import Tiles, fused_descent, fused_residual, tiles
+    from dropdyn.fused import Tiles, fused_descent, fused_output, tiles
     from dropdyn.model import Design, descent
 
     dtype, n, m, d = getattr(torch, args.dtype), args.width, args.samples, args.dim
@@ -63,7 +63,7 @@ def main(argv=None):
         head = f"| {t.BN}×{t.BM}×{t.BP}{mark} | {t.num_warps} | {t.num_stages} | {t.PREC} |"
         try:
             out = fused_descent(design, a, W, weights, 0.0, t)
-            fwd = do_bench(lambda t=t: fused_residual(design, a, W, weights, t), return_mode="median")
+            fwd = do_bench(lambda t=t: fused_output(design, a, W, weights, t), return_mode="median")
             both = do_bench(lambda t=t: fused_descent(design, a, W, weights, 0.0, t), return_mode="median")
         except Exception as error:  # out of resources, or not compiled: this configuration's finding
             print(f"{head} fails: {str(error).strip().splitlines()[-1][:80]} | | | |")

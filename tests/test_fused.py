@@ -65,23 +65,23 @@ def test_fused_backend_refuses_wide_inputs():
 
 
 @pytest.mark.parametrize("m", [1, 10, 20, 130])
-def test_fused_residual_split_over_neuron_chunks(monkeypatch, m):
+def test_fused_output_split_over_neuron_chunks(monkeypatch, m):
     # the forward reduction in chunks of 100 neurons (not a multiple of the 64-neuron tile; the
     # last chunk partial), sample tiles of 16, 32 and 64 (m = 1, 10, 20, 130); no neurons at
-    # all gives r = −y
+    # all gives f = 0
     from dropdyn import fused
-    from dropdyn.engine import reference_residual
+    from dropdyn.engine import reference_output
 
     monkeypatch.setattr(fused, "CHUNK_NEURONS", 100)
     X, Z, y = problem(2, 300, m, 3, True, torch.float64, seed=7)
     design = Design.build(Z, y, "tanh", True)
     a, W = design.pack(X)
     weights = torch.full_like(a, 1 / 300)
-    r = fused.fused_residual(design, a, W, weights)
-    assert float((r - reference_residual(design, a, W, weights)).abs().max()) < 1e-12
-    assert torch.equal(fused.fused_residual(design, a[:, :0], W[:, :0], weights[:, :0]), -y.expand(2, m))
-    ga, gW, r = fused_descent(design, a[:, :0], W[:, :0], weights[:, :0])
-    assert ga.shape == (2, 0) and gW.shape == (2, 0, W.shape[-1]) and torch.equal(r, -y.expand(2, m))
+    f = fused.fused_output(design, a, W, weights)
+    assert float((f - reference_output(design, a, W, weights)).abs().max()) < 1e-12
+    assert torch.equal(fused.fused_output(design, a[:, :0], W[:, :0], weights[:, :0]), torch.zeros(2, m).to(y))
+    ga, gW, f = fused_descent(design, a[:, :0], W[:, :0], weights[:, :0])
+    assert ga.shape == (2, 0) and gW.shape == (2, 0, W.shape[-1]) and torch.equal(f, torch.zeros(2, m).to(y))
 
 
 @triton.jit
@@ -246,7 +246,7 @@ def test_the_kernels_write_only_within_their_outputs():
     # shows only at the end): a sentinel after each output catches it
     from triton import cdiv
 
-    from dropdyn.engine import reference_residual
+    from dropdyn.engine import reference_output
 
     X, Z, y = problem(2, 70, 90, 5, True, torch.float64, seed=3)
     design = Design.build(Z, y, "tanh", True)
@@ -263,7 +263,7 @@ def test_the_kernels_write_only_within_their_outputs():
     step.forward_kernel[(R * cdiv(m, t.BM),)](W, a * weights, design.Z, f, K, m, CHUNK_NEURONS, P, ACT=0,
                                               **t._asdict())
     r = f[:R * m].view(R, m) - design.y
-    assert float((r - reference_residual(design, a, W, weights)).abs().max()) < 1e-12
+    assert float((f[:R * m].view(R, m) - reference_output(design, a, W, weights)).abs().max()) < 1e-12
     ga, gW = guarded(R * K), guarded(R * K * P)
     pen = W.new_full((1,), 0.3)
     step.backward_kernel[(R * cdiv(K, t.BN),)](W, a, design.Z, r.contiguous(), ga, gW, K, m, pen, P, ACT=0,

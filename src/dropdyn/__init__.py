@@ -1,9 +1,10 @@
 """dropdyn: the dynamics of dropout training, simulated and measured.
 
 The working set is here: ``simulate`` (dropout and its variants on mean-field two-layer
-networks), ``simulate_limit``, ``classify`` and ``Phase`` (the phase diagram),
-``simulate_sme`` and ``noise_covariance`` (the SMEs), ``alignment`` (noise geometry of any
-``torch.nn`` model), the metrics, the data, and ``run``/``load`` for experiments. Every
+networks, for the squared, logistic and cross-entropy losses, full batch or minibatch),
+``simulate_limit``, ``classify`` and ``Phase`` (the phase diagram), ``simulate_sme`` and
+``noise_covariance`` (the SMEs), ``alignment`` (noise geometry of any ``torch.nn`` model),
+the metrics, the data, and ``run``/``load`` for experiments. Every
 module is reachable from here too (``dropdyn.phase``, ``dropdyn.sme``, …), imported on
 first use. The mathematics and names: docs/theory.md.
 """
@@ -25,8 +26,8 @@ from .phase import Phase, classify
 from .sme import noise_covariance
 from .sme_dynamics import simulate_sme
 
-_MODULES = ("curvature", "data", "engine", "experiments", "lab", "limits", "loop", "masks", "metrics", "model", "nets",
-            "noise_geometry", "phase", "runs", "sme", "sme_dynamics", "sweep", "threads")
+_MODULES = ("curvature", "data", "diagnostics", "engine", "experiments", "lab", "limits", "loop", "losses", "masks",
+            "metrics", "model", "nets", "noise_geometry", "phase", "runs", "sme", "sme_dynamics", "sweep", "threads")
 
 __all__ = ["VARIANTS", "InputError", "MaskStream", "Phase", "SimulationResult", "alignment", "classify", "draw_masks",
            "mean_field_init", "multipliers", "noise_covariance", "output_gap", "particle_distance",

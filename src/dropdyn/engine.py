@@ -2,7 +2,7 @@
 
 Every variant of docs/theory.md §1 is the same step
 
-    X_i ← X_i − τ B_i Dφ(X_i)ᵀ ( (1/n) Σ_j F_j φ(X_j) − y + c φ(X_i) ) / m
+    X_i ← X_i − τ B_i Dφ(X_i)ᵀ ( ℓ'((1/n) Σ_j F_j φ(X_j), y) + c φ(X_i) ) / m
 
 with forward multipliers F, backward multipliers B (each either ``mask/q`` or 1) and a
 penalty coefficient c (docs/theory.md §1, table of variants):
@@ -19,6 +19,11 @@ Dropout's forward and backward both vanish on dropped neurons, so its step can b
 computed on the kept neurons only (cost ∝ q·width). Compacting them costs a gather and a
 scatter, and their count on the host (on a GPU, a stall): a step too small for the saved
 work to pay for that runs on all neurons instead (:data:`COMPACT_MIN_WORK`).
+
+ℓ' = ∂ℓ/∂f is the loss's residual (:mod:`dropdyn.losses`; f − y for the squared loss, the
+only one with a penalty c or a critical rule). With ``batch_size`` B, each step sums over
+B samples drawn afresh, without replacement, per replica (:class:`BatchStream`; m = B);
+runs with one seed share their batches as they share their masks.
 
 The limits of docs/theory.md §2 are rules of the same step (``dropdyn.limits``); the
 critical phase IV replaces the shared forward pass by one random forward pass per
@@ -46,7 +51,9 @@ from ._checks import (
     check_positive,
     check_seed,
 )
+from .diagnostics import Diagnostics
 from .loop import DivergenceWatch, finite, run_loop, within
+from .losses import encode, get_loss
 from .masks import MaskStream
 from .model import Design, descent, features, forward, grad_potential
 from .threads import using
@@ -79,6 +86,7 @@ class Rule:
 
 VARIANTS = ("dropout", "ram", "forward-only", "independent", "penalty", "gd")
 FORWARD_SEED = 104_729  # the independent forward masks' stream: seed + this (mod 2^63)
+BATCH_SEED = 1_299_709  # the minibatches' stream: seed + this (mod 2^63)
 
 # Dropout compacts its kept neurons only when a step handles at least this many replica ×
 # neuron × sample entries; below it the gather/scatter (and on a GPU the host read of the
@@ -113,21 +121,26 @@ def rule_for(variant: str, width: int, keep: float) -> Rule:
 
 
 def _gather(a: Tensor, W: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Rows ``idx (R, K)`` of ``a (R, n)`` and ``W (R, n, P)``, and their flat row indices."""
-    R, n = a.shape
+    """Rows ``idx (R, K)`` of ``a (R, n[, outputs])`` and ``W (R, n, P)``, and their flat row indices."""
+    R, n = a.shape[:2]
     rows = (idx + n * torch.arange(R, device=a.device)[:, None]).reshape(-1)
-    P = W.shape[-1]
-    a_s = a.reshape(-1).index_select(0, rows).view(idx.shape)
+    P, out = W.shape[-1], a.shape[2:]
+    a_s = a.reshape(R * n, *out).index_select(0, rows).view(*idx.shape, *out)
     W_s = W.reshape(-1, P).index_select(0, rows).view(*idx.shape, P)
     return a_s, W_s, rows
 
 
 def _scatter(a: Tensor, W: Tensor, rows: Tensor, a_s: Tensor, W_s: Tensor) -> tuple[Tensor, Tensor]:
     """New ``a``, ``W`` with the rows ``rows`` replaced (inverse of :func:`_gather`)."""
-    P = W.shape[-1]
-    a = a.reshape(-1).index_copy(0, rows, a_s.reshape(-1)).view(a.shape)
+    P, out = W.shape[-1], a.shape[2:]
+    a = a.reshape(-1, *out).index_copy(0, rows, a_s.reshape(-1, *out)).view(a.shape)
     W = W.reshape(-1, P).index_copy(0, rows, W_s.reshape(-1, P)).view(W.shape)
     return a, W
+
+
+def _each(mult: Tensor, g: Tensor) -> Tensor:
+    """Per-neuron multipliers ``mult (R, K)`` times ``g (R, K)`` or ``(R, K, outputs)``."""
+    return mult * g if g.dim() == mult.dim() else mult[..., None] * g
 
 
 def _critical_step(design: Design, a: Tensor, W: Tensor, lr: float, beta: float, mask: Tensor,
@@ -138,8 +151,8 @@ def _critical_step(design: Design, a: Tensor, W: Tensor, lr: float, beta: float,
     R, n = a.shape
     idx, valid = _kept_first(mask)
     K = idx.shape[1]
-    if K == 0:  # no clock rang
-        return a, W, torch.zeros_like(design.y).expand(R, -1)
+    if K == 0:  # no clock rang: the output is the targets' (a residual of 0)
+        return a, W, design.y.expand(R, -1)
     X = design.unpack(a, W)
     inputs = design.Z[:, : design.d]
     phi = features(X, inputs, design.act.name)  # (R, n, m)
@@ -159,7 +172,7 @@ def _critical_step(design: Design, a: Tensor, W: Tensor, lr: float, beta: float,
     mult = valid.to(a.dtype) * (lr / keep)
     a, W = _scatter(a, W, rows, a_s - mult * ga, W_s - mult[..., None] * gW)
     r = (residual * valid[..., None]).sum(1) / valid.sum(1).clamp(min=1)[:, None]
-    return a, W, r
+    return a, W, r + design.y
 
 
 def step(
@@ -167,16 +180,17 @@ def step(
     generator: torch.Generator | None = None, descent=descent, compact: bool = True,
     forward_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Apply one step to neurons ``a (R, n)``, ``W (R, n, P)`` with keep-mask ``mask``
-    (``(R, n)`` bool, or None for mask-free rules). Returns new ``a``, ``W`` and the
-    residual ``r (R, m)`` of the step's (possibly thinned) forward pass (for a critical
-    rule: the mean residual of the moving neurons). ``generator`` feeds the critical
+    """Apply one step to neurons ``a (R, n)`` (``(R, n, outputs)``), ``W (R, n, P)`` with
+    keep-mask ``mask`` (``(R, n)`` bool, or None for mask-free rules) on the samples of
+    ``design``. Returns new ``a``, ``W`` and the output ``f (R, m[, outputs])`` of the step's
+    (possibly thinned) forward pass (for a critical rule: the targets plus the mean residual
+    of the moving neurons). ``generator`` feeds the critical
     rule's random forward passes; ``descent`` is :func:`dropdyn.model.descent` or the
     fused :func:`dropdyn.fused.fused_descent`. ``compact``: dropout computes on its kept
     neurons only (reading their count on the host); otherwise on all, dropped ones with
     multiplier 0 — the same step up to rounding, with no host synchronisation.
     ``forward_mask``: an ``independent`` rule's forward mask (``mask`` is then its backward one)."""
-    R, n = a.shape
+    R, n = a.shape[:2]
     if rule.critical:
         return _critical_step(design, a, W, lr, rule.beta, mask, keep, generator)
     mult = None if mask is None else mask.to(a.dtype) * (1.0 / keep)
@@ -187,17 +201,17 @@ def step(
         idx, valid = _kept_first(mask)
         mult = valid.to(a.dtype) * (1.0 / keep)
         a_s, W_s, rows = _gather(a, W, idx)
-        ga, gW, r = descent(design, a_s, W_s, mult * (1.0 / n), rule.penalty)
-        a, W = _scatter(a, W, rows, a_s - lr * (mult * ga), W_s - lr * (mult[..., None] * gW))
-        return a, W, r
+        ga, gW, f = descent(design, a_s, W_s, mult * (1.0 / n), rule.penalty)
+        a, W = _scatter(a, W, rows, a_s - lr * _each(mult, ga), W_s - lr * (mult[..., None] * gW))
+        return a, W, f
     if rule.independent:
         fw = forward_mask.to(a.dtype) * (1.0 / keep)
     else:
-        fw = mult if rule.forward_masked else torch.ones_like(a)
-    ga, gW, r = descent(design, a, W, fw * (1.0 / n), rule.penalty)
+        fw = mult if rule.forward_masked else a.new_ones(R, n)
+    ga, gW, f = descent(design, a, W, fw * (1.0 / n), rule.penalty)
     if rule.backward_masked:
-        ga, gW = mult * ga, mult[..., None] * gW
-    return a - lr * ga, W - lr * gW, r
+        ga, gW = _each(mult, ga), mult[..., None] * gW
+    return a - lr * ga, W - lr * gW, f
 
 
 def _kept_first(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -218,8 +232,11 @@ class SimulationResult:
     axes are absent when the particles were given as ``(width, p)``.
 
     ``steps``/``times`` (``k`` and ``t = k·τ``) index the records: ``risk`` (train risk
-    of the full network), ``test_risk``, ``outputs`` (f on the probe inputs,
-    ``(records, [R,] m_probe)``). ``snapshots`` are particles at ``snapshot_steps``.
+    — the mean loss — of the full network on every training sample), ``test_risk``,
+    ``accuracy`` and ``test_accuracy`` (for the logistic and cross-entropy losses),
+    ``outputs`` (f on the probe inputs, ``(records, [R,] m_probe[, K])``). ``snapshots``
+    are particles at ``snapshot_steps``; ``diagnostics`` (:data:`dropdyn.diagnostics.NAMES`
+    → ``(diagnosed, [R])``) the curvature diagnostics at ``diagnostic_steps``.
     ``diverged_at_step`` is the first step whose forward risk was non-finite or above
     the threshold, or whose update was non-finite; ``particles`` is then the last
     state before it.
@@ -233,6 +250,10 @@ class SimulationResult:
     outputs: Tensor | None = None
     snapshots: Tensor | None = None
     snapshot_steps: Tensor | None = None
+    accuracy: Tensor | None = None
+    test_accuracy: Tensor | None = None
+    diagnostics: dict[str, Tensor] | None = None
+    diagnostic_steps: Tensor | None = None
     diverged_at_step: int | None = None
     info: dict = field(default_factory=dict)
 
@@ -306,18 +327,22 @@ class ParticleProblem:
         return tuple(self.X.shape[:2])
 
 
-def prepare(particles, inputs, targets, *, activation: str = "tanh", test_inputs=None, test_targets=None,
-            probe_inputs=None, device=None, dtype=None, materialised: bool = True) -> ParticleProblem:
+def prepare(particles, inputs, targets, *, activation: str = "tanh", loss: str = "squared", classes: int | None = None,
+            test_inputs=None, test_targets=None, probe_inputs=None, device=None, dtype=None,
+            materialised: bool = True, batch_size: int | None = None) -> ParticleProblem:
     """Check and convert the arrays of a run: shapes ``particles (width, p)`` or ``(R, width,
-    p)`` with ``p = d + 1`` or ``d + 2``, ``inputs (m, d)``, ``targets (m,)``, m ≥ 1; real,
-    finite values; arrays that fit in memory — with the (width × m) matrices of the reference
-    step if ``materialised``, else (the fused step) the particles' few copies. Computation
-    uses ``dtype``/``device`` (default: the particles'; float64 if they are not floating
-    point)."""
+    p)`` with ``p = K + d`` or ``K + d + 1`` (a bias) for K outputs (1, or the classes of the
+    cross-entropy loss: ``classes``, default the largest label + 1), ``inputs (m, d)``,
+    ``targets (m,)`` as the ``loss`` takes them (:func:`dropdyn.losses.encode`), m ≥ 1;
+    real, finite values; arrays that fit in memory — with the (width × m) matrices of the
+    reference step (m = ``batch_size`` when given) if ``materialised``, else (the fused step)
+    the particles' few copies. Computation uses ``dtype``/``device`` (default: the particles';
+    float64 if they are not floating point)."""
     if not isinstance(particles, Tensor):
         particles = _as_tensor("particles", particles, torch.float64, "cpu")
     dtype = dtype or (particles.dtype if particles.is_floating_point() else torch.float64)
     device = check_device(device) if device is not None else particles.device
+    lossf = get_loss(loss)
     Z = _as_tensor("inputs", inputs, dtype, device)
     y = _as_tensor("targets", targets, dtype, device)
     if Z.dim() != 2 or Z.shape[0] < 1:
@@ -325,20 +350,24 @@ def prepare(particles, inputs, targets, *, activation: str = "tanh", test_inputs
     m, d = Z.shape
     if y.shape != (m,):
         raise InputError(f"targets must have shape ({m},) to match inputs, got {tuple(y.shape)}")
+    y, K = encode(lossf, "targets", y, classes)
+    if batch_size is not None and batch_size > m:
+        raise InputError(f"batch_size {batch_size} exceeds the {m} training samples")
     shape = tuple(particles.shape)  # checked, and sized, before the particles are read or copied
     if len(shape) not in (2, 3) or 0 in shape:
         raise InputError(f"particles must have shape (width, p) or (replicas, width, p), width and replicas >= 1, "
                          f"got {shape}")
-    if shape[-1] not in (d + 1, d + 2):
-        raise InputError(f"particles have p={shape[-1]} coordinates but inputs have d={d}: "
-                         f"p must be d+1 (a, w) or d+2 (a, w, b)")
+    if shape[-1] not in (d + K, d + K + 1):
+        a = "a" if K == 1 else f"a ∈ R^{K}"
+        raise InputError(f"particles have p={shape[-1]} coordinates but inputs have d={d}: p must be "
+                         f"{d + K} ({a}, w) or {d + K + 1} ({a}, w, b)")
     R, n = (1, *shape[:1]) if len(shape) == 2 else shape[:2]
-    per_neuron = 4 * (m + shape[-1]) if materialised else 8 * 16 * math.ceil((d + 2) / 16)  # W: 16-padded
-    check_memory(f"a step at width {n} with {R} replica(s) and {m} samples",
+    per_neuron = 4 * ((batch_size or m) + shape[-1]) if materialised else 8 * 16 * math.ceil((d + 2) / 16)
+    check_memory(f"a step at width {n} with {R} replica(s) and {batch_size or m} samples",
                  R * n * per_neuron * torch.empty(0, dtype=dtype).element_size(), device)
     X = _as_tensor("particles", particles, dtype, device)
     X3 = X if X.dim() == 3 else X[None]
-    bias = X.shape[-1] == d + 2
+    bias = X.shape[-1] == d + K + 1
     if (test_inputs is None) != (test_targets is None):
         raise InputError("test_inputs and test_targets must be given together")
 
@@ -348,15 +377,17 @@ def prepare(particles, inputs, targets, *, activation: str = "tanh", test_inputs
         xs = _as_tensor(name, xs, dtype, device)
         if xs.dim() != 2 or xs.shape[1] != d:
             raise InputError(f"{name} must have shape (n, {d}), got {tuple(xs.shape)}")
-        ys = xs.new_zeros(xs.shape[0]) if ys is None else _as_tensor(name.replace("inputs", "targets"), ys, dtype,
-                                                                        device)
+        if ys is None:  # a probe: its outputs alone are recorded
+            return Design.build(xs, xs.new_zeros(xs.shape[0], *((K,) if K > 1 else ())), activation, bias, lossf, K)
+        ys = _as_tensor(name.replace("inputs", "targets"), ys, dtype, device)
         if ys.shape != (xs.shape[0],):
             raise InputError(f"test_targets must have shape ({xs.shape[0]},), got {tuple(ys.shape)}")
-        return Design.build(xs, ys, activation, bias)
+        return Design.build(xs, encode(lossf, "test_targets", ys, K if K > 1 else None)[0], activation, bias,
+                            lossf, K)
 
     test = side("test_inputs", test_inputs, test_targets)
     probe = side("probe_inputs", probe_inputs, None)
-    return ParticleProblem(X3, X.dim() == 3, Design.build(Z, y, activation, bias), test, probe,
+    return ParticleProblem(X3, X.dim() == 3, Design.build(Z, y, activation, bias, lossf, K), test, probe,
                    probe is not None and probe_inputs is test_inputs)
 
 
@@ -386,57 +417,111 @@ def forward_source(rule: Rule, keep: float, prob: ParticleProblem, seed: int):
     return (lambda k: stream.next()), (stream.generator,)
 
 
-def reference_residual(design: Design, a: Tensor, W: Tensor, weights: Tensor) -> Tensor:
-    """``r = Σ_i weights_i φ(x_i) − y`` ``(R, m)`` by the reference forward pass, over blocks
+class BatchStream:
+    """The minibatches of a run: each :meth:`next` draws ``(R, B)`` sample indices, each
+    replica's B distinct (drawn without replacement from ``m``), independent across steps
+    and replicas, from a generator seeded with ``seed``."""
+
+    def __init__(self, m: int, shape: tuple[int, int], seed: int, device):
+        self.m, self.shape = m, shape
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def next(self) -> Tensor:
+        R, B = self.shape
+        u = torch.rand(R, self.m, generator=self.generator, device=self.generator.device)
+        return u.argsort(-1)[:, :B]
+
+
+def batch_source(prob: ParticleProblem, steps: int, *, batch_size: int | None, batches=None, seed: int = 0):
+    """``k ↦`` the design of step k: the full training set, or its minibatch — ``batches[k − 1]``
+    (indices ``(steps, B)`` shared by the replicas, or ``(steps, R, B)``) or the k-th draw of
+    the :class:`BatchStream` seeded with seed + :data:`BATCH_SEED` — and the generators it draws from."""
+    design, m = prob.design, prob.design.Z.shape[0]
+    if batches is None and batch_size is None:
+        return (lambda k: design), ()
+    R = prob.shape[0]
+    if batches is not None:
+        if not isinstance(batches, Tensor) or batches.dtype not in (torch.int32, torch.int64):
+            got = batches.dtype if isinstance(batches, Tensor) else type(batches).__name__
+            raise InputError(f"batches must be an integer tensor of sample indices, got {got}")
+        if batches.dim() not in (2, 3) or batches.shape[0] != steps or (batches.dim() == 3 and batches.shape[1] != R) \
+                or batches.shape[-1] < 1:
+            raise InputError(f"batches must have shape ({steps}, B) or ({steps}, {R}, B), got {tuple(batches.shape)}")
+        if batch_size is not None and batch_size != batches.shape[-1]:
+            raise InputError(f"batch_size {batch_size} differs from the given batches' {batches.shape[-1]}")
+        if bool(((batches < 0) | (batches >= m)).any()):
+            raise InputError(f"batches hold a sample index outside 0 … {m - 1}")
+        given = batches.to(prob.X.device).long()
+        given = given[:, None].expand(steps, R, given.shape[-1]) if given.dim() == 2 else given
+        return (lambda k: design.rows(given[k - 1])), ()
+    stream = BatchStream(m, (R, batch_size), (seed + BATCH_SEED) % 2**63, prob.X.device)
+    return (lambda k: design.rows(stream.next())), (stream.generator,)
+
+
+def reference_output(design: Design, a: Tensor, W: Tensor, weights: Tensor) -> Tensor:
+    """``f = Σ_i weights_i φ(x_i)`` ``(R, m[, K])`` by the reference forward pass, over blocks
     of samples (:data:`RECORD_BLOCK_ENTRIES`; the fused pass is
-    :func:`dropdyn.fused.fused_residual`)."""
-    m = design.y.shape[0]
-    block = max(RECORD_MIN_BLOCK, RECORD_BLOCK_ENTRIES.get(a.device.type, RECORD_BLOCK_ENTRIES["cpu"]) // a.numel())
-    parts = [design.samples(j, j + block) for j in range(0, m, block)]
-    return torch.cat([forward(part, a, W, weights)[0] - part.y for part in parts], dim=-1)
+    :func:`dropdyn.fused.fused_output`)."""
+    m, entries = design.y.shape[0], RECORD_BLOCK_ENTRIES.get(a.device.type, RECORD_BLOCK_ENTRIES["cpu"])
+    block = max(RECORD_MIN_BLOCK, entries // W[..., 0].numel())
+    return torch.cat([forward(design.samples(j, j + block), a, W, weights)[0] for j in range(0, m, block)], dim=1)
 
 
-def risk_of(r: Tensor) -> Tensor:
-    """½ mean_j r_j² of residuals ``r (R, m)``, per replica ``(R,)``."""
-    return 0.5 * (r * r).mean(-1)
+def mean_weights(a: Tensor) -> Tensor:
+    """The full network's forward weights 1/n, ``(R, n)``."""
+    return a.new_full(a.shape[:2], 1.0 / a.shape[1])
 
 
-def full_risk(design: Design, a: Tensor, W: Tensor, residual=reference_residual) -> Tensor:
-    """R(μ) = ½ mean_j (f(z_j) − y_j)² of the full network, per replica ``(R,)``."""
-    return risk_of(residual(design, a, W, torch.full_like(a, 1.0 / a.shape[-1])))
+def full_risk(design: Design, a: Tensor, W: Tensor, output=reference_output) -> Tensor:
+    """R(μ) = mean_j ℓ(f(z_j), y_j) of the full network, per replica ``(R,)``."""
+    return design.loss.risk(output(design, a, W, mean_weights(a)), design.y)
 
 
 class Recorder:
-    """The records of a run: risks (and test risks, probe outputs) at record steps,
-    particle snapshots every ``snapshot_every`` steps. ``residual``: the forward pass
+    """The records of a run: risks (and accuracies, test risks, probe outputs) at record
+    steps, particle snapshots every ``snapshot_every`` steps. ``output``: the forward pass
     (reference or fused) that computes them."""
 
-    def __init__(self, prob: ParticleProblem, snapshot_every: int | None, residual=reference_residual):
-        self.prob, self.snapshot_every, self.residual = prob, snapshot_every, residual
+    def __init__(self, prob: ParticleProblem, snapshot_every: int | None, output=reference_output,
+                 diagnostics: Diagnostics | None = None, diagnostics_every: int | None = None):
+        self.prob, self.snapshot_every, self.output = prob, snapshot_every, output
+        self.diagnostics, self.diagnostics_every = diagnostics, diagnostics_every
+        self.diagnosed: list[dict[str, Tensor]] = []
+        self.diagnostic_steps: list[int] = []
         self.steps: list[int] = []
-        self.series: dict[str, list[Tensor]] = {"risk": [], "test_risk": [], "outputs": []}
+        self.series: dict[str, list[Tensor]] = {k: [] for k in ("risk", "accuracy", "test_risk", "test_accuracy",
+                                                                "outputs")}
         self.snaps: list[Tensor] = []
         self.snap_steps: list[int] = []
 
     def record(self, k: int, a: Tensor, W: Tensor, risk: Tensor | None = None) -> None:
-        p = self.prob
+        p, loss, mean = self.prob, self.prob.design.loss, mean_weights(a)
         self.steps.append(k)
-        self.series["risk"].append(full_risk(p.design, a, W, self.residual) if risk is None else risk)
-        mean = torch.full_like(a, 1.0 / a.shape[-1])
-        if p.probe is not None:  # the probe's targets are zero: its residual is f
-            f = self.residual(p.probe, a, W, mean)
-            self.series["outputs"].append(f)
+        f = self.output(p.design, a, W, mean) if risk is None or loss.classes else None
+        self.series["risk"].append(loss.risk(f, p.design.y) if risk is None else risk)
+        if loss.classes:
+            self.series["accuracy"].append(loss.accuracy(f, p.design.y))
+        if p.probe is not None:
+            probe = self.output(p.probe, a, W, mean)
+            self.series["outputs"].append(probe)
         if p.test is not None:  # one forward pass less when the probe is the test set
-            r = f - p.test.y if p.probe_is_test else self.residual(p.test, a, W, mean)
-            self.series["test_risk"].append(risk_of(r))
+            f = probe if p.probe_is_test else self.output(p.test, a, W, mean)
+            self.series["test_risk"].append(loss.risk(f, p.test.y))
+            if loss.classes:
+                self.series["test_accuracy"].append(loss.accuracy(f, p.test.y))
 
     def snapshot_due(self, k: int, last: int) -> bool:
-        return self.snapshot_every is not None and (k % self.snapshot_every == 0 or k == last)
+        """Whether step k's state is kept: a snapshot or a diagnosis is due."""
+        return any(every is not None and (k % every == 0 or k == last)
+                   for every in (self.snapshot_every, self.diagnostics_every))
 
     def snapshot(self, k: int, last: int, a: Tensor, W: Tensor) -> None:
-        if self.snapshot_due(k, last):
+        if self.snapshot_every is not None and (k % self.snapshot_every == 0 or k == last):
             self.snaps.append(self.prob.design.unpack(a, W))
             self.snap_steps.append(k)
+        if self.diagnostics_every is not None and (k % self.diagnostics_every == 0 or k == last):
+            self.diagnosed.append(self.diagnostics.measure(self.prob.design.unpack(a, W)))
+            self.diagnostic_steps.append(k)
 
     def stack(self, xs: list[Tensor]) -> Tensor | None:
         if not xs:
@@ -450,9 +535,13 @@ class Recorder:
         return SimulationResult(
             particles=(X if self.prob.batched else X[0]).cpu(), steps=steps, times=steps.to(torch.float64) * lr,
             risk=self.stack(self.series["risk"]), test_risk=self.stack(self.series["test_risk"]),
-            outputs=self.stack(self.series["outputs"]), snapshots=self.stack(self.snaps),
-            snapshot_steps=torch.tensor(self.snap_steps) if self.snap_steps else None, diverged_at_step=diverged,
-            info=info)
+            outputs=self.stack(self.series["outputs"]), accuracy=self.stack(self.series["accuracy"]),
+            test_accuracy=self.stack(self.series["test_accuracy"]),
+            diagnostics={k: self.stack([d[k] for d in self.diagnosed]) for k in self.diagnosed[0]}
+            if self.diagnosed else None,
+            diagnostic_steps=torch.tensor(self.diagnostic_steps) if self.diagnostic_steps else None,
+            snapshots=self.stack(self.snaps), snapshot_steps=torch.tensor(self.snap_steps) if self.snap_steps else None,
+            diverged_at_step=diverged, info=info)
 
 
 @dataclass(frozen=True)
@@ -460,13 +549,19 @@ class Records:
     """What :func:`simulate` records, and on which sets: the risks every ``every`` steps (and
     at the last step) on the training set, on the test set (``test_inputs (m', d)``,
     ``test_targets (m',)``) and the outputs on ``probe_inputs (m_probe, d)``; particle
-    snapshots every ``snapshot_every`` steps (None: none)."""
+    snapshots every ``snapshot_every`` steps (None: none); the curvature diagnostics of
+    :mod:`dropdyn.diagnostics` every ``diagnostics_every`` steps (None: none), their
+    expectations over ``diagnostic_samples`` draws, the sharpness from
+    ``lanczos_iterations`` Hessian-vector products."""
 
     every: int = 1
     test_inputs: Any = None
     test_targets: Any = None
     probe_inputs: Any = None
     snapshot_every: int | None = None
+    diagnostics_every: int | None = None
+    diagnostic_samples: int = 20
+    lanczos_iterations: int = 15
 
 
 @dataclass(frozen=True)
@@ -519,23 +614,40 @@ class ParticleState(NamedTuple):
     risk: Tensor | None
 
 
+def check_combination(rule: Rule, name: str, design: Design, execution: Execution, batched: bool) -> None:
+    """Refuse in one line what a rule, loss and execution cannot do together: the penalty and
+    the critical rule are the squared loss's; the fused kernels and CUDA graphs take the
+    squared loss on the full batch."""
+    loss = design.loss.name
+    if loss != "squared" and (rule.penalty or rule.critical):
+        what = "the penalty variant is the expected dropout step" if rule.penalty else \
+            "the critical rule of phase IV is the limit"
+        raise InputError(f"{what} of the squared loss; {name} has no meaning with the {loss} loss")
+    for flag, on in (("backend 'fused'", execution.backend == "fused"), ("graph=True", execution.graph)):
+        if on and (loss != "squared" or batched):
+            raise InputError(f"{flag} runs the squared loss on the full batch; use backend='torch', graph=False "
+                             f"for the {loss} loss" + (" with minibatches" if batched else ""))
+
+
 class ParticleDriver:
     """:func:`simulate`'s run as a :class:`dropdyn.loop.Driver`: the checked problem, its rule,
-    mask source and recorder."""
+    mask and batch sources and recorder."""
 
     def __init__(self, variant, prob: ParticleProblem, *, lr: float, keep: float, steps: int, seed: int, masks,
-                 generator, records: Records, execution: Execution):
+                 generator, records: Records, execution: Execution, batch_size: int | None = None, batches=None):
         self.prob, self.lr, self.keep, self.steps = prob, lr, keep, steps
         R, n = prob.shape
         self.fused, self.graph = execution.backend == "fused", execution.graph
-        self.direction, self.residual = descent, reference_residual
-        if self.fused:
-            from .fused import check_fused, fused_descent, fused_residual
-
-            check_fused(prob.X.device, prob.design.d + prob.design.bias)
-            self.direction, self.residual = fused_descent, fused_residual
         self.rule = variant if isinstance(variant, Rule) else rule_for(variant, n, keep)
         self.name = variant if isinstance(variant, str) else repr(variant)
+        self.batched = batch_size is not None or batches is not None
+        check_combination(self.rule, self.name, prob.design, execution, self.batched)
+        self.direction, self.output = descent, reference_output
+        if self.fused:
+            from .fused import check_fused, fused_descent, fused_output
+
+            check_fused(prob.X.device, prob.design.d + prob.design.bias)
+            self.direction, self.output = fused_descent, fused_output
         if self.graph:
             from .graph import check_graph
 
@@ -546,18 +658,23 @@ class ParticleDriver:
         self.next_mask, generators = mask_source(self.rule, keep, steps, prob, masks=masks, seed=seed,
                                                  generator=generator)
         self.next_forward, forward_generators = forward_source(self.rule, keep, prob, seed)
+        self.next_design, _ = batch_source(prob, steps, batch_size=batch_size, batches=batches, seed=seed)
         generators = (*generators, *forward_generators)
         # the critical rule's own stream: given masks and drawn masks see the same kernel draws
         self.kernel = torch.Generator(device=prob.X.device).manual_seed((seed + 7919) % 2**63) if self.rule.critical \
             else None
-        self.rec = Recorder(prob, records.snapshot_every, self.residual)
+        samples = batch_size or (batches.shape[-1] if batches is not None else prob.design.Z.shape[0])
+        self.batch_size = samples if self.batched else None
+        diagnostics = None if records.diagnostics_every is None else Diagnostics(
+            prob.design, batch_size=self.batch_size, keep=keep, samples=records.diagnostic_samples,
+            iterations=records.lanczos_iterations, seed=seed)
+        self.rec = Recorder(prob, records.snapshot_every, self.output, diagnostics, records.diagnostics_every)
         a, W = prob.design.pack(prob.X)
-        self.initial = ParticleState(a, W, full_risk(prob.design, a, W, self.residual))  # R_0: record 0, the limit
+        self.initial = ParticleState(a, W, full_risk(prob.design, a, W, self.output))  # R_0: record 0, the limit
         self.limit = execution.divergence_threshold * (1.0 + float(self.initial.risk.max()))
         self.watch = DivergenceWatch(execution.check_every, prob.X.device, on_device=self.graph)
         # dropout only; a graphed step may not read the kept count on the host
-        self.compact = not self.graph and R * n * prob.design.Z.shape[0] >= COMPACT_MIN_WORK.get(
-            prob.X.device.type, 0)
+        self.compact = not self.graph and R * n * samples >= COMPACT_MIN_WORK.get(prob.X.device.type, 0)
         if self.graph:
             from .graph import StepGraph
 
@@ -566,11 +683,11 @@ class ParticleDriver:
 
     def compute(self, s: ParticleState, k: int | Tensor, due: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Step k from ``s``: new a, W, the divergence verdict and (if due) the full risk."""
-        design = self.prob.design
-        a, W, r = step(design, s.a, s.W, self.lr, self.rule, self.next_mask(k), self.keep, self.kernel,
+        design = self.next_design(k)
+        a, W, f = step(design, s.a, s.W, self.lr, self.rule, self.next_mask(k), self.keep, self.kernel,
                        self.direction, self.compact, self.next_forward(k))
-        ok = within(risk_of(r), self.limit) & finite(a) & finite(W)
-        risk = full_risk(design, a, W, self.residual) if due else None
+        ok = within(design.loss.risk(f, design.y), self.limit) & finite(a) & finite(W)
+        risk = full_risk(self.prob.design, a, W, self.output) if due else None
         if due:  # the state after the step, recorded: its full risk is held to the same limit
             ok &= within(risk, self.limit)
         return a, W, ok, risk
@@ -611,6 +728,8 @@ class ParticleDriver:
                 "beta": 1.0 / (n * self.keep), "steps": self.steps, "penalty": self.rule.penalty,
                 "kernel_beta": self.rule.beta, "dtype": str(X.dtype).replace("torch.", ""), "device": str(X.device),
                 "check_every": self.watch.every, "graph": self.graph, "threads": torch.get_num_threads(),
+                "loss": self.prob.design.loss.name, "outputs": self.prob.design.outputs,
+                "batch_size": self.batch_size,
                 "compact": self.compact and self.rule.forward_masked and self.rule.backward_masked
                 and not self.rule.independent,
                 "threshold": self.limit if math.isfinite(self.limit) else None}
@@ -626,7 +745,11 @@ def simulate(
     keep: float,
     steps: int,
     activation: str = "tanh",
+    loss: str = "squared",
+    classes: int | None = None,
+    batch_size: int | None = None,
     masks: Tensor | None = None,
+    batches: Tensor | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     records: Records | None = None,
@@ -636,6 +759,9 @@ def simulate(
     test_targets=None,
     probe_inputs=None,
     snapshot_every: int | None = None,
+    diagnostics_every: int | None = None,
+    diagnostic_samples: int = 20,
+    lanczos_iterations: int = 15,
     divergence_threshold: float = 1e6,
     device=None,
     dtype=None,
@@ -647,10 +773,14 @@ def simulate(
 ) -> SimulationResult:
     """Run ``steps`` steps of ``variant`` (one of :data:`VARIANTS`, or a :class:`Rule`) from
     ``particles`` ``(width, p)`` or ``(replicas, width, p)`` on ``inputs (m, d)``,
-    ``targets (m,)`` (see :func:`prepare`). ``lr`` is τ, ``keep`` is q. Masks come from a
-    generator seeded with ``seed`` (default 0; runs with one seed are coupled), or from
-    ``generator`` (not both), unless ``masks`` — bool ``(steps, width)`` (shared by all
-    replicas) or ``(steps, replicas, width)`` — is given.
+    ``targets (m,)`` (see :func:`prepare`). ``lr`` is τ, ``keep`` is q. ``loss``: one of
+    :data:`dropdyn.losses.LOSSES` (``"cross-entropy"`` has K = ``classes`` outputs, a
+    neuron ``(a ∈ R^K, w[, b])``). Masks come from a generator seeded with ``seed``
+    (default 0; runs with one seed are coupled), or from ``generator`` (not both), unless
+    ``masks`` — bool ``(steps, width)`` (shared by all replicas) or ``(steps, replicas,
+    width)`` — is given. ``batch_size`` B: minibatch steps, B samples a step (drawn from the
+    seed's batch stream, shared by every run with that seed), unless ``batches`` — sample
+    indices ``(steps, B)`` or ``(steps, replicas, B)`` — is given; default: the full batch.
 
     What to record is a :class:`Records`, how to run an :class:`Execution`; their fields are
     also keywords of their own (``record_every`` is ``Records.every``), for one-line calls.
@@ -665,19 +795,23 @@ def simulate(
     (True, None, (100, 3))
     """
     records = grouped(Records, records, every=record_every, test_inputs=test_inputs, test_targets=test_targets,
-                      probe_inputs=probe_inputs, snapshot_every=snapshot_every)
+                      probe_inputs=probe_inputs, snapshot_every=snapshot_every, diagnostics_every=diagnostics_every,
+                      diagnostic_samples=diagnostic_samples, lanczos_iterations=lanczos_iterations)
     execution = grouped(Execution, execution, device=device, dtype=dtype, backend=backend, check_every=check_every,
                         graph=graph, divergence_threshold=divergence_threshold, progress=progress)
     lr, keep, steps, seed, records = check_run(variant, lr, keep, steps, seed, generator, records, execution)
+    batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
     with using(threads):
-        prob = prepare(particles, inputs, targets, activation=activation, test_inputs=records.test_inputs,
-                       test_targets=records.test_targets, probe_inputs=records.probe_inputs,
-                       device=execution.device, dtype=execution.dtype, materialised=execution.backend != "fused")
+        prob = prepare(particles, inputs, targets, activation=activation, loss=loss, classes=classes,
+                       test_inputs=records.test_inputs, test_targets=records.test_targets,
+                       probe_inputs=records.probe_inputs, device=execution.device, dtype=execution.dtype,
+                       materialised=execution.backend != "fused", batch_size=batch_size)
         if records.snapshot_every is not None:  # every snapshot is a copy of the particles
             count = steps // records.snapshot_every + 2
             check_memory(f"{count:,} snapshots of the particles", count * prob.X.numel() * prob.X.element_size())
         driver = ParticleDriver(variant, prob, lr=lr, keep=keep, steps=steps, seed=seed, masks=masks,
-                                generator=generator, records=records, execution=execution)
+                                generator=generator, records=records, execution=execution, batch_size=batch_size,
+                                batches=batches)
         state, diverged = run_loop(driver, steps, record_every=records.every, progress=execution.progress,
                                    desc=driver.name if isinstance(variant, str) else "limit")
         return driver.rec.result(state.a, state.W, lr, diverged, driver.info(seed, execution, activation))
@@ -692,10 +826,14 @@ def check_run(variant, lr, keep, steps, seed, generator, records: Records, execu
         raise InputError("give a seed or a torch.Generator, not both" if seed is not None else
                          f"generator must be a torch.Generator, got {type(generator).__name__}")
     lr, keep, steps = check_positive("lr", lr), check_keep(keep), check_int("steps", steps, 0)
-    snapshot_every = records.snapshot_every
+    snapshot_every, diagnostics_every = records.snapshot_every, records.diagnostics_every
     records = dataclasses.replace(records, every=check_int("record_every", records.every, 1),
                                   snapshot_every=None if snapshot_every is None else
-                                  check_int("snapshot_every", snapshot_every, 1))
+                                  check_int("snapshot_every", snapshot_every, 1),
+                                  diagnostics_every=None if diagnostics_every is None else
+                                  check_int("diagnostics_every", diagnostics_every, 1),
+                                  diagnostic_samples=check_int("diagnostic_samples", records.diagnostic_samples, 2),
+                                  lanczos_iterations=check_int("lanczos_iterations", records.lanczos_iterations, 1))
     check_positive("divergence_threshold", execution.divergence_threshold)
     check_choice("backend", execution.backend, ("torch", "fused"))
     if not isinstance(execution.graph, bool):

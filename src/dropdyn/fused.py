@@ -93,9 +93,9 @@ def check_fused(device: torch.device, dim: int | None = None) -> None:
                          f"not on {device.type!r}; use backend='torch'")
 
 
-def fused_residual(design, a: Tensor, W: Tensor, weights: Tensor, t: Tiles | None = None) -> Tensor:
-    """``r = Σ_i weights_i φ(x_i) − y`` ``(R, m)`` for neurons ``a (R, K)``, ``W (R, K, P)``
-    (the contract of :func:`dropdyn.engine.reference_residual`); ``t`` replaces the tiles
+def fused_output(design, a: Tensor, W: Tensor, weights: Tensor, t: Tiles | None = None) -> Tensor:
+    """``f = Σ_i weights_i φ(x_i)`` ``(R, m)`` for neurons ``a (R, K)``, ``W (R, K, P)``
+    (the contract of :func:`dropdyn.engine.reference_output`); ``t`` replaces the tiles
     of :func:`tiles` (benchmarks/bench_tiles.py)."""
     from triton import cdiv
 
@@ -108,15 +108,15 @@ def fused_residual(design, a: Tensor, W: Tensor, weights: Tensor, t: Tiles | Non
     forward_kernel[(R * chunks * cdiv(m, t.BM),)](W.contiguous(), (a * weights).contiguous(), design.Z.contiguous(),
                                                partial, K, m, CHUNK_NEURONS, P, ACT=CODES[design.act.name],
                                                **t._asdict())
-    return partial.sum(1) - design.y
+    return partial.sum(1)
 
 
 def fused_descent(design, a: Tensor, W: Tensor, weights: Tensor, penalty: float = 0.0,
                   t: Tiles | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`dropdyn.model.descent`: for neurons ``a (R, K)``,
     ``W (R, K, P)`` and forward weights ``weights = F_i / n`` ``(R, K)``, the descent
-    directions ``ga (R, K)``, ``gW (R, K, P)`` and the residual ``r (R, m)``; ``t`` replaces
-    the tiles of :func:`tiles`."""
+    directions ``ga (R, K)``, ``gW (R, K, P)`` and the output ``f (R, m)`` (the squared
+    loss's; the kernels take the residual f − y); ``t`` replaces the tiles of :func:`tiles`."""
     from triton import cdiv
 
     from ._triton_step import CODES, backward_kernel
@@ -124,12 +124,13 @@ def fused_descent(design, a: Tensor, W: Tensor, weights: Tensor, penalty: float 
     R, K, P = W.shape
     m = design.Z.shape[0]
     t = t or tiles(P, m, W.element_size())  # once, for both kernels
-    r = fused_residual(design, a, W, weights, t)
+    f = fused_output(design, a, W, weights, t)
+    r = f - design.y
     ga = torch.empty(R, K, dtype=W.dtype, device=W.device)
     gW = torch.empty(R, K, P, dtype=W.dtype, device=W.device)
     if K == 0:  # no neuron (every one dropped): nothing to launch
-        return ga, gW, r
+        return ga, gW, f
     pen = W.new_full((1,), penalty) if penalty else W  # a device scalar, read only where PENALTY
     backward_kernel[(R * cdiv(K, t.BN),)](W.contiguous(), a.contiguous(), design.Z.contiguous(), r, ga, gW, K, m,
                                         pen, P, ACT=CODES[design.act.name], PENALTY=bool(penalty), **t._asdict())
-    return ga, gW, r
+    return ga, gW, f

@@ -2,6 +2,9 @@
 
 A neuron is a row ``x = (a, w[, b])`` of ``particles`` (shape ``(replicas, width, p)``,
 ``p = 1 + d`` or ``2 + d`` with a bias). With inputs ``z_j ∈ R^d`` (``inputs``: ``(m, d)``)
+and the squared loss (the reference half below; the hot path takes every loss of
+:mod:`dropdyn.losses`, its residual ∂ℓ/∂f in place of f − y, and K outputs, ``a ∈ R^K``,
+``p = K + d [+ 1]``)
 
     φ(x, z) = a σ(w·z [+ b]),     f(μ) = (1/n) Σ_i F_i φ(x_i)          (predictor)
     r = f − y,                    R = ½‖r‖²,  ⟨u, v⟩ = (1/m) Σ_j u_j v_j
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import check_choice
+from .losses import LOSSES, Loss
 
 Tensor = torch.Tensor
 
@@ -168,7 +172,9 @@ class Design:
     """Inputs prepared once per run for :func:`descent`.
 
     ``Z``: ``(m, P)`` = ``[z_j, 1 (if bias), 0 …]`` zero-padded to ``P`` (a multiple of 16);
-    ``ZsT = (prescale · Z)ᵀ`` stored contiguous ``(P, m)``; ``y``: ``(m,)``.
+    ``ZsT = (prescale · Z)ᵀ`` stored contiguous ``(P, m)``; ``y``: the targets as ``loss``
+    holds them, ``(m,)`` or, with ``outputs`` K > 1, ``(m, K)``. A minibatch design
+    (:meth:`rows`) has a leading replica axis on each: ``(R, B, P)``, ``(R, P, B)``, ``(R, B[, K])``.
     """
 
     Z: Tensor
@@ -177,32 +183,43 @@ class Design:
     act: Activation
     d: int
     bias: bool
+    loss: Loss = LOSSES["squared"]
+    outputs: int = 1
 
     @staticmethod
-    def build(inputs: Tensor, targets: Tensor, activation: str, bias: bool) -> Design:
+    def build(inputs: Tensor, targets: Tensor, activation: str, bias: bool, loss: Loss = LOSSES["squared"],
+              outputs: int = 1) -> Design:
         act = get_activation(activation)
         m, d = inputs.shape
         Z = inputs.new_zeros(m, _pad16(d + bias))
         Z[:, :d] = inputs
         if bias:
             Z[:, d] = 1.0
-        return Design(Z, (Z * act.prescale).T.contiguous(), targets, act, d, bias)
+        return Design(Z, (Z * act.prescale).T.contiguous(), targets, act, d, bias, loss, outputs)
 
     def samples(self, start: int, stop: int) -> Design:
         """The design of samples ``start:stop`` (views, no copies)."""
-        return Design(self.Z[start:stop], self.ZsT[:, start:stop], self.y[start:stop], self.act, self.d, self.bias)
+        return Design(self.Z[start:stop], self.ZsT[:, start:stop], self.y[start:stop], self.act, self.d, self.bias,
+                      self.loss, self.outputs)
+
+    def rows(self, idx: Tensor) -> Design:
+        """The minibatch design of samples ``idx (R, B)``: replica r sees samples ``idx[r]``."""
+        Z = self.Z[idx]
+        return Design(Z, (Z * self.act.prescale).transpose(1, 2).contiguous(), self.y[idx], self.act, self.d,
+                      self.bias, self.loss, self.outputs)
 
     def pack(self, particles: Tensor) -> tuple[Tensor, Tensor]:
-        """``(R, n, p) → a (R, n), W (R, n, P)`` (contiguous, zero-padded; new tensors, never
-        views of ``particles``, so a run may update them in place)."""
-        a = particles[..., 0].clone(memory_format=torch.contiguous_format)
-        W = particles.new_zeros(*particles.shape[:-1], self.Z.shape[1])
-        W[..., : particles.shape[-1] - 1] = particles[..., 1:]
+        """``(R, n, p) → a (R, n)`` (``(R, n, K)`` with K outputs), ``W (R, n, P)`` (contiguous,
+        zero-padded; new tensors, never views of ``particles``, so a run may update them in place)."""
+        K = self.outputs
+        a = (particles[..., 0] if K == 1 else particles[..., :K]).clone(memory_format=torch.contiguous_format)
+        W = particles.new_zeros(*particles.shape[:-1], self.Z.shape[-1])
+        W[..., : particles.shape[-1] - K] = particles[..., K:]
         return a, W
 
     def unpack(self, a: Tensor, W: Tensor) -> Tensor:
         """Inverse of :meth:`pack`."""
-        return torch.cat([a[..., None], W[..., : self.d + self.bias]], dim=-1)
+        return torch.cat([a[..., None] if self.outputs == 1 else a, W[..., : self.d + self.bias]], dim=-1)
 
 
 def _rowdot(T: Tensor, r: Tensor) -> Tensor:
@@ -213,11 +230,15 @@ def _rowdot(T: Tensor, r: Tensor) -> Tensor:
 
 def forward(design: Design, a: Tensor, W: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Predictor with forward weights ``weights = F_i / n`` (``(R, K)``): returns
-    ``f (R, m)``, the activation values ``T (R, K, m)`` and the prescaled
-    pre-activations ``U`` (which may share storage with ``T``; see :class:`Activation`)."""
+    ``f (R, m)`` (``(R, m, K)`` with K outputs), the activation values ``T (R, K, m)`` and
+    the prescaled pre-activations ``U`` (which may share storage with ``T``; see :class:`Activation`)."""
     act = design.act
     U = W @ design.ZsT
     T = act.value(U)
+    if design.outputs > 1:
+        v = a * weights[..., None]  # (R, K, outputs)
+        f = act.A * (T.transpose(1, 2) @ v)
+        return (f + act.B * v.sum(1, keepdim=True) if act.B else f), T, U
     v = a * weights
     f = act.A * (v[:, None, :] @ T).squeeze(1)
     if act.B:
@@ -233,13 +254,17 @@ def descent(
     For neurons ``(a, W)`` of shape ``(R, K)``, ``(R, K, P)`` and forward weights
     ``weights = F_i / n`` (``(R, K)``), returns the descent directions
 
-        g_i = Dφ(x_i)ᵀ (r + c φ(x_i)) / m,   r = Σ_i (F_i/n) φ(x_i) − y,  c = ``penalty``
+        g_i = Dφ(x_i)ᵀ (r + c φ(x_i)) / m,   r = ∂ℓ/∂f at f = Σ_i (F_i/n) φ(x_i),  c = ``penalty``
 
-    as ``ga (R, K)``, ``gW (R, K, P)``, and the residual ``r (R, m)``.
+    as ``ga (R, K)``, ``gW (R, K, P)``, and the output ``f (R, m)`` (r = f − y for the
+    squared loss; c is the squared loss's penalty). With ``design.outputs`` > 1, ``a`` and
+    ``ga`` are ``(R, K, outputs)`` and ``f`` is ``(R, m, outputs)``.
     """
-    act, Z, m = design.act, design.Z, design.Z.shape[0]
+    act, Z, m = design.act, design.Z, design.Z.shape[-2]
     f, T, U = forward(design, a, W, weights)
-    r = f - design.y
+    r = design.loss.residual(f, design.y)
+    if design.outputs > 1:
+        return (*_descent_outputs(act, Z, a, T, U, r), f)
     ga = act.A * _rowdot(T, r)
     if act.B:
         ga = ga + act.B * r.sum(-1, keepdim=True)
@@ -255,4 +280,17 @@ def descent(
         SdS = S @ Z if Q is None else act.C * (Q.mul_(S) @ Z)
         ga = ga + penalty * a * S.square_().sum(-1)
         gW = gW + penalty * (a * a)[..., None] * SdS
-    return ga / m, gW / m, r
+    return ga / m, gW / m, f
+
+
+def _descent_outputs(act: Activation, Z: Tensor, a: Tensor, T: Tensor, U: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`descent`'s directions for K outputs: ``ga_i = Σ_j σ(u_ij) r_j / m`` ``(R, n, K)``
+    and ``gW_i = Σ_j σ'(u_ij) (a_i·r_j) z_j / m`` from the residuals ``r (R, m, K)``."""
+    m = Z.shape[-2]
+    ga = act.A * (T @ r)
+    if act.B:
+        ga = ga + act.B * r.sum(1, keepdim=True)
+    E = a @ r.transpose(1, 2)  # (R, n, m): a_i·r_j
+    Q = act.slope(T, U)
+    gW = E @ Z if Q is None else act.C * (Q.mul_(E) @ Z)
+    return ga / m, gW / m
