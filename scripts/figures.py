@@ -37,9 +37,13 @@ RECIPES = {
                                                       "gap.png": "teacher_student_gap.png"}, "teacher-student.md"),
     **{f"convergence-{p}": Recipe("convergence", {"phase": p}, {"convergence.png": "convergence_III.png"} if p == "III"
                                   else {}, "phase-diagram.md") for p in ("I", "II", "III", "IV", "V")},
+    "paper-teacher-student": Recipe("paper-teacher-student", {"diagnostics_every": 250},
+                                    {"losses.png": "paper_ts_losses.png", "distances.png": "paper_ts_distances.png",
+                                     "scaling.png": "paper_ts_scaling.png"}, "phase-diagram.md"),
     "phase-sweep": Recipe("phase-sweep", {"executor": "processes", "workers": 2},
                           {"phase_diagram.png": "phase_sweep.png"}, "phase-diagram.md"),
     "mnist-binary": Recipe("mnist-binary", {}, {"mnist_binary.png": "mnist_binary.png"}, "phase-diagram.md"),
+    "paper-mnist": Recipe("paper-mnist", {}, {"mnist.png": "paper_mnist.png"}, "phase-diagram.md"),
     "sharpness": Recipe("sharpness", {}, {"sharpness.png": "sharpness.png"}, "phase-diagram.md"),
     "srivastava": Recipe("srivastava", {}, {"srivastava.png": "srivastava.png"}, "practice.md"),
     "alignment": Recipe("alignment", {}, {"alignment.png": "alignment.png", "variance_flatness.png":

@@ -211,3 +211,22 @@ def test_cross_entropy_classes_and_shapes_are_checked():
     with pytest.raises(InputError, match="test_targets hold class 4, out of range for 4 classes"):
         dropdyn.simulate("gd", X, Z, y, lr=0.5, keep=1.0, steps=1, loss="cross-entropy", test_inputs=Z,
                          test_targets=y + 1)
+
+
+def test_the_papers_data_and_their_bad_settings():
+    """relu_teacher's targets are Σ_k a*_k relu(w*_k·z)/√k; paper-mnist refuses what it cannot run."""
+    from dropdyn.data import raw_mnist_pair, relu_teacher
+    from dropdyn.lab.experiment import get
+
+    task = relu_teacher(dim=4, teacher_width=3, n_train=5, n_test=2, generator=torch.Generator().manual_seed(0))
+    a, w = task.teacher[:, 0] / 3**0.5, task.teacher[:, 1:]
+    assert torch.allclose(task.targets, torch.relu(task.inputs @ w.T) @ a / 3**0.5, rtol=1e-12)
+    split, vx, vy = raw_mnist_pair((4, 7), validation=100, generator=torch.Generator().manual_seed(0))
+    assert vx.shape == (100, 784) and float(split.inputs.max()) <= 1 and float(split.inputs.min()) >= 0
+    assert set(split.targets.tolist()) == {-1.0, 1.0}
+    with pytest.raises(InputError, match="leave none to train on"):
+        raw_mnist_pair((4, 7), validation=5000, generator=torch.Generator())
+    with pytest.raises(InputError, match="full is the paper's size on the full MNIST: give --source idx"):
+        get("paper-mnist").resolve({"full": True})
+    with pytest.raises(InputError, match="repeats must be an integer >= 2"):
+        get("paper-teacher-student").resolve({"repeats": 1})

@@ -105,3 +105,32 @@ def test_unknown_activation_is_refused():
 
     with pytest.raises(ValueError, match="activation 'swish'"):
         model.get_activation("swish")
+
+
+@pytest.mark.parametrize("activation", sorted(model.ACTIVATIONS))
+@pytest.mark.parametrize("loss", ["squared", "logistic"])
+def test_descend_applies_the_descent_step(activation, loss):
+    """descend's one-GEMM update (m < 2P) equals a − s·ga, W − s·gW from descent's directions,
+    for per-neuron and scalar step sizes; it declines the shapes and activations it does not take."""
+    from dropdyn.losses import LOSSES
+
+    g = torch.Generator().manual_seed(7)
+    R, n, m, d = 2, 9, 5, 20
+    X = torch.randn(R, n, d + 2, generator=g, dtype=torch.float64)
+    Z = torch.randn(m, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (m,), generator=g).double() * 2 - 1
+    design = model.Design.build(Z, y, activation, True, LOSSES[loss])
+    a, W = design.pack(X)
+    weights = torch.rand(R, n, generator=g, dtype=torch.float64) / n
+    for scale in (0.3, torch.rand(R, n, generator=g, dtype=torch.float64)):
+        done = model.descend(design, a.clone(), W.clone(), weights, scale)
+        if activation == "identity":
+            assert done is None
+            continue
+        ga, gW, f = model.descent(design, a.clone(), W.clone(), weights)
+        s = scale if isinstance(scale, float) else scale[..., None]
+        torch.testing.assert_close(done[0], a - scale * ga, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(done[1], W - s * gW, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(done[2], f, rtol=0, atol=0)
+    wide = model.Design.build(torch.randn(40, 3, generator=g, dtype=torch.float64), torch.ones(40), activation, False)
+    assert model.descend(wide, *wide.pack(X[..., :4]), weights, 0.3) is None  # m ≥ 2P: descent's way

