@@ -300,12 +300,12 @@ def descend(
     design: Design, a: Tensor, W: Tensor, weights: Tensor, scale: Tensor | float
 ) -> tuple[Tensor, Tensor, Tensor] | None:
     """:func:`descent`'s step applied, ``a − s·ga`` and ``W − s·gW`` with per-neuron step
-    sizes ``scale`` s (``(R, K)``, or one number), as one batched GEMM and one addition onto
-    W: the factors s_i·a_i·σ'-constant/m go into the (K × m) slope matrix instead of over the
-    (K × P) gradient, so the update passes over W's size twice (the GEMM's output, then the
-    in-place addition of W: on CPU ``baddbmm`` took 1.7× as long at width 4000, P = 800, m = 64). Returns None where that does not pay or
-    does not apply — m ≥ 2P (the slope matrix is the larger), K outputs, σ' ≡ 1 — and the
-    caller takes :func:`descent`. The squared loss's penalty is not taken here."""
+    sizes ``scale`` s (``(R, K)``, or one number), as one batched GEMM and one in-place
+    addition of W: the factors s_i·a_i·σ'-constant/m go into the (K × m) slope matrix instead
+    of over the (K × P) gradient, so no pass over W's size scales or subtracts. Returns None
+    where that does not pay or does not apply — m ≥ 2P (the slope matrix is the larger), K
+    outputs, σ' ≡ 1 — and the caller takes :func:`descent`. The squared loss's penalty is not
+    taken here."""
     act, Z, m = design.act, design.Z, design.Z.shape[-2]
     if design.outputs > 1 or m >= 2 * W.shape[-1] or act.name == "identity":
         return None
