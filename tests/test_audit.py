@@ -395,3 +395,29 @@ def test_4_19_snapshots_are_sized_and_a_linked_index_is_refused(tmp_path):
     with pytest.raises(InputError, match="is a symbolic link"):
         dropdyn.run("teacher-student", root=store, **TINY)
     assert elsewhere.read_bytes() == before and RunIndex(store).rows() == []
+
+
+def test_4_the_coupled_runs_draw_their_masks_as_they_go(monkeypatch):
+    """A MaskStream given as masks is drawn from step by step: the same run as the pre-drawn
+    masks, bit for bit; convergence-width and phase-cell no longer pre-draw (take is never called)."""
+    import torch
+
+    from dropdyn.masks import MaskStream, draw_masks
+
+    g = torch.Generator().manual_seed(0)
+    X, Z, y = torch.randn(2, 30, 3, generator=g), torch.randn(10, 2, generator=g), torch.randn(10, generator=g)
+    given = dropdyn.simulate("dropout", X, Z, y, lr=0.5, keep=0.4, steps=12, masks=draw_masks(0.4, 12, (2, 30), 7))
+    lazy = dropdyn.simulate("dropout", X, Z, y, lr=0.5, keep=0.4, steps=12, masks=MaskStream(0.4, (2, 30), 7))
+    assert torch.equal(given.particles, lazy.particles)
+    with pytest.raises(InputError, match="a mask stream must have shape \\(2, 30\\)"):
+        dropdyn.simulate("dropout", X, Z, y, lr=0.5, keep=0.4, steps=2, masks=MaskStream(0.4, (30,), 7))
+
+    def refuse(self, steps):
+        raise AssertionError("masks pre-drawn")
+
+    monkeypatch.setattr(MaskStream, "take", refuse)
+    for name, settings in (("convergence-width", dict(phase="III", width=200, time=0.05, n_train=10, n_test=10,
+                                                      replicas=1, records=2)),
+                           ("phase-cell", dict(widths=(40, 80), time=0.2, replicas=1, n_train=10, n_test=10))):
+        cfg = dropdyn.lab.experiment.get(name).resolve(settings)
+        dropdyn.lab.experiment.get(name).compute(cfg, dropdyn.lab.Context())

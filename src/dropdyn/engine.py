@@ -407,12 +407,19 @@ def prepare(particles, inputs, targets, *, activation: str = "tanh", loss: str =
 def mask_source(rule: Rule, keep: float, steps: int, prob: ParticleProblem, *, masks=None, seed: int = 0,
                 generator: torch.Generator | None = None):
     """``k ↦`` the keep-mask ``(R, n)`` of step k (None for mask-free rules): the given
-    ``masks``, or the stream of ``generator``, or the stream seeded with ``seed`` (one seed,
-    one stream: runs are coupled); and the generators it draws from. ``k`` is an int, or a
-    0-dim long tensor on the device (a step captured in a CUDA graph counts there)."""
+    ``masks`` — a tensor, or a :class:`~dropdyn.masks.MaskStream` of shape ``(R, n)`` drawn
+    from as the run goes (two runs given streams made alike see the same masks, none stored) —
+    or the stream of ``generator``, or the stream seeded with ``seed`` (one seed, one stream:
+    runs are coupled); and the generators it draws from. ``k`` is an int, or a 0-dim long
+    tensor on the device (a step captured in a CUDA graph counts there)."""
     if not rule.uses_masks:
         return (lambda k: None), ()
     R, n = prob.shape
+    if isinstance(masks, MaskStream):
+        if masks.shape != (R, n) or masks.device != prob.X.device:
+            raise InputError(f"a mask stream must have shape ({R}, {n}) on {prob.X.device}, got {masks.shape} on "
+                             f"{masks.device}")
+        return (lambda k: masks.next()), (masks.generator,)
     if masks is not None:
         given = _check_masks(masks, steps, R, n, prob.batched, prob.X.device)
         return (lambda k: given[k - 1] if isinstance(k, int) else given.index_select(0, k.view(1) - 1)[0]), ()
@@ -791,7 +798,8 @@ def simulate(
     neuron ``(a ∈ R^K, w[, b])``). Masks come from a generator seeded with ``seed``
     (default 0; runs with one seed are coupled), or from ``generator`` (not both), unless
     ``masks`` — bool ``(steps, width)`` (shared by all replicas) or ``(steps, replicas,
-    width)`` — is given. ``batch_size`` B: minibatch steps, B samples a step (drawn from the
+    width)``, or a :class:`~dropdyn.masks.MaskStream` of shape ``(replicas, width)`` — is
+    given. ``batch_size`` B: minibatch steps, B samples a step (drawn from the
     seed's batch stream, shared by every run with that seed), unless ``batches`` — sample
     indices ``(steps, B)`` or ``(steps, replicas, B)`` — is given; default: the full batch.
 

@@ -64,8 +64,9 @@ def simulate_limit(phase: str, particles, inputs, targets, *, time: float, h: fl
     """Simulate limit ``phase`` up to ``time`` from ``particles`` (N particles, any N).
 
     Steps: ``round(time / step)`` with the step of :func:`limit_rule`; ``clocks``
-    (bool ``(steps, N)`` or ``(steps, replicas, N)``) are the ring indicators, e.g. the
-    masks of a coupled dropout run; otherwise they are drawn from ``seed``. Other
+    (bool ``(steps, N)`` or ``(steps, replicas, N)``, or a :class:`~dropdyn.masks.MaskStream`)
+    are the ring indicators, e.g. the masks of a coupled dropout run; otherwise they are
+    drawn from ``seed``. Other
     keyword arguments go to :func:`dropdyn.simulate` (``seed``, ``activation``,
     ``record_every``, ``test_inputs`` …), except that phase IV runs without ``graph``
     (its forward passes are random in number: no CUDA graph replays them).
@@ -93,9 +94,9 @@ def simulate_limit(phase: str, particles, inputs, targets, *, time: float, h: fl
 def coupled_limit(phase: str, particles, inputs, targets, *, time: float, lr: float, masks, alpha: float | None = None,
                   beta: float | None = None, tau: float | None = None, keep: float | None = None, seed: int = 0,
                   **kwargs) -> SimulationResult:
-    """Limit ``phase`` beside a dropout run of step ``lr`` and keep-masks ``masks`` ``(steps,
-    [R,] N)``, coupled where it can be: the phase → engine-arguments map that every
-    comparison of dropout with its limit uses.
+    """Limit ``phase`` beside a dropout run of step ``lr`` and keep-masks ``masks``
+    ``(steps, [R,] N)`` (or a mask stream made like the run's), coupled where it can be: the
+    phase → engine-arguments map that every comparison of dropout with its limit uses.
 
     I, II: step h = ``lr`` (II with ``beta``). III, IV: clocks of rate 1/``alpha`` (IV with
     ``beta``): the dropout masks themselves at h = ``lr`` when h/α ≤ MAX_THINNING, else

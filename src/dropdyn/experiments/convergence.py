@@ -35,7 +35,7 @@ from ..lab.settings import at_least, nonnegative, one_of, positive
 from ..lab.store import config_key
 from ..lab.sweep import make_sweep, run_children
 from ..limits import MAX_THINNING, coupled_limit
-from ..masks import draw_masks
+from ..masks import MaskStream
 from ..metrics import output_gap, particle_distance, wasserstein2
 from ..phase import PHASES, classify, family_phase, scaling
 from ._runtime import EngineRuntime, widths_setting
@@ -127,14 +127,16 @@ def run_width(cfg: Config, n: int, exact_max: int, bar=None) -> dict:
     lr, q = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
     steps = check_steps(cfg.time, lr, f" (width {n})")
     every = max(1, steps // cfg.records)
-    masks = draw_masks(q, steps, (R, n), seed=cfg.seed + 1)
+    def masks() -> MaskStream:  # the same masks for every run that draws from one, none stored
+        return MaskStream(q, (R, n), cfg.seed + 1, cfg.device)
+
     common = dict(activation=cfg.activation, record_every=every, snapshot_every=every, probe_inputs=task.test_inputs,
                   device=cfg.device, dtype=dtype, **cfg.engine)
-    drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **common)
+    drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks(), **common)
     if bar is not None:
         bar.update()
     T = steps * lr
-    lim = coupled_limit(cfg.phase, X0, task.inputs, task.targets, time=T, lr=lr, masks=masks, alpha=lr / q,
+    lim = coupled_limit(cfg.phase, X0, task.inputs, task.targets, time=T, lr=lr, masks=masks(), alpha=lr / q,
                         beta=1 / (n * q), tau=lr, keep=q, seed=cfg.seed + 2, **common)
     if bar is not None:
         bar.update()

@@ -15,7 +15,7 @@ from ..engine import simulate
 from ..lab import Context, Experiment, setting, verdict
 from ..lab.settings import at_least, interval, nonnegative, positive, probability
 from ..limits import coupled_limit
-from ..masks import draw_masks
+from ..masks import MaskStream
 from ..metrics import output_gap
 from ..phase import classify, family_phase, scaling
 from ._runtime import EngineRuntime, widths_setting
@@ -91,14 +91,16 @@ def measure_width(cfg: Config, n: int, task) -> tuple[dict[str, float], dict[str
     steps = check_steps(cfg.time, lr, f" (width {n})")
     T = steps * lr
     X0 = mean_field_init(n, cfg.dim, replicas=R, generator=torch.Generator().manual_seed(cfg.seed * 7_919 + n))
-    masks = draw_masks(q, steps, (R, n), seed=cfg.seed + 1)
+    def masks() -> MaskStream:  # the same masks for every run that draws from one, none stored
+        return MaskStream(q, (R, n), cfg.seed + 1, cfg.device)
+
     kw = dict(activation=cfg.activation, record_every=steps, probe_inputs=task.test_inputs, device=cfg.device,
               dtype=getattr(torch, cfg.dtype), **cfg.engine)
-    drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks, **kw)
+    drop = simulate("dropout", X0, task.inputs, task.targets, lr=lr, keep=q, steps=steps, masks=masks(), **kw)
     p = limit_parameters(a, b, cfg.c_lr, cfg.c_keep)
     out, diverged = {}, {"dropout": drop.diverged_at_step}
     for cand in candidates(a, b, cfg.c_lr, cfg.c_keep):
-        lim = coupled_limit(cand, X0, task.inputs, task.targets, time=T, lr=lr, masks=masks, alpha=p["alpha"],
+        lim = coupled_limit(cand, X0, task.inputs, task.targets, time=T, lr=lr, masks=masks(), alpha=p["alpha"],
                             beta=p["beta"], tau=p["tau"], keep=p["q"], seed=cfg.seed + 2, **kw)
         diverged[cand] = lim.diverged_at_step
         if drop.diverged_at_step or lim.diverged_at_step:
