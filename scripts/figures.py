@@ -43,7 +43,8 @@ RECIPES = {
     "phase-sweep": Recipe("phase-sweep", {"executor": "processes", "workers": 2},
                           {"phase_diagram.png": "phase_sweep.png"}, "phase-diagram.md"),
     "mnist-binary": Recipe("mnist-binary", {}, {"mnist_binary.png": "mnist_binary.png"}, "phase-diagram.md"),
-    "paper-mnist": Recipe("paper-mnist", {}, {"mnist.png": "paper_mnist.png"}, "phase-diagram.md"),
+    "paper-mnist": Recipe("paper-mnist", {}, {"mnist.png": "paper_mnist.png",
+                                              "distances.png": "paper_mnist_distances.png"}, "phase-diagram.md"),
     "sharpness": Recipe("sharpness", {}, {"sharpness.png": "sharpness.png"}, "phase-diagram.md"),
     "srivastava": Recipe("srivastava", {}, {"srivastava.png": "srivastava.png"}, "practice.md"),
     "alignment": Recipe("alignment", {}, {"alignment.png": "alignment.png", "variance_flatness.png":

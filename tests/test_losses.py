@@ -188,6 +188,8 @@ def test_batch_stream_draws_distinct_samples():
                                                       "squared loss"),
     (dict(loss="logistic", y=1.0, backend="fused"), "backend 'fused' runs the squared loss on the full batch"),
     (dict(batch_size=5, graph=True), "graph=True runs the squared loss on the full batch"),
+    (dict(variant=dropdyn.engine.Rule(False, True, beta=0.5), batch_size=5), "the critical rule of phase IV is a "
+                                                                             "full-batch limit"),
 ])
 def test_bad_losses_and_batches_are_refused_in_one_line(kw, match):
     g = torch.Generator().manual_seed(2)

@@ -636,13 +636,15 @@ class ParticleState(NamedTuple):
 
 def check_combination(rule: Rule, name: str, design: Design, execution: Execution, batched: bool) -> None:
     """Refuse in one line what a rule, loss and execution cannot do together: the penalty and
-    the critical rule are the squared loss's; the fused kernels and CUDA graphs take the
-    squared loss on the full batch."""
+    the critical rule are the squared loss's (the critical rule on the full batch); the fused
+    kernels and CUDA graphs take the squared loss on the full batch."""
     loss = design.loss.name
     if loss != "squared" and (rule.penalty or rule.critical):
         what = "the penalty variant is the expected dropout step" if rule.penalty else \
             "the critical rule of phase IV is the limit"
         raise InputError(f"{what} of the squared loss; {name} has no meaning with the {loss} loss")
+    if rule.critical and batched:
+        raise InputError("the critical rule of phase IV is a full-batch limit; give no batch_size or batches")
     for flag, on in (("backend 'fused'", execution.backend == "fused"), ("graph=True", execution.graph)):
         if on and (loss != "squared" or batched):
             raise InputError(f"{flag} runs the squared loss on the full batch; use backend='torch', graph=False "

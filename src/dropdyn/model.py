@@ -85,7 +85,7 @@ ACTIVATIONS: dict[str, Activation] = {
         ),
         Activation(
             "relu", torch.relu, lambda u: (u > 0).to(u.dtype),
-            prescale=1.0, value=torch.relu_, slope=lambda T, U: (T > 0).to(T.dtype),
+            prescale=1.0, value=torch.relu_, slope=lambda T, U: T.sign_(),
         ),
         Activation(
             "softplus", torch.nn.functional.softplus, torch.sigmoid,

@@ -6,16 +6,16 @@ RaM, forward-only and independent forward/backward masks ("for-back").
 
 The data are ``dropdyn.data.raw_mnist_pair``: a random 20% of the two digits' images is the
 test set and ``validation`` of the others are held out. By default the shipped 5,000-image
-subset (about 1,000 images of 4 and 7) with 200 held out, width 1000, 1000 steps and 2
-repeats: the setting (loss, batch, τ, rates, variants) at a size 2 CPU cores run in
-minutes. ``full`` is the paper's size: the full MNIST from local IDX files (``--source idx
---path``), 2,000 held out, width 4000, 40,000 steps, 10 repeats.
+subset (about 1,000 images of 4 and 7) with 200 held out, 1000 steps and 2 repeats: the
+setting (loss, batch, width, τ, rates, variants) at a size 2 CPU cores run in minutes.
+``full`` is the paper's size: the full MNIST from local IDX files (``--source idx
+--path``), 2,000 held out, 40,000 steps, 10 repeats.
 
 Recorded every ``every`` steps: the full training, validation and test risk and accuracy of
 each variant (test from the outputs on the test images); at the end, the RMS particle
 distance between dropout and each other variant. With ``diagnostics_every``, the authors'
 curvature diagnostics (``dropdyn.diagnostics``) on the same schedule. Writes
-``metrics.csv``, ``arrays.npz``, ``mnist.png``.
+``metrics.csv``, ``arrays.npz``, ``mnist.png`` (validation loss), ``distances.png``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Config(MnistPair, Runtime):
     digits: tuple[int, int] = setting((4, 7), "two digits, e.g. 4,7")
     input_size: int = setting(28, "image side (28: the full resolution the paper uses)")
     validation: int = setting(200, "training images held out for validation (the paper: 2,000)", at_least(1))
-    width: int = setting(1000, "width n (the paper: 4000)", at_least(1))
+    width: int = setting(4000, "width n", at_least(1))
     lr: float = setting(0.25, "learning rate τ (the step τ·n on the 1/n-scaled output)", positive())
     keeps: tuple[float, ...] = setting((0.9, 0.8, 0.7, 0.6), "keep rates q (drop rates 0.1 … 0.4)",
                                        each(probability()))
@@ -60,8 +60,7 @@ class Config(MnistPair, Runtime):
     diagnostics_every: int = setting(0, "curvature diagnostics every k steps (0: none)", at_least(0))
     loss: str = setting("logistic", "the paper's logistic loss, or the squared loss to compare",
                         one_of("logistic", "squared"))
-    full: bool = setting(False, "the paper's size: 2,000 held out, width 4000, 40,000 steps, 10 repeats (needs "
-                                "--source idx)")
+    full: bool = setting(False, "the paper's size: 2,000 held out, 40,000 steps, 10 repeats (needs --source idx)")
     activation: str = activation_setting("relu")
     dtype: str = setting("float32", "float32 (the authors' JAX default) or float64")
 
@@ -70,7 +69,7 @@ class Config(MnistPair, Runtime):
             return self
         if self.source != "idx":
             raise InputError("full is the paper's size on the full MNIST: give --source idx --path FOLDER")
-        return replace(self, validation=2000, width=4000, steps=40_000, repeats=10, full=False)
+        return replace(self, validation=2000, steps=40_000, repeats=10, full=False)
 
 
 def compute(cfg: Config, ctx: Context) -> dict:
@@ -121,24 +120,34 @@ def compute(cfg: Config, ctx: Context) -> dict:
     return out
 
 
-def figure(res: dict, cfg: Config):
+def figures(res: dict, cfg: Config):
+    """The validation risk of each variant at each drop rate (after the first record, where
+    every run starts at log 2); the RMS particle distance to dropout at the last step."""
     from .._plot import subplots
 
-    k = res["steps"]
-    fig, axes = subplots(2, len(cfg.keeps), figsize=(3.6 * len(cfg.keeps), 6.5), squeeze=False)
-    for c, q in enumerate(cfg.keeps):
-        for r, metric in enumerate(("val_risk", "test_accuracy")):
-            ax = axes[r, c]
-            for v in VARIANTS:
-                key = v if v == "gd" else f"{v}/q={q:g}"
-                ax.plot(k, np.nanmean(res[f"{key}/{metric}"], -1), color=COLORS[v], label=LABELS[v])
-            ax.set_title(f"drop rate {1 - q:.1f}: {metric.replace('_', ' ')}", fontsize=9)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
+    k, later = res["steps"], res["steps"] > 0
+    fig1, axes = subplots(1, len(cfg.keeps), figsize=(3.6 * len(cfg.keeps), 3.4), squeeze=False, sharey=True)
+    for ax, q in zip(axes[0], cfg.keeps, strict=True):
+        for v in VARIANTS:
+            key = v if v == "gd" else f"{v}/q={q:g}"
+            ax.plot(k[later], np.nanmean(res[f"{key}/val_risk"], -1)[later], color=COLORS[v], label=LABELS[v])
+        ax.set_title(f"drop rate {1 - q:.1f}", fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(f"validation {cfg.loss} loss")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"MNIST {cfg.digits[0]} vs {cfg.digits[1]}, {cfg.loss} loss, batch {cfg.batch_size}, width "
-                 f"{cfg.width}, τ = {cfg.lr:g}; mean of {cfg.repeats} repeat(s)", fontsize=10)
-    return fig
+    fig1.suptitle(f"MNIST {cfg.digits[0]} vs {cfg.digits[1]}, {cfg.loss} loss, batch {cfg.batch_size}, width "
+                  f"{cfg.width}, τ = {cfg.lr:g}; mean of {cfg.repeats} repeat(s)", fontsize=10)
+    fig2, ax = subplots(figsize=(6, 3.8))
+    rates = [1 - q for q in cfg.keeps]
+    for v in ("gd", "ram", "forward-only", "independent"):
+        ax.plot(rates, [np.mean(res[f"distance/q={q:g}/{v}"]) for q in cfg.keeps], "o-", color=COLORS[v],
+                label=f"dropout vs {LABELS[v]}")
+    ax.set_xlabel("drop rate 1 − q")
+    ax.set_ylabel(f"RMS particle distance at step {cfg.steps}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig1, fig2
 
 
 def write(folder, cfg: Config, res: dict) -> dict:
@@ -146,8 +155,9 @@ def write(folder, cfg: Config, res: dict) -> dict:
     names = [f"{s}_{m}" for s in SETS for m in ("risk", "accuracy")]
     folder.write_csv("metrics.csv", {"step": res["steps"], **{f"{key}/{name}": np.nanmean(res[f"{key}/{name}"], -1)
                                                             for key in keys for name in names}})
-    folder.write_npz("arrays.npz", {k.replace("/", "__"): v for k, v in res.items() if isinstance(v, np.ndarray)})
-    folder.savefig(figure(res, cfg), "mnist")
+    folder.write_npz("arrays.npz", {k: v for k, v in res.items() if isinstance(v, np.ndarray)})
+    for fig, name in zip(figures(res, cfg), ("mnist", "distances"), strict=True):
+        folder.savefig(fig, name)
     final = {key: {name: float(np.nanmean(res[f"{key}/{name}"][-1])) for name in ("val_risk", "test_risk",
                                                                                    "test_accuracy")}
              for key in keys}

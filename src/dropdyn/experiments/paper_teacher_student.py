@@ -153,6 +153,8 @@ def figures(res: dict, cfg: Config, fits: dict):
             pair = "penalty GD vs GD" if v == "penalty" else f"dropout vs {LABELS[v]}"
             ax.loglog(widths, np.exp(f["intercept"]) * np.asarray(widths, float) ** f["slope"], "-",
                       color=COLORS[v], label=f"{pair}: n^{f['slope']:.2f}")
+    ax.set_xticks(widths, [str(n) for n in widths])
+    ax.set_xticks([], minor=True)
     ax.set_xlabel("width n")
     ax.set_ylabel(f"RMS particle distance at step {cfg.steps}")
     ax.grid(alpha=0.3, which="both")
@@ -178,7 +180,7 @@ def write(folder, cfg: Config, res: dict) -> dict:
     diagnosed = {k: v for k, v in res.items() if k.split("/")[-1] in (*NAMES, "diagnostic_steps")}
     if diagnosed:
         folder.write_csv("diagnostics.csv", _diagnostics_table(diagnosed))
-    folder.write_npz("arrays.npz", {k.replace("/", "__"): v for k, v in res.items() if isinstance(v, np.ndarray)})
+    folder.write_npz("arrays.npz", {k: v for k, v in res.items() if isinstance(v, np.ndarray)})
     fits = rates(res, cfg)
     for fig, name in zip(figures(res, cfg, fits), ("losses", "distances", "scaling"), strict=True):
         folder.savefig(fig, name)
