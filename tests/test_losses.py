@@ -232,3 +232,19 @@ def test_the_papers_data_and_their_bad_settings():
         get("paper-mnist").resolve({"full": True})
     with pytest.raises(InputError, match="repeats must be an integer >= 2"):
         get("paper-teacher-student").resolve({"repeats": 1})
+
+
+def test_predict_gives_the_engines_outputs_for_every_loss():
+    """model.predict (the readable reference, K outputs included) is the output the engine
+    records on its probe inputs."""
+    g = torch.Generator().manual_seed(8)
+    Z = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    for loss, K, y in (("logistic", 1, torch.ones(12, dtype=torch.float64)),
+                       ("cross-entropy", 4, torch.arange(12).double() % 4)):
+        X = torch.randn(2, 15, K + 3 + 1, generator=g, dtype=torch.float64)
+        run = dropdyn.simulate("gd", X, Z, y, lr=0.1, keep=1.0, steps=0, loss=loss, probe_inputs=Z)
+        torch.testing.assert_close(run.outputs[0], model.predict(X, Z, "tanh", outputs=K), rtol=1e-12, atol=1e-14)
+        F = torch.rand(2, 15, generator=g, dtype=torch.float64)
+        want = (model.features(X, Z, "tanh", K) * (F[..., None, None] if K > 1 else F[..., None])).mean(-3 if K > 1
+                                                                                                    else -2)
+        torch.testing.assert_close(model.predict(X, Z, "tanh", forward=F, outputs=K), want)

@@ -24,7 +24,7 @@ import math
 import torch
 
 from .curvature import hvp
-from .model import Design
+from .model import Design, predict
 
 Tensor = torch.Tensor
 
@@ -73,17 +73,13 @@ class Diagnostics:
     def loss_of(self, rows: Tensor | None, weights: Tensor | None):
         """``X (n, p) ↦`` the mean loss on samples ``rows`` (all: None) of the network with
         forward weights ``weights`` ``(n,)`` (None: 1/n each), in the particles' layout."""
-        design, K, d = self.design, self.design.outputs, self.design.d
-        Z = design.Z[:, :d] if rows is None else design.Z[rows, :d]
+        design = self.design
+        Z = design.Z[:, : design.d] if rows is None else design.Z[rows, : design.d]
         Y = design.y if rows is None else design.y[rows]
 
         def fn(X: Tensor) -> Tensor:
-            u = X[:, K:K + d] @ Z.T
-            if design.bias:
-                u = u + X[:, K + d, None]
-            w = X[:, :K] * (1.0 / X.shape[0] if weights is None else weights[:, None])
-            f = design.act.fn(u).T @ w  # (m, K)
-            return design.loss.risk(f[:, 0] if K == 1 else f, Y)
+            F = None if weights is None else weights * X.shape[0]
+            return design.loss.risk(predict(X, Z, design.act.name, forward=F, outputs=design.outputs), Y)
 
         return fn
 

@@ -109,28 +109,32 @@ def get_activation(name: str) -> Activation:
 
 
 # --------------------------------------------------------------------------- reference
-def preactivations(particles: Tensor, inputs: Tensor) -> Tensor:
+def preactivations(particles: Tensor, inputs: Tensor, outputs: int = 1) -> Tensor:
     """``u_ij = w_i·z_j [+ b_i]``: ``(…, width, p), (m, d) → (…, width, m)``, where a row is
-    ``(a, w[, b])``: ``w = x[1 : 1 + d]``, ``b = x[1 + d]`` when ``p = d + 2``."""
-    d = inputs.shape[-1]
-    u = particles[..., 1 : 1 + d] @ inputs.T
-    return u + particles[..., 1 + d, None] if particles.shape[-1] == d + 2 else u
+    ``(a, w[, b])`` with ``a`` of ``outputs`` entries K: ``w = x[K : K + d]``, ``b = x[K + d]``
+    when ``p = K + d + 1``."""
+    d, K = inputs.shape[-1], outputs
+    u = particles[..., K : K + d] @ inputs.T
+    return u + particles[..., K + d, None] if particles.shape[-1] == K + d + 1 else u
 
 
-def features(particles: Tensor, inputs: Tensor, activation: str = "tanh") -> Tensor:
-    """``φ(x_i, z_j) = a_i σ(u_ij)``: ``(…, width, m)``."""
+def features(particles: Tensor, inputs: Tensor, activation: str = "tanh", outputs: int = 1) -> Tensor:
+    """``φ(x_i, z_j) = a_i σ(u_ij)``: ``(…, width, m)``, or ``(…, width, m, K)`` with K =
+    ``outputs`` > 1."""
     act = get_activation(activation)
-    return particles[..., 0, None] * act.fn(preactivations(particles, inputs))
+    s = act.fn(preactivations(particles, inputs, outputs))
+    return particles[..., 0, None] * s if outputs == 1 else s[..., None] * particles[..., None, :outputs]
 
 
 def predict(
-    particles: Tensor, inputs: Tensor, activation: str = "tanh", forward: Tensor | None = None
+    particles: Tensor, inputs: Tensor, activation: str = "tanh", forward: Tensor | None = None, outputs: int = 1
 ) -> Tensor:
-    """``f = (1/n) Σ_i F_i φ(x_i)``: ``(…, width, p) → (…, m)``; ``forward`` F: ``(…, width)``."""
-    phi = features(particles, inputs, activation)
+    """``f = (1/n) Σ_i F_i φ(x_i)``: ``(…, width, p) → (…, m)`` (``(…, m, K)`` with K =
+    ``outputs`` > 1, the cross-entropy loss's logits); ``forward`` F: ``(…, width)``."""
+    phi = features(particles, inputs, activation, outputs)
     if forward is not None:
-        phi = phi * forward[..., None]
-    return phi.mean(dim=-2)
+        phi = phi * forward.reshape(*forward.shape, *(1,) * (phi.dim() - forward.dim()))
+    return phi.mean(dim=-2 if outputs == 1 else -3)
 
 
 def risk(particles: Tensor, inputs: Tensor, targets: Tensor, activation: str = "tanh") -> Tensor:
