@@ -1,7 +1,8 @@
 """The phase paper's two workloads in their own settings, dropdyn against the same
 computation written plainly in PyTorch with autograd (what a user would write instead).
 
-    python benchmarks/bench_paper.py [--steps 1000 --sgd-steps 50 --repeats 3 --threads N]
+    python benchmarks/bench_paper.py [--steps 1000 --sgd-steps 50 --repeats 3 --threads N
+                                      --fig2-width 5000 --fig3-width 4000]
 
 * ``Figure 2``: the teacher–student run (d = 20, 500 samples, ReLU, squared loss, width
   5000, τ = 0.5, q = 0.7, full batch): the four variants (GD, dropout, RaM, independent
@@ -99,10 +100,10 @@ def per_step(run, steps: int, repeats: int) -> float:
                              for _ in range(repeats))
 
 
-def figure2(steps: int, check: int) -> list[str]:
+def figure2(steps: int, check: int, width: int) -> list[str]:
     g = torch.Generator().manual_seed(0)
     task = relu_teacher(generator=g, dtype=torch.float32)
-    X0 = mean_field_init(5000, 20, generator=g, dtype=torch.float32)
+    X0 = mean_field_init(width, 20, generator=g, dtype=torch.float32)
     kw = dict(lr=0.5, keep=0.7, seed=1, loss="squared")
     for v in ("dropout", "independent"):  # the same computation
         ours = simulate(v, X0, task.inputs, task.targets, steps=check, activation="relu", record_every=check,
@@ -114,15 +115,15 @@ def figure2(steps: int, check: int) -> list[str]:
                                               record_every=steps, progress=False, **kw))[0] for v in variants)
     t_plain = sum(timed(lambda v=v: plain_run(v, X0, task.inputs, task.targets, steps=steps, **kw))[0]
                   for v in variants)
-    return [f"| Figure 2: four variants × {steps} steps, width 5000, d = 20, m = 500 (whole run) | "
+    return [f"| Figure 2: four variants × {steps} steps, width {width}, d = 20, m = 500 (whole run) | "
             f"{t_ours:.2f} s | {t_plain:.2f} s | {t_plain / t_ours:.2f}× |"]
 
 
-def figure3(steps: int, repeats: int, check: int) -> list[str]:
+def figure3(steps: int, repeats: int, check: int, width: int) -> list[str]:
     g = torch.Generator().manual_seed(0)
     Z = torch.rand(2000, 784, generator=g)
     y = torch.randint(0, 2, (2000,), generator=g).float() * 2 - 1
-    X0 = mean_field_init(4000, 784, generator=g, dtype=torch.float32)
+    X0 = mean_field_init(width, 784, generator=g, dtype=torch.float32)
     kw = dict(lr=0.25, keep=0.8, seed=1, loss="logistic", batch_size=64)
     rows = []
     for v in ("gd", "dropout", "ram", "forward-only", "independent"):
@@ -133,7 +134,7 @@ def figure3(steps: int, repeats: int, check: int) -> list[str]:
         t_ours = per_step(lambda k, v=v: simulate(v, X0, Z, y, steps=k, activation="relu", record_every=k,
                                                   progress=False, **kw), steps, repeats)
         t_plain = per_step(lambda k, v=v: plain_run(v, X0, Z, y, steps=k, **kw), steps, repeats)
-        rows.append(f"| Figure 3: one SGD step, {v}, width 4000, d = 784, batch 64 | {1e3 * t_ours:.1f} ms | "
+        rows.append(f"| Figure 3: one SGD step, {v}, width {width}, d = 784, batch 64 | {1e3 * t_ours:.1f} ms | "
                     f"{1e3 * t_plain:.1f} ms | {t_plain / t_ours:.2f}× |")
     return rows
 
@@ -144,12 +145,15 @@ def main() -> None:
     ap.add_argument("--sgd-steps", type=int, default=50, help="steps of each timed Figure 3 run (default 50)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: dropdyn's choice)")
+    ap.add_argument("--fig2-width", type=int, default=5000)
+    ap.add_argument("--fig3-width", type=int, default=4000)
     args = ap.parse_args()
     torch.set_num_threads(threads.chosen() if args.threads is None else args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, CPU\n")
     print("| workload | dropdyn | plain torch.nn + autograd | ratio |")
     print("|---|---|---|---|")
-    for line in figure2(args.steps, check=5) + figure3(args.sgd_steps, args.repeats, check=5):
+    for line in (figure2(args.steps, 5, args.fig2_width) +
+                 figure3(args.sgd_steps, args.repeats, 5, args.fig3_width)):
         print(line, flush=True)
 
 
