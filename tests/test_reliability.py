@@ -354,7 +354,7 @@ def _alive(pid):
     (["run", "convergence", "--widths", ""], "setting 'widths' must not be empty"),
     (["run", "paper-mnist", "--batch-size", "100000", "--width", "10", "--steps", "2"],
      "batch_size 100000 exceeds the 600 training samples"),
-    (["run", "paper-mnist", "--loss", "hinge"], "unknown loss 'hinge'"),
+    (["run", "paper-mnist", "--digits", "4,4"], "digits must be two different digits 0..9, got 4,4"),
     (["run", "paper-mnist", "--full"], "full is the paper's size on the full MNIST"),
     (["run", "convergence", "--widths", "300"], "at least two distinct widths, got (300,)"),
     (["run", "mnist-binary", "--source", "idx", "--path", "emptydir"], "train-images-idx3-ubyte"),

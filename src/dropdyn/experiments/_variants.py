@@ -87,3 +87,24 @@ def mark_divergence(ax, t_last: float, y_last: float, color: str, step: int | No
     """An ✕ at a curve's last finite point when its run diverged at ``step``."""
     if step is not None and math.isfinite(y_last):
         ax.plot([t_last], [y_last], "x", color=color, ms=9, mew=2, label=f"diverged at step {step}")
+
+
+def diagnostics_table(res: dict) -> dict | None:
+    """The curvature diagnostics of every run in ``res`` as one table: a row per run, diagnosed
+    step and replica, from the entries ``"<run>/diagnostic_steps"`` and ``"<run>/<name>"``
+    (:data:`dropdyn.diagnostics.NAMES`, each ``(steps, replicas)``); None where there are none."""
+    from ..diagnostics import NAMES
+
+    runs = [k.removesuffix("/diagnostic_steps") for k in res if k.endswith("/diagnostic_steps")]
+    if not runs:
+        return None
+    rows: dict = {"run": [], "step": [], "replica": [], **{name: [] for name in NAMES}}
+    for run in runs:
+        for j, k in enumerate(res[f"{run}/diagnostic_steps"]):
+            for r in range(res[f"{run}/sharpness"].shape[1]):
+                rows["run"].append(run)
+                rows["step"].append(int(k))
+                rows["replica"].append(r)
+                for name in NAMES:
+                    rows[name].append(float(res[f"{run}/{name}"][j, r]))
+    return rows

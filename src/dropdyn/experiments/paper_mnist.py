@@ -15,7 +15,8 @@ Recorded every ``every`` steps: the full training, validation and test risk and 
 each variant (test from the outputs on the test images); at the end, the RMS particle
 distance between dropout and each other variant. With ``diagnostics_every``, the authors'
 curvature diagnostics (``dropdyn.diagnostics``) on the same schedule. Writes
-``metrics.csv``, ``arrays.npz``, ``mnist.png`` (validation loss), ``distances.png``.
+``metrics.csv``, ``diagnostics.csv`` (with ``diagnostics_every``), ``arrays.npz``,
+``mnist.png`` (validation loss), ``distances.png``.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from ..data import raw_mnist_pair
 from ..diagnostics import NAMES
 from ..engine import record_steps, simulate
 from ..lab import Context, Experiment, Runtime, setting, verdict
-from ..lab.settings import at_least, each, one_of, positive, probability
+from ..lab.settings import at_least, each, positive, probability
 from ..losses import LOSSES
 from ..metrics import particle_distance
 from ._runtime import activation_setting
+from ._variants import diagnostics_table
 from .mnist_binary import MnistPair
 
 MASKED = ("dropout", "ram", "forward-only", "independent")
@@ -58,8 +60,6 @@ class Config(MnistPair, Runtime):
     repeats: int = setting(2, "independent starts, batch and mask streams (the paper: 10)", at_least(1))
     every: int = setting(100, "record every this many steps", at_least(1))
     diagnostics_every: int = setting(0, "curvature diagnostics every k steps (0: none)", at_least(0))
-    loss: str = setting("logistic", "the paper's logistic loss, or the squared loss to compare",
-                        one_of("logistic", "squared"))
     full: bool = setting(False, "the paper's size: 2,000 held out, 40,000 steps, 10 repeats (needs --source idx)")
     activation: str = activation_setting("relu")
     dtype: str = setting("float32", "float32 (the authors' JAX default) or float64")
@@ -84,8 +84,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
     X0 = torch.cat([torch.randn(cfg.repeats, cfg.width, 1, generator=g, dtype=torch.float64),
                     torch.randn(cfg.repeats, cfg.width, d, generator=g, dtype=torch.float64) / d**0.5], -1)
     steps = record_steps(cfg.steps, cfg.every)
-    loss = LOSSES[cfg.loss]
-    targets = {"train": split.targets, "val": val_y, "test": split.test_targets}
+    loss = LOSSES["logistic"]
     out: dict = {"steps": steps, "data": np.array([len(split.targets), len(val_y), len(split.test_targets)])}
     runs = [("gd", 1.0)] + [(v, q) for q in cfg.keeps for v in MASKED]
     bar = ctx.bar(len(runs) * cfg.steps, "paper-mnist")
@@ -93,12 +92,12 @@ def compute(cfg: Config, ctx: Context) -> dict:
     for v, q in runs:
         key = v if v == "gd" else f"{v}/q={q:g}"
         bar.set_description(key)
-        res = simulate(v, X0, split.inputs, split.targets, lr=cfg.lr, keep=q, steps=cfg.steps, loss=cfg.loss,
+        res = simulate(v, X0, split.inputs, split.targets, lr=cfg.lr, keep=q, steps=cfg.steps, loss="logistic",
                        activation=cfg.activation, batch_size=cfg.batch_size, seed=cfg.seed + 1, record_every=cfg.every,
                        test_inputs=val_x, test_targets=val_y, probe_inputs=split.test_inputs, device=cfg.device,
                        dtype=dtype, diagnostics_every=cfg.diagnostics_every or None, progress=bar)
         f_test = torch.from_numpy(res.on_grid("outputs", steps))  # (records, repeats, m_test)
-        y_test = targets["test"].to(f_test.dtype)
+        y_test = split.test_targets.to(f_test.dtype)
         series = {"train_risk": res.on_grid("risk", steps), "train_accuracy": res.on_grid("accuracy", steps),
                   "val_risk": res.on_grid("test_risk", steps), "val_accuracy": res.on_grid("test_accuracy", steps),
                   "test_risk": loss.risk(f_test, y_test).numpy(),
@@ -134,9 +133,9 @@ def figures(res: dict, cfg: Config):
         ax.set_title(f"drop rate {1 - q:.1f}", fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel(f"validation {cfg.loss} loss")
+    axes[0, 0].set_ylabel("validation logistic loss")
     axes[0, 0].legend(fontsize=7)
-    fig1.suptitle(f"MNIST {cfg.digits[0]} vs {cfg.digits[1]}, {cfg.loss} loss, batch {cfg.batch_size}, width "
+    fig1.suptitle(f"MNIST {cfg.digits[0]} vs {cfg.digits[1]}, logistic loss, batch {cfg.batch_size}, width "
                   f"{cfg.width}, τ = {cfg.lr:g}; mean of {cfg.repeats} repeat(s)", fontsize=10)
     fig2, ax = subplots(figsize=(6, 3.8))
     rates = [1 - q for q in cfg.keeps]
@@ -153,6 +152,9 @@ def figures(res: dict, cfg: Config):
 def write(folder, cfg: Config, res: dict) -> dict:
     keys = ["gd"] + [f"{v}/q={q:g}" for q in cfg.keeps for v in MASKED]
     names = [f"{s}_{m}" for s in SETS for m in ("risk", "accuracy")]
+    diagnosed = diagnostics_table(res)
+    if diagnosed:
+        folder.write_csv("diagnostics.csv", diagnosed)
     folder.write_csv("metrics.csv", {"step": res["steps"], **{f"{key}/{name}": np.nanmean(res[f"{key}/{name}"], -1)
                                                             for key in keys for name in names}})
     folder.write_npz("arrays.npz", {k: v for k, v in res.items() if isinstance(v, np.ndarray)})

@@ -33,6 +33,7 @@ from ..lab import Context, Experiment, Runtime, setting, sign_verdict, verdict
 from ..lab.settings import at_least, positive, probability
 from ..metrics import particle_distance
 from ._runtime import activation_setting, widths_setting
+from ._variants import diagnostics_table
 from .convergence import fit_rate
 
 VARIANTS = ("gd", "dropout", "ram", "independent", "penalty")
@@ -177,9 +178,9 @@ def write(folder, cfg: Config, res: dict) -> dict:
                                  ("distance", dist[j]), ("distance_se", dist_se[j])):
                     rows[key].append(val)
     folder.write_csv("metrics.csv", rows)
-    diagnosed = {k: v for k, v in res.items() if k.split("/")[-1] in (*NAMES, "diagnostic_steps")}
+    diagnosed = diagnostics_table(res)
     if diagnosed:
-        folder.write_csv("diagnostics.csv", _diagnostics_table(diagnosed))
+        folder.write_csv("diagnostics.csv", diagnosed)
     folder.write_npz("arrays.npz", {k: v for k, v in res.items() if isinstance(v, np.ndarray)})
     fits = rates(res, cfg)
     for fig, name in zip(figures(res, cfg, fits), ("losses", "distances", "scaling"), strict=True):
@@ -195,24 +196,6 @@ def write(folder, cfg: Config, res: dict) -> dict:
         "distance_rates": {v: {k: f[k] for k in ("slope", "ci95", "points")} for v, f in fits.items()},
         "diverged_at_step": {f"{n}/{v}": res[f"{n}/{v}/diverged_at_step"] for n in widths for v in VARIANTS},
     }
-
-
-def _diagnostics_table(diagnosed: dict) -> dict:
-    """One row per diagnosed step, variant and repeat."""
-    rows: dict = {"width": [], "variant": [], "step": [], "repeat": [], **{name: [] for name in NAMES}}
-    for key, steps in diagnosed.items():
-        if not key.endswith("diagnostic_steps"):
-            continue
-        n, v = key.split("/")[:2]
-        for j, k in enumerate(steps):
-            for r in range(diagnosed[f"{n}/{v}/sharpness"].shape[1]):
-                rows["width"].append(int(n))
-                rows["variant"].append(v)
-                rows["step"].append(int(k))
-                rows["repeat"].append(r)
-                for name in NAMES:
-                    rows[name].append(float(diagnosed[f"{n}/{v}/{name}"][j, r]))
-    return rows
 
 
 def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
