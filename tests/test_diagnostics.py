@@ -74,3 +74,29 @@ def test_flatness_trace_and_its_standard_error_on_a_known_hessian():
     assert abs(res["top_eigenvalue"] - 2.0) < 1e-10
     assert 0.09 < res["trace_se"] < 0.11
     assert abs(res["trace"] - 2.0) < 5 * res["trace_se"]
+
+
+def test_bypass_terms_against_the_dense_hessian():
+    """A, B, C of the sharpness-bypass expansion: with G the rows ∇V_i = n ∂R/∂x_i and H the
+    dense Hessian of R, GᵀHG = B + C exactly (H's Gauss–Newton part gives B, its per-neuron
+    part C), n‖∂R/∂X‖² = A, and C from each neuron's dense Hessian of V with r held fixed."""
+    from dropdyn.curvature import bypass_terms
+    from dropdyn.model import features, predict
+
+    X, Z, y = small()
+    n = X.shape[0]
+    terms = bypass_terms(X, Z, y, "tanh")
+    fn = lambda P: risk(P, Z, y, "tanh")  # noqa: E731
+    G = n * torch.func.grad(fn)(X)
+    H = dense_hessian(fn, X)
+    g = G.reshape(-1)
+    assert abs(terms["A"] - float((G * G).sum()) / n) < 1e-12
+    assert abs(terms["B"] + terms["C"] - float(g @ H @ g)) < 1e-10 * abs(float(g @ H @ g))
+    r = (predict(X, Z, "tanh") - y).detach()
+    C = 0.0
+    for i in range(n):
+        Vi = lambda x: (features(x[None], Z, "tanh")[0] * r).mean()  # noqa: E731, B023
+        Hi = torch.autograd.functional.hessian(Vi, X[i])
+        C += float(G[i] @ Hi @ G[i]) / n
+    assert abs(terms["C"] - C) < 1e-10 * max(1.0, abs(C))
+    assert terms["B"] > 0 and terms["A"] > 0

@@ -72,6 +72,34 @@ def mean_field_sharpness(particles: torch.Tensor, inputs: torch.Tensor, targets:
     return top_eigenvalue(lambda X: n * risk(X, inputs, targets, activation), particles, **kw)
 
 
+def bypass_terms(particles: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
+                 activation: str = "tanh") -> dict[str, float]:
+    """The three terms of the sharpness-bypass expansion (docs/theory.md §2) at particles
+    ``(n, p)``: a step x_i ← x_i − τ η_i ∇V(x_i) with i.i.d. multipliers η changes the risk
+    by E ΔR ≈ −τ E[η] A + ½τ² (E[η]² B + E[η²] C), up to an O(1/n) diagonal term, with
+
+        A = (1/n) Σ_i ‖∇V_i‖²                   the first-order descent
+        B = ‖(1/n) Σ_i Dφ_i ∇V_i‖²              the interaction (kernel) term, ⟨·,·⟩ on R^m
+        C = (1/n) Σ_i ∇V_iᵀ ∇²V_i ∇V_i          each neuron's own curvature, r held fixed
+
+    (∇V_i = Dφ(x_i)ᵀ r / m, r = f − y). B is one forward-mode derivative of the predictor
+    along ∇V, C one Hessian-vector product of Σ_i V(x_i) with r fixed: no matrix is formed."""
+    from torch.func import jvp
+
+    from .model import predict
+
+    X = particles.detach()
+    n = X.shape[0]
+    r = (predict(X, inputs, activation) - targets).detach()
+    potential = lambda Y: (predict(Y, inputs, activation) * r).mean() * Y.shape[0]  # noqa: E731  Σ_i V(y_i)
+    G = grad(potential)(X)  # rows ∇V_i
+    v = jvp(lambda Y: predict(Y, inputs, activation), (X,), (G,))[1]  # (1/n) Σ_i Dφ_i ∇V_i, on the m samples
+    A = float((G * G).sum()) / n
+    B = float((v * v).mean())
+    C = float((G * hvp(potential, X, G)).sum()) / n
+    return {"A": A, "B": B, "C": C}
+
+
 def flatness(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, probes: int = 50,
              seed: int = 0, which: str = "largest") -> dict:
     """Sharpness of a solution: the top eigenvalue (Lanczos; ``which`` as in
