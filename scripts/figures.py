@@ -46,6 +46,7 @@ RECIPES = {
     "paper-mnist": Recipe("paper-mnist", {}, {"mnist.png": "paper_mnist.png",
                                               "distances.png": "paper_mnist_distances.png"}, "phase-diagram.md"),
     "sharpness": Recipe("sharpness", {}, {"sharpness.png": "sharpness.png"}, "phase-diagram.md"),
+    "sharpness-bypass": Recipe("sharpness-bypass", {}, {"bypass.png": "sharpness_bypass.png"}, "phase-diagram.md"),
     "srivastava": Recipe("srivastava", {}, {"srivastava.png": "srivastava.png"}, "practice.md"),
     "alignment": Recipe("alignment", {}, {"alignment.png": "alignment.png", "variance_flatness.png":
                                           "variance_flatness.png", "noise_comparison.png": "noise_comparison.png"},
