@@ -179,7 +179,7 @@ def main(argv=None):
             stream = MaskStream(q, (1, n), seed=0, device=dev)
             results[variant + ("" if compact else "-full") + label] = median_ms(
                 lambda rule=rule, stream=stream, direction=direction, compact=compact: step(
-                    design, a, W, lr, rule, stream.next() if rule.uses_masks else None, q, descent=direction,
+                    design, a, W, lr, rule, stream.next() if rule.uses_masks else None, q, direction=direction,
                     compact=compact),
                 args.repeats,
                 device=dev,

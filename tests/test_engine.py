@@ -211,6 +211,37 @@ def test_dropout_without_compaction_is_the_same_step(bias, activation):
     assert torch.equal(design.unpack(full[0], full[1])[2], X[2])  # nothing kept, nothing moves
 
 
+@pytest.mark.parametrize("loss", ["squared", "cross-entropy"])
+def test_the_kept_rows_step_in_place_is_the_copied_step_and_undoes(loss):
+    # in place, the kept rows of a and W change and nothing else does; the bits are those
+    # of the out-of-place step (which leaves its inputs alone), and restore() gives back
+    # the old state bit for bit
+    from dropdyn.engine import kept_rows_step
+    from dropdyn.losses import LOSSES, encode
+    from dropdyn.model import Design
+
+    K = 3 if loss == "cross-entropy" else 1
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(2, 9, 4 + K, generator=g, dtype=torch.float64)
+    Z = torch.randn(14, 3, generator=g, dtype=torch.float64)
+    y, K = encode(LOSSES[loss], "y", torch.randint(0, 3, (14,), generator=g) if K > 1 else Z[:, 0], K if K > 1
+                  else None)
+    design = Design.build(Z, y, "tanh", True, LOSSES[loss], outputs=K)
+    mask = draw_masks(0.5, 1, (2, 9), seed=3)[0]
+    a, W = design.pack(X)
+    copied = kept_rows_step(design, a, W, 0.3, mask, 0.5)
+    assert torch.equal(design.unpack(a, W), X)
+    a2, W2 = a.clone(), W.clone()
+    moved = kept_rows_step(design, a2, W2, 0.3, mask, 0.5, in_place=True)
+    assert moved[0] is not None and moved[0].data_ptr() == a2.data_ptr() and moved[1].data_ptr() == W2.data_ptr()
+    for x, z in zip(copied[:3], moved[:3], strict=True):
+        assert torch.equal(x, z)
+    changed = (design.unpack(a2, W2) != X).any(-1)
+    assert changed.any() and not (changed & ~mask).any()
+    moved[3]()
+    assert torch.equal(design.unpack(a2, W2), X)
+
+
 def test_all_neurons_dropped_moves_nothing(compaction):
     X, Z, y = problem(12, n=4)
     out = simulate("dropout", X, Z, y, lr=0.1, keep=0.5, steps=1, masks=torch.zeros(1, 4, dtype=torch.bool))

@@ -108,29 +108,30 @@ def test_unknown_activation_is_refused():
 
 
 @pytest.mark.parametrize("activation", sorted(model.ACTIVATIONS))
-@pytest.mark.parametrize("loss", ["squared", "logistic"])
-def test_descend_applies_the_descent_step(activation, loss):
-    """descend's one-GEMM update (m < 2P) equals a − s·ga, W − s·gW from descent's directions,
-    for per-neuron and scalar step sizes; it declines the shapes and activations it does not take."""
-    from dropdyn.losses import LOSSES
+@pytest.mark.parametrize("loss", ["squared", "logistic", "cross-entropy"])
+@pytest.mark.parametrize("m", [5, 40])
+def test_descend_applies_the_descent_step(activation, loss, m):
+    """descend's update equals a − s·ga, W − s·gW from descent's directions, for per-neuron
+    and scalar step sizes, with the factor folded into the slope matrix (m < 2P) or applied to
+    the GEMM's output (m ≥ 2P), for one output and for K outputs."""
+    from dropdyn.losses import LOSSES, encode
 
     g = torch.Generator().manual_seed(7)
-    R, n, m, d = 2, 9, 5, 20
-    X = torch.randn(R, n, d + 2, generator=g, dtype=torch.float64)
+    R, n, d = 2, 9, 3 if m == 40 else 20
+    K = 3 if loss == "cross-entropy" else 1
+    X = torch.randn(R, n, d + K + 1, generator=g, dtype=torch.float64)
     Z = torch.randn(m, d, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 2, (m,), generator=g).double() * 2 - 1
-    design = model.Design.build(Z, y, activation, True, LOSSES[loss])
+    y = (torch.randint(0, K, (m,), generator=g) if K > 1 else
+         torch.randint(0, 2, (m,), generator=g).double() * 2 - 1)
+    y, K = encode(LOSSES[loss], "y", y, K if K > 1 else None)
+    design = model.Design.build(Z, y, activation, True, LOSSES[loss], outputs=K)
+    assert (m < 2 * design.Z.shape[-1]) == (m == 5)
     a, W = design.pack(X)
     weights = torch.rand(R, n, generator=g, dtype=torch.float64) / n
     for scale in (0.3, torch.rand(R, n, generator=g, dtype=torch.float64)):
         done = model.descend(design, a.clone(), W.clone(), weights, scale)
-        if activation == "identity":
-            assert done is None
-            continue
         ga, gW, f = model.descent(design, a.clone(), W.clone(), weights)
         s = scale if isinstance(scale, float) else scale[..., None]
-        torch.testing.assert_close(done[0], a - scale * ga, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(done[0], a - (s if K > 1 else scale) * ga, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(done[1], W - s * gW, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(done[2], f, rtol=0, atol=0)
-    wide = model.Design.build(torch.randn(40, 3, generator=g, dtype=torch.float64), torch.ones(40), activation, False)
-    assert model.descend(wide, *wide.pack(X[..., :4]), weights, 0.3) is None  # m ≥ 2P: descent's way

@@ -16,9 +16,10 @@ penalty coefficient c (docs/theory.md §1, table of variants):
     gd             1         1        0
 
 Dropout's forward and backward both vanish on dropped neurons, so its step can be
-computed on the kept neurons only (cost ∝ q·width). Compacting them costs a gather and a
-scatter, and their count on the host (on a GPU, a stall): a step too small for the saved
-work to pay for that runs on all neurons instead (:data:`COMPACT_MIN_WORK`).
+computed on the kept neurons only (cost ∝ q·width), their rows of W changed in place
+(:func:`kept_rows_step`). Compacting them costs a gather and their count on the host (on a
+GPU, a stall): a step too small for the saved work to pay for that runs on all neurons
+instead (:data:`COMPACT_MIN_WORK`).
 
 ℓ' = ∂ℓ/∂f is the loss's residual (:mod:`dropdyn.losses`; f − y for the squared loss, the
 only one with a penalty c or a critical rule). With ``batch_size`` B, each step sums over
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -88,13 +90,16 @@ VARIANTS = ("dropout", "ram", "forward-only", "independent", "penalty", "gd")
 FORWARD_SEED = 104_729  # the independent forward masks' stream: seed + this (mod 2^63)
 BATCH_SEED = 1_299_709  # the minibatches' stream: seed + this (mod 2^63)
 
-# Dropout compacts its kept neurons only when a step handles at least this many replica ×
-# neuron × sample entries; below it the gather/scatter (and on a GPU the host read of the
-# count) costs more than the half of the work it saves. CPU: measured crossover ≈ 3·10⁵
-# entries (2 cores, float32; at 10⁵ compaction is 1.4× slower, at 10⁶ 1.3× faster). GPU: a
-# reasoned guess (a few µs of work against a host stall of tens of µs);
-# ``benchmarks/bench_step.py --device cuda`` times both ways.
-COMPACT_MIN_WORK = {"cpu": 2**18, "cuda": 2**24}
+# Dropout compacts its kept neurons only when that saves at least this many multiply-adds a
+# step, R·n·m·P·(1 − q) (replicas × neurons × samples × W's padded columns × the dropped
+# fraction: what its two GEMMs skip); below it the fixed cost of finding and gathering the
+# kept rows (and on a GPU the host read of their count) outweighs the saving. CPU: measured,
+# 2 cores, float32, with the kept rows updated in place (:func:`kept_rows_step`): even at
+# 10⁷ (width 1000, d = 784, batch 64, q = 0.8), 1.35× slower at 8·10⁵ (width 1000, d = 10,
+# m = 100, q = 0.5), faster from 1.3·10⁷ (0.83× the uncompacted time, 16 replicas of that)
+# and 0.4× at 4·10⁷ (width 5000, m = 1000). GPU: from the H100's timings of the older
+# count, the uncompacted step faster at 4·10⁷ and the compacted one at 8·10⁹.
+COMPACT_MIN_WORK = {"cpu": 2**23, "cuda": 2**27}
 # A record's forward pass runs over blocks of samples whose (R, width, block) matrices have
 # about this many entries (and at least RECORD_MIN_BLOCK samples): a large test set then
 # needs little more memory than a step, and on CPU the blocks are reused from the heap
@@ -177,7 +182,7 @@ def _critical_step(design: Design, a: Tensor, W: Tensor, lr: float, beta: float,
 
 def step(
     design: Design, a: Tensor, W: Tensor, lr: float, rule: Rule, mask: Tensor | None, keep: float,
-    generator: torch.Generator | None = None, descent=descent, compact: bool = True,
+    generator: torch.Generator | None = None, direction=descent, compact: bool = True,
     forward_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Apply one step to neurons ``a (R, n)`` (``(R, n, outputs)``), ``W (R, n, P)`` with
@@ -185,7 +190,7 @@ def step(
     ``design``. Returns new ``a``, ``W`` and the output ``f (R, m[, outputs])`` of the step's
     (possibly thinned) forward pass (for a critical rule: the targets plus the mean residual
     of the moving neurons). ``generator`` feeds the critical
-    rule's random forward passes; ``descent`` is :func:`dropdyn.model.descent` or the
+    rule's random forward passes; ``direction`` is :func:`dropdyn.model.descent` or the
     fused :func:`dropdyn.fused.fused_descent`. ``compact``: dropout computes on its kept
     neurons only (reading their count on the host); otherwise on all, dropped ones with
     multiplier 0 — the same step up to rounding, with no host synchronisation.
@@ -198,29 +203,56 @@ def step(
         # Only kept neurons enter the forward pass or move: compact them, per replica
         # padded to the largest count with zero weight (padding rows are dropped
         # neurons, so every row index is unique).
+        if direction is descent and not rule.penalty:
+            return kept_rows_step(design, a, W, lr, mask, keep)[:3]
         idx, valid = _kept_first(mask)
         mult = valid.to(a.dtype) * (1.0 / keep)
         a_s, W_s, rows = _gather(a, W, idx)
-        a_s, W_s, f = _descend(design, a_s, W_s, mult * (1.0 / n), lr, mult, rule.penalty, descent)
+        a_s, W_s, f = _descend(design, a_s, W_s, mult * (1.0 / n), lr, mult, rule.penalty, direction)
         a, W = _scatter(a, W, rows, a_s, W_s)
         return a, W, f
     if rule.independent:
         fw = forward_mask.to(a.dtype) * (1.0 / keep)
     else:
         fw = mult if rule.forward_masked else a.new_ones(R, n)
-    return _descend(design, a, W, fw * (1.0 / n), lr, mult if rule.backward_masked else None, rule.penalty, descent)
+    return _descend(design, a, W, fw * (1.0 / n), lr, mult if rule.backward_masked else None, rule.penalty,
+                    direction)
+
+
+def kept_rows_step(design: Design, a: Tensor, W: Tensor, lr: float, mask: Tensor, keep: float,
+                   in_place: bool = False) -> tuple[Tensor, Tensor, Tensor, Callable[[], None]]:
+    """The dropout step on the kept rows of ``a (R, n[, outputs])`` and ``W (R, n, P)``: their
+    forward pass and changes (:func:`dropdyn.model.descend` with ``delta``) on the gathered
+    rows, added onto those rows of a copy of a and W, or of a and W themselves with
+    ``in_place`` (no new W is written: an out-of-place step writes all of W, this one only its
+    kept rows; the same bits either way). Returns a, W, the output f, and a function that
+    puts the rows' old values back (an in-place step found to diverge is undone)."""
+    R, n = a.shape[:2]
+    idx, valid = _kept_first(mask)
+    mult = valid.to(a.dtype) * (1.0 / keep)
+    a_s, W_s, rows = _gather(a, W, idx)
+    da, dW, f = descend(design, a_s, W_s, mult * (1.0 / n), lr * mult, delta=True)
+    out, P = a.shape[2:], W.shape[-1]
+    flat_a, flat_W = a.view(R * n, *out), W.view(R * n, P)
+    if not in_place:
+        flat_a, flat_W = flat_a.clone(), flat_W.clone()
+    flat_a.index_add_(0, rows, da.reshape(-1, *out))
+    flat_W.index_add_(0, rows, dW.reshape(-1, P))
+
+    def restore() -> None:
+        flat_a.index_copy_(0, rows, a_s.reshape(-1, *out))
+        flat_W.index_copy_(0, rows, W_s.reshape(-1, P))
+
+    return flat_a.view(a.shape), flat_W.view(W.shape), f, restore
 
 
 def _descend(design: Design, a: Tensor, W: Tensor, weights: Tensor, lr: float, back: Tensor | None, penalty: float,
              direction) -> tuple[Tensor, Tensor, Tensor]:
     """``a − τ B·ga``, ``W − τ B·gW`` and the output f, with backward multipliers ``back`` B
-    (None: 1): in one GEMM onto W where :func:`dropdyn.model.descend` takes the shapes (the
-    reference pass, no penalty), else from the directions of ``direction`` (:func:`descent`
-    or the fused pass)."""
+    (None: 1): by :func:`dropdyn.model.descend` for the reference pass without a penalty,
+    else from the directions of ``direction`` (:func:`descent` or the fused pass)."""
     if direction is descent and not penalty:
-        done = descend(design, a, W, weights, lr if back is None else lr * back)
-        if done is not None:
-            return done
+        return descend(design, a, W, weights, lr if back is None else lr * back)
     ga, gW, f = direction(design, a, W, weights, penalty)
     if back is not None:
         ga, gW = _each(back, ga), back[..., None] * gW
@@ -696,7 +728,12 @@ class ParticleDriver:
         self.limit = execution.divergence_threshold * (1.0 + float(self.initial.risk.max()))
         self.watch = DivergenceWatch(execution.check_every, prob.X.device, on_device=self.graph)
         # dropout only; a graphed step may not read the kept count on the host
-        self.compact = not self.graph and R * n * samples >= COMPACT_MIN_WORK.get(prob.X.device.type, 0)
+        saved = R * n * samples * prob.design.Z.shape[-1] * (1.0 - keep)
+        self.compact = not self.graph and saved >= COMPACT_MIN_WORK.get(prob.X.device.type, 0)
+        # dropout's kept rows updated in place (kept_rows_step), undone on the host if the step
+        # diverged: where the host reads the verdict every step, and the reference pass runs
+        self.in_place = self.compact and not self.watch.on_device and self.direction is descent and \
+            self.rule == Rule(True, True)
         if self.graph:
             from .graph import StepGraph
 
@@ -705,13 +742,18 @@ class ParticleDriver:
 
     def compute(self, s: ParticleState, k: int | Tensor, due: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Step k from ``s``: new a, W, the divergence verdict and (if due) the full risk."""
-        design = self.next_design(k)
-        a, W, f = step(design, s.a, s.W, self.lr, self.rule, self.next_mask(k), self.keep, self.kernel,
-                       self.direction, self.compact, self.next_forward(k))
+        design, mask, restore = self.next_design(k), self.next_mask(k), None
+        if self.in_place and not bool(mask.all()):
+            a, W, f, restore = kept_rows_step(design, s.a, s.W, self.lr, mask, self.keep, in_place=True)
+        else:
+            a, W, f = step(design, s.a, s.W, self.lr, self.rule, mask, self.keep, self.kernel, self.direction,
+                           self.compact, self.next_forward(k))
         ok = within(design.loss.risk(f, design.y), self.limit) & finite(a) & finite(W)
         risk = full_risk(self.prob.design, a, W, self.output) if due else None
         if due:  # the state after the step, recorded: its full risk is held to the same limit
             ok &= within(risk, self.limit)
+        if restore is not None and not bool(ok):  # s is the state to keep: put back what the step changed
+            restore()
         return a, W, ok, risk
 
     def graph_step(self, s: ParticleState, due: bool) -> Tensor | None:

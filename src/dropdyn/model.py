@@ -301,24 +301,57 @@ def _descent_outputs(act: Activation, Z: Tensor, a: Tensor, T: Tensor, U: Tensor
 
 
 def descend(
-    design: Design, a: Tensor, W: Tensor, weights: Tensor, scale: Tensor | float
-) -> tuple[Tensor, Tensor, Tensor] | None:
-    """:func:`descent`'s step applied, ``a − s·ga`` and ``W − s·gW`` with per-neuron step
-    sizes ``scale`` s (``(R, K)``, or one number), as one batched GEMM and one in-place
-    addition of W: the factors s_i·a_i·σ'-constant/m go into the (K × m) slope matrix instead
-    of over the (K × P) gradient, so no pass over W's size scales or subtracts. Returns None
-    where that does not pay or does not apply — m ≥ 2P (the slope matrix is the larger), K
-    outputs, σ' ≡ 1 — and the caller takes :func:`descent`. The squared loss's penalty is not
-    taken here."""
+    design: Design, a: Tensor, W: Tensor, weights: Tensor, scale: Tensor | float, delta: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`descent`'s step applied (no penalty): ``a − s·ga``, ``W − s·gW`` with per-neuron
+    step sizes ``scale`` s (``(R, K)``, or one number), and the output f. ``delta``: return
+    the changes ``−s·ga``, ``−s·gW`` instead, for a caller that adds them in place.
+
+    ``gW_i = (C/m) a_i Σ_j slope_ij r_j z_j`` is one GEMM, ``Q (K × m) @ rZ (m × P)``, and its
+    per-neuron factor ``c_i = −s_i a_i C/m`` goes onto the smaller side (:func:`_onto`), so the
+    new W comes out of the GEMM and at most one more pass: no pass over W's size scales or
+    subtracts. With K outputs the factor folds into ``E = (c ⊙ a) rᵀ``, which is formed anyway.
+    """
     act, Z, m = design.act, design.Z, design.Z.shape[-2]
-    if design.outputs > 1 or m >= 2 * W.shape[-1] or act.name == "identity":
-        return None
     f, T, U = forward(design, a, W, weights)
     r = design.loss.residual(f, design.y)
-    ga = act.A * _rowdot(T, r)
-    if act.B:
-        ga = ga + act.B * r.sum(-1, keepdim=True)
-    rZ = r[..., None] * Z  # (R, m, P)
-    coef = a * (scale * (-act.C / m))  # (R, K)
-    Q = act.slope(T, U).mul_(coef[..., None])
-    return a - scale * (ga / m), (Q @ rZ).add_(W), f
+    step = scale * (-1.0 / m)
+    base = None if delta else W
+    if design.outputs > 1:  # r (R, m, K): ga_i = Σ_j σ(u_ij) r_j / m, gW_i = Σ_j σ'(u_ij)(a_i·r_j) z_j / m
+        ga = act.A * (T @ r)
+        if act.B:
+            ga = ga + act.B * r.sum(1, keepdim=True)
+        E = (a * (_column(step) * act.C)) @ r.transpose(1, 2)  # (R, K, m): c_i a_i·r_j
+        Q = act.slope(T, U)
+        da, dW = _column(step) * ga, _onto(base, E if Q is None else Q.mul_(E), Z)
+    else:
+        ga = act.A * _rowdot(T, r)
+        if act.B:
+            ga = ga + act.B * r.sum(-1, keepdim=True)
+        rZ = r[..., None] * Z  # (R, m, P)
+        coef = a * (step * act.C)  # (R, K)
+        Q = act.slope(T, U)
+        if Q is None:  # σ' ≡ 1: gW_i ∝ a_i Σ_j r_j z_j, one row for all
+            Q, rZ = coef[..., None], rZ.sum(1, keepdim=True)
+            coef = None
+        da, dW = step * ga, _onto(base, Q, rZ, coef)
+    return (da, dW, f) if delta else (a + da, dW, f)
+
+
+def _column(x: Tensor | float) -> Tensor | float:
+    """Per-neuron factors ``(R, K)`` as a column ``(R, K, 1)`` (a number stays a number)."""
+    return x[..., None] if isinstance(x, Tensor) else x
+
+
+def _onto(W: Tensor | None, Q: Tensor, M: Tensor, coef: Tensor | None = None) -> Tensor:
+    """``W + c ⊙ (Q @ M)`` (``c ⊙ (Q @ M)`` for W None) for ``W (R, K, P)``, ``Q (R, K, m)``,
+    ``M ((R,) m, P)`` and row factors ``coef`` c ``(R, K)`` (None: already in Q), as one GEMM:
+    with ``m < 2P`` c scales Q (in place) and the GEMM accumulates onto a copy of W
+    (``baddbmm``); otherwise c scales the GEMM's (K × P) output, the smaller side."""
+    if coef is None or Q.shape[-1] < 2 * M.shape[-1]:
+        if coef is not None:
+            Q = Q.mul_(coef[..., None])
+        M = M.expand(Q.shape[0], *M.shape[-2:])
+        return torch.bmm(Q, M) if W is None else torch.baddbmm(W, Q, M)
+    G = Q @ M
+    return G.mul_(coef[..., None]) if W is None else torch.addcmul(W, coef[..., None], G)
