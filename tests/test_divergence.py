@@ -212,6 +212,7 @@ def test_the_loops_finiteness_tests_agree_with_isfinite(dtype):
         x = torch.tensor(pair, dtype=dtype)
         overflows = bool(torch.isfinite(x).all()) and abs(sum(float(v) for v in pair)) > info.max  # (max, max)
         assert bool(finite(x)) == (bool(torch.isfinite(x).all()) and not overflows), pair
+        assert bool(finite(x[:1], x[1:])) == bool(finite(x)), pair  # several tensors: their sums added
         for limit in (1.0, float(info.max), math.inf):
             y = x.abs()
             assert bool(within(y, limit)) == bool((torch.isfinite(y) & (y <= limit)).all()), (pair, limit)

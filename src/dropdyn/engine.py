@@ -748,7 +748,7 @@ class ParticleDriver:
         else:
             a, W, f = step(design, s.a, s.W, self.lr, self.rule, mask, self.keep, self.kernel, self.direction,
                            self.compact, self.next_forward(k))
-        ok = within(design.loss.risk(f, design.y), self.limit) & finite(a) & finite(W)
+        ok = within(design.loss.risk(f, design.y), self.limit) & finite(a, W)
         risk = full_risk(self.prob.design, a, W, self.output) if due else None
         if due:  # the state after the step, recorded: its full risk is held to the same limit
             ok &= within(risk, self.limit)

@@ -74,12 +74,17 @@ def within(x: Tensor, limit: float) -> Tensor:
     return ok if math.isfinite(limit) else ok & torch.isfinite(x).all()
 
 
-def finite(x: Tensor) -> Tensor:
-    """0-dim bool: every entry of ``x`` finite, read off its sum — one pass, where
-    ``torch.isfinite(x).all()`` takes two: a NaN or an infinity makes the sum non-finite. So
-    does finite entries' sum passing the dtype's largest value (entries of about 10³⁸ / numel
-    in float32), a state that has diverged in any case: it counts as not finite."""
-    return torch.isfinite(x.sum())
+def finite(*xs: Tensor) -> Tensor:
+    """0-dim bool: every entry of the tensors ``xs`` finite, read off the sum of their sums —
+    one pass each, where ``torch.isfinite(x).all()`` takes two: a NaN or an infinity makes
+    the sum non-finite, and s − s is 0 exactly for a finite s (two 0-dim kernels, where
+    ``isfinite`` takes four). So does finite entries' sum passing the dtype's largest value
+    (entries of about 10³⁸ / numel in float32), a state that has diverged in any case: it
+    counts as not finite."""
+    s = xs[0].sum()
+    for x in xs[1:]:
+        s = s + x.sum()
+    return (s - s) == 0
 
 
 class Driver(Protocol):
