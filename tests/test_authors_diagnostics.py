@@ -94,3 +94,12 @@ def test_simulate_records_the_diagnostics_on_their_schedule_and_they_change_noth
     assert seen.diagnostic_steps.tolist() == [0, 4, 8, 10] and set(seen.diagnostics) == set(NAMES)
     assert all(v.shape == (4, 2) for v in seen.diagnostics.values())
     assert bool((seen.diagnostics["sharpness"] > 0).all())
+    # the bypass terms are those of the state diagnosed, on the whole training set
+    from dropdyn.curvature import bypass_terms
+
+    snap = dropdyn.simulate("dropout", X, Z, y, snapshot_every=4, **kw).snapshots
+    for j in range(4):
+        for r in range(2):
+            want = bypass_terms(snap[j, r], Z, y, "tanh")
+            for t in "ABC":
+                assert abs(float(seen.diagnostics[f"bypass_{t}"][j, r]) - want[t]) <= 1e-12 * abs(want[t])

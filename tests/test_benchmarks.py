@@ -10,6 +10,8 @@ import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 CASES = {
+    "bench_deep.py": (["--layers", "2", "--width", "20", "--samples", "10", "--steps", "2", "--repeats", "1"],
+                      ["| hidden layers | dropdyn.deep | torch.nn + autograd + SGD | ratio |", "| 2 |"]),
     "bench_step.py": (["--width", "300", "--samples", "50", "--repeats", "2", "--replicas", "2",
                        "--replica-width", "50", "--replica-steps", "2"],
                       ["torch.nn + autograd + SGD (a)", "hand-fused step, eager (c)",

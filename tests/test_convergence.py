@@ -34,11 +34,15 @@ def test_run_folder_and_rates(tmp_path, phase):
     path = run(Config(phase=phase, widths="100,200,400", time=0.3, n_train=20, n_test=30, records=3),
                tmp_path / phase)
     s = json.loads((path / "summary.json").read_text())
-    assert set(s["rates"]) == {"particle", "output", "w2"}
+    assert set(s["rates"]) == {"particle", "output", "w2", "particle_sup"}
     assert [f["width"] for f in s["final"]] == [100, 200, 400]
     assert (path / "convergence.png").stat().st_size > 10_000
     arrays = np.load(path / "arrays.npz", allow_pickle=False)
     assert arrays["n400_particle"].shape == arrays["n400_time"].shape
+    from dropdyn.experiments.convergence import fit_rate
+
+    sup = fit_rate([100, 200, 400], [float(np.nanmax(arrays[f"n{n}_particle"])) for n in (100, 200, 400)])
+    assert s["rates"]["particle_sup"]["slope"] == pytest.approx(sup["slope"], rel=1e-12)
     c = json.loads((path / "config.json").read_text())["config"]  # the resolved family
     from dropdyn.phase import classify, scaling
 

@@ -236,3 +236,19 @@ def test_given_exponents_are_the_family_phase(a, b):
     ph = classify(5000, 1.0, 0.5, embedding=(a, b))
     assert (ph.phase, ph.a, ph.b) == (family_phase(a, b), a, b)
     assert ph.embedding == f"exponents a={a:g}, b={b:g}" and ph.embedding in ph.explain()
+
+
+def test_an_activation_outside_the_theory_gets_one_warning_line():
+    from dropdyn import InputError
+    from dropdyn.phase import classify
+
+    plain = classify(1000, 0.1, 0.5)
+    for act in ("tanh", "sigmoid", "erf", None):
+        assert classify(1000, 0.1, 0.5, activation=act).warnings == plain.warnings
+    for act in ("relu", "softplus", "identity"):
+        ph = classify(1000, 0.1, 0.5, activation=act)
+        extra = [w for w in ph.warnings if w not in plain.warnings]
+        assert len(extra) == 1 and f"activation {act!r} is outside the phase theory's assumptions" in extra[0]
+        assert "\n" not in extra[0] and f"warning: {extra[0]}" in ph.explain()
+    with pytest.raises(InputError, match="activation 'relux'"):
+        classify(1000, 0.1, 0.5, activation="relux")

@@ -267,3 +267,13 @@ def test_sme_dropout_draws_its_masks_from_a_mask_stream():
     for _ in range(5):
         th = th - lr * sme.dropout_gradient(th, X, y, stream.next().to(th.dtype) / keep)
     assert torch.equal(tr.particles, th)
+
+
+def test_a_non_smooth_activation_makes_the_sme_say_so():
+    theta, X, y = _problem(width=4, seed=21)
+    with pytest.warns(UserWarning, match="activation 'relu' is not smooth"):
+        tr = simulate_sme("sme1", theta, X, y, lr=0.1, keep=0.5, steps=2, replicas=2, seed=0, activation="relu")
+    assert "not smooth" in tr.info["caveat"]
+    smooth = simulate_sme("sme1", theta, X, y, lr=0.1, keep=0.5, steps=2, replicas=2, seed=0, activation="tanh")
+    plain = simulate_sme("dropout", theta, X, y, lr=0.1, keep=0.5, steps=2, replicas=2, seed=0, activation="relu")
+    assert smooth.info["caveat"] is None and plain.info["caveat"] is None  # dropout itself assumes nothing

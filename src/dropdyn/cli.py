@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "read off this width")
     ph.add_argument("--exponents", metavar="A,B", default=None,
                     help="read it in the family τ = c·n^−A, q = c'·n^−B instead (the phase of that family)")
+    ph.add_argument("--activation", default=None,
+                    help="the network's activation: one outside the theory's assumptions (relu, softplus, identity) "
+                         "gets a warning line")
     ph.add_argument("--json", action="store_true", help="print JSON")
     pd = sub.add_parser("phase-diagram", help="draw the theoretical (a, b) phase diagram")
     _threads_flag(pd)
@@ -243,7 +246,7 @@ def _phase(args) -> int:
             embedding = tuple(float(v) for v in args.exponents.split(","))
         except ValueError:
             raise UsageError(f"--exponents must be A,B (e.g. 0.5,0.5), got {args.exponents!r}") from None
-    ph = classify(args.width, args.lr, args.keep, factor=args.factor, embedding=embedding)
+    ph = classify(args.width, args.lr, args.keep, factor=args.factor, embedding=embedding, activation=args.activation)
     print(json.dumps(ph.to_dict(), indent=2, ensure_ascii=False) if args.json else ph.explain())
     return 0
 

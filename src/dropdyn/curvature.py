@@ -73,31 +73,74 @@ def mean_field_sharpness(particles: torch.Tensor, inputs: torch.Tensor, targets:
 
 
 def bypass_terms(particles: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
-                 activation: str = "tanh") -> dict[str, float]:
+                 activation: str = "tanh", loss: str = "squared") -> dict[str, float]:
     """The three terms of the sharpness-bypass expansion (docs/theory.md §2) at particles
-    ``(n, p)``: a step x_i ← x_i − τ η_i ∇V(x_i) with i.i.d. multipliers η changes the risk
-    by E ΔR ≈ −τ E[η] A + ½τ² (E[η]² B + E[η²] C), up to an O(1/n) diagonal term, with
+    ``(n, p)`` (``(n, K + d [+ 1])`` with K outputs, the cross-entropy's): a step
+    x_i ← x_i − τ η_i ∇V(x_i) with i.i.d. multipliers η changes the risk by
+    E ΔR ≈ −τ E[η] A + ½τ² (E[η]² B + E[η²] C), up to an O(1/n) diagonal term, with
 
-        A = (1/n) Σ_i ‖∇V_i‖²                   the first-order descent
-        B = ‖(1/n) Σ_i Dφ_i ∇V_i‖²              the interaction (kernel) term, ⟨·,·⟩ on R^m
-        C = (1/n) Σ_i ∇V_iᵀ ∇²V_i ∇V_i          each neuron's own curvature, r held fixed
+        A = (1/n) Σ_i ‖∇V_i‖²                    the first-order descent
+        B = (1/m) Σ_j v_jᵀ ∇²ℓ_j v_j,            the interaction (kernel, Gauss–Newton) term,
+            v = (1/n) Σ_i Dφ_i ∇V_i              (‖v‖²/m for the squared loss)
+        C = (1/n) Σ_i ∇V_iᵀ ∇²V_i ∇V_i           each neuron's own curvature, r held fixed
 
-    (∇V_i = Dφ(x_i)ᵀ r / m, r = f − y). B is one forward-mode derivative of the predictor
-    along ∇V, C one Hessian-vector product of Σ_i V(x_i) with r fixed: no matrix is formed."""
+    (∇V_i = Dφ(x_i)ᵀ r / m, r = ∂ℓ/∂f the loss's residual, ``targets`` as
+    :func:`dropdyn.losses.encode` holds them). B is one forward-mode derivative of the
+    predictor along ∇V and one of the residual along v, C one Hessian-vector product of
+    Σ_i V(x_i) with r fixed: no matrix is formed."""
     from torch.func import jvp
 
+    from .losses import get_loss
     from .model import predict
 
+    lo = get_loss(loss)
     X = particles.detach()
-    n = X.shape[0]
-    r = (predict(X, inputs, activation) - targets).detach()
-    potential = lambda Y: (predict(Y, inputs, activation) * r).mean() * Y.shape[0]  # noqa: E731  Σ_i V(y_i)
+    n, K = X.shape[0], (targets.shape[-1] if targets.dim() > 1 else 1)
+    out = lambda Y: predict(Y, inputs, activation, outputs=K)  # noqa: E731
+    f = out(X).detach()
+    r = lo.residual(f, targets).detach()
+    potential = lambda Y: (out(Y) * r).sum() / r.shape[0] * Y.shape[0]  # noqa: E731  Σ_i V(y_i)
     G = grad(potential)(X)  # rows ∇V_i
-    v = jvp(lambda Y: predict(Y, inputs, activation), (X,), (G,))[1]  # (1/n) Σ_i Dφ_i ∇V_i, on the m samples
+    v = jvp(out, (X,), (G,))[1]  # (1/n) Σ_i Dφ_i ∇V_i, on the m samples
+    curved = jvp(lambda F: lo.residual(F, targets), (f,), (v,))[1]  # ∇²ℓ_j v_j
     A = float((G * G).sum()) / n
-    B = float((v * v).mean())
+    B = float((v * curved).sum()) / r.shape[0]
     C = float((G * hvp(potential, X, G)).sum()) / n
     return {"A": A, "B": B, "C": C}
+
+
+def module_bypass_terms(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """A, B, C of the bypass expansion for a ``torch.nn`` model (its parameters θ, all of
+    them; the model as it is, so put it in eval mode for the network without dropout) and
+    a loss ``loss_fn(outputs, targets)`` (a mean over samples): with g = ∇_θ L,
+
+        A = ‖g‖²,   B = (Jg)ᵀ ∇²_f L (Jg)  (the Gauss–Newton part: the interaction of units),
+        C = gᵀ∇²L g − B                     (the part through each unit's own second derivatives),
+
+    J the Jacobian of the outputs in θ. Matrix-free: one forward-mode derivative of the
+    outputs along g, one of ∇_f L along Jg, and one Hessian-vector product. For a network
+    with one hidden layer C is, as for particles, the sum over hidden units of each unit's
+    curvature with the residual fixed; B also holds the O(1/width) diagonal of the
+    Gauss–Newton part."""
+    from torch.func import functional_call, jvp
+
+    names = [k for k, p in model.named_parameters() if p.requires_grad]
+    theta = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+
+    def outputs(th):
+        return functional_call(model, th, (inputs,))
+
+    def loss(th):
+        return loss_fn(outputs(th), targets)
+
+    g = torch.func.grad(loss)(theta)
+    f, v = jvp(outputs, (theta,), (g,))
+    f = f.detach()
+    curved = jvp(torch.func.grad(lambda F: loss_fn(F, targets)), (f,), (v,))[1]
+    gHg = jvp(torch.func.grad(loss), (theta,), (g,))[1]
+    A = sum(float((g[k] * g[k]).sum()) for k in names)
+    B = float((v * curved).sum())
+    return {"A": A, "B": B, "C": sum(float((g[k] * gHg[k]).sum()) for k in names) - B}
 
 
 def flatness(model: nn.Module, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, *, probes: int = 50,

@@ -10,6 +10,9 @@ X ← X − τ n ∇L(X), so each curvature is that of n·L:
     dropout batch sharpness  the same for L_{B,M}, the loss of the network thinned by a mask M
                              (f = (1/n) Σ_i (M_i/q) φ(x_i)) on B; the expectation over
                              batches and masks
+    bypass_A, _B, _C         the terms of the sharpness-bypass expansion on the training loss
+                             (``curvature.bypass_terms``, docs/theory.md §2): A the descent,
+                             B the interaction (Gauss–Newton) term, C each neuron's own curvature
 
 The two expectations are Monte-Carlo means over ``samples`` draws, each with its standard
 error. Batches have the run's batch size (the full batch: one batch, no error); masks its
@@ -23,14 +26,14 @@ import math
 
 import torch
 
-from .curvature import hvp
+from .curvature import bypass_terms, hvp
 from .model import Design, predict
 
 Tensor = torch.Tensor
 
 DIAGNOSTIC_SEED = 15_485_863
 NAMES = ("sharpness", "batch_sharpness", "batch_sharpness_se", "dropout_batch_sharpness",
-         "dropout_batch_sharpness_se")
+         "dropout_batch_sharpness_se", "bypass_A", "bypass_B", "bypass_C")
 
 
 def lanczos(matvec, start: Tensor, iterations: int) -> tuple[float, Tensor]:
@@ -98,6 +101,10 @@ class Diagnostics:
             lam, self.vectors[r] = lanczos(lambda v, x=x, full=full: n * hvp(full, x, v.view(x.shape)).reshape(-1),
                                            start, self.iterations)
             out["sharpness"].append(lam)
+            design = self.design
+            for name, value in bypass_terms(x, design.Z[:, : design.d], design.y, design.act.name,
+                                            design.loss.name).items():
+                out[f"bypass_{name}"].append(value)
             for name, masked in (("batch_sharpness", False), ("dropout_batch_sharpness", True)):
                 mean, se = self._quotient(x, masked)
                 out[name].append(mean)

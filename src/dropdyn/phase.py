@@ -139,10 +139,30 @@ EMBEDDINGS = {
 }
 
 
-def classify(width: int, lr: float, keep: float, factor: float = 3.0, embedding="fixed") -> Phase:
+# Activations within the phase theory's assumptions (σ bounded, with bounded derivatives);
+# ReLU is covered only with constrained weights, identity and softplus are unbounded.
+THEORY_ACTIVATIONS = ("tanh", "sigmoid", "erf")
+
+
+def activation_caveat(activation: str | None) -> str | None:
+    """One line saying that ``activation`` is outside the phase theory's assumptions (None if
+    it is within them, or not given); an unknown name is refused."""
+    from .model import get_activation
+
+    if activation is None or get_activation(activation).name in THEORY_ACTIVATIONS:
+        return None
+    return (f"activation {activation!r} is outside the phase theory's assumptions (σ bounded with bounded "
+            f"derivatives: {', '.join(THEORY_ACTIVATIONS)}; ReLU only with constrained weights): the limits are "
+            "not proved for it, only measured")
+
+
+def classify(width: int, lr: float, keep: float, factor: float = 3.0, embedding="fixed",
+             activation: str | None = None) -> Phase:
     """Phase of a finite (width, lr, keep) in the family ``embedding``: ``"fixed"`` (τ and q
     held as n → ∞; the default), ``"powers"`` (exponents read off this width), or a pair
-    ``(a, b)`` of the user's exponents; see the module docstring. ``width ≥ 2``.
+    ``(a, b)`` of the user's exponents; see the module docstring. ``width ≥ 2``. With an
+    ``activation`` outside the theory's assumptions (:data:`THEORY_ACTIVATIONS`) the answer
+    carries a warning saying so.
 
     >>> ph = classify(10_000, 0.01, 0.01)
     >>> ph.phase, round(ph.alpha, 3), round(ph.beta, 4)
@@ -158,6 +178,14 @@ def classify(width: int, lr: float, keep: float, factor: float = 3.0, embedding=
     factor = check_positive("factor", factor)
     if factor <= 1:
         raise InputError(f"factor must be > 1, got {factor!r}")
+    ph = _classify(width, lr, keep, factor, embedding)
+    caveat = activation_caveat(activation)
+    if caveat is not None:
+        ph.warnings.append(caveat)
+    return ph
+
+
+def _classify(width: int, lr: float, keep: float, factor: float, embedding) -> Phase:
     logn = math.log(width)
     powers = -math.log(lr) / logn + 0.0, -math.log(keep) / logn + 0.0
     if isinstance(embedding, str) and embedding in EMBEDDINGS:

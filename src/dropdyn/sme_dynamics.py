@@ -18,6 +18,7 @@ dropout steps; records are taken every ``record_every`` dropout steps.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,6 +43,8 @@ from .threads import using
 Tensor = torch.Tensor
 DYNAMICS = ("dropout", "sme1", "sme2", "gd")
 
+
+SMOOTH = ("tanh", "sigmoid", "erf", "softplus", "identity")  # σ smooth: within the SME theorem's assumptions
 
 @dataclass
 class SMETrajectory:
@@ -226,8 +229,13 @@ def simulate_sme(
         theta, diverged = run_loop(driver, steps, record_every=record_every, progress=progress, desc=dynamics)
     observed = {n: torch.stack(v) for n, v in driver.observed.items()}
     times = torch.tensor([k * lr for k in driver.steps], dtype=theta0.dtype)
+    caveat = None
+    if dynamics in ("sme1", "sme2") and activation not in SMOOTH:
+        caveat = (f"activation {activation!r} is not smooth: the SME's weak-order theorem assumes σ smooth with "
+                  "bounded derivatives, so this SME is simulated, not guaranteed to approximate dropout")
+        warnings.warn(caveat, stacklevel=2)
     return SMETrajectory(dynamics, torch.tensor(driver.steps), times, observed["train_risk"],
                          torch.stack(driver.means), torch.stack(driver.variances), observed, theta, replicas, diverged,
                          {"dynamics": dynamics, "lr": lr, "keep": keep, "steps": steps, "replicas": replicas,
                           "substeps": substeps, "activation": activation, "seed": seed, "threshold": driver.limit,
-                          "check_every": driver.watch.every})
+                          "check_every": driver.watch.every, "caveat": caveat})

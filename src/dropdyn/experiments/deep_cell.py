@@ -1,0 +1,178 @@
+"""One cell of the deep empirical phase diagram (docs/theory.md §6, docs/phase-diagram.md
+"Deeper networks"): a deep mean-field network with ``layers`` hidden layers on the
+teacher–student task, at several widths, the scaling family τ_n = c_lr·n^(−a),
+q_n = c_keep·n^(−b) run to time T = steps·τ_n. From the same start and on one mask stream
+per layer, dropout against RaM, the expected step (GD on the mask-averaged loss) and GD
+(``dropdyn.deep``): the coupled gaps at time T, in output (RMS over held-out inputs) and in
+parameters (the mean squared difference of every tensor's entries, each tensor weighted
+equally), averaged over replicas, with their rates in n fitted with 95% intervals.
+
+The cell *behaves like* the two-layer phase whose limit dropout approaches: the nearest of
+the three at the largest width, if its output gap shrinks by at least ``shrink`` per width
+doubling, named by the limit that variant itself has in this family (its two-layer
+parameters ᾱ = lim τ/q, β̄ = lim 1/(nq), τ̄: RaM's is V if τ̄ > 0, III if 0 < ᾱ < ∞, I if
+ᾱ = 0; the expected step's, the penalty's, II if 0 < β̄ < ∞, I if β̄ = 0; GD's I; none where
+the parameter is infinite); otherwise "none" (no limit seen, as in the degenerate region;
+the critical IV's limit is none of the three).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from .. import deep
+from .._checks import check_steps, check_widths
+from ..lab import Context, Experiment, setting, verdict
+from ..lab.settings import at_least, interval, nonnegative, positive, probability, valid_seed
+from ..phase import family_phase, scaling
+from ._runtime import widths_setting
+from .convergence import fit_rate
+from .phase_cell import limit_parameters
+from .teacher_student import Task
+
+OTHERS = ("ram", "expected", "gd")
+
+
+@dataclass
+class CellSettings(Task):
+    """The settings of a deep cell other than its exponents and depth (shared with ``deep-phase``)."""
+
+    widths: tuple[int, ...] = widths_setting((100, 200, 400), "widths, at least two")
+    c_lr: float = setting(0.5, "constant of τ_n = c_lr·n^−a", positive())
+    c_keep: float = setting(0.5, "constant of q_n = c_keep·n^−b", probability())
+    time: float = setting(0.5, "time horizon T", positive())
+    dim: int = setting(5, "input dimension d")
+    n_train: int = setting(30, "training samples")
+    n_test: int = setting(100, "held-out samples (the output gap's inputs)")
+    label_noise: float = setting(0.0, "standard deviation of the label noise")
+    replicas: int = setting(2, "replicas per width", at_least(1))
+    expected_samples: int = setting(4, "masks per step of the Monte-Carlo expected step", at_least(1))
+    max_norm: float = setting(0.0, "max-norm c of each hidden unit's incoming weights (deep.project_max_norm; 0: none)",
+                              nonnegative())
+    shrink: float = setting(0.9, "a limit is seen if its gap shrinks by this factor per width doubling",
+                            interval("(0, 1]"))
+    seed: int = setting(0, "seed of data, initialisation and masks", valid_seed())
+
+
+@dataclass
+class Config(CellSettings):
+    layers: int = setting(2, "hidden layers L", at_least(1))
+    a: float = setting(0.5, "exponent a of τ = c_lr·n^−a", nonnegative())
+    b: float = setting(0.5, "exponent b of q = c_keep·n^−b", nonnegative())
+
+    def resolved(self) -> Config:
+        cfg = replace(self, widths=tuple(check_widths("widths", self.widths)))
+        for n in cfg.widths:
+            check_steps(cfg.time, scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)[0], f" (width {n})")
+        return cfg
+
+
+def gaps(a: deep.DeepResult, b: deep.DeepResult) -> tuple[float, float]:
+    """Output gap (RMS over the probe inputs, mean over replicas) and parameter gap (mean over
+    tensors of the mean squared entry difference, mean over replicas) at the last record."""
+    out = float(np.sqrt(((a.outputs[-1] - b.outputs[-1]) ** 2).mean(-1)).mean())
+    par = float(np.mean([((x - y) ** 2).flatten(1).mean(1).mean().item() for x, y in
+                         zip(a.net.tensors, b.net.tensors, strict=True)]))
+    return out, par
+
+
+def measure_width(cfg: Config, n: int, task) -> dict:
+    lr, keep = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
+    steps = max(1, round(cfg.time / lr))
+    net = deep.init(cfg.layers, n, cfg.dim, replicas=cfg.replicas,
+                    generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + n))
+    kw = dict(lr=lr, keep=keep, steps=steps, seed=cfg.seed + 1, activation=cfg.activation, probe=task.test_inputs,
+              expected_samples=cfg.expected_samples, max_norm=cfg.max_norm or None)
+    drop = deep.simulate("dropout", net, task.inputs, task.targets, **kw)
+    out = {"lr": lr, "keep": keep, "steps": steps, "diverged_at_step": {"dropout": drop.diverged_at_step}}
+    for other in OTHERS:
+        res = deep.simulate(other, net, task.inputs, task.targets, **kw)
+        out["diverged_at_step"][other] = res.diverged_at_step
+        fine = drop.diverged_at_step is None and res.diverged_at_step is None
+        out[other] = gaps(drop, res) if fine else (float("nan"), float("nan"))
+    return out
+
+
+def limit_of(variant: str, a: float, b: float, c_lr: float, c_keep: float) -> str:
+    """The two-layer phase of ``variant``'s own limit in the family (a, b) (module doc)."""
+    p = limit_parameters(a, b, c_lr, c_keep)
+    if variant == "gd":
+        return "I"
+    value = p["alpha"] if variant == "ram" else p["beta"]
+    if value == 0:
+        return "I"
+    if not np.isfinite(value):
+        return "none"
+    return ("V" if p["tau"] > 0 else "III") if variant == "ram" else "II"
+
+
+def behaves_like(measured: dict[int, dict], cfg: Config) -> tuple[str, float | None]:
+    """The two-layer phase the cell behaves like (module doc), and the nearest gap's ratio per
+    width doubling."""
+    widths = sorted(measured)
+    last = {k: measured[widths[-1]][k][0] for k in OTHERS if np.isfinite(measured[widths[-1]][k][0])}
+    if not last:
+        return "none", None
+    best = min(last, key=last.get)
+    d0 = measured[widths[0]][best][0]
+    ratio = float((last[best] / d0) ** (1 / np.log2(widths[-1] / widths[0]))) if d0 > 0 else float("nan")
+    if not ratio <= cfg.shrink:
+        return "none", ratio
+    return limit_of(best, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep), ratio
+
+
+def measure(cfg: Config, bar=None) -> dict:
+    task = cfg.task(torch.Generator().manual_seed(cfg.seed))
+    measured = {}
+    for n in cfg.widths:
+        measured[n] = measure_width(cfg, n, task)
+        if bar is not None:
+            bar.update()
+    like, ratio = behaves_like(measured, cfg)
+    rates = {f"{other}/{kind}": fit_rate(cfg.widths, [measured[n][other][i] for n in cfg.widths])
+             for other in OTHERS for i, kind in enumerate(("output", "parameters"))}
+    return {"layers": cfg.layers, "a": cfg.a, "b": cfg.b, "two_layer_theory": family_phase(cfg.a, cfg.b),
+            "behaves_like": like, "ratio": ratio, "rates": rates,
+            "gaps": {str(n): {other: {"output": m[other][0], "parameters": m[other][1]} for other in OTHERS}
+                     for n, m in measured.items()},
+            "steps": {str(n): m["steps"] for n, m in measured.items()},
+            "diverged_at_step": {str(n): m["diverged_at_step"] for n, m in measured.items()}}
+
+
+def compute(cfg: Config, ctx: Context) -> dict:
+    with ctx.bar(len(cfg.widths), f"deep cell L={cfg.layers}, a={cfg.a:g}, b={cfg.b:g}", unit="width") as bar:
+        return measure(cfg, bar)
+
+
+def write(folder, cfg: Config, cell: dict) -> dict:
+    return cell
+
+
+def cost(config: dict) -> float:
+    """Relative cost for sweep scheduling: Σ over widths of L·n² × steps."""
+    cfg = Config(**config)
+    return sum(cfg.layers * n * n * max(1.0, cfg.time / scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)[0])
+               for n in cfg.widths)
+
+
+def agrees(cell: dict) -> bool:
+    """Whether the cell behaves like its two-layer family's phase (none for a degenerate family)."""
+    want = cell["two_layer_theory"]
+    return cell["behaves_like"] == ("none" if want in ("degenerate", "IV") else want)
+
+
+def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
+    ratio = "—" if s["ratio"] is None else f"{s['ratio']:.2f}"
+    return [(f"L = {s['layers']}: the two-layer phase the cell behaves like", s["two_layer_theory"],
+             f"{s['behaves_like']} (nearest gap ×{ratio} per width doubling)",
+             verdict(agrees(s), "the two-layer family's phase; none for IV and the degenerate region"))]
+
+
+EXPERIMENT = Experiment("deep-cell", "one cell of the deep empirical phase diagram: dropout on an L-hidden-layer "
+                        "mean-field network against RaM, the expected step and GD over widths.", Config, compute,
+                        write, theory, cost=cost, order=23,
+                        smoke=dict(a=0.5, b=0.5, widths=(8, 16), time=0.2, replicas=1, layers=2))
+run = EXPERIMENT.run
