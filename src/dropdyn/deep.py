@@ -166,6 +166,21 @@ def expected_masks(layers: int, width: int, replicas: int, keep: float, samples:
     return draws, torch.full((samples,), 1.0 / samples, dtype=torch.float64)
 
 
+def _two_layer(variant: str, net: DeepNet, inputs: Tensor, targets: Tensor, masks: Tensor, *, lr: float, keep: float,
+               steps: int, activation: str, loss: str, every: int, probe: Tensor) -> DeepResult:
+    """L = 1 is the two-layer engine (:func:`dropdyn.simulate`) on particles X_i = (a_i, W_1[i]),
+    and the expected step with the squared loss its penalty GD."""
+    from .engine import simulate as two_layer
+
+    X0 = torch.cat([net.readout[..., None], net.first], -1)
+    res = two_layer("penalty" if variant == "expected" else variant, X0, inputs, targets, lr=lr, keep=keep,
+                    steps=steps, masks=masks, activation=activation, loss=loss, record_every=every,
+                    probe_inputs=probe, progress=False)
+    X = res.particles
+    return DeepResult(res.steps.numpy(), res.risk.numpy(), res.outputs.numpy(),
+                      DeepNet(X[..., 1:].contiguous(), [], X[..., 0].contiguous()), res.diverged_at_step)
+
+
 def project_max_norm(net: DeepNet, c: float) -> None:
     """Srivastava's max-norm constraint in the mean-field scale, in place: each hidden unit's
     incoming weights, a row of W_1 (‖w‖ ≤ c) or of W_{l+1} (‖w‖/√n ≤ c: its entries are
@@ -199,7 +214,8 @@ def simulate(variant: str, net: DeepNet, inputs: Tensor, targets: Tensor, *, lr:
     −τ·(its mean-field factor)·(the variant's gradient). ``masks`` ``(steps, L, R, n)`` bool,
     or None to draw them (seed ``seed``, so runs with one seed share their masks). Records
     every ``record_every`` steps (default: the start and the end) the risk and the outputs
-    on ``probe`` (default: the inputs). ``max_norm`` c: after every step each hidden unit's
+    on ``probe`` (default: the inputs). At L = 1 (no max-norm; the expected step with the
+    squared loss) the run is the two-layer engine's, bit for bit. ``max_norm`` c: after every step each hidden unit's
     incoming weights are projected onto the ball their initialisation is on the sphere of
     (:func:`project_max_norm`)."""
     check_choice("variant", variant, VARIANTS)
@@ -216,6 +232,9 @@ def simulate(variant: str, net: DeepNet, inputs: Tensor, targets: Tensor, *, lr:
         raise InputError(f"masks must have shape (steps, layers, replicas, width) = {(steps, L, R, n)}, "
                          f"got {tuple(masks.shape)}")
     probe = inputs if probe is None else probe
+    if L == 1 and max_norm is None and (variant != "expected" or loss == "squared"):
+        return _two_layer(variant, net, inputs, targets, masks[:, 0], lr=lr, keep=keep, steps=steps,
+                          activation=activation, loss=loss, every=every, probe=probe)
     lo = get_loss(loss)
     generator = torch.Generator().manual_seed((seed + EXPECTED_SEED) % 2**63)
     net = net.clone()
