@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ._checks import InputError, check_choice, check_int, check_keep, check_positive
+from .loop import finite
 from .losses import get_loss
 from .masks import draw_masks
 from .model import get_activation
@@ -252,10 +253,11 @@ def simulate(variant: str, net: DeepNet, inputs: Tensor, targets: Tensor, *, lr:
     for k in range(1, steps + 1):
         exp = expected_masks(L, n, R, keep, expected_samples, generator) if variant == "expected" else None
         g = direction(variant, net, inputs, targets, masks[k - 1], keep, activation, loss, exp)
-        new = DeepNet.from_tensors([t - lr * s * x for t, s, x in zip(net.tensors, scales, g, strict=True)])
+        new = DeepNet.from_tensors([torch.add(t, x, alpha=-lr * s) for t, s, x in zip(net.tensors, scales, g,
+                                                                                        strict=True)])
         if max_norm is not None:
             project_max_norm(new, max_norm)
-        if not all(bool(torch.isfinite(t).all()) for t in new.tensors):
+        if not bool(finite(*new.tensors)):
             diverged = k
             if rec_steps[-1] != k - 1:
                 record(k - 1, net)
