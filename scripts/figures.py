@@ -32,6 +32,10 @@ class Recipe:
     gpu: bool = False  # runs with --device cuda (its settings say so)
 
 
+WIDE = {"widths": "250,500,1000,2000,4000", "max_work": 2.1e9}  # minutes per cell on 2 cores
+DEEP_PHASE = {"": {}, "-iid": {"init": "iid"}, "-relu": {"activation": "relu", "depths": "1,2,3"},
+              "-relu-max-norm": {"activation": "relu", "depths": "1,2,3", "max_norm": 1.0},
+              "-wide": WIDE, "-relu-wide": {"activation": "relu", "depths": "1,2", **WIDE}}
 RECIPES = {
     "teacher-student": Recipe("teacher-student", {}, {"risk.png": "teacher_student_risk.png",
                                                       "gap.png": "teacher_student_gap.png"}, "teacher-student.md"),
@@ -45,13 +49,9 @@ RECIPES = {
                                      "scaling.png": "paper_ts_scaling.png"}, "phase-diagram.md"),
     "phase-sweep": Recipe("phase-sweep", {"executor": "processes", "workers": 2},
                           {"phase_diagram.png": "phase_sweep.png"}, "phase-diagram.md"),
-    "deep-phase": Recipe("deep-phase", {"executor": "processes", "workers": 2}, {"deep_phase.png": "deep_phase.png"},
-                         "phase-diagram.md"),
-    **{f"deep-phase-relu{suffix}": Recipe("deep-phase", {"executor": "processes", "workers": 2, "activation": "relu",
-                                                          "depths": "1,2,3", **extra},
-                                          {"deep_phase.png": f"deep_phase_relu{suffix.replace('-', '_')}.png"},
-                                          "phase-diagram.md")
-       for suffix, extra in (("", {}), ("-max-norm", {"max_norm": 1.0}))},
+    **{f"deep-phase{suffix}": Recipe("deep-phase", {"executor": "processes", "workers": 2, **extra},
+                                     {"deep_phase.png": f"deep_phase{suffix.replace('-', '_')}.png"},
+                                     "phase-diagram.md") for suffix, extra in DEEP_PHASE.items()},
     "mnist-binary": Recipe("mnist-binary", {}, {"mnist_binary.png": "mnist_binary.png"}, "phase-diagram.md"),
     "paper-mnist": Recipe("paper-mnist", {}, {"mnist.png": "paper_mnist.png",
                                               "distances.png": "paper_mnist_distances.png"}, "phase-diagram.md"),

@@ -136,19 +136,58 @@ def test_bad_input_and_divergence():
 
 def test_max_norm_projects_each_unit_and_leaves_the_inside_alone():
     net = deep.init(3, 6, 4, replicas=2, generator=torch.Generator().manual_seed(13))
+    scales = [1.0, 6**0.5, 6**0.5]
+    radii = deep.max_norm_radii(net, 1.5)
+    for r, W, scale in zip(radii, [net.first, *net.hidden], scales, strict=True):  # c × the layer's row RMS
+        assert r == pytest.approx(1.5 * float((W.norm(dim=-1) ** 2).mean().sqrt()) / scale, rel=1e-12)
     net.first[0, 0] *= 10  # one row far outside
     before = net.clone()
-    deep.project_max_norm(net, 1.5)
-    norms = [net.first.norm(dim=-1)] + [w.norm(dim=-1) / 6**0.5 for w in net.hidden]
-    assert all(bool((x <= 1.5 + 1e-12).all()) for x in norms)
-    for new, old, scale in zip([net.first, *net.hidden], [before.first, *before.hidden], [1.0, 6**0.5, 6**0.5],
-                               strict=True):
-        inside = old.norm(dim=-1) / scale <= 1.5
-        assert torch.equal(new[inside], old[inside])
+    deep.project_max_norm(net, radii)
+    for new, old, scale, r in zip([net.first, *net.hidden], [before.first, *before.hidden], scales, radii,
+                                  strict=True):
+        assert bool((new.norm(dim=-1) / scale <= r * (1 + 1e-12)).all())
+        inside = old.norm(dim=-1) / scale <= r
+        assert torch.equal(new[inside], old[inside]) and bool((~inside).any())
         outside = ~inside
-        torch.testing.assert_close(new[outside], old[outside] * (1.5 / (old[outside].norm(dim=-1, keepdim=True)
-                                                                        / scale)))
+        torch.testing.assert_close(new[outside], old[outside] * (r / (old[outside].norm(dim=-1, keepdim=True)
+                                                                      / scale)))
     assert torch.equal(net.readout, before.readout)
     Z, y = _data(d=4)
     res = deep.simulate("dropout", before, Z, y, lr=0.5, keep=0.5, steps=5, max_norm=1.5)
-    assert float(res.net.first.norm(dim=-1).max()) <= 1.5 + 1e-12
+    first = deep.max_norm_radii(before, 1.5)[0]
+    assert float(res.net.first.norm(dim=-1).max()) <= first * (1 + 1e-12)
+
+
+def test_correlated_init_keeps_every_layer_alive_where_iid_degenerates():
+    # the iid limit's pre-activations beyond layer 1 vanish as n^−½ (Nguyen & Pham's degeneracy
+    # from L = 3 on); the correlated initialisation's stay O(1) at every width
+    Z = torch.randn(40, 5, generator=torch.Generator().manual_seed(0), dtype=f64)
+
+    def last_rms(kind, n):
+        net = deep.init(3, n, 5, generator=torch.Generator().manual_seed(n), kind=kind)
+        h = net.first[0] @ Z.T
+        for W in net.hidden:
+            h = W[0] @ torch.tanh(h) / n
+        return float(h.square().mean().sqrt())
+
+    small, large = 50, 3200  # 64 times the width: iid's RMS falls 8-fold (n^−½), to ~0.003
+    assert last_rms("iid", small) / last_rms("iid", large) > 4
+    assert 0.5 < last_rms("correlated", large) < 2 and 0.5 < last_rms("correlated", small) / last_rms(
+        "correlated", large) < 2
+
+
+def test_correlated_init_adds_the_types_rank_d_term():
+    # with one generator state, correlated − iid is (g/√d) U_{l+1} U_lᵀ: rank d, U_1 = √d W_1
+    g = lambda: torch.Generator().manual_seed(21)  # noqa: E731
+    iid = deep.init(3, 12, 3, replicas=2, generator=g(), kind="iid")
+    cor = deep.init(3, 12, 3, replicas=2, generator=g())
+    assert torch.equal(iid.first, cor.first) and torch.equal(iid.readout, cor.readout)
+    diffs = [c - i for c, i in zip(cor.hidden, iid.hidden, strict=True)]
+    assert all(int(r) == 3 for d in diffs for r in torch.linalg.matrix_rank(d))
+    # the first one is B W_1ᵀ for some B (n, d): its rows lie in the span of W_1's columns
+    B = diffs[0][0] @ torch.linalg.pinv(iid.first[0].T)
+    torch.testing.assert_close(B @ iid.first[0].T, diffs[0][0], rtol=1e-10, atol=1e-10)
+    other = diffs[1][0] @ torch.linalg.pinv(iid.first[0].T) @ iid.first[0].T
+    assert float((other - diffs[1][0]).abs().max()) > 1.0  # the second (U_3 U_2ᵀ) is not
+    with pytest.raises(dropdyn.InputError, match="kind"):
+        deep.init(2, 4, 3, generator=g(), kind="orthogonal")

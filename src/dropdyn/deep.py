@@ -46,6 +46,8 @@ Tensor = torch.Tensor
 VARIANTS = ("dropout", "ram", "forward-only", "gd", "expected")
 ENUMERATE_MAX = 256  # the expected step enumerates every mask up to this many (2^(L·n))
 EXPECTED_SEED = 7_368_787  # the expected step's Monte-Carlo masks: seed + this
+INITS = ("correlated", "iid")
+CORRELATION_GAIN = 4.0
 
 
 @dataclass
@@ -83,14 +85,31 @@ class DeepNet:
 
 
 def init(layers: int, width: int, dim: int, *, replicas: int = 1, generator: torch.Generator,
-         dtype=torch.float64) -> DeepNet:
-    """W_1 ~ N(0, I/d) row by row, W_{l+1} and a with N(0, 1) entries (the 1/n of each layer
-    keeps every pre-activation O(1)); at L = 1 the two-layer engine's ``mean_field_init``."""
+         dtype=torch.float64, kind: str = "correlated", gain: float = CORRELATION_GAIN) -> DeepNet:
+    """W_1 ~ N(0, I/d) row by row, a with N(0, 1) entries, and each W_{l+1} (theory.md §6):
+
+        iid          W_{l+1} = Z_{l+1}, entries N(0, 1)
+        correlated   W_{l+1} = Z_{l+1} + (g/√d) U_{l+1} U_lᵀ, unit types U_1 = √d W_1 ``(n, d)``
+                     and U_{l+1} ``(n, d)`` with N(0, 1) entries, g = ``gain``
+
+    Under the 1/n of each layer, Z's share of a pre-activation is O(n^−½): the iid limit starts
+    with every h_{l≥2} = 0 and, from L = 3 on, never leaves it (Nguyen & Pham's degeneracy);
+    the types keep every pre-activation O(1) (g = 4: RMS about 1 on N(0, I) inputs). At
+    L = 1 both are the two-layer engine's ``mean_field_init``; the iid draws are the first
+    draws of the correlated ones."""
     layers, width, dim = check_int("layers", layers, 1), check_int("width", width, 1), check_int("dim", dim, 1)
+    check_choice("kind", kind, INITS)
+    gain = check_positive("gain", gain)
     kw = dict(generator=generator, dtype=dtype)
     a = torch.randn(replicas, width, **kw)
     W1 = torch.randn(replicas, width, dim, **kw) / dim**0.5
     hidden = [torch.randn(replicas, width, width, **kw) for _ in range(layers - 1)]
+    if kind == "correlated":
+        types = W1 * dim**0.5
+        for W in hidden:
+            new = torch.randn(replicas, width, dim, **kw)
+            W.baddbmm_(new, types.transpose(1, 2), alpha=gain / dim**0.5)
+            types = new
     return DeepNet(W1, hidden, a)
 
 
@@ -182,15 +201,28 @@ def _two_layer(variant: str, net: DeepNet, inputs: Tensor, targets: Tensor, mask
                       DeepNet(X[..., 1:].contiguous(), [], X[..., 0].contiguous()), res.diverged_at_step)
 
 
-def project_max_norm(net: DeepNet, c: float) -> None:
+def max_norm_radii(net: DeepNet, c: float) -> list[float]:
+    """The max-norm radius of each constrained tensor (W_1, then every W_{l+1}): c times the
+    tensor's row RMS norm in ``net`` — √(mean_j ‖W_1[j]‖²), and √(mean_j ‖W_{l+1}[j]‖²/n)
+    (its entries are O(1), so the row's RMS is what stays O(1)). c = 1: no unit's incoming
+    weights grow past their layer's typical norm in ``net`` (at the iid initialisation about 1
+    for every layer; at the correlated one about 1 for W_1 and √(1 + g²) for the W_{l+1})."""
+    c = check_positive("max_norm", c)
+    return [c * float(W.square().sum(-1).mean().sqrt()) / scale for W, scale in _constrained(net)]
+
+
+def _constrained(net: DeepNet) -> list[tuple[Tensor, float]]:
+    return [(net.first, 1.0), *((w, net.width**0.5) for w in net.hidden)]
+
+
+def project_max_norm(net: DeepNet, radii: list[float]) -> None:
     """Srivastava's max-norm constraint in the mean-field scale, in place: each hidden unit's
-    incoming weights, a row of W_1 (‖w‖ ≤ c) or of W_{l+1} (‖w‖/√n ≤ c: its entries are
-    O(1), the row's RMS is what stays O(1)), scaled back onto the ball when outside. At
-    initialisation both norms are about 1."""
+    incoming weights, a row of W_1 (‖w‖ ≤ r_1) or of W_{l+1} (‖w‖/√n ≤ r_{l+1}), scaled back
+    onto the ball when outside (``radii`` from :func:`max_norm_radii`)."""
     with torch.no_grad():
-        for W, scale in ((net.first, 1.0), *((w, net.width**0.5) for w in net.hidden)):
+        for (W, scale), r in zip(_constrained(net), radii, strict=True):
             norms = W.norm(dim=-1, keepdim=True) / scale
-            W.mul_(torch.clamp(c / norms, max=1.0))
+            W.mul_(torch.clamp(r / norms, max=1.0))
 
 
 @dataclass
@@ -216,12 +248,11 @@ def simulate(variant: str, net: DeepNet, inputs: Tensor, targets: Tensor, *, lr:
     or None to draw them (seed ``seed``, so runs with one seed share their masks). Records
     every ``record_every`` steps (default: the start and the end) the risk and the outputs
     on ``probe`` (default: the inputs). At L = 1 (no max-norm; the expected step with the
-    squared loss) the run is the two-layer engine's, bit for bit. ``max_norm`` c: after every step each hidden unit's
-    incoming weights are projected onto the ball their initialisation is on the sphere of
-    (:func:`project_max_norm`)."""
+    squared loss) the run is the two-layer engine's, bit for bit. ``max_norm`` c: after every
+    step each hidden unit's incoming weights are projected onto the ball of c times their
+    layer's row RMS norm in ``net`` (:func:`max_norm_radii`, :func:`project_max_norm`)."""
     check_choice("variant", variant, VARIANTS)
-    if max_norm is not None:
-        max_norm = check_positive("max_norm", max_norm)
+    radii = None if max_norm is None else max_norm_radii(net, max_norm)
     keep = check_keep(keep)
     lr = check_positive("lr", lr)
     steps = check_int("steps", steps, 1)
@@ -255,8 +286,8 @@ def simulate(variant: str, net: DeepNet, inputs: Tensor, targets: Tensor, *, lr:
         g = direction(variant, net, inputs, targets, masks[k - 1], keep, activation, loss, exp)
         new = DeepNet.from_tensors([torch.add(t, x, alpha=-lr * s) for t, s, x in zip(net.tensors, scales, g,
                                                                                         strict=True)])
-        if max_norm is not None:
-            project_max_norm(new, max_norm)
+        if radii is not None:
+            project_max_norm(new, radii)
         if not bool(finite(*new.tensors)):
             diverged = k
             if rec_steps[-1] != k - 1:

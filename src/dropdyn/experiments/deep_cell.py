@@ -5,7 +5,9 @@ q_n = c_keep·n^(−b) run to time T = steps·τ_n. From the same start and on o
 per layer, dropout against RaM, the expected step (GD on the mask-averaged loss) and GD
 (``dropdyn.deep``): the coupled gaps at time T, in output (RMS over held-out inputs) and in
 parameters (the mean squared difference of every tensor's entries, each tensor weighted
-equally), averaged over replicas, with their rates in n fitted with 95% intervals.
+equally), averaged over replicas, with their rates in n fitted with 95% intervals; and
+dropout's output RMS at T, the scale the output gaps are small against (at the iid
+initialisation from L = 3 on it falls with n: the limit never moves).
 
 The cell *behaves like* the two-layer phase whose limit dropout approaches: the nearest of
 the three at the largest width, if its output gap shrinks by at least ``shrink`` per width
@@ -26,7 +28,7 @@ import torch
 from .. import deep
 from .._checks import check_steps, check_widths
 from ..lab import Context, Experiment, setting, verdict
-from ..lab.settings import at_least, interval, nonnegative, positive, probability, valid_seed
+from ..lab.settings import at_least, interval, nonnegative, one_of, positive, probability, valid_seed
 from ..phase import family_phase, scaling
 from ._runtime import widths_setting
 from .convergence import fit_rate
@@ -50,8 +52,12 @@ class CellSettings(Task):
     label_noise: float = setting(0.0, "standard deviation of the label noise")
     replicas: int = setting(2, "replicas per width", at_least(1))
     expected_samples: int = setting(4, "masks per step of the Monte-Carlo expected step", at_least(1))
-    max_norm: float = setting(0.0, "max-norm c of each hidden unit's incoming weights (deep.project_max_norm; 0: none)",
-                              nonnegative())
+    init: str = setting("correlated", "initialisation of the hidden W_{l+1} (deep.init: the iid one is "
+                        "degenerate from L = 3 on)", one_of(*deep.INITS))
+    max_norm: float = setting(0.0, "max-norm c: each hidden unit's incoming weights within c times their layer's "
+                              "initial row RMS (deep.max_norm_radii; 0: none)", nonnegative())
+    max_work: float = setting(0.0, "leave out the widths whose work, steps·L·n², passes this (never the two "
+                              "smallest; 0: none)", nonnegative())
     shrink: float = setting(0.9, "a limit is seen if its gap shrinks by this factor per width doubling",
                             interval("(0, 1]"))
     seed: int = setting(0, "seed of data, initialisation and masks", valid_seed())
@@ -79,15 +85,28 @@ def gaps(a: deep.DeepResult, b: deep.DeepResult) -> tuple[float, float]:
     return out, par
 
 
+def steps_at(cfg: Config, n: int) -> int:
+    return max(1, round(cfg.time / scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)[0]))
+
+
+def cell_widths(cfg: Config) -> tuple[int, ...]:
+    """The widths the cell measures: ``widths`` less those whose work steps·L·n² passes
+    ``max_work`` (the two smallest always stay, so every cell has a rate)."""
+    ws = sorted(cfg.widths)
+    return tuple(ws[:2] + [n for n in ws[2:] if not cfg.max_work or steps_at(cfg, n) * cfg.layers * n * n
+                           <= cfg.max_work])
+
+
 def measure_width(cfg: Config, n: int, task) -> dict:
     lr, keep = scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)
-    steps = max(1, round(cfg.time / lr))
-    net = deep.init(cfg.layers, n, cfg.dim, replicas=cfg.replicas,
+    steps = steps_at(cfg, n)
+    net = deep.init(cfg.layers, n, cfg.dim, replicas=cfg.replicas, kind=cfg.init,
                     generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + n))
     kw = dict(lr=lr, keep=keep, steps=steps, seed=cfg.seed + 1, activation=cfg.activation, probe=task.test_inputs,
               expected_samples=cfg.expected_samples, max_norm=cfg.max_norm or None)
     drop = deep.simulate("dropout", net, task.inputs, task.targets, **kw)
-    out = {"lr": lr, "keep": keep, "steps": steps, "diverged_at_step": {"dropout": drop.diverged_at_step}}
+    out = {"lr": lr, "keep": keep, "steps": steps, "diverged_at_step": {"dropout": drop.diverged_at_step},
+           "output_rms": float(np.sqrt((drop.outputs[-1] ** 2).mean(-1)).mean())}
     for other in OTHERS:
         res = deep.simulate(other, net, task.inputs, task.targets, **kw)
         out["diverged_at_step"][other] = res.diverged_at_step
@@ -126,24 +145,26 @@ def behaves_like(measured: dict[int, dict], cfg: Config) -> tuple[str, float | N
 
 def measure(cfg: Config, bar=None) -> dict:
     task = cfg.task(torch.Generator().manual_seed(cfg.seed))
+    widths = cell_widths(cfg)
     measured = {}
-    for n in cfg.widths:
+    for n in widths:
         measured[n] = measure_width(cfg, n, task)
         if bar is not None:
             bar.update()
     like, ratio = behaves_like(measured, cfg)
-    rates = {f"{other}/{kind}": fit_rate(cfg.widths, [measured[n][other][i] for n in cfg.widths])
+    rates = {f"{other}/{kind}": fit_rate(widths, [measured[n][other][i] for n in widths])
              for other in OTHERS for i, kind in enumerate(("output", "parameters"))}
     return {"layers": cfg.layers, "a": cfg.a, "b": cfg.b, "two_layer_theory": family_phase(cfg.a, cfg.b),
             "behaves_like": like, "ratio": ratio, "rates": rates,
             "gaps": {str(n): {other: {"output": m[other][0], "parameters": m[other][1]} for other in OTHERS}
                      for n, m in measured.items()},
             "steps": {str(n): m["steps"] for n, m in measured.items()},
+            "output_rms": {str(n): m["output_rms"] for n, m in measured.items()},
             "diverged_at_step": {str(n): m["diverged_at_step"] for n, m in measured.items()}}
 
 
 def compute(cfg: Config, ctx: Context) -> dict:
-    with ctx.bar(len(cfg.widths), f"deep cell L={cfg.layers}, a={cfg.a:g}, b={cfg.b:g}", unit="width") as bar:
+    with ctx.bar(len(cell_widths(cfg)), f"deep cell L={cfg.layers}, a={cfg.a:g}, b={cfg.b:g}", unit="width") as bar:
         return measure(cfg, bar)
 
 
@@ -152,10 +173,9 @@ def write(folder, cfg: Config, cell: dict) -> dict:
 
 
 def cost(config: dict) -> float:
-    """Relative cost for sweep scheduling: Σ over widths of L·n² × steps."""
+    """Relative cost for sweep scheduling: Σ over the cell's widths of L·n² × steps."""
     cfg = Config(**config)
-    return sum(cfg.layers * n * n * max(1.0, cfg.time / scaling(n, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep)[0])
-               for n in cfg.widths)
+    return sum(cfg.layers * n * n * steps_at(cfg, n) for n in cell_widths(cfg))
 
 
 def agrees(cell: dict) -> bool:

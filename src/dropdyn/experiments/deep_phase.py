@@ -7,7 +7,8 @@ says which two-layer phase the cell behaves like. The cells are a sweep
 
 Default: the five phases' families (I: a = ½, b = 0; II: 5/4, 1; III: ½, ½; IV: 1, 1;
 V: 0, 0) and one degenerate one (½, ¾), L = 2 and 3, widths 100–400, T = ½ (minutes on 2 cores);
-``--widths 250,500,1000,2000,4000`` is the size for a cluster.
+``--widths 250,500,1000,2000,4000`` is the size for a cluster, and ``--max-work`` caps each
+cell's widths by steps·L·n² (the families with many steps stop at a smaller width).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def figure(cells: list[dict], cfg: Config):
             ax.add_patch(Rectangle((c["a"] - 0.1, c["b"] - 0.1), 0.2, 0.2, color=colors[c["behaves_like"]],
                                    alpha=0.75, ec="k" if ok else "red", lw=0.5 if ok else 2))
             ratio = "—" if c["ratio"] is None else f"{c['ratio']:.2f}"
-            ax.text(c["a"], c["b"], f"{c['behaves_like']}\n{ratio}", ha="center", va="center", fontsize=7)
+            top = max(map(int, c["gaps"]))
+            capped = f"\nn ≤ {top}" if top < max(cfg.widths) else ""
+            ax.text(c["a"], c["b"], f"{c['behaves_like']}\n{ratio}{capped}", ha="center", va="center", fontsize=7)
         ax.set_xlim(-0.2, 1.45)
         ax.set_ylim(-0.2, 1.2)
         ax.set_xlabel("a  (τ = c·n^−a)")
@@ -88,12 +91,14 @@ def compute(cfg: Config, ctx: Context) -> dict:
 
 def write(folder, cfg: Config, res: dict) -> dict:
     cells = res["cells"]
-    rows: dict = {k: [] for k in ("layers", "a", "b", "width", "compared", "output_gap", "parameter_gap")}
+    rows: dict = {k: [] for k in ("layers", "a", "b", "width", "compared", "output_gap", "parameter_gap",
+                                  "dropout_output_rms")}
     for c in cells:
         for n, by in c["gaps"].items():
             for other, g in by.items():
                 for key, val in (("layers", c["layers"]), ("a", c["a"]), ("b", c["b"]), ("width", int(n)),
-                                 ("compared", other), ("output_gap", g["output"]), ("parameter_gap", g["parameters"])):
+                                 ("compared", other), ("output_gap", g["output"]), ("parameter_gap", g["parameters"]),
+                                 ("dropout_output_rms", c["output_rms"][n])):
                     rows[key].append(val)
     folder.write_csv("gaps.csv", rows)
     folder.write_npz("arrays.npz", {"layers": np.array([c["layers"] for c in cells]),
@@ -114,9 +119,11 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
         where = "" if slope is None or slope != slope else (
             f"; dropout–RaM output gap ∝ n^{slope:.2f}" + ("" if ci[0] is None or ci[0] != ci[0]
                                                            else f" [{ci[0]:.2f}, {ci[1]:.2f}]"))
+        widths = sorted(d["output_rms"], key=int)
+        scale = f"; dropout's output RMS {d['output_rms'][widths[0]]:.2g} → {d['output_rms'][widths[-1]]:.2g}"
         rows.append((f"L = {d['layers']}, a = {d['a']:g}, b = {d['b']:g}", d["two_layer_theory"],
-                     f"{d['behaves_like']}{where}", verdict(agrees(d), "its two-layer phase; none for IV and the "
-                                                                       "degenerate region")))
+                     f"{d['behaves_like']}{where}{scale}",
+                     verdict(agrees(d), "its two-layer phase; none for IV and the degenerate region")))
     return rows
 
 
