@@ -58,3 +58,12 @@ def test_a_small_cell_measures_its_capped_widths(tmp_path):
     summary = json.loads((path / "summary.json").read_text())
     assert sorted(summary["gaps"], key=int) == ["6", "12"] == sorted(summary["output_rms"], key=int)
     assert summary["behaves_like"] in ("I", "III", "none") and summary["output_rms"]["12"] > 0
+
+
+def test_deep_cells_are_compared_with_their_family_at_one_hidden_layer():
+    from dropdyn.experiments.deep_phase import like_two_layers
+
+    cell = lambda L, a, like: {"layers": L, "a": a, "b": a, "behaves_like": like}  # noqa: E731
+    cells = [cell(1, 0.5, "III"), cell(1, 0.0, "V"), cell(2, 0.5, "III"), cell(2, 0.0, "I"), cell(3, 0.5, "none"),
+             cell(2, 1.0, "II")]  # no L = 1 cell for a = b = 1: not compared
+    assert like_two_layers(cells) == (1, 3)

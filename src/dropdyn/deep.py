@@ -9,7 +9,8 @@ W_1 ``(n, d)``, W_{l+1} ``(n, n)``, a ``(n,)``, forward multipliers F_l (M_l/q f
 of layer l's units, or 1). For every parameter to move by O(1) per unit of time as n grows,
 each tensor's step is the gradient of the risk R = mean_j ℓ(f(z_j), y_j) times its number
 of summed-over units: τn for W_1 and a, τn² for W_{l+1}. At L = 1 this is the two-layer
-engine's step X ← X − τn∇_X R on particles X_i = (a_i, W_1[i]).
+engine's step X ← X − τn∇_X R on particles X_i = (a_i, W_1[i]). The hidden W_{l+1} start
+correlated (:func:`init`): with i.i.d. entries alone the limit never moves from L = 3 on.
 
 Variants (each on one mask per hidden layer per step, coupled across variants by the masks):
 

@@ -6,7 +6,8 @@ says which two-layer phase the cell behaves like. The cells are a sweep
 ``--executor processes|dask`` spreads them over workers.
 
 Default: the five phases' families (I: a = ½, b = 0; II: 5/4, 1; III: ½, ½; IV: 1, 1;
-V: 0, 0) and one degenerate one (½, ¾), L = 2 and 3, widths 100–400, T = ½ (minutes on 2 cores);
+V: 0, 0) and one degenerate one (½, ¾), L = 1 (the two-layer cells, placed by the same rule:
+the measured reference), 2 and 3, widths 100–400, T = ½ (minutes on 2 cores);
 ``--widths 250,500,1000,2000,4000`` is the size for a cluster, and ``--max-work`` caps each
 cell's widths by steps·L·n² (the families with many steps stop at a smaller width).
 """
@@ -35,7 +36,8 @@ def _exponents(name, cells):
 
 @dataclass
 class Config(deep_cell.CellSettings):
-    depths: tuple[int, ...] = setting((2, 3), "hidden layers L of each diagram", each(at_least(1)))
+    depths: tuple[int, ...] = setting((1, 2, 3), "hidden layers L of each diagram (L = 1: the two-layer cells, "
+                                      "placed by the same rule)", each(at_least(1)))
     cells: tuple[tuple[float, float], ...] = setting(FAMILIES, "families a:b (τ = c_lr·n^−a, q = c_keep·n^−b)",
                                                      Check("A:B pairs, comma-separated, each ≥ 0", _exponents))
 
@@ -45,6 +47,14 @@ class Config(deep_cell.CellSettings):
 
     def children(self) -> list[dict]:
         return [{"layers": L, "a": a, "b": b} for L in self.depths for a, b in self.cells]
+
+
+def like_two_layers(cells: list[dict]) -> tuple[int, int]:
+    """How many cells at L ≥ 2 are placed as the same family's cell at L = 1 (by the same
+    rule, measured), of how many have one."""
+    ref = {(c["a"], c["b"]): c["behaves_like"] for c in cells if c["layers"] == 1}
+    deep = [c for c in cells if c["layers"] > 1 and (c["a"], c["b"]) in ref]
+    return sum(c["behaves_like"] == ref[c["a"], c["b"]] for c in deep), len(deep)
 
 
 def figure(cells: list[dict], cfg: Config):
@@ -105,13 +115,19 @@ def write(folder, cfg: Config, res: dict) -> dict:
                                     "a": np.array([c["a"] for c in cells]), "b": np.array([c["b"] for c in cells]),
                                     "behaves_like": np.array([c["behaves_like"] for c in cells])})
     folder.savefig(figure(cells, cfg), "deep_phase")
+    same, compared = like_two_layers(cells)
     return {"agreement": sum(map(agrees, cells)) / len(cells), "cells": len(cells), "sweep": res["sweep"],
+            "like_two_layers": same, "compared_with_two_layers": compared,
             "cells_computed": res["computed"], "cells_detail": cells, "largest_width": max(cfg.widths)}
 
 
 def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
     rows = [("cells behaving like their two-layer phase", "all (if the diagram extends)",
              f"{s['agreement']:.0%} of {s['cells']}", verdict(s["agreement"] == 1, "every cell"))]
+    if s["compared_with_two_layers"]:
+        rows.append(("cells at L ≥ 2 placed as their family's cell at L = 1 (one rule, both measured)",
+                     "all (if the diagram extends)", f"{s['like_two_layers']} of {s['compared_with_two_layers']}",
+                     verdict(s["like_two_layers"] == s["compared_with_two_layers"], "every cell")))
     for d in s["cells_detail"]:
         rate = d["rates"].get("ram/output", {})
         slope = rate.get("slope")
