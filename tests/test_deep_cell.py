@@ -23,20 +23,23 @@ def test_each_variant_limit_in_each_family(a, b, ram, expected):
     assert limit_of("gd", a, b, 0.5, 0.5) == "I"
 
 
-def _gaps(**by_width):
-    return {int(n[1:]): {k: (v, 0.0) for k, v in g.items()} for n, g in by_width.items()}
+def _cell(rms=1.0, **by_width):
+    return {"a": 0.5, "b": 0.5, "output_rms": {n[1:]: rms for n in by_width},
+            "gaps": {n[1:]: {k: {"output": v, "parameters": 0.0} for k, v in g.items()} for n, g in by_width.items()}}
 
 
 def test_the_nearest_shrinking_gap_names_the_phase():
     cfg = Config(a=0.5, b=0.5, widths=(100, 400))
-    near_ram = _gaps(n100={"ram": 0.4, "expected": 1.0, "gd": 1.0}, n400={"ram": 0.1, "expected": 1.0, "gd": 1.0})
+    near_ram = _cell(n100={"ram": 0.4, "expected": 1.0, "gd": 1.0}, n400={"ram": 0.1, "expected": 1.0, "gd": 1.0})
     like, ratio = behaves_like(near_ram, cfg)
     assert like == "III" and ratio == pytest.approx(0.5)  # 0.4 → 0.1 over two doublings
-    flat = _gaps(n100={"ram": 0.1, "expected": 1.0, "gd": 1.0}, n400={"ram": 0.095, "expected": 1.0, "gd": 1.0})
+    assert behaves_like({**near_ram, "output_rms": {"100": 1.0, "400": 0.1}}, cfg)[0] == "none"  # gap ≥ output
+    flat = _cell(n100={"ram": 0.1, "expected": 1.0, "gd": 1.0}, n400={"ram": 0.095, "expected": 1.0, "gd": 1.0})
     assert behaves_like(flat, cfg)[0] == "none"  # nearest, but not shrinking by 0.9 a doubling
-    near_gd = _gaps(n100={"ram": 1.0, "expected": 1.0, "gd": 0.3}, n400={"ram": 1.0, "expected": float("nan"),
-                                                                          "gd": 0.01})
-    assert behaves_like(near_gd, cfg)[0] == "I"
+    near_gd = _cell(n100={"ram": 1.0, "expected": 1.0, "gd": 0.3}, n400={"ram": 1.0, "expected": None, "gd": 0.01})
+    assert behaves_like(near_gd, cfg)[0] == "I"  # None: a diverged run's gap, in the JSON
+    assert behaves_like(_cell(n100={"ram": None, "expected": None, "gd": None},
+                              n400={"ram": None, "expected": None, "gd": None}), cfg) == ("none", None)
     assert agrees({"two_layer_theory": "IV", "behaves_like": "none"})
     assert not agrees({"two_layer_theory": "III", "behaves_like": "I"})
 

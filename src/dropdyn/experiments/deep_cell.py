@@ -11,11 +11,12 @@ initialisation from L = 3 on it falls with n: the limit never moves).
 
 The cell *behaves like* the two-layer phase whose limit dropout approaches: the nearest of
 the three at the largest width, if its output gap shrinks by at least ``shrink`` per width
-doubling, named by the limit that variant itself has in this family (its two-layer
-parameters ᾱ = lim τ/q, β̄ = lim 1/(nq), τ̄: RaM's is V if τ̄ > 0, III if 0 < ᾱ < ∞, I if
-ᾱ = 0; the expected step's, the penalty's, II if 0 < β̄ < ∞, I if β̄ = 0; GD's I; none where
-the parameter is infinite); otherwise "none" (no limit seen, as in the degenerate region;
-the critical IV's limit is none of the three).
+doubling and is smaller there than dropout's output RMS (a gap as large as the output says
+nothing of an approach: a blown-up ReLU network, say), named by the limit that variant
+itself has in this family (its two-layer parameters ᾱ = lim τ/q, β̄ = lim 1/(nq), τ̄:
+RaM's is V if τ̄ > 0, III if 0 < ᾱ < ∞, I if ᾱ = 0; the expected step's, the penalty's, II
+if 0 < β̄ < ∞, I if β̄ = 0; GD's I; none where the parameter is infinite); otherwise "none"
+(no limit seen, as in the degenerate region; the critical IV's limit is none of the three).
 """
 
 from __future__ import annotations
@@ -128,19 +129,25 @@ def limit_of(variant: str, a: float, b: float, c_lr: float, c_keep: float) -> st
     return ("V" if p["tau"] > 0 else "III") if variant == "ram" else "II"
 
 
-def behaves_like(measured: dict[int, dict], cfg: Config) -> tuple[str, float | None]:
-    """The two-layer phase the cell behaves like (module doc), and the nearest gap's ratio per
-    width doubling."""
-    widths = sorted(measured)
-    last = {k: measured[widths[-1]][k][0] for k in OTHERS if np.isfinite(measured[widths[-1]][k][0])}
+def _finite(x) -> bool:
+    return x is not None and bool(np.isfinite(x))
+
+
+def behaves_like(cell: dict, cfg: CellSettings) -> tuple[str, float | None]:
+    """The two-layer phase the cell (:func:`measure`'s result, or its JSON) behaves like
+    (module doc), and the nearest gap's ratio per width doubling."""
+    widths = sorted(cell["gaps"], key=int)
+    top = cell["gaps"][widths[-1]]
+    last = {k: top[k]["output"] for k in OTHERS if _finite(top[k]["output"])}
     if not last:
         return "none", None
     best = min(last, key=last.get)
-    d0 = measured[widths[0]][best][0]
-    ratio = float((last[best] / d0) ** (1 / np.log2(widths[-1] / widths[0]))) if d0 > 0 else float("nan")
-    if not ratio <= cfg.shrink:
+    d0 = cell["gaps"][widths[0]][best]["output"]
+    ratio = (float((last[best] / d0) ** (1 / np.log2(int(widths[-1]) / int(widths[0]))))
+             if _finite(d0) and d0 > 0 else float("nan"))
+    if not (ratio <= cfg.shrink and last[best] < cell["output_rms"][widths[-1]]):
         return "none", ratio
-    return limit_of(best, cfg.a, cfg.b, cfg.c_lr, cfg.c_keep), ratio
+    return limit_of(best, cell["a"], cell["b"], cfg.c_lr, cfg.c_keep), ratio
 
 
 def measure(cfg: Config, bar=None) -> dict:
@@ -151,16 +158,17 @@ def measure(cfg: Config, bar=None) -> dict:
         measured[n] = measure_width(cfg, n, task)
         if bar is not None:
             bar.update()
-    like, ratio = behaves_like(measured, cfg)
     rates = {f"{other}/{kind}": fit_rate(widths, [measured[n][other][i] for n in widths])
              for other in OTHERS for i, kind in enumerate(("output", "parameters"))}
-    return {"layers": cfg.layers, "a": cfg.a, "b": cfg.b, "two_layer_theory": family_phase(cfg.a, cfg.b),
-            "behaves_like": like, "ratio": ratio, "rates": rates,
+    cell = {"layers": cfg.layers, "a": cfg.a, "b": cfg.b, "two_layer_theory": family_phase(cfg.a, cfg.b),
+            "rates": rates,
             "gaps": {str(n): {other: {"output": m[other][0], "parameters": m[other][1]} for other in OTHERS}
                      for n, m in measured.items()},
             "steps": {str(n): m["steps"] for n, m in measured.items()},
             "output_rms": {str(n): m["output_rms"] for n, m in measured.items()},
             "diverged_at_step": {str(n): m["diverged_at_step"] for n, m in measured.items()}}
+    like, ratio = behaves_like(cell, cfg)
+    return {**cell, "behaves_like": like, "ratio": ratio}
 
 
 def compute(cfg: Config, ctx: Context) -> dict:

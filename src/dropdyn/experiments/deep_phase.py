@@ -23,7 +23,7 @@ from ..lab.settings import Check, at_least, each
 from ..lab.store import config_key
 from ..lab.sweep import make_sweep, run_children
 from . import deep_cell
-from .deep_cell import agrees
+from .deep_cell import agrees, behaves_like
 
 FAMILIES = ((0.5, 0.0), (1.25, 1.0), (0.5, 0.5), (1.0, 1.0), (0.0, 0.0), (0.5, 0.75))
 
@@ -100,7 +100,7 @@ def compute(cfg: Config, ctx: Context) -> dict:
 
 
 def write(folder, cfg: Config, res: dict) -> dict:
-    cells = res["cells"]
+    cells = [{**c, **dict(zip(("behaves_like", "ratio"), behaves_like(c, cfg), strict=True))} for c in res["cells"]]
     rows: dict = {k: [] for k in ("layers", "a", "b", "width", "compared", "output_gap", "parameter_gap",
                                   "dropout_output_rms")}
     for c in cells:
