@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dropdyn.experiments import deep_cell
-from dropdyn.experiments.deep_cell import Config, agrees, behaves_like, cell_widths, limit_of
+from dropdyn.experiments.deep_cell import Config, agrees, behaves_like, cell_widths, limit_of, nearest
 
 
 @pytest.mark.parametrize(("a", "b", "ram", "expected"), [
@@ -70,3 +70,11 @@ def test_deep_cells_are_compared_with_their_family_at_one_hidden_layer():
     cells = [cell(1, 0.5, "III"), cell(1, 0.0, "V"), cell(2, 0.5, "III"), cell(2, 0.0, "I"), cell(3, 0.5, "none"),
              cell(2, 1.0, "II")]  # no L = 1 cell for a = b = 1: not compared
     assert like_two_layers(cells) == (1, 3)
+
+
+def test_the_nearest_variant_in_parameters_has_its_own_ratio():
+    cell = _cell(n100={"ram": 0.4, "expected": 1.0, "gd": 1.0}, n400={"ram": 0.1, "expected": 1.0, "gd": 1.0})
+    for g in cell["gaps"].values():
+        g["gd"]["parameters"], g["ram"]["parameters"], g["expected"]["parameters"] = 0.2, 0.3, 0.4
+    assert nearest(cell, "parameters") == ("gd", pytest.approx(1.0))
+    assert nearest(cell) == ("ram", pytest.approx(0.5))

@@ -133,19 +133,28 @@ def _finite(x) -> bool:
     return x is not None and bool(np.isfinite(x))
 
 
+def nearest(cell: dict, kind: str = "output") -> tuple[str | None, float | None]:
+    """The variant nearest dropout at the cell's largest width in ``kind`` ("output" or
+    "parameters") and its gap's ratio per width doubling (None where every run diverged)."""
+    widths = sorted(cell["gaps"], key=int)
+    last = {k: cell["gaps"][widths[-1]][k][kind] for k in OTHERS}
+    last = {k: v for k, v in last.items() if _finite(v)}
+    if not last:
+        return None, None
+    best = min(last, key=last.get)
+    d0 = cell["gaps"][widths[0]][best][kind]
+    doublings = np.log2(int(widths[-1]) / int(widths[0]))
+    return best, float((last[best] / d0) ** (1 / doublings)) if _finite(d0) and d0 > 0 else float("nan")
+
+
 def behaves_like(cell: dict, cfg: CellSettings) -> tuple[str, float | None]:
     """The two-layer phase the cell (:func:`measure`'s result, or its JSON) behaves like
-    (module doc), and the nearest gap's ratio per width doubling."""
-    widths = sorted(cell["gaps"], key=int)
-    top = cell["gaps"][widths[-1]]
-    last = {k: top[k]["output"] for k in OTHERS if _finite(top[k]["output"])}
-    if not last:
+    (module doc), and the nearest output gap's ratio per width doubling."""
+    best, ratio = nearest(cell)
+    if best is None:
         return "none", None
-    best = min(last, key=last.get)
-    d0 = cell["gaps"][widths[0]][best]["output"]
-    ratio = (float((last[best] / d0) ** (1 / np.log2(int(widths[-1]) / int(widths[0]))))
-             if _finite(d0) and d0 > 0 else float("nan"))
-    if not (ratio <= cfg.shrink and last[best] < cell["output_rms"][widths[-1]]):
+    top = max(cell["gaps"], key=int)
+    if not (ratio <= cfg.shrink and cell["gaps"][top][best]["output"] < cell["output_rms"][top]):
         return "none", ratio
     return limit_of(best, cell["a"], cell["b"], cfg.c_lr, cfg.c_keep), ratio
 

@@ -23,7 +23,7 @@ from ..lab.settings import Check, at_least, each
 from ..lab.store import config_key
 from ..lab.sweep import make_sweep, run_children
 from . import deep_cell
-from .deep_cell import agrees, behaves_like
+from .deep_cell import agrees, behaves_like, nearest
 
 FAMILIES = ((0.5, 0.0), (1.25, 1.0), (0.5, 0.5), (1.0, 1.0), (0.0, 0.0), (0.5, 0.75))
 
@@ -137,6 +137,9 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
                                                            else f" [{ci[0]:.2f}, {ci[1]:.2f}]"))
         widths = sorted(d["output_rms"], key=int)
         scale = f"; dropout's output RMS {d['output_rms'][widths[0]]:.2g} → {d['output_rms'][widths[-1]]:.2g}"
+        variant, ratio = nearest(d, "parameters")
+        if variant is not None:
+            scale += f"; nearest in parameters at n = {widths[-1]}: {variant} (×{ratio:.2f} per width doubling)"
         rows.append((f"L = {d['layers']}, a = {d['a']:g}, b = {d['b']:g}", d["two_layer_theory"],
                      f"{d['behaves_like']}{where}{scale}",
                      verdict(agrees(d), "its two-layer phase; none for IV and the degenerate region")))
