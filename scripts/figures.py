@@ -36,7 +36,8 @@ class Recipe:
 WIDE = {"widths": "250,500,1000,2000,4000", "max_work": 2.1e9}
 DEEP_PHASE = {"": {}, "-iid": {"init": "iid"}, "-relu": {"activation": "relu"},
               "-relu-max-norm": {"activation": "relu", "max_norm": 1.0},
-              "-wide": WIDE, "-relu-wide": {"activation": "relu", "depths": "1,2", **WIDE}}
+              "-wide": WIDE, "-relu-wide": {"activation": "relu", "depths": "1,2", **WIDE},
+              "-relu-max-norm-wide": {"activation": "relu", "max_norm": 1.0, "depths": "1,2", **WIDE}}
 RECIPES = {
     "teacher-student": Recipe("teacher-student", {}, {"risk.png": "teacher_student_risk.png",
                                                       "gap.png": "teacher_student_gap.png"}, "teacher-student.md"),
