@@ -10,10 +10,11 @@ dropout's output RMS at T, the scale the output gaps are small against (at the i
 initialisation from L = 3 on it falls with n: the limit never moves).
 
 The cell *behaves like* the two-layer phase whose limit dropout approaches: the nearest of
-the three at the largest width, if its output gap shrinks by at least ``shrink`` per width
-doubling and is smaller there than dropout's output RMS (a gap as large as the output says
-nothing of an approach: a blown-up ReLU network, say), named by the limit that variant
-itself has in this family (its two-layer parameters ᾱ = lim τ/q, β̄ = lim 1/(nq), τ̄:
+the three at the largest width, if its output gap relative to dropout's output RMS shrinks
+by at least ``shrink`` per width doubling and is below 1 there (relative, so that a gap
+that shrinks only because the whole output does — the iid network from L = 3 on — or
+that is as large as a blown-up output says nothing of an approach), named by the limit
+that variant itself has in this family (its two-layer parameters ᾱ = lim τ/q, β̄ = lim 1/(nq), τ̄:
 RaM's is V if τ̄ > 0, III if 0 < ᾱ < ∞, I if ᾱ = 0; the expected step's, the penalty's, II
 if 0 < β̄ < ∞, I if β̄ = 0; GD's I; none where the parameter is infinite); otherwise "none"
 (no limit seen, as in the degenerate region; the critical IV's limit is none of the three).
@@ -59,8 +60,8 @@ class CellSettings(Task):
                               "initial row RMS (deep.max_norm_radii; 0: none)", nonnegative())
     max_work: float = setting(0.0, "leave out the widths whose work, steps·L·n², passes this (never the two "
                               "smallest; 0: none)", nonnegative())
-    shrink: float = setting(0.9, "a limit is seen if its gap shrinks by this factor per width doubling",
-                            interval("(0, 1]"))
+    shrink: float = setting(0.9, "a limit is seen if its gap relative to the output shrinks by this factor per "
+                            "width doubling", interval("(0, 1]"))
     seed: int = setting(0, "seed of data, initialisation and masks", valid_seed())
 
 
@@ -149,12 +150,18 @@ def nearest(cell: dict, kind: str = "output") -> tuple[str | None, float | None]
 
 def behaves_like(cell: dict, cfg: CellSettings) -> tuple[str, float | None]:
     """The two-layer phase the cell (:func:`measure`'s result, or its JSON) behaves like
-    (module doc), and the nearest output gap's ratio per width doubling."""
-    best, ratio = nearest(cell)
+    (module doc), and the ratio per width doubling of the nearest output gap relative to
+    dropout's output RMS."""
+    best, _ = nearest(cell)
     if best is None:
         return "none", None
-    top = max(cell["gaps"], key=int)
-    if not (ratio <= cfg.shrink and cell["gaps"][top][best]["output"] < cell["output_rms"][top]):
+    lo, hi = min(cell["gaps"], key=int), max(cell["gaps"], key=int)
+    rel = {}
+    for n in (lo, hi):
+        gap, rms = cell["gaps"][n][best]["output"], cell["output_rms"][n]
+        rel[n] = gap / rms if _finite(gap) and _finite(rms) and rms > 0 else float("nan")
+    ratio = float((rel[hi] / rel[lo]) ** (1 / np.log2(int(hi) / int(lo)))) if rel[lo] > 0 else float("nan")
+    if not (ratio <= cfg.shrink and rel[hi] < 1):
         return "none", ratio
     return limit_of(best, cell["a"], cell["b"], cfg.c_lr, cfg.c_keep), ratio
 
@@ -204,7 +211,7 @@ def agrees(cell: dict) -> bool:
 def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
     ratio = "—" if s["ratio"] is None else f"{s['ratio']:.2f}"
     return [(f"L = {s['layers']}: the two-layer phase the cell behaves like", s["two_layer_theory"],
-             f"{s['behaves_like']} (nearest gap ×{ratio} per width doubling)",
+             f"{s['behaves_like']} (nearest gap relative to the output ×{ratio} per width doubling)",
              verdict(agrees(s), "the two-layer family's phase; none for IV and the degenerate region"))]
 
 

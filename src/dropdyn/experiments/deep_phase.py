@@ -81,8 +81,8 @@ def figure(cells: list[dict], cfg: Config):
         ax.set_ylim(-0.2, 1.2)
         ax.set_xlabel("a  (τ = c·n^−a)")
         ax.set_ylabel("b  (q = c·n^−b)")
-        ax.set_title(f"L = {L}: behaves like, at n = {max(cfg.widths)}\n(label: nearest gap × per width "
-                     "doubling)", fontsize=8)
+        ax.set_title(f"L = {L}: behaves like, at n = {max(cfg.widths)}\n(label: the nearest gap relative to the "
+                     "output, × per width doubling)", fontsize=8)
         ax.grid(alpha=0.3)
     for name, col in colors.items():
         axes[-1].plot([], [], "s", color=col, label=name if name != "none" else "none (no gap shrinks)")
