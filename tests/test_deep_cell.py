@@ -35,7 +35,7 @@ def test_the_nearest_shrinking_gap_names_the_phase():
     assert like == "III" and ratio == pytest.approx(0.5)  # 0.4 → 0.1 over two doublings
     shrinking_output = {**near_ram, "output_rms": {"100": 4.0, "400": 1.0}}  # relative gap 0.1 → 0.1
     assert behaves_like(shrinking_output, cfg) == ("none", pytest.approx(1.0))
-    assert behaves_like({**near_ram, "output_rms": {"100": 0.4, "400": 0.1}}, cfg)[0] == "none"  # gap = output
+    assert behaves_like({**near_ram, "output_rms": {"100": 0.8, "400": 0.15}}, cfg)[0] == "none"  # gap ⅔ output
     flat = _cell(n100={"ram": 0.1, "expected": 1.0, "gd": 1.0}, n400={"ram": 0.095, "expected": 1.0, "gd": 1.0})
     assert behaves_like(flat, cfg)[0] == "none"  # nearest, but not shrinking by 0.9 a doubling
     near_gd = _cell(n100={"ram": 1.0, "expected": 1.0, "gd": 0.3}, n400={"ram": 1.0, "expected": None, "gd": 0.01})

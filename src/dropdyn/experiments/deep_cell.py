@@ -11,9 +11,9 @@ initialisation from L = 3 on it falls with n: the limit never moves).
 
 The cell *behaves like* the two-layer phase whose limit dropout approaches: the nearest of
 the three at the largest width, if its output gap relative to dropout's output RMS shrinks
-by at least ``shrink`` per width doubling and is below 1 there (relative, so that a gap
-that shrinks only because the whole output does — the iid network from L = 3 on — or
-that is as large as a blown-up output says nothing of an approach), named by the limit
+by at least ``shrink`` per width doubling and is below ½ there (:data:`WITHIN`; relative so
+that a gap that shrinks only because the whole output does — the iid network from L = 3
+on — or that is as large as a blown-up output says nothing of an approach), named by the limit
 that variant itself has in this family (its two-layer parameters ᾱ = lim τ/q, β̄ = lim 1/(nq), τ̄:
 RaM's is V if τ̄ > 0, III if 0 < ᾱ < ∞, I if ᾱ = 0; the expected step's, the penalty's, II
 if 0 < β̄ < ∞, I if β̄ = 0; GD's I; none where the parameter is infinite); otherwise "none"
@@ -38,6 +38,7 @@ from .phase_cell import limit_parameters
 from .teacher_student import Task
 
 OTHERS = ("ram", "expected", "gd")
+WITHIN = 0.5  # a limit is seen only where its gap is below this fraction of dropout's output RMS
 
 
 @dataclass
@@ -161,7 +162,7 @@ def behaves_like(cell: dict, cfg: CellSettings) -> tuple[str, float | None]:
         gap, rms = cell["gaps"][n][best]["output"], cell["output_rms"][n]
         rel[n] = gap / rms if _finite(gap) and _finite(rms) and rms > 0 else float("nan")
     ratio = float((rel[hi] / rel[lo]) ** (1 / np.log2(int(hi) / int(lo)))) if rel[lo] > 0 else float("nan")
-    if not (ratio <= cfg.shrink and rel[hi] < 1):
+    if not (ratio <= cfg.shrink and rel[hi] < WITHIN):
         return "none", ratio
     return limit_of(best, cell["a"], cell["b"], cfg.c_lr, cfg.c_keep), ratio
 
