@@ -80,3 +80,15 @@ def test_the_nearest_variant_in_parameters_has_its_own_ratio():
         g["gd"]["parameters"], g["ram"]["parameters"], g["expected"]["parameters"] = 0.2, 0.3, 0.4
     assert nearest(cell, "parameters") == ("gd", pytest.approx(1.0))
     assert nearest(cell) == ("ram", pytest.approx(0.5))
+
+
+def test_the_sweep_rows_survive_a_blown_up_cell():
+    from dropdyn.experiments import deep_phase
+
+    blown = {**_cell(n100={"ram": None, "expected": None, "gd": None}, n400={"ram": None, "expected": None,
+                                                                            "gd": None}),
+             "layers": 2, "two_layer_theory": "III", "behaves_like": "none", "ratio": None,
+             "output_rms": {"100": 3.0, "400": None}, "rates": {}}
+    rows = deep_phase.theory({}, {"agreement": 0.0, "cells": 1, "like_two_layers": 0, "compared_with_two_layers": 0,
+                                  "cells_detail": [blown]})
+    assert "output RMS 3 → —" in rows[-1][2]

@@ -11,13 +11,14 @@ initialisation from L = 3 on it falls with n: the limit never moves).
 
 The cell *behaves like* the two-layer phase whose limit dropout approaches: the nearest of
 the three at the largest width, if its output gap relative to dropout's output RMS shrinks
-by at least ``shrink`` per width doubling and is below ½ there (:data:`WITHIN`; relative so
-that a gap that shrinks only because the whole output does — the iid network from L = 3
-on — or that is as large as a blown-up output says nothing of an approach), named by the limit
-that variant itself has in this family (its two-layer parameters ᾱ = lim τ/q, β̄ = lim 1/(nq), τ̄:
-RaM's is V if τ̄ > 0, III if 0 < ᾱ < ∞, I if ᾱ = 0; the expected step's, the penalty's, II
-if 0 < β̄ < ∞, I if β̄ = 0; GD's I; none where the parameter is infinite); otherwise "none"
-(no limit seen, as in the degenerate region; the critical IV's limit is none of the three).
+by at least ``shrink`` per width doubling and is below ½ there (:data:`WITHIN`; relative
+so that a gap that shrinks only because the whole output does — the iid network from
+L = 3 on — or that is as large as a blown-up output says nothing of an approach), named
+by the limit that variant itself has in this family (its two-layer parameters
+ᾱ = lim τ/q, β̄ = lim 1/(nq), τ̄: RaM's is V if τ̄ > 0, III if 0 < ᾱ < ∞, I if ᾱ = 0; the
+expected step's, the penalty's, II if 0 < β̄ < ∞, I if β̄ = 0; GD's I; none where the
+parameter is infinite); otherwise "none" (no limit seen, as in the degenerate region; the
+critical IV's limit is none of the three).
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ def theory(c: dict, s: dict) -> list[tuple[str, str, str, str]]:
             f"; dropout–RaM output gap ∝ n^{slope:.2f}" + ("" if ci[0] is None or ci[0] != ci[0]
                                                            else f" [{ci[0]:.2f}, {ci[1]:.2f}]"))
         widths = sorted(d["output_rms"], key=int)
-        scale = f"; dropout's output RMS {d['output_rms'][widths[0]]:.2g} → {d['output_rms'][widths[-1]]:.2g}"
+        rms = ["—" if d["output_rms"][n] is None else f"{d['output_rms'][n]:.2g}" for n in (widths[0], widths[-1])]
+        scale = f"; dropout's output RMS {rms[0]} → {rms[1]}"
         variant, ratio = nearest(d, "parameters")
         if variant is not None:
             scale += f"; nearest in parameters at n = {widths[-1]}: {variant} (×{ratio:.2f} per width doubling)"
